@@ -1,0 +1,106 @@
+"""This project's view of Alembic: alembic.ini, the script directory, the version table."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from alembic.config import Config
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
+from sqlalchemy.engine import Connection
+
+from .errors import DeployError
+from .settings import Settings, load_metadata, load_settings, settings_name
+
+
+def load_config(ini_path: Path) -> Config:
+    """alembic.ini, the file plain `alembic` reads too."""
+    if not ini_path.is_file():
+        raise DeployError(f"no {ini_path}: run this from the project's checkout")
+    return Config(str(ini_path))
+
+
+def root(config: Config) -> Path:
+    """The checkout: alembic.ini's folder, which holds instance/."""
+    return Path(config.config_file_name).resolve().parent
+
+
+def main_option(config: Config, name: str) -> str:
+    value = config.get_main_option(name)
+    if not value:
+        raise DeployError(f"set {name} in {config.config_file_name} (see the README)")
+    return value
+
+
+def settings(config: Config, name: str | None = None) -> Settings:
+    """The Flask settings named (default $FLASK_CONFIG or development), via alembic.ini's flask_config."""
+    return load_settings(main_option(config, "flask_config"), name or settings_name(), root(config))
+
+
+def metadata(config: Config):
+    """The models' MetaData, via alembic.ini's flask_models: imports the application's models."""
+    return load_metadata(main_option(config, "flask_models"))
+
+
+def scripts(config: Config) -> ScriptDirectory:
+    with alembic_errors():
+        return ScriptDirectory.from_config(config)
+
+
+def heads(config: Config) -> tuple[str, ...]:
+    with alembic_errors():
+        return tuple(scripts(config).get_heads())
+
+
+def base(config: Config) -> str | None:
+    bases = scripts(config).get_bases()
+    return bases[0] if bases else None
+
+
+def current_heads(connection: Connection) -> tuple[str, ...]:
+    """What alembic_version holds; empty when unstamped."""
+    found = MigrationContext.configure(connection).get_current_heads()
+    connection.rollback()
+    return tuple(found)
+
+
+def label(config: Config, revision: str | None) -> str:
+    """'abc123 (add tags)', or 'nothing' for the base."""
+    if not revision:
+        return "nothing (empty)"
+    with alembic_errors():
+        script = scripts(config).get_revision(revision)
+    return f"{revision} ({script.doc})" if script is not None and script.doc else revision
+
+
+def plan(config: Config, current: tuple[str, ...], target: str, downgrade: bool = False) -> list:
+    """The revisions an upgrade (or downgrade) to `target` would run, in order."""
+    directory = scripts(config)
+    with alembic_errors():
+        # The same step planning Alembic's own upgrade and downgrade use.
+        if downgrade:
+            steps = directory._downgrade_revs(target, current)
+        else:
+            steps = directory._upgrade_revs(target, current)
+    return [step.revision for step in steps]
+
+
+@contextmanager
+def alembic_errors() -> Iterator[None]:
+    """Alembic's CommandError (unknown revision, bad script location...) as one line."""
+    try:
+        yield
+    except CommandError as exc:
+        raise DeployError(str(exc).splitlines()[0]) from None
+
+
+def run(command, config: Config, connection: Connection | None, *args, models=None, **kwargs):
+    """Call an alembic.command function on our connection; env.py takes it from the attributes."""
+    config.attributes["connection"] = connection
+    # None tells env.py not to import the models: only autogenerate needs them.
+    config.attributes["target_metadata"] = models
+    with alembic_errors():
+        return command(config, *args, **kwargs)

@@ -1,0 +1,91 @@
+"""Connections to the database, and their failures told in one line."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from sqlalchemy import create_engine, inspect
+from sqlalchemy.engine import URL, Connection
+from sqlalchemy.exc import DBAPIError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.pool import NullPool
+
+from .credentials import describe
+from .errors import DeployError
+
+VERSION_TABLE = "alembic_version"
+
+# MySQL/MariaDB client error numbers that have a clear meaning for the user.
+ACCESS_DENIED = {1044, 1045, 1698}
+CANNOT_CONNECT = {2002, 2003, 2005, 2006, 2013}
+UNKNOWN_DATABASE = 1049
+PRIVILEGE_MISSING = {1142, 1143, 1227}
+
+
+def sqlite_path(url: URL) -> Path | None:
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    return Path(url.database)
+
+
+def explain(exc: BaseException, url: URL) -> str:
+    """One line for a database failure; built from error codes, never from the URL's password."""
+    orig = getattr(exc, "orig", None) or exc
+    code = orig.args[0] if orig.args and isinstance(orig.args[0], int) else None
+    where = describe(url)
+    if code in ACCESS_DENIED:
+        return f"access denied for {where}: wrong user or password"
+    if code in CANNOT_CONNECT:
+        return f"cannot reach the database server for {where}: is it running?"
+    if code == UNKNOWN_DATABASE:
+        return f"database {url.database!r} does not exist on the server ({where})"
+    if code in PRIVILEGE_MISSING:
+        return f"{url.username} lacks a privilege on {where}: {orig.args[1]}"
+    detail = str(orig.args[1] if code is not None and len(orig.args) > 1 else orig).splitlines()
+    return f"database error on {where}: {detail[0] if detail else type(orig).__name__}"
+
+
+@contextmanager
+def connect(url: URL, create: bool = False) -> Iterator[Connection]:
+    """A connection with no transaction open; `create` allows a new SQLite file."""
+    path = sqlite_path(url)
+    if path is not None and not path.exists():
+        if not create:
+            raise DeployError(f"no database at {path}: run `invoke db.reset` to create it")
+        path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        engine = create_engine(url, poolclass=NullPool)
+    except NoSuchModuleError:
+        raise DeployError(f"no SQLAlchemy driver for {url.drivername!r}: check requirements.txt") from None
+    try:
+        try:
+            connection = engine.connect()
+        except DBAPIError as exc:
+            raise DeployError(explain(exc, url)) from None
+        with connection:
+            yield connection
+    finally:
+        engine.dispose()
+
+
+def application_tables(connection: Connection) -> list[str]:
+    """Every table but Alembic's own."""
+    names = inspect(connection).get_table_names()
+    connection.rollback()
+    return sorted(name for name in names if name != VERSION_TABLE)
+
+
+def has_version_table(connection: Connection) -> bool:
+    found = inspect(connection).has_table(VERSION_TABLE)
+    connection.rollback()
+    return found
+
+
+@contextmanager
+def translate_errors(url: URL) -> Iterator[None]:
+    """Turn any SQLAlchemy error inside the block into a one-line DeployError."""
+    try:
+        yield
+    except SQLAlchemyError as exc:
+        raise DeployError(explain(exc, url)) from None

@@ -1,0 +1,117 @@
+"""`invoke db.*`: thin tasks over deploy.commands, for the checkout they run in."""
+
+from __future__ import annotations
+
+from functools import wraps
+from pathlib import Path
+
+from invoke import Collection, Exit, task
+
+from . import commands
+from .errors import DeployError
+
+CHECKOUT = Path(__file__).resolve().parent.parent
+
+
+def one_line_errors(body):
+    """Expected failures end as one line on stderr and exit status 1, never a traceback."""
+
+    @wraps(body)
+    def run(c, *args, **kwargs):
+        try:
+            return body(c, *args, **kwargs)
+        except DeployError as exc:
+            raise Exit(f"error: {exc}", code=1) from None
+        except KeyboardInterrupt:
+            raise Exit("interrupted", code=130) from None
+
+    return run
+
+
+def project(c) -> commands.Project:
+    return commands.Project.open(Path(c.config.db.alembic_ini))
+
+
+@task(help={"force": "also drop a MariaDB/MySQL/PostgreSQL database on this machine (SQLite needs no --force)"})
+@one_line_errors
+def reset(c, force=False):
+    """Drop every table, create the models' tables, stamp head (development databases only)."""
+    commands.reset(project(c), list(c.config.db.reset_settings), force)
+
+
+@task(
+    help={
+        "message": "the revision's message, e.g. 'add tags'",
+        "empty": "write a blank revision to fill in by hand instead of autogenerating",
+    }
+)
+@one_line_errors
+def revision(c, message, empty=False):
+    """Autogenerate a revision from the models against the development database."""
+    commands.revision(project(c), message, empty)
+
+
+@task(
+    help={
+        "to": "target revision (default: head)",
+        "expect_head": "refuse unless the migrations' head is this revision (fab passes yours)",
+    }
+)
+@one_line_errors
+def upgrade(c, to="head", expect_head=None):
+    """Upgrade the database to head, or to --to REV."""
+    commands.upgrade(project(c), to, expect_head)
+
+
+@task(help={"to": "target revision (default: -1, one step back; write --to=-1 style for relative ones)"})
+@one_line_errors
+def downgrade(c, to="-1"):
+    """Downgrade the database one revision, or to --to REV."""
+    commands.downgrade(project(c), to)
+
+
+@task(help={"revision": "the revision the database's schema already matches (or head, or base)"})
+@one_line_errors
+def stamp(c, revision):
+    """Record REVISION as the database's revision without running migrations."""
+    commands.stamp(project(c), revision)
+
+
+@task
+@one_line_errors
+def current(c):
+    """Show the database's current revision."""
+    commands.current(project(c))
+
+
+@task
+@one_line_errors
+def history(c):
+    """List the migrations, newest first."""
+    commands.history(project(c))
+
+
+@task
+@one_line_errors
+def heads(c):
+    """Show the migrations' head revision(s)."""
+    commands.heads(project(c))
+
+
+@task(help={"to": "target revision (default: head)", "json": "print machine-readable JSON"})
+@one_line_errors
+def status(c, to="head", json=False):
+    """Show head, current revision and the pending revisions."""
+    commands.status(project(c), to, json)
+
+
+db = Collection("db", reset, revision, upgrade, downgrade, stamp, current, history, heads, status)
+db.configure(
+    {
+        "db": {
+            "alembic_ini": str(CHECKOUT / "alembic.ini"),
+            # Settings names db.reset may drop tables under; production is never one of them.
+            "reset_settings": ["development", "testing"],
+        }
+    }
+)

@@ -1,0 +1,54 @@
+"""Refusals: checks that stop a command before it changes anything."""
+
+from __future__ import annotations
+
+from sqlalchemy.engine import URL
+
+from .credentials import describe
+from .errors import DeployError
+
+LOCAL_HOSTS = {None, "", "localhost", "127.0.0.1", "::1"}
+
+
+def check_single_head(heads: tuple[str, ...]) -> None:
+    """Several heads: Alembic cannot know which order the user means."""
+    if len(heads) > 1:
+        raise DeployError(
+            f"the migrations have {len(heads)} heads ({', '.join(heads)}): merge them with "
+            '`alembic merge -m "merge heads" heads`, commit, then try again'
+        )
+
+
+def check_expected_head(heads: tuple[str, ...], expected: str) -> None:
+    """The code on the server must be the code the user reviewed."""
+    if tuple(heads) != (expected,):
+        raise DeployError(
+            f"the server's migrations end at {', '.join(heads) or 'nothing'} but yours end at "
+            f"{expected}: deploy the code first, or name a target with --to"
+        )
+
+
+def check_stamped(where: str, tables: list[str], stamped: bool, base: str | None, stamp_command: str) -> None:
+    """Tables but no alembic_version: the database predates the migrations."""
+    if tables and not stamped:
+        raise DeployError(
+            f"{where} has tables but no alembic_version, so its revision is unknown: if its schema "
+            f"is that of the first revision, run `{stamp_command} {base}`, then upgrade"
+        )
+
+
+def check_resettable(settings_name: str, allowed: list[str], url: URL, force: bool) -> None:
+    """db.reset drops every table: only local development databases qualify."""
+    if settings_name not in allowed:
+        raise DeployError(
+            f"db.reset drops every table and refuses the {settings_name!r} settings "
+            f"(allowed: {', '.join(allowed)})"
+        )
+    if url.get_backend_name() == "sqlite":
+        return
+    if url.host not in LOCAL_HOSTS:
+        raise DeployError(f"db.reset refuses {describe(url)}: it is not on this machine")
+    if not force:
+        raise DeployError(
+            f"db.reset would drop every table of {describe(url)}: add --force to do it"
+        )

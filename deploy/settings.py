@@ -1,0 +1,123 @@
+"""Which Flask config is in force, and the database URLs it gives migrations."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from .errors import DeployError
+
+SETTINGS_VARIABLE = "FLASK_CONFIG"
+DEFAULT_SETTINGS = "development"
+
+
+def settings_name() -> str:
+    """The settings in force: $FLASK_CONFIG, else development (the app factory's rule too)."""
+    return os.environ.get(SETTINGS_VARIABLE) or DEFAULT_SETTINGS
+
+
+def import_object(path: str, what: str) -> Any:
+    """Import 'package.module:attribute'."""
+    module_name, _, attribute = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+        return getattr(module, attribute) if attribute else module
+    except (ImportError, AttributeError) as exc:
+        raise DeployError(f"cannot import {what} {path!r}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A Flask config for one settings name, read without building the app."""
+
+    name: str
+    config: dict[str, Any]
+    instance_path: Path
+
+    @property
+    def settings_file(self) -> Path:
+        return self.instance_path / f"{self.name}.cfg"
+
+    @property
+    def database_url(self) -> URL:
+        """The application's own URL (SQLALCHEMY_DATABASE_URI): enough to read."""
+        return self._url("SQLALCHEMY_DATABASE_URI")
+
+    @property
+    def migration_url(self) -> URL:
+        """The URL migrations run with: SQLALCHEMY_ALEMBIC_URI when set."""
+        if self.config.get("SQLALCHEMY_ALEMBIC_URI"):
+            return self._url("SQLALCHEMY_ALEMBIC_URI")
+        return self.database_url
+
+    def _url(self, key: str) -> URL:
+        value = self.config.get(key)
+        if not value and not self.settings_file.exists():
+            raise DeployError(
+                f"{self.settings_file} is missing: the {self.name} settings need it, with {key} = '...'"
+            )
+        if not value:
+            raise DeployError(
+                f"no {key} in the {self.name} settings: set it in {self.settings_file}"
+            )
+        try:
+            url = make_url(value)
+        except ArgumentError:
+            # The message names the key, never the value: it may hold a password.
+            raise DeployError(f"{key} in the {self.name} settings is not a database URL") from None
+        return self._in_instance_folder(url)
+
+    def _in_instance_folder(self, url: URL) -> URL:
+        # Flask-SQLAlchemy 3 puts relative SQLite paths in the instance folder; agree with the app.
+        path = url.database
+        if url.get_backend_name() != "sqlite" or not path or path == ":memory:":
+            return url
+        if path.startswith("file:") or Path(path).is_absolute():
+            return url
+        return url.set(database=str(self.instance_path / path))
+
+
+def load_settings(config_objects: str, name: str, root: Path) -> Settings:
+    """Settings `name`: the app's config object for it, overlaid by instance/<name>.cfg."""
+    from flask import Config
+
+    objects = import_object(config_objects, "the config objects")
+    if name not in objects:
+        choices = ", ".join(sorted(objects))
+        raise DeployError(f"unknown settings {name!r}: choose one of {choices}")
+    instance_path = root / "instance"
+    config = Config(str(instance_path))
+    config.from_object(objects[name])
+    settings_file = instance_path / f"{name}.cfg"
+    if settings_file.exists():
+        try:
+            config.from_pyfile(str(settings_file))
+        except Exception as exc:
+            # Name the error type and line only: the file's text may hold passwords.
+            line = getattr(exc, "lineno", None)
+            where = f" (line {line})" if line else ""
+            raise DeployError(
+                f"cannot read {settings_file}: {type(exc).__name__}{where}"
+            ) from None
+    return Settings(name=name, config=dict(config), instance_path=instance_path)
+
+
+def load_metadata(models: str):
+    """The MetaData of every model: from a Flask-SQLAlchemy `db`, a MetaData or an app factory."""
+    from sqlalchemy import MetaData
+
+    target = import_object(models, "the models")
+    if isinstance(target, MetaData):
+        return target
+    if hasattr(target, "metadata") and isinstance(target.metadata, MetaData):
+        return target.metadata
+    if callable(target):
+        app = target()
+        return app.extensions["sqlalchemy"].metadata
+    raise DeployError(f"{models!r} is not a Flask-SQLAlchemy db, a MetaData or an app factory")

@@ -1,0 +1,442 @@
+"""Throwaway MariaDB and OpenSSH servers for tests.
+
+Each server lives entirely under a caller-supplied ``base_dir`` (typically a
+pytest ``tmp_path``), listens on a free port on 127.0.0.1 and is started with
+:class:`subprocess.Popen`, so that only the pid we started is ever signalled.
+A server that cannot start raises :class:`ServerStartError` (tests must error,
+never skip).
+
+Plain module: standard library plus PyMySQL, no pytest imports.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import pathlib
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Any, ClassVar, Self
+
+import pymysql
+
+LOCALHOST = "127.0.0.1"
+
+MARIADBD = "/usr/sbin/mariadbd"
+MARIADB_INSTALL_DB = "/usr/bin/mariadb-install-db"
+# sshd refuses to start unless invoked by absolute path (it re-executes itself).
+SSHD = "/usr/sbin/sshd"
+SSH_KEYGEN = shutil.which("ssh-keygen") or "/usr/bin/ssh-keygen"
+# Privilege separation directory compiled into Debian's sshd.
+SSHD_PRIVSEP_DIR = pathlib.Path("/run/sshd")
+
+# AF_UNIX socket paths are limited to 108 bytes including the NUL terminator.
+_MAX_UNIX_SOCKET_PATH = 107
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOCALHOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def _port_is_free(port: int) -> bool:
+    """Whether a server (which sets SO_REUSEADDR) could bind ``port`` now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # Mirror the servers' own bind: TIME_WAIT leftovers must not count.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((LOCALHOST, port))
+        except OSError:
+            return False
+        return True
+
+
+def _current_user() -> str:
+    # The passwd entry, not $USER: sshd authenticates the real account.
+    return pwd.getpwuid(os.geteuid()).pw_name
+
+
+def _tail(path: pathlib.Path, lines: int = 40) -> str:
+    """Last ``lines`` lines of a log file, or why it could not be read."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as exc:
+        return f"<cannot read {path}: {exc}>"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class ServerStartError(RuntimeError):
+    """A throwaway server could not be started."""
+
+
+# Servers still running when the interpreter exits (e.g. a fixture crashed
+# between start() and its teardown) are killed rather than leaked.
+_LIVE: set[_ManagedServer] = set()
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    for server in list(_LIVE):
+        server.kill()
+
+
+class _ManagedServer:
+    """Popen/pid handling, readiness polling and log tails shared by servers."""
+
+    name: ClassVar[str] = "server"
+
+    def __init__(self, base_dir: pathlib.Path) -> None:
+        self.base_dir = pathlib.Path(base_dir).resolve()
+        self.host = LOCALHOST
+        self.port: int = 0
+        self.process: subprocess.Popen[bytes] | None = None
+
+    # -- process handling --------------------------------------------------
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    def is_running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def _log_paths(self) -> Sequence[pathlib.Path]:
+        raise NotImplementedError
+
+    def _log_tails(self) -> str:
+        tails = [f"--- {p} ---\n{_tail(p)}" for p in self._log_paths() if p.exists()]
+        return "\n".join(tails) or "(no log files were written)"
+
+    def _pick_port(self) -> int:
+        # Keep the previous port across restarts so clients configured with it
+        # keep working; fall back to a new one if somebody else grabbed it.
+        if self.port and _port_is_free(self.port):
+            return self.port
+        return free_port()
+
+    def _spawn(self, argv: Sequence[str], log_path: pathlib.Path) -> None:
+        if self.is_running():
+            raise RuntimeError(f"{self.name} is already running (pid {self.pid})")
+        with open(log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                list(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+            )
+        _LIVE.add(self)
+
+    def _wait_ready(self, probe: Callable[[], bool], timeout: float) -> None:
+        """Poll ``probe`` until it succeeds; raise if the process dies or time runs out."""
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            code = self.process.poll()
+            if code is not None:
+                _LIVE.discard(self)
+                raise ServerStartError(
+                    f"{self.name} exited with code {code} during startup.\n{self._log_tails()}"
+                )
+            if probe():
+                return
+            if time.monotonic() >= deadline:
+                self.kill()
+                raise ServerStartError(
+                    f"{self.name} (pid {self.pid}) not ready on {self.host}:{self.port} "
+                    f"after {timeout:.0f}s.\n{self._log_tails()}"
+                )
+            time.sleep(0.05)
+
+    def _signal_and_wait(self, sig: int, timeout: float) -> None:
+        assert self.process is not None
+        # Popen.send_signal is a no-op once the child has been reaped, so a
+        # recycled pid can never be hit.
+        self.process.send_signal(sig)
+        self.process.wait(timeout=timeout)
+
+    def stop(self, timeout: float = 30) -> None:
+        """Gracefully stop (SIGTERM, then SIGKILL after ``timeout``). Idempotent."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            try:
+                self._signal_and_wait(signal.SIGTERM, timeout)
+            except subprocess.TimeoutExpired:
+                self._signal_and_wait(signal.SIGKILL, timeout)
+        _LIVE.discard(self)
+
+    def kill(self) -> None:
+        """SIGKILL our own process and reap it. Idempotent."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self._signal_and_wait(signal.SIGKILL, 30)
+        _LIVE.discard(self)
+
+    def start(self, timeout: float = 60) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = f"pid={self.pid}" if self.is_running() else "stopped"
+        return f"<{type(self).__name__} {self.host}:{self.port} {state} {self.base_dir}>"
+
+
+class MariaDB(_ManagedServer):
+    """A throwaway MariaDB server; root has no password and is reachable over TCP."""
+
+    name = "mariadbd"
+
+    # Small footprint and cheap commits. flush-log-at-trx-commit=2 still
+    # writes the redo log to the OS on every commit, so committed data
+    # survives kill(); only an OS crash could lose it.
+    _TUNING: ClassVar[tuple[str, ...]] = (
+        "--innodb-buffer-pool-size=16M",
+        "--innodb-log-file-size=8M",
+        "--innodb-flush-log-at-trx-commit=2",
+        "--innodb-doublewrite=0",
+    )
+    # --no-defaults drops Debian's /etc/mysql config, whose utf8mb4 default we
+    # want to keep (the compiled-in default is latin1).
+    _SERVER_ONLY: ClassVar[tuple[str, ...]] = (
+        "--character-set-server=utf8mb4",
+        "--collation-server=utf8mb4_general_ci",
+        "--skip-name-resolve",
+        "--skip-log-bin",
+    )
+
+    def __init__(self, base_dir: pathlib.Path) -> None:
+        super().__init__(base_dir)
+        self.datadir = self.base_dir / "data"
+        self.tmpdir = self.base_dir / "tmp"
+        self.pid_file = self.base_dir / "mariadbd.pid"
+        self.log_path = self.base_dir / "mariadbd.err"
+        # Anything mariadbd prints before --log-error takes effect.
+        self.console_log_path = self.base_dir / "mariadbd.out"
+        self.install_log_path = self.base_dir / "install-db.log"
+        self.socket_path = self.datadir / "mariadbd.sock"
+        # Written only after a successful mariadb-install-db, so a datadir
+        # left behind by an interrupted initialisation is redone.
+        self._initialised_marker = self.base_dir / ".initialised"
+        self.user = _current_user()
+
+    def _log_paths(self) -> Sequence[pathlib.Path]:
+        return (self.install_log_path, self.console_log_path, self.log_path)
+
+    def _initialise(self, timeout: float) -> None:
+        if self._initialised_marker.exists():
+            return
+        shutil.rmtree(self.datadir, ignore_errors=True)
+        argv = [
+            MARIADB_INSTALL_DB,
+            "--no-defaults",  # must come first
+            f"--datadir={self.datadir}",
+            "--auth-root-authentication-method=normal",
+            "--skip-test-db",
+            "--skip-name-resolve",
+            f"--user={self.user}",
+            *self._TUNING,
+        ]
+        with open(self.install_log_path, "ab") as log:
+            try:
+                result = subprocess.run(
+                    argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    timeout=timeout, check=False,
+                )
+            except subprocess.TimeoutExpired:
+                raise ServerStartError(
+                    f"mariadb-install-db timed out after {timeout:.0f}s.\n{self._log_tails()}"
+                ) from None
+        if result.returncode != 0:
+            raise ServerStartError(
+                f"mariadb-install-db failed with code {result.returncode}.\n{self._log_tails()}"
+            )
+        self._initialised_marker.touch()
+
+    def _socket_arg(self) -> str:
+        # mariadbd aborts if the socket path exceeds 107 bytes, which long
+        # pytest tmp_path names can. It chdirs into the datadir before creating
+        # the socket, so a relative name lands at the same self.socket_path.
+        if len(os.fsencode(self.socket_path)) <= _MAX_UNIX_SOCKET_PATH:
+            return str(self.socket_path)
+        return self.socket_path.name
+
+    def _accepts_root(self) -> bool:
+        try:
+            self.admin(connect_timeout=2).close()
+        except (pymysql.err.Error, OSError):
+            return False
+        return True
+
+    def start(self, timeout: float = 60) -> None:
+        """Initialise the datadir if needed, start mariadbd and wait until root can log in."""
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        self.tmpdir.mkdir(exist_ok=True)
+        started = time.monotonic()
+        self._initialise(timeout)
+        self.port = self._pick_port()
+        argv = [
+            MARIADBD,
+            "--no-defaults",  # must come first
+            f"--datadir={self.datadir}",
+            f"--socket={self._socket_arg()}",
+            f"--port={self.port}",
+            f"--bind-address={self.host}",
+            f"--pid-file={self.pid_file}",
+            f"--log-error={self.log_path}",
+            f"--tmpdir={self.tmpdir}",
+            f"--user={self.user}",  # mariadbd refuses to run as root without it
+            *self._SERVER_ONLY,
+            *self._TUNING,
+        ]
+        self._spawn(argv, self.console_log_path)
+        self._wait_ready(self._accepts_root, timeout - (time.monotonic() - started))
+
+    def admin(self, **kwargs: Any) -> pymysql.connections.Connection:
+        """A new autocommit connection as root over TCP."""
+        params: dict[str, Any] = dict(
+            host=self.host, port=self.port, user="root", password="",
+            autocommit=True, charset="utf8mb4",
+        )
+        params.update(kwargs)
+        return pymysql.connect(**params)
+
+    def execute(self, sql: str, args: Any = None) -> tuple[Any, ...]:
+        """Run one statement as root and return its rows (if any).
+
+        With ``args`` the statement uses PyMySQL ``%s`` placeholders, so a
+        literal ``%`` must be written ``%%``.
+        """
+        with self.admin() as conn, conn.cursor() as cur:
+            cur.execute(sql, args)
+            return tuple(cur.fetchall())
+
+    def create_database(self, name: str) -> None:
+        self.execute(f"CREATE DATABASE {_quote_ident(name)} CHARACTER SET utf8mb4")
+
+    def create_user(
+        self,
+        name: str,
+        password: str,
+        privileges: str = "ALL PRIVILEGES",
+        database: str | None = None,
+    ) -> None:
+        """Create ``name``@'%' and grant ``privileges`` on ``database`` (all databases if None).
+
+        The password travels only as a query parameter, never in argv, env or
+        files. '%' suffices for TCP logins from 127.0.0.1 because the server
+        runs with --skip-name-resolve and has no anonymous users.
+        """
+        if not _PRIVILEGES_CHARS.issuperset(privileges) or not privileges.strip():
+            raise ValueError(f"unexpected privilege list: {privileges!r}")
+        target = "*.*" if database is None else f"{_quote_ident(database)}.*"
+        self.execute("CREATE USER %s@'%%' IDENTIFIED BY %s", (name, password))
+        self.execute(f"GRANT {privileges} ON {target} TO %s@'%%'", (name,))
+
+
+# Privileges are SQL keywords and cannot be parameters; allow only the
+# characters they are made of so nothing else can be smuggled in.
+_PRIVILEGES_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_, ")
+
+
+def _quote_ident(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+class SSHServer(_ManagedServer):
+    """A throwaway OpenSSH sshd on 127.0.0.1 accepting one client key for the current user."""
+
+    name = "sshd"
+
+    def __init__(self, base_dir: pathlib.Path) -> None:
+        super().__init__(base_dir)
+        self.user = _current_user()
+        self.host_key = self.base_dir / "ssh_host_ed25519_key"
+        self.host_key_public = self.base_dir / "ssh_host_ed25519_key.pub"
+        self.client_key = self.base_dir / "client_ed25519"
+        self.client_key_public = self.base_dir / "client_ed25519.pub"
+        self.authorized_keys = self.base_dir / "authorized_keys"
+        self.config_path = self.base_dir / "sshd_config"
+        self.pid_file = self.base_dir / "sshd.pid"
+        self.log_path = self.base_dir / "sshd.log"
+
+    def _log_paths(self) -> Sequence[pathlib.Path]:
+        return (self.log_path,)
+
+    def _keygen(self, path: pathlib.Path, comment: str) -> None:
+        # Reuse existing keys so a restarted server keeps its identity; an
+        # existing file would also make ssh-keygen prompt "Overwrite?".
+        if path.exists():
+            return
+        result = subprocess.run(
+            [SSH_KEYGEN, "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False,
+        )
+        if result.returncode != 0:
+            raise ServerStartError(f"ssh-keygen failed for {path}: {result.stderr.strip()}")
+
+    def _write_config(self) -> None:
+        options = {
+            "Port": str(self.port),
+            "ListenAddress": self.host,
+            "HostKey": str(self.host_key),
+            "PidFile": str(self.pid_file),
+            "AuthorizedKeysFile": str(self.authorized_keys),
+            "PasswordAuthentication": "no",
+            "KbdInteractiveAuthentication": "no",
+            "PubkeyAuthentication": "yes",
+            "PermitRootLogin": "prohibit-password",
+            # Files under tmp_path need not satisfy sshd's ownership checks.
+            "StrictModes": "no",
+            "UsePAM": "no",
+            "AcceptEnv": "none",
+            "PrintMotd": "no",
+            "UseDNS": "no",
+            "Subsystem": "sftp internal-sftp",
+            "LogLevel": "VERBOSE",
+        }
+        self.config_path.write_text("".join(f"{k} {v}\n" for k, v in options.items()))
+
+    def _sends_banner(self) -> bool:
+        try:
+            with socket.create_connection((self.host, self.port), timeout=2) as sock:
+                return sock.recv(64).startswith(b"SSH-2.0")
+        except OSError:
+            return False
+
+    def start(self, timeout: float = 20) -> None:
+        """Create keys and config, start sshd and wait for its SSH-2.0 banner."""
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        # sshd aborts without its privilege separation directory, which only
+        # the Debian service unit would otherwise create.
+        if not SSHD_PRIVSEP_DIR.is_dir():
+            SSHD_PRIVSEP_DIR.mkdir(parents=True, exist_ok=True)
+            SSHD_PRIVSEP_DIR.chmod(0o755)  # not subject to umask
+        self._keygen(self.host_key, "test-sshd-host")
+        self._keygen(self.client_key, "test-sshd-client")
+        self.authorized_keys.write_text(self.client_key_public.read_text())
+        self.port = self._pick_port()
+        self._write_config()
+        self._spawn([SSHD, "-D", "-e", "-f", str(self.config_path)], self.log_path)
+        self._wait_ready(self._sends_banner, timeout)
+
+    def known_hosts_line(self) -> str:
+        """``[127.0.0.1]:PORT <keytype> <key>`` for a known_hosts file."""
+        key_type, key = self.host_key_public.read_text().split()[:2]
+        return f"[{self.host}]:{self.port} {key_type} {key}"
