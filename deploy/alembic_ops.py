@@ -68,9 +68,9 @@ def current_heads(connection: Connection) -> tuple[str, ...]:
 
 
 def label(config: Config, revision: str | None) -> str:
-    """'abc123 (add tags)', or 'nothing' for the base."""
+    """'abc123 (add tags)', or 'base' when no revision is applied."""
     if not revision:
-        return "nothing (empty)"
+        return "base (no revisions applied)"
     with alembic_errors():
         script = scripts(config).get_revision(revision)
     return f"{revision} ({script.doc})" if script is not None and script.doc else revision

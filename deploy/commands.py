@@ -50,6 +50,7 @@ class Status:
     """Where the database stands against the checkout's migrations."""
 
     database: str
+    database_name: str
     migration_user: str
     needs_password: bool
     heads: list[str]
@@ -130,7 +131,8 @@ def migrate(project: Project, target: str, expect_head: str | None, downgrade: b
             print(f"{describe(url)} is already at {alembic_ops.label(project.alembic, current_of(current))}: nothing to do")
             return
         verb = "downgrade" if downgrade else "upgrade"
-        print(f"{verb} {describe(url)}: {current_of(current) or 'nothing'} -> {target} ({len(steps)} revisions)")
+        count = f"{len(steps)} revision{'s' if len(steps) > 1 else ''}"
+        print(f"{verb} {describe(url)} from {alembic_ops.label(project.alembic, current_of(current))}: {count}")
         try:
             alembic_ops.run(getattr(command, verb), project.alembic, connection, target)
             connection.commit()
@@ -144,7 +146,10 @@ def migrate(project: Project, target: str, expect_head: str | None, downgrade: b
 
 def migration_failed(project, connection, url, exc, target, downgrade) -> DeployError:
     """Name the revision that failed and the one the database is left at."""
-    reason = explain(exc, url) if hasattr(exc, "orig") else f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    if hasattr(exc, "orig"):
+        reason = explain(exc, url)
+    else:
+        reason = " ".join([type(exc).__name__ + ":", *str(exc).splitlines()[:1]])
     try:
         connection.rollback()
         now = alembic_ops.current_heads(connection)
@@ -206,6 +211,7 @@ def status(project: Project, target: str = "head", as_json: bool = False) -> Sta
     migration_url = project.settings.migration_url
     result = Status(
         database=describe(url),
+        database_name=url.database or "",
         migration_user=describe(migration_url),
         needs_password=needs_password(migration_url),
         heads=list(heads),

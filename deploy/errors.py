@@ -1,5 +1,23 @@
-"""The one exception type users see: its message is the whole story, on one line."""
+"""The one exception type users see, and how tasks show it: one line, no traceback."""
+
+from functools import wraps
 
 
 class DeployError(Exception):
     """An expected failure: printed as one line on stderr, exit status 1, no traceback."""
+
+
+def one_line_errors(body):
+    """Wrap a task body: a DeployError ends as `error: ...` on stderr and exit status 1."""
+    from invoke import Exit
+
+    @wraps(body)
+    def run(c, *args, **kwargs):
+        try:
+            return body(c, *args, **kwargs)
+        except DeployError as exc:
+            raise Exit(f"error: {exc}", code=1) from None
+        except KeyboardInterrupt:
+            raise Exit("interrupted", code=130) from None
+
+    return run

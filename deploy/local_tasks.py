@@ -2,30 +2,14 @@
 
 from __future__ import annotations
 
-from functools import wraps
 from pathlib import Path
 
-from invoke import Collection, Exit, task
+from invoke import Collection, task
 
 from . import commands
-from .errors import DeployError
+from .errors import one_line_errors
 
 CHECKOUT = Path(__file__).resolve().parent.parent
-
-
-def one_line_errors(body):
-    """Expected failures end as one line on stderr and exit status 1, never a traceback."""
-
-    @wraps(body)
-    def run(c, *args, **kwargs):
-        try:
-            return body(c, *args, **kwargs)
-        except DeployError as exc:
-            raise Exit(f"error: {exc}", code=1) from None
-        except KeyboardInterrupt:
-            raise Exit("interrupted", code=130) from None
-
-    return run
 
 
 def project(c) -> commands.Project:

@@ -1,0 +1,189 @@
+"""`fab ENV db.*`: transport only. The server's checkout runs its own `invoke db.*`."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+from pathlib import Path
+from shlex import quote
+
+from fabric import Config, Connection, Task, task
+from invoke import Collection, Exit
+
+from . import alembic_ops, credentials, safety
+from .errors import DeployError, one_line_errors
+
+# The Config key an environment task sets for the tasks after it on the same command line.
+SELECTED = "deploy_environment"
+
+
+class Server:
+    """The selected environment's server: an SSH connection and its checkout's `invoke db.*`."""
+
+    def __init__(self, c):
+        environments = c.config.get("environments") or {}
+        name = c.config.get(SELECTED)
+        if not name:
+            names = ", ".join(sorted(environments)) or "none declared in fabric.yaml"
+            raise DeployError(f"no environment selected: put one before the task, e.g. `fab prod db.upgrade` (environments: {names})")
+        env = environments[name]
+        for key in ("host", "app_dir"):
+            if not env.get(key):
+                raise DeployError(f"environments.{name}.{key} is not set in fabric.yaml")
+        self.name = name
+        self.app_dir = env["app_dir"]
+        self.python = env.get("python") or f"{self.app_dir.rstrip('/')}/.venv/bin/python"
+        self.settings = env.get("settings") or "production"
+        # Keys, known hosts and ssh_config come from Fabric's own configuration.
+        self.connection = Connection(env["host"], config=c.config)
+        self.where = f"{self.connection.user}@{self.connection.host}:{self.connection.port}"
+
+    def __enter__(self) -> "Server":
+        import paramiko
+
+        try:
+            self.connection.open()
+        except paramiko.AuthenticationException:
+            raise DeployError(f"SSH authentication to {self.where} was refused: check your key or ssh_config") from None
+        except (paramiko.SSHException, OSError, socket.timeout) as exc:
+            raise DeployError(f"cannot reach {self.where}: {exc}") from None
+        if self.run(f"test -d {quote(self.app_dir)}").failed:
+            raise DeployError(f"app_dir {self.app_dir} does not exist on {self.where}")
+        if self.run(f"test -x {quote(self.python)}").failed:
+            raise DeployError(f"no Python at {self.python} on {self.where}: set environments.{self.name}.python")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.connection.close()
+
+    def run(self, command: str, stdin: str = "", hide: bool = True):
+        # An in-memory stdin and no pty: a pty would echo the password, and the local
+        # terminal is never forwarded, so nothing typed here reaches the server by accident.
+        return self.connection.run(
+            command, in_stream=io.StringIO(stdin), echo_stdin=False, pty=False, warn=True, hide=hide
+        )
+
+    def invoke(self, task_args: str, stdin: str = "", hide: bool = False):
+        """`invoke db.*` in the server's checkout, with this environment's settings."""
+        return self.run(
+            f"cd {quote(self.app_dir)} && FLASK_CONFIG={quote(self.settings)} "
+            f"{quote(self.python)} -m invoke {task_args}",
+            stdin,
+            hide,
+        )
+
+    def status(self, target: str = "head") -> dict:
+        """The server's `db.status --json`: read with the application's user, no password."""
+        result = self.invoke(f"db.status --json --to={quote(target)}", hide=True)
+        if result.failed:
+            raise DeployError(f"{self.name}: {last_line(result.stderr)}")
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    def privileged(self, task_args: str, state: dict) -> None:
+        """Run a task that writes, its migration password on the SSH channel's stdin."""
+        password = ""
+        if state["needs_password"]:
+            password = credentials.read_password(f"Password for {state['migration_user']} ({self.name}): ")
+        result = self.invoke(task_args, stdin=password + "\n" if password else "")
+        if result.failed:
+            # The server has already said why, in one line on stderr.
+            raise Exit(code=result.exited or 1)
+
+
+def last_line(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1].removeprefix("error: ") if lines else "the server's command failed without a message"
+
+
+def refuse_unsafe(server: Server, state: dict, expected_head: str | None = None) -> None:
+    where = f"{server.name}'s database {state['database']}"
+    tables = state["unstamped_tables"]
+    safety.check_stamped(where, tables, not tables, state["base"], f"fab {server.name} db.stamp")
+    safety.check_single_head(tuple(state["heads"]))
+    if expected_head:
+        safety.check_expected_head(tuple(state["heads"]), expected_head)
+
+
+def local_head(c) -> str:
+    heads = alembic_ops.heads(alembic_ops.load_config(Path(c.config.db.alembic_ini)))
+    safety.check_single_head(heads)
+    if not heads:
+        raise DeployError("your checkout has no migrations")
+    return heads[0]
+
+
+@task
+@one_line_errors
+def status(c):
+    """Show the server's head, the database's revision and the pending revisions."""
+    with Server(c) as server:
+        print(f"{server.name}: {server.where}")
+        if server.invoke("db.status").failed:
+            raise Exit(code=1)
+
+
+@task(help={"to": "an explicit target revision; without it the server's head must equal yours"})
+@one_line_errors
+def upgrade(c, to=None):
+    """Upgrade the environment's database to head, after checks and a password prompt."""
+    expected = None if to else local_head(c)
+    with Server(c) as server:
+        state = server.status(to or "head")
+        refuse_unsafe(server, state, expected)
+        current = ", ".join(state["current"]) or "base"
+        if not state["pending"]:
+            print(f"{server.name}: {state['database']} is already at {current}: nothing to do")
+            return
+        print(f"{server.name}: {server.where}, database {state['migration_user']}")
+        print(f"{current} -> {to or expected}, {len(state['pending'])} pending:")
+        for revision, message in state["pending"]:
+            print(f"  {revision}  {message}")
+        expect = f" --expect-head={quote(expected)}" if expected else ""
+        server.privileged(f"db.upgrade --to={quote(to or 'head')}{expect}", state)
+
+
+@task(help={"revision": "the revision the database's schema already matches"})
+@one_line_errors
+def stamp(c, revision):
+    """Record REVISION as the environment database's revision, running no migration."""
+    with Server(c) as server:
+        state = server.status()
+        print(f"{server.name}: stamping {state['migration_user']} at {revision}")
+        server.privileged(f"db.stamp {quote(revision)}", state)
+
+
+@task(help={"to": "the revision to go back to (e.g. --to=-1 or a revision id)"})
+@one_line_errors
+def downgrade(c, to):
+    """Downgrade the environment's database to --to REV, after typing its name to confirm."""
+    with Server(c) as server:
+        state = server.status()
+        refuse_unsafe(server, state)
+        name = state["database_name"]
+        print(f"{server.name}: downgrade {state['migration_user']} from {', '.join(state['current']) or 'base'} to {to}")
+        try:
+            answer = input(f"Type the database name ({name}) to confirm: ")
+        except EOFError:
+            answer = ""
+        if answer.strip() != name:
+            raise DeployError("not confirmed: nothing changed")
+        server.privileged(f"db.downgrade --to={quote(to)}", state)
+
+
+def environment_task(name: str) -> Task:
+    def select(c):
+        setattr(c.config, SELECTED, name)
+
+    select.__doc__ = f"Select the {name} environment (fabric.yaml) for the tasks that follow."
+    return Task(select, name=name)
+
+
+def collection(project_dir: Path) -> Collection:
+    """The fabfile's namespace: `db.*` plus one task per environment in fabric.yaml."""
+    config = Config(project_location=str(project_dir))
+    config.load_project()
+    environments = config.get("environments") or {}
+    db = Collection("db", status, upgrade, stamp, downgrade)
+    db.configure({"db": {"alembic_ini": str(project_dir / "alembic.ini")}})
+    return Collection(db, *(environment_task(name) for name in environments))
