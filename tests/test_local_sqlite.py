@@ -1,0 +1,210 @@
+"""`invoke db.*` on the SQLite development database, as a developer runs it."""
+
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+from conftest import one_error_line
+
+BASE, POSTS, HEAD = "747f7d2e75b9", "06bd3f51a453", "776f3cb23823"
+
+
+def sqlite(checkout, name="development"):
+    return sqlite3.connect(checkout.path / "instance" / f"{name}.db")
+
+
+def tables(checkout):
+    with sqlite(checkout) as db:
+        return {row[0] for row in db.execute("select name from sqlite_master where type='table'")}
+
+
+def version(checkout):
+    with sqlite(checkout) as db:
+        return [row[0] for row in db.execute("select version_num from alembic_version")]
+
+
+def test_reset_builds_the_models_and_stamps_head(checkout):
+    result = checkout.invoke("db.reset")
+    assert result.code == 0, result.output
+    assert tables(checkout) == {"users", "posts", "tags", "post_tags", "alembic_version"}
+    assert version(checkout) == [HEAD]
+    assert "Running upgrade" not in result.output
+
+
+def test_reset_drops_stale_tables_and_a_stale_version(checkout):
+    (checkout.path / "instance").mkdir()
+    with sqlite(checkout) as db:
+        db.execute("create table old_model (id integer primary key)")
+        db.execute("create table alembic_version (version_num varchar(32) not null)")
+        db.execute("insert into alembic_version values ('deadbeef0000')")
+    assert checkout.invoke("db.reset").code == 0
+    assert "old_model" not in tables(checkout)
+    assert version(checkout) == [HEAD]
+
+
+def test_reset_does_not_replay_the_history(checkout):
+    # A head whose upgrade would fail: reset must stamp it, never run it.
+    checkout.add_revision("neverrun", HEAD, upgrade="raise RuntimeError('replayed')")
+    result = checkout.invoke("db.reset")
+    assert result.code == 0, result.output
+    assert version(checkout) == ["neverrun"]
+
+
+def test_reset_refuses_production_settings(checkout):
+    checkout.write_settings("production", SQLALCHEMY_DATABASE_URI="sqlite:///production.db")
+    line = one_error_line(checkout.invoke("db.reset", "--force", env={"FLASK_CONFIG": "production"}))
+    assert "refuses the 'production' settings" in line
+    assert not (checkout.path / "instance" / "production.db").exists()
+
+
+def test_reset_refuses_a_remote_host_even_with_force(checkout):
+    checkout.write_settings("development", SQLALCHEMY_DATABASE_URI="mysql+pymysql://u:p@db.example.com/blog")
+    line = one_error_line(checkout.invoke("db.reset", "--force"))
+    assert "not on this machine" in line
+
+
+def test_revision_without_changes_writes_nothing(checkout):
+    checkout.invoke("db.reset")
+    before = sorted(checkout.versions.iterdir())
+    result = checkout.invoke("db.revision", "-m", "nothing new")
+    assert result.code == 0, result.output
+    assert "no schema changes detected" in result.out
+    assert sorted(checkout.versions.iterdir()) == before
+
+
+def test_revision_autogenerates_a_batch_script_formatted_by_the_hook(checkout):
+    checkout.invoke("db.reset")
+    models = checkout.path / "exampleapp" / "models.py"
+    models.write_text(models.read_text().replace(
+        '    name: Mapped[str] = mapped_column(String(100))\n',
+        '    name: Mapped[str] = mapped_column(String(100))\n    bio: Mapped[str | None] = mapped_column(Text)\n',
+    ))
+    result = checkout.invoke("db.revision", "-m", "add user bio")
+    assert result.code == 0, result.output
+    path = checkout.path / result.out.strip().splitlines()[-1]
+    assert path.exists() and path.parent == checkout.versions
+    script = path.read_text()
+    assert 'batch_op.add_column(sa.Column("bio", sa.Text(), nullable=True))' in script
+    assert f'down_revision = "{HEAD}"' in script
+    formatted = subprocess.run([sys.executable, "-m", "ruff", "format", "--check", str(path)], capture_output=True)
+    assert formatted.returncode == 0, formatted.stdout
+    # The new revision applies (SQLite batch mode) and the models then match again.
+    assert checkout.invoke("db.upgrade").code == 0
+    assert "no schema changes detected" in checkout.invoke("db.revision", "-m", "again").out
+
+
+def test_empty_revision_is_written_without_a_database(checkout):
+    result = checkout.invoke("db.revision", "-m", "hand written", "--empty")
+    assert result.code == 0, result.output
+    path = checkout.path / result.out.strip().splitlines()[-1]
+    assert "def upgrade():\n    pass" in path.read_text()
+    assert not (checkout.path / "instance" / "development.db").exists()
+
+
+def test_revision_refuses_a_database_behind_head(checkout):
+    checkout.invoke("db.reset")
+    checkout.invoke("db.downgrade")
+    line = one_error_line(checkout.invoke("db.revision", "-m", "x"))
+    assert f"not at the head {HEAD}" in line and "invoke db.upgrade" in line
+
+
+def test_upgrade_downgrade_current_stamp(checkout):
+    result = checkout.invoke("db.upgrade", "--to", BASE)
+    assert result.code == 0, result.output
+    assert version(checkout) == [BASE]
+    assert f"Running upgrade  -> {BASE}, create users" in result.err
+    assert checkout.invoke("db.upgrade").code == 0
+    assert version(checkout) == [HEAD]
+    assert checkout.invoke("db.current").out.strip() == f"{HEAD} (add tags) (head)"
+    assert checkout.invoke("db.downgrade").code == 0
+    assert version(checkout) == [POSTS]
+    assert "posts" in tables(checkout) and "tags" not in tables(checkout)
+    assert checkout.invoke("db.stamp", BASE).code == 0
+    assert version(checkout) == [BASE]
+    checkout.invoke("db.stamp", POSTS)
+    assert checkout.invoke("db.downgrade", "--to", "base").code == 0
+    assert tables(checkout) == {"alembic_version"}
+
+
+def test_upgrade_at_head_says_so(checkout):
+    checkout.invoke("db.reset")
+    result = checkout.invoke("db.upgrade")
+    assert result.code == 0 and "already at" in result.out and "nothing to do" in result.out
+
+
+def test_history_heads_status(checkout):
+    history = checkout.invoke("db.history").out.splitlines()
+    assert history == [
+        f"{POSTS} -> {HEAD} (head), add tags",
+        f"{BASE} -> {POSTS}, add posts",
+        f"<base> -> {BASE}, create users",
+    ]
+    assert checkout.invoke("db.heads").out.strip() == f"{HEAD} (head)"
+    checkout.invoke("db.upgrade", "--to", BASE)
+    status = checkout.invoke("db.status").out
+    assert f"current:    {BASE}" in status
+    assert f"  {POSTS}  add posts\n  {HEAD}  add tags" in status
+
+
+def test_plain_alembic_agrees_with_invoke(checkout):
+    result = checkout.alembic("upgrade", "head")
+    assert result.code == 0, result.output
+    assert checkout.invoke("db.current").out.startswith(HEAD)
+    assert checkout.alembic("current").out.strip() == f"{HEAD} (head)"
+    production = checkout.alembic("current", env={"FLASK_CONFIG": "production"})
+    assert production.code != 0 and "production.cfg is missing" in production.output
+    assert "Traceback" not in production.output
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        (["db.upgrade", "--to", "zzz"], {}, "Can't locate revision identified by 'zzz'"),
+        (["db.current"], {"FLASK_CONFIG": "nope"}, "unknown settings 'nope'"),
+        (["db.upgrade"], {"FLASK_CONFIG": "production"}, "production.cfg is missing"),
+        (["db.current"], {}, "no database at"),
+    ],
+)
+def test_expected_failures_are_one_line(checkout, args, env, expected):
+    assert expected in one_error_line(checkout.invoke(*args, env=env))
+
+
+def test_malformed_settings_file(checkout):
+    checkout.write_settings("development", SQLALCHEMY_DATABASE_URI="sqlite:///x.db")
+    path = checkout.path / "instance" / "development.cfg"
+    path.write_text(path.read_text() + "this is not python\n")
+    assert "cannot read" in one_error_line(checkout.invoke("db.current"))
+
+
+def test_multiple_heads_say_how_to_merge(checkout):
+    checkout.add_revision("branch", BASE)
+    line = one_error_line(checkout.invoke("db.upgrade"))
+    assert "2 heads" in line and "alembic merge" in line
+
+
+def test_tables_without_alembic_version_say_how_to_stamp(checkout):
+    (checkout.path / "instance").mkdir()
+    with sqlite(checkout) as db:
+        db.execute("create table users (id integer primary key)")
+    line = one_error_line(checkout.invoke("db.upgrade"))
+    assert f"invoke db.stamp {BASE}" in line
+    assert tables(checkout) == {"users"}
+
+
+def test_failing_migration_names_the_revision_and_where_the_database_is(checkout):
+    checkout.invoke("db.reset")
+    checkout.add_revision("broken", HEAD, upgrade="op.execute('SELECT * FROM no_such_table')")
+    line = one_error_line(checkout.invoke("db.upgrade"))
+    assert "revision broken" in line and f"the database is at {HEAD}" in line
+    assert version(checkout) == [HEAD]
+
+
+@pytest.mark.parametrize("task", ["db.current", "db.upgrade", "db.downgrade", "db.stamp head", "db.history", "db.heads", "db.status"])
+def test_commands_without_models_do_not_import_them(checkout, task):
+    checkout.invoke("db.reset")
+    result = checkout.invoke(*task.split(), env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert result.code == 0, result.output
+    imported = {line.split("|")[-1].strip() for line in result.err.splitlines() if line.startswith("import time:")}
+    assert "alembic" in imported  # the probe works...
+    assert not {"exampleapp.models", "flask_sqlalchemy"} & imported  # ...and the models stayed out
