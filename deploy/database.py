@@ -17,7 +17,8 @@ from .errors import DeployError
 VERSION_TABLE = "alembic_version"
 
 # MySQL/MariaDB client error numbers that have a clear meaning for the user.
-ACCESS_DENIED = {1044, 1045, 1698}
+ACCESS_DENIED = {1045, 1698}
+DATABASE_DENIED = 1044
 CANNOT_CONNECT = {2002, 2003, 2005, 2006, 2013}
 UNKNOWN_DATABASE = 1049
 PRIVILEGE_MISSING = {1142, 1143, 1227}
@@ -38,6 +39,8 @@ def explain(exc: BaseException, url: URL) -> str:
         return f"access denied for {where}: wrong user or password"
     if code in CANNOT_CONNECT:
         return f"cannot reach the database server for {where}: is it running?"
+    if code == DATABASE_DENIED:
+        return f"{url.username} may not use database {url.database!r} ({where}): does it exist, and is it granted?"
     if code == UNKNOWN_DATABASE:
         return f"database {url.database!r} does not exist on the server ({where})"
     if code in PRIVILEGE_MISSING:
