@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Sets up everything the tests need on a Debian/Ubuntu machine, then runs them.
+# Installs mariadb-server and openssh-server when missing (apt; sudo when not root),
+# and the Python packages into .venv. The tests start their own servers on loopback.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+[ -x /usr/sbin/mariadbd ] || missing+=(mariadb-server)
+[ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
+if [ ${#missing[@]} -gt 0 ]; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    echo "installing ${missing[*]}"
+    $sudo apt-get update -qq
+    # policy-rc.d on most images keeps the packaged services from starting; we never need them.
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check -r tests/requirements.txt
+
+status=0
+.venv/bin/python -m pytest -p no:cacheprovider "$@" tests || status=$?
+# pytest's 5 means it collected no test: that is a failure here, not a pass.
+exit "$status"
