@@ -9,7 +9,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import MetaData
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, Connection
 
 from . import alembic_ops, safety
 from .credentials import describe, needs_password, with_password
@@ -26,7 +26,7 @@ class Project:
     settings: Settings
 
     @classmethod
-    def open(cls, ini_path: Path, settings_name: str | None = None) -> "Project":
+    def open(cls, ini_path: Path, settings_name: str | None = None) -> Project:
         config = alembic_ops.load_config(ini_path)
         return cls(config, alembic_ops.settings(config, settings_name))
 
@@ -63,8 +63,7 @@ class Status:
 
 def reset(project: Project, allowed_settings: list[str], force: bool = False) -> None:
     """Drop every table, create the models' tables, stamp head: no history replayed."""
-    url = project.settings.migration_url
-    safety.check_resettable(project.settings.name, allowed_settings, url, force)
+    safety.check_resettable(project.settings.name, allowed_settings, project.settings.migration_url, force)
     head = project.single_head()
     models = alembic_ops.metadata(project.alembic)
     url = project.migration_url()
@@ -89,7 +88,7 @@ def revision(project: Project, message: str, empty: bool = False) -> None:
     head = project.single_head()
     url = project.migration_url()
     with connect(url) as connection, translate_errors(url):
-        check_stamped(project, connection, "invoke db.stamp")
+        check_stamped(project, connection)
         current = alembic_ops.current_heads(connection)
         if current != (head,):
             raise DeployError(
@@ -117,22 +116,23 @@ def downgrade(project: Project, target: str = "-1") -> None:
 
 
 def migrate(project: Project, target: str, expect_head: str | None, downgrade: bool) -> None:
-    heads = project.heads()
-    safety.check_single_head(heads)
+    head_revisions = project.heads()
+    safety.check_single_head(head_revisions)
     if expect_head:
-        safety.check_expected_head(heads, expect_head)
+        safety.check_expected_head(head_revisions, expect_head)
     url = project.migration_url()
     with connect(url, create=not downgrade) as connection:
         with translate_errors(url):
-            check_stamped(project, connection, "invoke db.stamp")
+            check_stamped(project, connection)
             current = alembic_ops.current_heads(connection)
         steps = alembic_ops.plan(project.alembic, current, target, downgrade)
+        where_now = alembic_ops.label(project.alembic, current_of(current))
         if not steps:
-            print(f"{describe(url)} is already at {alembic_ops.label(project.alembic, current_of(current))}: nothing to do")
+            print(f"{describe(url)} is already at {where_now}: nothing to do")
             return
         verb = "downgrade" if downgrade else "upgrade"
         count = f"{len(steps)} revision{'s' if len(steps) > 1 else ''}"
-        print(f"{verb} {describe(url)} from {alembic_ops.label(project.alembic, current_of(current))}: {count}")
+        print(f"{verb} {describe(url)} from {where_now}: {count}")
         try:
             alembic_ops.run(getattr(command, verb), project.alembic, connection, target)
             connection.commit()
@@ -144,7 +144,9 @@ def migrate(project: Project, target: str, expect_head: str | None, downgrade: b
     print(f"{describe(url)} is now at {alembic_ops.label(project.alembic, current_of(now))}")
 
 
-def migration_failed(project, connection, url, exc, target, downgrade) -> DeployError:
+def migration_failed(
+    project: Project, connection: Connection, url: URL, exc: Exception, target: str, downgrade: bool
+) -> DeployError:
     """Name the revision that failed and the one the database is left at."""
     if hasattr(exc, "orig"):
         reason = explain(exc, url)
@@ -178,9 +180,9 @@ def current(project: Project) -> None:
     with connect(url) as connection, translate_errors(url):
         found = alembic_ops.current_heads(connection)
         tables = application_tables(connection)
-    heads = project.heads()
+    head_revisions = project.heads()
     for revision in found:
-        mark = " (head)" if revision in heads else ""
+        mark = " (head)" if revision in head_revisions else ""
         print(f"{alembic_ops.label(project.alembic, revision)}{mark}")
     if not found:
         print("not stamped" + (f": {len(tables)} tables but no alembic_version" if tables else ": empty database"))
@@ -199,14 +201,14 @@ def heads(project: Project) -> None:
 def status(project: Project, target: str = "head", as_json: bool = False) -> Status:
     """Head, current revision and pending revisions; reads with the application's own user."""
     config = project.alembic
-    heads = project.heads()
+    head_revisions = project.heads()
     url = project.settings.database_url
     with connect(url) as connection, translate_errors(url):
         found = alembic_ops.current_heads(connection)
         tables = application_tables(connection)
         stamped = has_version_table(connection)
     pending = []
-    if len(heads) == 1 and (stamped or not tables):
+    if len(head_revisions) == 1 and (stamped or not tables):
         pending = [[s.revision, s.doc] for s in alembic_ops.plan(config, found, target)]
     migration_url = project.settings.migration_url
     result = Status(
@@ -214,7 +216,7 @@ def status(project: Project, target: str = "head", as_json: bool = False) -> Sta
         database_name=url.database or "",
         migration_user=describe(migration_url),
         needs_password=needs_password(migration_url),
-        heads=list(heads),
+        heads=list(head_revisions),
         current=list(found),
         target=target,
         pending=pending,
@@ -240,11 +242,11 @@ def format_status(status: Status) -> str:
     return "\n".join(lines)
 
 
-def check_stamped(project: Project, connection, stamp_command: str) -> None:
+def check_stamped(project: Project, connection: Connection) -> None:
     tables = application_tables(connection)
     stamped = has_version_table(connection)
     where = describe(connection.engine.url)
-    safety.check_stamped(where, tables, stamped, alembic_ops.base(project.alembic), stamp_command)
+    safety.check_stamped(where, tables, stamped, alembic_ops.base(project.alembic), "invoke db.stamp")
 
 
 def current_of(heads: tuple[str, ...]) -> str | None:

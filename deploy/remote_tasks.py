@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 from pathlib import Path
 from shlex import quote
 
@@ -26,7 +25,9 @@ class Server:
         name = c.config.get(SELECTED)
         if not name:
             names = ", ".join(sorted(environments)) or "none declared in fabric.yaml"
-            raise DeployError(f"no environment selected: put one before the task, e.g. `fab prod db.upgrade` (environments: {names})")
+            raise DeployError(
+                f"no environment selected: put one before the task, e.g. `fab prod db.upgrade` (environments: {names})"
+            )
         env = environments[name]
         for key in ("host", "app_dir"):
             if not env.get(key):
@@ -39,14 +40,14 @@ class Server:
         self.connection = Connection(env["host"], config=c.config)
         self.where = f"{self.connection.user}@{self.connection.host}:{self.connection.port}"
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Server:
         import paramiko
 
         try:
             self.connection.open()
         except paramiko.AuthenticationException:
             raise DeployError(f"SSH authentication to {self.where} was refused: check your key or ssh_config") from None
-        except (paramiko.SSHException, OSError, socket.timeout) as exc:
+        except (TimeoutError, paramiko.SSHException, OSError) as exc:
             raise DeployError(f"cannot reach {self.where}: {exc}") from None
         if self.run(f"test -d {quote(self.app_dir)}").failed:
             raise DeployError(f"app_dir {self.app_dir} does not exist on {self.where}")
@@ -161,7 +162,9 @@ def downgrade(c, to):
         state = server.status()
         refuse_unsafe(server, state)
         name = state["database_name"]
-        print(f"{server.name}: downgrade {state['migration_user']} from {', '.join(state['current']) or 'base'} to {to}")
+        print(
+            f"{server.name}: downgrade {state['migration_user']} from {', '.join(state['current']) or 'base'} to {to}"
+        )
         try:
             answer = input(f"Type the database name ({name}) to confirm: ")
         except EOFError:

@@ -41,14 +41,11 @@ def check_resettable(settings_name: str, allowed: list[str], url: URL, force: bo
     """db.reset drops every table: only local development databases qualify."""
     if settings_name not in allowed:
         raise DeployError(
-            f"db.reset drops every table and refuses the {settings_name!r} settings "
-            f"(allowed: {', '.join(allowed)})"
+            f"db.reset drops every table and refuses the {settings_name!r} settings (allowed: {', '.join(allowed)})"
         )
     if url.get_backend_name() == "sqlite":
         return
     if url.host not in LOCAL_HOSTS:
         raise DeployError(f"db.reset refuses {describe(url)}: it is not on this machine")
     if not force:
-        raise DeployError(
-            f"db.reset would drop every table of {describe(url)}: add --force to do it"
-        )
+        raise DeployError(f"db.reset would drop every table of {describe(url)}: add --force to do it")

@@ -59,13 +59,9 @@ class Settings:
     def _url(self, key: str) -> URL:
         value = self.config.get(key)
         if not value and not self.settings_file.exists():
-            raise DeployError(
-                f"{self.settings_file} is missing: the {self.name} settings need it, with {key} = '...'"
-            )
+            raise DeployError(f"{self.settings_file} is missing: the {self.name} settings need it, with {key} = '...'")
         if not value:
-            raise DeployError(
-                f"no {key} in the {self.name} settings: set it in {self.settings_file}"
-            )
+            raise DeployError(f"no {key} in the {self.name} settings: set it in {self.settings_file}")
         try:
             url = make_url(value)
         except ArgumentError:
@@ -102,9 +98,7 @@ def load_settings(config_objects: str, name: str, root: Path) -> Settings:
             # Name the error type and line only: the file's text may hold passwords.
             line = getattr(exc, "lineno", None)
             where = f" (line {line})" if line else ""
-            raise DeployError(
-                f"cannot read {settings_file}: {type(exc).__name__}{where}"
-            ) from None
+            raise DeployError(f"cannot read {settings_file}: {type(exc).__name__}{where}") from None
     return Settings(name=name, config=dict(config), instance_path=instance_path)
 
 

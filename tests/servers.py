@@ -126,9 +126,7 @@ class _ManagedServer:
         if self.is_running():
             raise RuntimeError(f"{self.name} is already running (pid {self.pid})")
         with open(log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                list(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
-            )
+            self.process = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         _LIVE.add(self)
 
     def _wait_ready(self, probe: Callable[[], bool], timeout: float) -> None:
@@ -139,9 +137,7 @@ class _ManagedServer:
             code = self.process.poll()
             if code is not None:
                 _LIVE.discard(self)
-                raise ServerStartError(
-                    f"{self.name} exited with code {code} during startup.\n{self._log_tails()}"
-                )
+                raise ServerStartError(f"{self.name} exited with code {code} during startup.\n{self._log_tails()}")
             if probe():
                 return
             if time.monotonic() >= deadline:
@@ -256,17 +252,19 @@ class MariaDB(_ManagedServer):
         with open(self.install_log_path, "ab") as log:
             try:
                 result = subprocess.run(
-                    argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    timeout=timeout, check=False,
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    timeout=timeout,
+                    check=False,
                 )
             except subprocess.TimeoutExpired:
                 raise ServerStartError(
                     f"mariadb-install-db timed out after {timeout:.0f}s.\n{self._log_tails()}"
                 ) from None
         if result.returncode != 0:
-            raise ServerStartError(
-                f"mariadb-install-db failed with code {result.returncode}.\n{self._log_tails()}"
-            )
+            raise ServerStartError(f"mariadb-install-db failed with code {result.returncode}.\n{self._log_tails()}")
         self._initialised_marker.touch()
 
     def _socket_arg(self) -> str:
@@ -311,8 +309,12 @@ class MariaDB(_ManagedServer):
     def admin(self, **kwargs: Any) -> pymysql.connections.Connection:
         """A new autocommit connection as root over TCP."""
         params: dict[str, Any] = dict(
-            host=self.host, port=self.port, user="root", password="",
-            autocommit=True, charset="utf8mb4",
+            host=self.host,
+            port=self.port,
+            user="root",
+            password="",
+            autocommit=True,
+            charset="utf8mb4",
         )
         params.update(kwargs)
         return pymysql.connect(**params)
@@ -386,7 +388,10 @@ class SSHServer(_ManagedServer):
             return
         result = subprocess.run(
             [SSH_KEYGEN, "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
-            stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if result.returncode != 0:
             raise ServerStartError(f"ssh-keygen failed for {path}: {result.stderr.strip()}")

@@ -76,10 +76,12 @@ def test_revision_without_changes_writes_nothing(checkout):
 def test_revision_autogenerates_a_batch_script_formatted_by_the_hook(checkout):
     checkout.invoke("db.reset")
     models = checkout.path / "exampleapp" / "models.py"
-    models.write_text(models.read_text().replace(
-        '    name: Mapped[str] = mapped_column(String(100))\n',
-        '    name: Mapped[str] = mapped_column(String(100))\n    bio: Mapped[str | None] = mapped_column(Text)\n',
-    ))
+    models.write_text(
+        models.read_text().replace(
+            "    name: Mapped[str] = mapped_column(String(100))\n",
+            "    name: Mapped[str] = mapped_column(String(100))\n    bio: Mapped[str | None] = mapped_column(Text)\n",
+        )
+    )
     result = checkout.invoke("db.revision", "-m", "add user bio")
     assert result.code == 0, result.output
     path = checkout.path / result.out.strip().splitlines()[-1]
@@ -200,7 +202,9 @@ def test_failing_migration_names_the_revision_and_where_the_database_is(checkout
     assert version(checkout) == [HEAD]
 
 
-@pytest.mark.parametrize("task", ["db.current", "db.upgrade", "db.downgrade", "db.stamp head", "db.history", "db.heads", "db.status"])
+@pytest.mark.parametrize(
+    "task", ["db.current", "db.upgrade", "db.downgrade", "db.stamp head", "db.history", "db.heads", "db.status"]
+)
 def test_commands_without_models_do_not_import_them(checkout, task):
     checkout.invoke("db.reset")
     result = checkout.invoke(*task.split(), env={"PYTHONPROFILEIMPORTTIME": "1"})

@@ -10,7 +10,6 @@ from typing import Any
 
 import pymysql
 import pytest
-
 from servers import MariaDB, ServerStartError, SSHServer, free_port
 
 # Every character that breaks naive DSN/URL/shell/SQL quoting, plus a trailing space.
@@ -21,10 +20,10 @@ ER_ACCESS_DENIED_ERROR = 1045
 CR_CONN_HOST_ERROR = 2003
 
 
-def _connect(db: MariaDB, user: str, password: str, database: str | None = None
-             ) -> pymysql.connections.Connection:
-    return pymysql.connect(host=db.host, port=db.port, user=user, password=password,
-                           database=database, autocommit=True, connect_timeout=5)
+def _connect(db: MariaDB, user: str, password: str, database: str | None = None) -> pymysql.connections.Connection:
+    return pymysql.connect(
+        host=db.host, port=db.port, user=user, password=password, database=database, autocommit=True, connect_timeout=5
+    )
 
 
 def _query(conn: pymysql.connections.Connection, sql: str) -> tuple:
@@ -75,7 +74,8 @@ def test_mariadb_starts(mariadb: MariaDB) -> None:
     assert mariadb.host == "127.0.0.1"
     assert mariadb.port not in (0, 3306)
     ((version, port, datadir, charset),) = mariadb.execute(
-        "SELECT VERSION(), @@port, @@datadir, @@character_set_server")
+        "SELECT VERSION(), @@port, @@datadir, @@character_set_server"
+    )
     assert "MariaDB" in version
     assert port == mariadb.port
     assert pathlib.Path(datadir).resolve() == mariadb.datadir
@@ -93,8 +93,7 @@ def test_app_user_can_use_data_but_not_change_schema(mariadb: MariaDB) -> None:
         _query(conn, "INSERT INTO items VALUES (1, 'one')")
         _query(conn, "UPDATE items SET name = 'uno' WHERE id = 1")
         assert _query(conn, "SELECT id, name FROM items") == ((1, "uno"),)
-        for ddl in ("CREATE TABLE other (id INT)",
-                    "ALTER TABLE items ADD COLUMN extra INT"):
+        for ddl in ("CREATE TABLE other (id INT)", "ALTER TABLE items ADD COLUMN extra INT"):
             with pytest.raises(pymysql.err.OperationalError) as excinfo:
                 _query(conn, ddl)
             assert excinfo.value.args[0] == ER_TABLEACCESS_DENIED_ERROR, ddl
@@ -218,9 +217,15 @@ def test_sshd_runs_command_with_client_key(sshd: SSHServer, tmp_path: pathlib.Pa
     assert sshd.known_hosts_line().startswith(f"[127.0.0.1]:{sshd.port} ssh-ed25519 ")
 
     client = _ssh_client(sshd, tmp_path)
-    client.connect(sshd.host, port=sshd.port, username=sshd.user,
-                   key_filename=str(sshd.client_key), look_for_keys=False,
-                   allow_agent=False, timeout=10)
+    client.connect(
+        sshd.host,
+        port=sshd.port,
+        username=sshd.user,
+        key_filename=str(sshd.client_key),
+        look_for_keys=False,
+        allow_agent=False,
+        timeout=10,
+    )
     try:
         _, stdout, _ = client.exec_command("echo hello", timeout=10)
         assert stdout.read().decode().strip() == "hello"
@@ -235,9 +240,15 @@ def test_sshd_rejects_other_keys(sshd: SSHServer, tmp_path: pathlib.Path) -> Non
     client = _ssh_client(sshd, tmp_path)
     try:
         with pytest.raises(paramiko.AuthenticationException):
-            client.connect(sshd.host, port=sshd.port, username=sshd.user,
-                           pkey=paramiko.RSAKey.generate(2048), look_for_keys=False,
-                           allow_agent=False, timeout=10)
+            client.connect(
+                sshd.host,
+                port=sshd.port,
+                username=sshd.user,
+                pkey=paramiko.RSAKey.generate(2048),
+                look_for_keys=False,
+                allow_agent=False,
+                timeout=10,
+            )
     finally:
         client.close()
 
@@ -260,7 +271,13 @@ def test_sshd_kill_and_restart(sshd: SSHServer, tmp_path: pathlib.Path) -> None:
     sshd.start()
     assert sshd.known_hosts_line() == line  # same host key and port
     client = _ssh_client(sshd, tmp_path)
-    client.connect(sshd.host, port=sshd.port, username=sshd.user,
-                   key_filename=str(sshd.client_key), look_for_keys=False,
-                   allow_agent=False, timeout=10)
+    client.connect(
+        sshd.host,
+        port=sshd.port,
+        username=sshd.user,
+        key_filename=str(sshd.client_key),
+        look_for_keys=False,
+        allow_agent=False,
+        timeout=10,
+    )
     client.close()

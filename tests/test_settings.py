@@ -33,8 +33,12 @@ def test_relative_sqlite_lives_in_the_instance_folder(tmp_path):
 
 
 def test_instance_file_overrides_and_alembic_uri_wins(tmp_path):
-    write(tmp_path, "production", "SQLALCHEMY_DATABASE_URI = 'mysql+pymysql://app:pw@db/blog'\n"
-          "SQLALCHEMY_ALEMBIC_URI = 'mysql+pymysql://root:@db/blog'\n")
+    write(
+        tmp_path,
+        "production",
+        "SQLALCHEMY_DATABASE_URI = 'mysql+pymysql://app:pw@db/blog'\n"
+        "SQLALCHEMY_ALEMBIC_URI = 'mysql+pymysql://root:@db/blog'\n",
+    )
     settings = load_settings(CONFIGS, "production", tmp_path)
     assert settings.database_url.username == "app"
     assert settings.migration_url.username == "root"
@@ -45,7 +49,7 @@ def test_instance_file_overrides_and_alembic_uri_wins(tmp_path):
 def test_missing_production_file_is_named(tmp_path):
     settings = load_settings(CONFIGS, "production", tmp_path)
     with pytest.raises(DeployError, match=r"production\.cfg is missing"):
-        settings.migration_url
+        _ = settings.migration_url
 
 
 @pytest.mark.parametrize("body", ["SQLALCHEMY_DATABASE_URI = 'mysql://a:secret@h/db\n", "x = undefined_secret\n"])
@@ -60,7 +64,7 @@ def test_malformed_file_is_named_without_its_content(tmp_path, body):
 def test_unparseable_url_does_not_echo_it(tmp_path):
     write(tmp_path, "production", "SQLALCHEMY_DATABASE_URI = 'not a url secret'\n")
     with pytest.raises(DeployError) as caught:
-        load_settings(CONFIGS, "production", tmp_path).database_url
+        _ = load_settings(CONFIGS, "production", tmp_path).database_url
     assert "secret" not in str(caught.value)
 
 
@@ -72,7 +76,9 @@ def test_unknown_settings_name_lists_the_choices(tmp_path):
 @pytest.mark.parametrize("char", list("@:/%#?' "))
 def test_password_with_special_character_survives_the_url_api(char, tmp_path):
     password = f"a{char}b{char}"
-    url = credentials.with_password(make_url("mysql+pymysql://root:@db.example/blog"), io.StringIO(password + "\nnext\n"))
+    url = credentials.with_password(
+        make_url("mysql+pymysql://root:@db.example/blog"), io.StringIO(password + "\nnext\n")
+    )
     assert url.password == password
     # Rendered and parsed again (what a str() of the URL would go through), it is still the same.
     assert make_url(url.render_as_string(hide_password=False)).password == password
