@@ -1,0 +1,355 @@
+"""`fab ENV db.*` against a real sshd and MariaDB: the server is a second checkout on this machine."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pexpect
+import pytest
+from conftest import BIN, PASSWORD, Checkout, Database, Result, files_containing, one_error_line, run
+from servers import SSH_KEYGEN, SSHServer, free_port
+
+SLEEPY = "5133c0000001"  # a revision after head whose upgrade takes a while
+BROKEN = "b0b0c0000001"  # a revision after head whose upgrade fails
+STDIN_PASSWORD = PASSWORD + "\n"
+
+
+def fab_env(**extra: str) -> dict[str, str]:
+    """This environment, without the settings switch (as conftest.run does)."""
+    env = {key: value for key, value in os.environ.items() if key != "FLASK_CONFIG"}
+    return {**env, **extra}
+
+
+def revisions(checkout: Checkout) -> list[str]:
+    """The checkout's revisions, base first."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    scripts = ScriptDirectory.from_config(Config(str(checkout.path / "alembic.ini")))
+    return [script.revision for script in reversed(list(scripts.walk_revisions()))]
+
+
+@dataclass
+class Remote:
+    """A local checkout to run `fab` in, a server checkout reached through sshd, and its database."""
+
+    local: Checkout
+    server: Checkout
+    database: Database
+    sshd: SSHServer
+    config: Path
+
+    def configure(self, key: Path | None = None, **environment: str) -> None:
+        """Write the Fabric runtime config (`fab -f`): environments.prod points at the sshd."""
+        prod = {
+            "host": f"{self.sshd.user}@127.0.0.1:{self.sshd.port}",
+            "app_dir": str(self.server.path),
+            "python": str(BIN / "python"),
+            **environment,
+        }
+        settings = {
+            "load_ssh_configs": False,
+            "connect_kwargs": {
+                "key_filename": str(key or self.sshd.client_key),
+                "look_for_keys": False,
+                "allow_agent": False,
+            },
+            "environments": {"prod": prod},
+        }
+        # JSON is YAML: no quoting to get wrong.
+        self.config.write_text(json.dumps(settings, indent=2))
+
+    @property
+    def argv(self) -> list[str]:
+        return [str(BIN / "fab"), "-f", str(self.config)]
+
+    def fab(self, *args: str, stdin: str | None = None) -> Result:
+        return run([*self.argv, *args], self.local.path, stdin)
+
+    def upgrade(self, *args: str) -> Result:
+        """`fab prod db.upgrade`, the password on stdin, expected to succeed."""
+        result = self.fab("prod", "db.upgrade", *args, stdin=STDIN_PASSWORD)
+        assert result.code == 0, result.output
+        return result
+
+    def add_revision(self, name: str, upgrade: str) -> None:
+        """The same revision after head in both checkouts: the code was deployed."""
+        down = self.local.head()
+        for checkout in (self.local, self.server):
+            checkout.add_revision(name, down, upgrade=upgrade)
+
+    def state(self) -> tuple[str | None, set[str]]:
+        """The database's revision and tables."""
+        return self.database.version(), self.database.tables()
+
+    def refuses(self, *fragments: str, args: tuple[str, ...] = ("prod", "db.upgrade")) -> str:
+        """Refused before any password is asked (stdin is empty), the database untouched."""
+        before = self.state()
+        line = refused(self.fab(*args), *fragments)
+        assert self.state() == before
+        return line
+
+
+@pytest.fixture
+def remote(tmp_path, database, sshd) -> Remote:
+    server = Checkout(tmp_path / "server")
+    server.use_production(database)
+    remote = Remote(Checkout(tmp_path / "local"), server, database, sshd, tmp_path / "fab.yaml")
+    remote.configure()
+    return remote
+
+
+def refused(result: Result, *fragments: str) -> str:
+    """One `error:` line holding every fragment, and no password anywhere."""
+    line = one_error_line(result)
+    for fragment in fragments:
+        assert fragment in line, line
+    assert PASSWORD not in result.output
+    return line
+
+
+# -- upgrades -----------------------------------------------------------------
+
+
+def test_upgrade_at_a_terminal(remote):
+    """The password is typed at a real terminal, unechoed; the plan and Alembic's steps show."""
+    env = fab_env()
+    assert not any(PASSWORD in value for value in env.values())
+    transcript = io.StringIO()
+    child = pexpect.spawn(
+        remote.argv[0],
+        [*remote.argv[1:], "prod", "db.upgrade"],
+        cwd=str(remote.local.path),
+        env=env,
+        encoding="utf-8",
+        timeout=120,
+        dimensions=(50, 250),
+    )
+    child.logfile_read = transcript
+    try:
+        child.expect(f"Password for {remote.database.migration_user}@")
+        plan = transcript.getvalue()
+        child.sendline(PASSWORD)
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    output = transcript.getvalue()
+    assert child.exitstatus == 0, output
+    assert all(revision in plan for revision in revisions(remote.local)), plan
+    assert "3 pending" in plan, plan
+    assert output.count("Running upgrade") == 3, output
+    assert f"is now at {remote.local.head()}" in output
+    assert PASSWORD not in output
+    assert remote.database.version() == remote.local.head()
+
+
+def test_upgrade_with_the_password_on_stdin(remote):
+    result = remote.upgrade()
+    assert "Running upgrade" in result.err
+    assert f"is now at {remote.local.head()}" in result.out
+    assert PASSWORD not in result.output
+    assert remote.database.version() == remote.local.head()
+
+
+class ProcSampler(threading.Thread):
+    """Reads every process's cmdline and environ until stopped, noting those holding `secret`."""
+
+    def __init__(self, secret: str, deadline: float = 120):
+        super().__init__(daemon=True)
+        self.secret = secret.encode()
+        self.deadline = time.monotonic() + deadline
+        self.stop = threading.Event()
+        self.leaks: set[tuple[int, str, bytes]] = set()
+        self.cmdlines: set[bytes] = set()
+        self.rounds = 0
+
+    def run(self) -> None:
+        while not self.stop.is_set() and time.monotonic() < self.deadline:
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                for kind in ("cmdline", "environ"):
+                    try:
+                        data = Path("/proc", pid, kind).read_bytes()
+                    except OSError:  # gone, or not ours to read
+                        continue
+                    if kind == "cmdline":
+                        self.cmdlines.add(data)
+                    if self.secret in data:
+                        self.leaks.add((int(pid), kind, data))
+            self.rounds += 1
+
+    def saw(self, fragment: bytes) -> bool:
+        return any(fragment in cmdline for cmdline in self.cmdlines)
+
+
+def new_files_containing(directory: Path, secret: str, since: float) -> list[Path]:
+    """Files directly in `directory` written since `since` that hold `secret`."""
+    found = []
+    for path in directory.iterdir():
+        try:
+            if path.is_file() and path.stat().st_mtime >= since and secret.encode() in path.read_bytes():
+                found.append(path)
+        except OSError:  # vanished meanwhile
+            pass
+    return found
+
+
+def test_upgrade_leaks_the_password_nowhere(remote, tmp_path, sshd):
+    """Not in any process's argv or environment while it runs, nor in any output or file."""
+    remote.add_revision(SLEEPY, upgrade="__import__('time').sleep(2)")
+    started = time.time()
+    sampler = ProcSampler(PASSWORD)
+    sampler.start()
+    try:
+        process = subprocess.Popen(
+            [*remote.argv, "prod", "db.upgrade"],
+            cwd=remote.local.path,
+            env=fab_env(TMPDIR=str(tmp_path)),
+            text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        out, err = process.communicate(STDIN_PASSWORD, timeout=120)
+    finally:
+        sampler.stop.set()
+        sampler.join()
+    assert process.returncode == 0, out + err
+    assert remote.database.version() == SLEEPY
+    # The server's `python -m invoke db.upgrade` was seen alive, so its argv and environ were read.
+    assert sampler.saw(b"invoke\0db.upgrade\0"), sampler.rounds
+    assert not sampler.leaks
+    assert PASSWORD not in out + err
+    # tmp_path holds both checkouts, the fab config and fab's TMPDIR; MariaDB's datadir is left out.
+    for root in (tmp_path, sshd.base_dir):
+        assert not files_containing(root, PASSWORD), root
+    assert not new_files_containing(Path(tempfile.gettempdir()), PASSWORD, started)
+
+
+def test_upgrade_with_nothing_pending_asks_for_nothing(remote):
+    remote.upgrade()
+    result = remote.fab("prod", "db.upgrade")
+    assert result.code == 0, result.output
+    assert "nothing to do" in result.out
+    assert "Password" not in result.output
+    assert remote.database.version() == remote.local.head()
+
+
+def test_a_failing_migration_names_itself_and_where_the_database_stopped(remote):
+    head = remote.local.head()
+    remote.add_revision(BROKEN, upgrade="op.execute('SELECT * FROM no_such_table')")
+    result = remote.fab("prod", "db.upgrade", stdin=STDIN_PASSWORD)
+    line = refused(result, BROKEN, f"the database is at {head}")
+    assert "no_such_table" in line
+    assert remote.database.version() == head
+
+
+# -- refusals -----------------------------------------------------------------
+
+
+def test_refuses_an_unstamped_database_with_tables(remote):
+    remote.database.query("CREATE TABLE legacy (id INT PRIMARY KEY)")
+    remote.refuses(f"`fab prod db.stamp {revisions(remote.local)[0]}`")
+    assert remote.state() == (None, {"legacy"})
+
+
+def test_refuses_several_heads_on_the_server(remote):
+    remote.server.add_revision("0b1a0c000001", revisions(remote.server)[0])
+    remote.refuses("merge")
+
+
+def test_refuses_a_server_behind_the_local_checkout_unless_given_a_target(remote):
+    server_head = remote.server.head()
+    remote.local.add_revision("10ca10000001", server_head)
+    remote.refuses("deploy", server_head, "10ca10000001")
+    remote.upgrade(f"--to={server_head}")
+    assert remote.database.version() == server_head
+
+
+def test_refuses_a_wrong_password(remote):
+    result = remote.fab("prod", "db.upgrade", stdin="not the password\n")
+    refused(result, "access denied", remote.database.migration_user)
+    assert remote.state() == (None, set())
+
+
+def unreachable(remote, tmp_path):
+    port = free_port()
+    return {"host": f"{remote.sshd.user}@127.0.0.1:{port}"}, ["cannot reach", f"127.0.0.1:{port}"]
+
+
+def unknown_key(remote, tmp_path):
+    key = tmp_path / "stranger_ed25519"
+    subprocess.run([SSH_KEYGEN, "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    return {"key": key}, ["authentication"]
+
+
+def missing_app_dir(remote, tmp_path):
+    return {"app_dir": str(tmp_path / "nowhere")}, ["app_dir", "does not exist", str(tmp_path / "nowhere")]
+
+
+def missing_python(remote, tmp_path):
+    python = str(tmp_path / "nowhere" / "python")
+    return {"python": python}, ["no Python", python]
+
+
+@pytest.mark.parametrize("environment", [unreachable, unknown_key, missing_app_dir, missing_python])
+def test_refuses_a_broken_environment(remote, tmp_path, environment):
+    settings, fragments = environment(remote, tmp_path)
+    remote.configure(**settings)
+    remote.refuses(*fragments)
+
+
+def test_refuses_a_server_without_its_settings_file(remote):
+    (remote.server.path / "instance" / "production.cfg").unlink()
+    remote.refuses("production.cfg")
+
+
+def test_refuses_without_an_environment(remote):
+    remote.refuses("no environment selected", "prod", "staging", args=("db.upgrade",))
+
+
+# -- status, stamp, downgrade ---------------------------------------------------
+
+
+def test_status_shows_head_current_and_pending(remote):
+    result = remote.fab("prod", "db.status")
+    assert result.code == 0, result.output
+    head, all_revisions = remote.local.head(), revisions(remote.local)
+    assert f"head {head}" in result.out
+    assert "current:    not stamped" in result.out
+    pending = result.out.split("pending:", 1)[1].splitlines()
+    assert pending[0].strip() == str(len(all_revisions))
+    assert [line.split()[0] for line in pending[1:] if line.strip()] == all_revisions
+
+
+def test_stamp_then_status_shows_the_stamped_revision(remote):
+    base = revisions(remote.local)[0]
+    remote.database.query("CREATE TABLE legacy (id INT PRIMARY KEY)")
+    result = remote.fab("prod", "db.stamp", base, stdin=STDIN_PASSWORD)
+    assert result.code == 0, result.output
+    assert PASSWORD not in result.output
+    assert remote.state() == (base, {"legacy", "alembic_version"})
+    status = remote.fab("prod", "db.status")
+    assert status.code == 0, status.output
+    assert f"current:    {base}" in status.out
+
+
+def test_downgrade_needs_the_database_name_typed(remote):
+    base, head = revisions(remote.local)[0], remote.local.head()
+    remote.upgrade()
+    before = remote.state()
+    wrong = remote.fab("prod", "db.downgrade", f"--to={base}", stdin=f"not-{remote.database.name}\n{PASSWORD}\n")
+    refused(wrong, "not confirmed")
+    assert remote.state() == before
+    assert before[0] == head
+    result = remote.fab("prod", "db.downgrade", f"--to={base}", stdin=f"{remote.database.name}\n{PASSWORD}\n")
+    assert result.code == 0, result.output
+    assert PASSWORD not in result.output
+    assert remote.database.version() == base
