@@ -198,8 +198,10 @@ def heads(project: Project) -> None:
     alembic_ops.run(command.heads, project.alembic, None, verbose=False)
 
 
-def status(project: Project, target: str = "head", as_json: bool = False) -> Status:
-    """Head, current revision and pending revisions; reads with the application's own user."""
+def status(project: Project, target: str = "head", as_json: bool = False, downgrade: bool = False) -> Status:
+    """Head, current revision and the revisions an upgrade (or downgrade) to `target` would run.
+
+    Reads with the application's own user: no password."""
     config = project.alembic
     head_revisions = project.heads()
     url = project.settings.database_url
@@ -209,7 +211,7 @@ def status(project: Project, target: str = "head", as_json: bool = False) -> Sta
         stamped = has_version_table(connection)
     pending = []
     if len(head_revisions) == 1 and (stamped or not tables):
-        pending = [[s.revision, s.doc] for s in alembic_ops.plan(config, found, target)]
+        pending = [[s.revision, s.doc] for s in alembic_ops.plan(config, found, target, downgrade)]
     migration_url = project.settings.migration_url
     result = Status(
         database=describe(url),

@@ -82,11 +82,17 @@ def heads(c):
     commands.heads(project(c))
 
 
-@task(help={"to": "target revision (default: head)", "json": "print machine-readable JSON"})
+@task(
+    help={
+        "to": "target revision (default: head)",
+        "json": "print machine-readable JSON",
+        "downgrade": "list what a downgrade to --to would undo instead",
+    }
+)
 @one_line_errors
-def status(c, to="head", json=False):
+def status(c, to="head", json=False, downgrade=False):
     """Show head, current revision and the pending revisions."""
-    commands.status(project(c), to, json)
+    commands.status(project(c), to, json, downgrade)
 
 
 db = Collection("db", reset, revision, upgrade, downgrade, stamp, current, history, heads, status)

@@ -24,7 +24,8 @@ class Server:
         environments = c.config.get("environments") or {}
         name = c.config.get(SELECTED)
         if not name:
-            names = ", ".join(sorted(environments)) or "none declared in fabric.yaml"
+            # Only fabric.yaml's environments have a task; `-f` files override their values.
+            names = ", ".join(c.config.db.environment_tasks) or "none declared in fabric.yaml"
             raise DeployError(
                 f"no environment selected: put one before the task, e.g. `fab prod db.upgrade` (environments: {names})"
             )
@@ -74,9 +75,10 @@ class Server:
             hide,
         )
 
-    def status(self, target: str = "head") -> dict:
+    def status(self, target: str = "head", downgrade: bool = False) -> dict:
         """The server's `db.status --json`: read with the application's user, no password."""
-        result = self.invoke(f"db.status --json --to={quote(target)}", hide=True)
+        direction = " --downgrade" if downgrade else ""
+        result = self.invoke(f"db.status --json --to={quote(target)}{direction}", hide=True)
         if result.failed:
             raise DeployError(f"{self.name}: {last_line(result.stderr)}")
         return json.loads(result.stdout.strip().splitlines()[-1])
@@ -128,20 +130,23 @@ def status(c):
 @one_line_errors
 def upgrade(c, to=None):
     """Upgrade the environment's database to head, after checks and a password prompt."""
-    expected = None if to else local_head(c)
+    # Only an explicit revision skips the same-head check: `--to=head` is the default spelled out.
+    explicit = to not in (None, "", "head")
+    expected = None if explicit else local_head(c)
+    target = to if explicit else "head"
     with Server(c) as server:
-        state = server.status(to or "head")
+        state = server.status(target)
         refuse_unsafe(server, state, expected)
         current = ", ".join(state["current"]) or "base"
         if not state["pending"]:
             print(f"{server.name}: {state['database']} is already at {current}: nothing to do")
             return
         print(f"{server.name}: {server.where}, database {state['migration_user']}")
-        print(f"{current} -> {to or expected}, {len(state['pending'])} pending:")
+        print(f"{current} -> {to if explicit else expected}, {len(state['pending'])} pending:")
         for revision, message in state["pending"]:
             print(f"  {revision}  {message}")
         expect = f" --expect-head={quote(expected)}" if expected else ""
-        server.privileged(f"db.upgrade --to={quote(to or 'head')}{expect}", state)
+        server.privileged(f"db.upgrade --to={quote(target)}{expect}", state)
 
 
 @task(help={"revision": "the revision the database's schema already matches"})
@@ -159,12 +164,16 @@ def stamp(c, revision):
 def downgrade(c, to):
     """Downgrade the environment's database to --to REV, after typing its name to confirm."""
     with Server(c) as server:
-        state = server.status()
+        # The plan comes first: an unknown target fails before any question is asked.
+        state = server.status(to, downgrade=True)
         refuse_unsafe(server, state)
+        if not state["pending"]:
+            print(f"{server.name}: {state['database']} is already at {to}: nothing to do")
+            return
         name = state["database_name"]
-        print(
-            f"{server.name}: downgrade {state['migration_user']} from {', '.join(state['current']) or 'base'} to {to}"
-        )
+        print(f"{server.name}: downgrade {state['migration_user']}, undoing {len(state['pending'])}:")
+        for revision, message in state["pending"]:
+            print(f"  {revision}  {message}")
         try:
             answer = input(f"Type the database name ({name}) to confirm: ")
         except EOFError:
@@ -188,5 +197,5 @@ def collection(project_dir: Path) -> Collection:
     config.load_project()
     environments = config.get("environments") or {}
     db = Collection("db", status, upgrade, stamp, downgrade)
-    db.configure({"db": {"alembic_ini": str(project_dir / "alembic.ini")}})
+    db.configure({"db": {"alembic_ini": str(project_dir / "alembic.ini"), "environment_tasks": sorted(environments)}})
     return Collection(db, *(environment_task(name) for name in environments))

@@ -269,6 +269,8 @@ def test_refuses_a_server_behind_the_local_checkout_unless_given_a_target(remote
     server_head = remote.server.head()
     remote.local.add_revision("10ca10000001", server_head)
     remote.refuses("deploy", server_head, "10ca10000001")
+    # `--to=head` is the default spelled out, not a way round the check.
+    remote.refuses("deploy", args=("prod", "db.upgrade", "--to=head"))
     remote.upgrade(f"--to={server_head}")
     assert remote.database.version() == server_head
 
@@ -312,7 +314,13 @@ def test_refuses_a_server_without_its_settings_file(remote):
 
 
 def test_refuses_without_an_environment(remote):
-    remote.refuses("no environment selected", "prod", "staging", args=("db.upgrade",))
+    # `qa` exists only in the -f file: it has no task, so it is not offered.
+    remote.configure()
+    settings = json.loads(remote.config.read_text())
+    settings["environments"]["qa"] = dict(settings["environments"]["prod"])
+    remote.config.write_text(json.dumps(settings))
+    line = remote.refuses("no environment selected", "(environments: prod, staging)", args=("db.upgrade",))
+    assert "qa" not in line
 
 
 # -- status, stamp, downgrade ---------------------------------------------------
@@ -339,6 +347,11 @@ def test_stamp_then_status_shows_the_stamped_revision(remote):
     status = remote.fab("prod", "db.status")
     assert status.code == 0, status.output
     assert f"current:    {base}" in status.out
+
+
+def test_downgrade_to_an_unknown_revision_fails_before_any_question(remote):
+    remote.upgrade()
+    remote.refuses("Can't locate revision identified by 'nowhere'", args=("prod", "db.downgrade", "--to=nowhere"))
 
 
 def test_downgrade_needs_the_database_name_typed(remote):
