@@ -36,6 +36,7 @@ def read_password(prompt: str, stdin: TextIO | None = None) -> str:
         try:
             return getpass.getpass(prompt)
         except (EOFError, KeyboardInterrupt):
+            print(file=sys.stderr)  # end the prompt's line before the error's
             raise DeployError("no password given") from None
     line = stdin.readline()
     if not line:

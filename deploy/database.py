@@ -50,22 +50,28 @@ def explain(exc: BaseException, url: URL) -> str:
 
 
 @contextmanager
-def connect(url: URL, create: bool = False) -> Iterator[Connection]:
+def connect(url: URL, options: dict | None = None, create: bool = False) -> Iterator[Connection]:
     """A connection with no transaction open; `create` allows a new SQLite file."""
     path = sqlite_path(url)
     if path is not None and not path.exists():
         if not create:
             raise DeployError(f"no database at {path}: run `invoke db.reset` to create it")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DeployError(f"cannot create {path.parent}: {exc.strerror}") from None
     try:
-        engine = create_engine(url, poolclass=NullPool)
-    except NoSuchModuleError:
-        raise DeployError(f"no SQLAlchemy driver for {url.drivername!r}: check requirements.txt") from None
+        engine = create_engine(url, poolclass=NullPool, **(options or {}))
+    except (NoSuchModuleError, ImportError):
+        raise DeployError(f"no driver for {url.drivername!r} URLs: add it to requirements.txt") from None
     try:
         try:
             connection = engine.connect()
         except DBAPIError as exc:
             raise DeployError(explain(exc, url)) from None
+        except Exception as exc:
+            # Bad driver options (URL query, engine options): the driver says which, never the password.
+            raise DeployError(f"cannot connect to {describe(url)}: {type(exc).__name__}: {exc}") from None
         with connection:
             yield connection
     finally:
@@ -77,12 +83,6 @@ def application_tables(connection: Connection) -> list[str]:
     names = inspect(connection).get_table_names()
     connection.rollback()
     return sorted(name for name in names if name != VERSION_TABLE)
-
-
-def has_version_table(connection: Connection) -> bool:
-    found = inspect(connection).has_table(VERSION_TABLE)
-    connection.rollback()
-    return found
 
 
 @contextmanager

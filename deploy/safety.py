@@ -45,7 +45,8 @@ def check_resettable(settings_name: str, allowed: list[str], url: URL, force: bo
         )
     if url.get_backend_name() == "sqlite":
         return
-    if url.host not in LOCAL_HOSTS:
+    # Drivers also take a host from the query string (`mysql://u@/db?host=...`): refuse those too.
+    if url.host not in LOCAL_HOSTS or "host" in url.query:
         raise DeployError(f"db.reset refuses {describe(url)}: it is not on this machine")
     if not force:
         raise DeployError(f"db.reset would drop every table of {describe(url)}: add --force to do it")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,17 @@ def import_object(path: str, what: str) -> Any:
     try:
         module = importlib.import_module(module_name)
         return getattr(module, attribute) if attribute else module
-    except (ImportError, AttributeError) as exc:
-        raise DeployError(f"cannot import {what} {path!r}: {exc}") from None
+    except Exception as exc:
+        # Any failure of the user's module (ImportError, SyntaxError, ...) is theirs to fix, in one line.
+        raise DeployError(f"cannot import {what} {path!r}: {type(exc).__name__}: {exc}") from None
+
+
+PERCENT_ENCODE = ": percent-encode special characters in its password (urllib.parse.quote_plus)"
+
+
+def _place(url: URL) -> tuple:
+    """Which database a URL names, whoever connects."""
+    return url.get_backend_name(), url.host, url.port, url.database
 
 
 @dataclass(frozen=True)
@@ -51,10 +61,22 @@ class Settings:
 
     @property
     def migration_url(self) -> URL:
-        """The URL migrations run with: SQLALCHEMY_ALEMBIC_URI when set."""
-        if self.config.get("SQLALCHEMY_ALEMBIC_URI"):
-            return self._url("SQLALCHEMY_ALEMBIC_URI")
-        return self.database_url
+        """The URL migrations run with: SQLALCHEMY_ALEMBIC_URI when set, for the same database."""
+        if not self.config.get("SQLALCHEMY_ALEMBIC_URI"):
+            return self.database_url
+        migration = self._url("SQLALCHEMY_ALEMBIC_URI")
+        # Checks and status read with the application's URL: they must be about the same database.
+        if _place(migration) != _place(self.database_url):
+            raise DeployError(
+                "SQLALCHEMY_ALEMBIC_URI and SQLALCHEMY_DATABASE_URI name different databases: "
+                "only the user and password may differ (same driver, host, port and database)"
+            )
+        return migration
+
+    @property
+    def engine_options(self) -> dict[str, Any]:
+        """SQLALCHEMY_ENGINE_OPTIONS (TLS connect_args and the like), as the app uses them."""
+        return dict(self.config.get("SQLALCHEMY_ENGINE_OPTIONS") or {})
 
     def _url(self, key: str) -> URL:
         value = self.config.get(key)
@@ -62,11 +84,14 @@ class Settings:
             raise DeployError(f"{self.settings_file} is missing: the {self.name} settings need it, with {key} = '...'")
         if not value:
             raise DeployError(f"no {key} in the {self.name} settings: set it in {self.settings_file}")
+        # Messages name the key, never the value: it may hold a password.
         try:
             url = make_url(value)
-        except ArgumentError:
-            # The message names the key, never the value: it may hold a password.
-            raise DeployError(f"{key} in the {self.name} settings is not a database URL") from None
+        except (ArgumentError, ValueError, TypeError):
+            raise DeployError(f"{key} in the {self.name} settings is not a database URL{PERCENT_ENCODE}") from None
+        if "@" in (url.host or ""):
+            # An unencoded '@' in the password: the rest of the password became the host.
+            raise DeployError(f"{key} in the {self.name} settings has an '@' in its host{PERCENT_ENCODE}")
         return self._in_instance_folder(url)
 
     def _in_instance_folder(self, url: URL) -> URL:
@@ -84,6 +109,8 @@ def load_settings(config_objects: str, name: str, root: Path) -> Settings:
     from flask import Config
 
     objects = import_object(config_objects, "the config objects")
+    if not isinstance(objects, Mapping):
+        raise DeployError(f"flask_config {config_objects!r} must be a dict of config objects by settings name")
     if name not in objects:
         choices = ", ".join(sorted(objects))
         raise DeployError(f"unknown settings {name!r}: choose one of {choices}")
@@ -112,6 +139,7 @@ def load_metadata(models: str):
     if hasattr(target, "metadata") and isinstance(target.metadata, MetaData):
         return target.metadata
     if callable(target):
-        app = target()
-        return app.extensions["sqlalchemy"].metadata
+        extension = getattr(target(), "extensions", {}).get("sqlalchemy")
+        if extension is not None:
+            return extension.metadata
     raise DeployError(f"{models!r} is not a Flask-SQLAlchemy db, a MetaData or an app factory")

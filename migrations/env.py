@@ -60,7 +60,8 @@ def run_migrations_offline():
 def run_migrations_online():
     connection = config.attributes.get("connection")
     if connection is None:
-        opened = connect(with_password(alembic_ops.settings(config).migration_url), create=True)
+        settings = alembic_ops.settings(config)
+        opened = connect(with_password(settings.migration_url), settings.engine_options, create=True)
     else:
         opened = nullcontext(connection)
     with opened as connection:

@@ -104,3 +104,37 @@ def test_no_prompt_without_the_empty_password_convention():
 def test_describe_never_shows_the_password():
     url = make_url("mysql+pymysql://root:s3cret@db:3307/blog")
     assert credentials.describe(url) == "root@db:3307/blog"
+
+
+@pytest.mark.parametrize(
+    "raw", ["mysql+pymysql://app:Pa@sswordSECRET@db/blog", "mysql+pymysql://app:Pa@ss:w0rdSECRET@db/blog"]
+)
+def test_unencoded_password_in_a_file_is_refused_without_showing_it(tmp_path, raw):
+    write(tmp_path, "production", f"SQLALCHEMY_DATABASE_URI = {raw!r}\n")
+    with pytest.raises(DeployError) as caught:
+        _ = load_settings(CONFIGS, "production", tmp_path).database_url
+    assert "percent-encode" in str(caught.value)
+    assert "SECRET" not in str(caught.value)
+
+
+def test_the_two_urls_must_name_the_same_database(tmp_path):
+    write(
+        tmp_path,
+        "production",
+        "SQLALCHEMY_DATABASE_URI = 'mysql+pymysql://app:pw@db/blog'\n"
+        "SQLALCHEMY_ALEMBIC_URI = 'mysql+pymysql://root:@db/other'\n",
+    )
+    with pytest.raises(DeployError, match="name different databases"):
+        _ = load_settings(CONFIGS, "production", tmp_path).migration_url
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("exampleapp.nothing:configs", "cannot import the config objects"),
+        ("exampleapp.config:Config", "must be a dict"),
+    ],
+)
+def test_a_wrong_flask_config_is_one_clear_error(tmp_path, path, expected):
+    with pytest.raises(DeployError, match=expected):
+        load_settings(path, "development", tmp_path)
