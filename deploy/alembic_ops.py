@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,6 +14,7 @@ from alembic.util import CommandError
 from sqlalchemy.engine import Connection
 
 from .errors import DeployError
+from .safety import check_single_head
 from .settings import Settings, load_metadata, load_settings, settings_name
 
 
@@ -46,13 +48,38 @@ def metadata(config: Config):
 
 
 def scripts(config: Config) -> ScriptDirectory:
-    with alembic_errors():
-        return ScriptDirectory.from_config(config)
+    """The migration scripts, loaded: a broken script is the user's to fix, in one line."""
+    with alembic_errors(), warnings.catch_warnings():
+        # Alembic warns, then fails, on a down_revision that names no script: its warning says it best.
+        warnings.filterwarnings("error", message="Revision .* is not present")
+        try:
+            directory = ScriptDirectory.from_config(config)
+            directory.get_heads()  # loads every script, so a broken one fails here
+        except CommandError:
+            raise
+        except Exception as exc:
+            raise DeployError(f"cannot load the migration scripts: {type(exc).__name__}: {exc}") from None
+    return directory
 
 
 def heads(config: Config) -> tuple[str, ...]:
+    return tuple(scripts(config).get_heads())
+
+
+def single_head(config: Config) -> str:
+    """The one head, or a DeployError saying why there is not exactly one."""
+    found = heads(config)
+    check_single_head(found)
+    if not found:
+        raise DeployError("the migrations have no revisions yet: autogenerate the first with `invoke db.revision`")
+    return found[0]
+
+
+def resolve(config: Config, revision: str) -> None:
+    """Fail now, in one line, when `revision` names no script."""
+    directory = scripts(config)
     with alembic_errors():
-        return tuple(scripts(config).get_heads())
+        directory.get_revisions(revision)
 
 
 def base(config: Config) -> str | None:
@@ -99,6 +126,7 @@ def alembic_errors() -> Iterator[None]:
 
 def run(command, config: Config, connection: Connection | None, *args, models=None, **kwargs):
     """Call an alembic.command function on our connection; env.py takes it from the attributes."""
+    scripts(config)  # a broken script fails here in one line, not inside the command
     config.attributes["connection"] = connection
     # None tells env.py not to import the models: only autogenerate needs them.
     config.attributes["target_metadata"] = models

@@ -212,3 +212,51 @@ def test_commands_without_models_do_not_import_them(checkout, task):
     imported = {line.split("|")[-1].strip() for line in result.err.splitlines() if line.startswith("import time:")}
     assert "alembic" in imported  # the probe works...
     assert not {"exampleapp.models", "flask_sqlalchemy"} & imported  # ...and the models stayed out
+
+
+def test_engine_options_from_the_settings_are_used(checkout):
+    path = checkout.write_settings("development", SQLALCHEMY_DATABASE_URI="sqlite:///development.db")
+    path.write_text(path.read_text() + "SQLALCHEMY_ENGINE_OPTIONS = {'connect_args': {'no_such_option': 1}}\n")
+    assert "no_such_option" in one_error_line(checkout.invoke("db.reset"))
+
+
+def test_reset_refuses_a_host_hidden_in_the_query_string(checkout):
+    url = "mysql+pymysql://root:pw@/blog?host=db.prod.example.com"
+    checkout.write_settings("development", SQLALCHEMY_DATABASE_URI=url)
+    assert "not on this machine" in one_error_line(checkout.invoke("db.reset", "--force"))
+
+
+def test_a_stamp_typo_changes_nothing(checkout):
+    checkout.invoke("db.upgrade", "--to", BASE)
+    assert "Can't locate revision identified by 'typo'" in one_error_line(checkout.invoke("db.stamp", "typo"))
+    assert version(checkout) == [BASE]
+    fresh = checkout.invoke("db.stamp", "typo", env={"FLASK_CONFIG": "testing"})
+    assert "Can't locate revision" in one_error_line(fresh)
+    assert not (checkout.path / "instance" / "testing.db").exists()
+
+
+def test_an_empty_version_table_still_counts_as_unstamped(checkout):
+    (checkout.path / "instance").mkdir()
+    with sqlite(checkout) as db:
+        db.execute("create table users (id integer primary key)")
+        db.execute("create table alembic_version (version_num varchar(32) not null)")
+    assert f"invoke db.stamp {BASE}" in one_error_line(checkout.invoke("db.upgrade"))
+
+
+def test_a_new_project_autogenerates_its_first_revision(checkout):
+    for script in checkout.versions.glob("*.py"):
+        script.unlink()
+    result = checkout.invoke("db.revision", "-m", "initial")
+    assert result.code == 0, result.output
+    script = (checkout.path / result.out.strip().splitlines()[-1]).read_text()
+    assert 'op.create_table(\n        "users"' in script and "down_revision = None" in script
+    assert checkout.invoke("db.upgrade").code == 0
+    assert tables(checkout) == {"users", "posts", "tags", "post_tags", "alembic_version"}
+
+
+def test_a_broken_revision_file_is_one_clear_error(checkout):
+    dangling = checkout.add_revision("dangling", "no_such_parent")
+    assert "no_such_parent" in one_error_line(checkout.invoke("db.heads"))
+    dangling.unlink()
+    (checkout.versions / "syntax.py").write_text("revision = 'x'\ndown_revision = (\n")
+    assert "cannot load the migration scripts" in one_error_line(checkout.invoke("db.upgrade"))
