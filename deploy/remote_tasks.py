@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from shlex import quote
 
@@ -29,7 +31,9 @@ class Server:
             raise DeployError(
                 f"no environment selected: put one before the task, e.g. `fab prod db.upgrade` (environments: {names})"
             )
-        env = environments[name]
+        env = environments.get(name)
+        if not isinstance(env, Mapping):
+            raise DeployError(f"environments.{name} in fabric.yaml is not a mapping of host, app_dir, ...")
         for key in ("host", "app_dir"):
             if not env.get(key):
                 raise DeployError(f"environments.{name}.{key} is not set in fabric.yaml")
@@ -37,18 +41,33 @@ class Server:
         self.app_dir = env["app_dir"]
         self.python = env.get("python") or f"{self.app_dir.rstrip('/')}/.venv/bin/python"
         self.settings = env.get("settings") or "production"
-        # Keys, known hosts and ssh_config come from Fabric's own configuration.
-        self.connection = Connection(env["host"], config=c.config)
+        # Keys and ssh_config come from Fabric's own configuration. `fab` reads ssh_config before it
+        # merges fabric.yaml and -f files, so an ssh_config_path set there needs this second read.
+        if c.config.get("ssh_config_path"):
+            c.config.load_ssh_config()
+        try:
+            self.connection = Connection(env["host"], config=c.config)
+        except ValueError as exc:
+            raise DeployError(f"environments.{name}.host is not a host string (user@host:port): {exc}") from None
         self.where = f"{self.connection.user}@{self.connection.host}:{self.connection.port}"
 
     def __enter__(self) -> Server:
         import paramiko
 
+        self.verify_host_keys()
         try:
             self.connection.open()
         except paramiko.AuthenticationException:
             raise DeployError(f"SSH authentication to {self.where} was refused: check your key or ssh_config") from None
-        except (TimeoutError, paramiko.SSHException, OSError) as exc:
+        except paramiko.BadHostKeyException:
+            raise DeployError(f"the host key of {self.where} differs from known_hosts: stop and find out why") from None
+        except paramiko.SSHException as exc:
+            if "known_hosts" not in str(exc):
+                raise DeployError(f"cannot reach {self.where}: {exc}") from None
+            raise DeployError(
+                f"{self.where} is not in known_hosts: connect once with ssh, check the fingerprint, then retry"
+            ) from None
+        except (TimeoutError, OSError) as exc:
             raise DeployError(f"cannot reach {self.where}: {exc}") from None
         if self.run(f"test -d {quote(self.app_dir)}").failed:
             raise DeployError(f"app_dir {self.app_dir} does not exist on {self.where}")
@@ -58,6 +77,18 @@ class Server:
 
     def __exit__(self, *exc) -> None:
         self.connection.close()
+
+    def verify_host_keys(self) -> None:
+        """Only a known host gets the password: Fabric itself accepts any host key."""
+        import paramiko
+
+        client = self.connection.client
+        client.load_system_host_keys()
+        # ssh_config's UserKnownHostsFile, as OpenSSH would read it.
+        for path in self.connection.ssh_config.get("userknownhostsfile", "").split():
+            if os.path.exists(os.path.expanduser(path)):
+                client.load_host_keys(os.path.expanduser(path))
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
 
     def run(self, command: str, stdin: str = "", hide: bool = True):
         # An in-memory stdin and no pty: a pty would echo the password, and the local
@@ -81,7 +112,10 @@ class Server:
         result = self.invoke(f"db.status --json --to={quote(target)}{direction}", hide=True)
         if result.failed:
             raise DeployError(f"{self.name}: {last_line(result.stderr)}")
-        return json.loads(result.stdout.strip().splitlines()[-1])
+        try:
+            return json.loads(result.stdout.strip().splitlines()[-1])
+        except (IndexError, ValueError):
+            raise DeployError(f"{self.name}: the server's `invoke db.status --json` gave no status") from None
 
     def privileged(self, task_args: str, state: dict) -> None:
         """Run a task that writes, its migration password on the SSH channel's stdin."""
@@ -101,19 +135,26 @@ def last_line(text: str) -> str:
 
 def refuse_unsafe(server: Server, state: dict, expected_head: str | None = None) -> None:
     where = f"{server.name}'s database {state['database']}"
-    tables = state["unstamped_tables"]
-    safety.check_stamped(where, tables, not tables, state["base"], f"fab {server.name} db.stamp")
+    stamped = bool(state["current"])
+    safety.check_stamped(where, state["unstamped_tables"], stamped, state["base"], f"fab {server.name} db.stamp")
     safety.check_single_head(tuple(state["heads"]))
     if expected_head:
         safety.check_expected_head(tuple(state["heads"]), expected_head)
 
 
-def local_head(c) -> str:
-    heads = alembic_ops.heads(alembic_ops.load_config(Path(c.config.db.alembic_ini)))
-    safety.check_single_head(heads)
-    if not heads:
-        raise DeployError("your checkout has no migrations")
-    return heads[0]
+def local_config(c):
+    """The alembic.ini of the checkout `fab` runs in."""
+    return alembic_ops.load_config(Path(c.config.db.alembic_ini))
+
+
+def confirm_database(name: str) -> None:
+    """Typing the database's name is the last step before an irreversible change."""
+    try:
+        answer = input(f"Type the database name ({name}) to confirm: ")
+    except EOFError:
+        answer = ""
+    if answer.strip() != name:
+        raise DeployError("not confirmed: nothing changed")
 
 
 @task
@@ -132,7 +173,7 @@ def upgrade(c, to=None):
     """Upgrade the environment's database to head, after checks and a password prompt."""
     # Only an explicit revision skips the same-head check: `--to=head` is the default spelled out.
     explicit = to not in (None, "", "head")
-    expected = None if explicit else local_head(c)
+    expected = None if explicit else alembic_ops.single_head(local_config(c))
     target = to if explicit else "head"
     with Server(c) as server:
         state = server.status(target)
@@ -153,9 +194,15 @@ def upgrade(c, to=None):
 @one_line_errors
 def stamp(c, revision):
     """Record REVISION as the environment database's revision, running no migration."""
+    # A typo fails here, before any question; the server checks again against its own scripts.
+    alembic_ops.resolve(local_config(c), revision)
     with Server(c) as server:
         state = server.status()
         print(f"{server.name}: stamping {state['migration_user']} at {revision}")
+        if state["current"]:
+            # Restamping skips or repeats migrations: make sure it is meant.
+            print(f"it is stamped at {', '.join(state['current'])} already")
+            confirm_database(state["database_name"])
         server.privileged(f"db.stamp {quote(revision)}", state)
 
 
@@ -174,12 +221,7 @@ def downgrade(c, to):
         print(f"{server.name}: downgrade {state['migration_user']}, undoing {len(state['pending'])}:")
         for revision, message in state["pending"]:
             print(f"  {revision}  {message}")
-        try:
-            answer = input(f"Type the database name ({name}) to confirm: ")
-        except EOFError:
-            answer = ""
-        if answer.strip() != name:
-            raise DeployError("not confirmed: nothing changed")
+        confirm_database(name)
         server.privileged(f"db.downgrade --to={quote(to)}", state)
 
 

@@ -21,7 +21,5 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -r tests/requirements.txt
 
-status=0
-.venv/bin/python -m pytest -p no:cacheprovider "$@" tests || status=$?
-# pytest's 5 means it collected no test: that is a failure here, not a pass.
-exit "$status"
+# Any non-zero status fails, including pytest's 5 (no test collected).
+exec .venv/bin/python -m pytest -p no:cacheprovider "$@" tests

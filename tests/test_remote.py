@@ -47,8 +47,13 @@ class Remote:
     sshd: SSHServer
     config: Path
 
-    def configure(self, key: Path | None = None, **environment: str) -> None:
-        """Write the Fabric runtime config (`fab -f`): environments.prod points at the sshd."""
+    def configure(self, key: Path | None = None, known: bool = True, **environment: str) -> None:
+        """Write the Fabric runtime config (`fab -f`): environments.prod points at the sshd,
+        whose host key is in the known_hosts file that ssh_config names (unless not `known`)."""
+        known_hosts = self.config.parent / "known_hosts"
+        known_hosts.write_text(self.sshd.known_hosts_line() + "\n" if known else "")
+        ssh_config = self.config.parent / "ssh_config"
+        ssh_config.write_text(f"Host *\n    UserKnownHostsFile {known_hosts}\n")
         prod = {
             "host": f"{self.sshd.user}@127.0.0.1:{self.sshd.port}",
             "app_dir": str(self.server.path),
@@ -57,6 +62,7 @@ class Remote:
         }
         settings = {
             "load_ssh_configs": False,
+            "ssh_config_path": str(ssh_config),
             "connect_kwargs": {
                 "key_filename": str(key or self.sshd.client_key),
                 "look_for_keys": False,
@@ -301,7 +307,17 @@ def missing_python(remote, tmp_path):
     return {"python": python}, ["no Python", python]
 
 
-@pytest.mark.parametrize("environment", [unreachable, unknown_key, missing_app_dir, missing_python])
+def unknown_host(remote, tmp_path):
+    return {"known": False}, ["not in known_hosts", f"127.0.0.1:{remote.sshd.port}"]
+
+
+def not_a_host_string(remote, tmp_path):
+    return {"host": "deploy@db:notaport"}, ["environments.prod.host is not a host string"]
+
+
+@pytest.mark.parametrize(
+    "environment", [unreachable, unknown_key, unknown_host, not_a_host_string, missing_app_dir, missing_python]
+)
 def test_refuses_a_broken_environment(remote, tmp_path, environment):
     settings, fragments = environment(remote, tmp_path)
     remote.configure(**settings)
@@ -352,6 +368,24 @@ def test_stamp_then_status_shows_the_stamped_revision(remote):
 def test_downgrade_to_an_unknown_revision_fails_before_any_question(remote):
     remote.upgrade()
     remote.refuses("Can't locate revision identified by 'nowhere'", args=("prod", "db.downgrade", "--to=nowhere"))
+
+
+def test_stamp_with_a_typo_fails_before_any_question_and_changes_nothing(remote):
+    remote.database.query("CREATE TABLE legacy (id INT PRIMARY KEY)")
+    remote.refuses("Can't locate revision identified by 'typo'", args=("prod", "db.stamp", "typo"))
+    # Still refused as unstamped: a failed stamp must not leave an empty alembic_version behind.
+    remote.refuses("`fab prod db.stamp")
+
+
+def test_restamping_needs_the_database_name_typed(remote):
+    base, head = revisions(remote.local)[0], remote.local.head()
+    remote.upgrade()
+    wrong = remote.fab("prod", "db.stamp", base, stdin=f"nope\n{PASSWORD}\n")
+    refused(wrong, "not confirmed")
+    assert remote.database.version() == head
+    result = remote.fab("prod", "db.stamp", base, stdin=f"{remote.database.name}\n{PASSWORD}\n")
+    assert result.code == 0, result.output
+    assert remote.database.version() == base
 
 
 def test_downgrade_needs_the_database_name_typed(remote):
