@@ -87,6 +87,15 @@ def base(config: Config) -> str | None:
     return bases[0] if bases else None
 
 
+def is_current(config: Config, current: tuple[str, ...], target: str) -> bool:
+    """Whether an empty upgrade plan to `target` means "already there" rather than "target is behind"."""
+    if target in ("head", "heads"):
+        return True
+    with alembic_errors():
+        wanted = scripts(config).get_revisions(target)
+    return {script.revision for script in wanted} == set(current)
+
+
 def current_heads(connection: Connection) -> tuple[str, ...]:
     """What alembic_version holds; empty when unstamped."""
     found = MigrationContext.configure(connection).get_current_heads()

@@ -128,6 +128,8 @@ def migrate(project: Project, target: str, expect_head: str | None, downgrade: b
             current = alembic_ops.current_heads(connection)
         steps = alembic_ops.plan(project.alembic, current, target, downgrade)
         where_now = alembic_ops.label(project.alembic, current_of(current))
+        if not steps and not downgrade and not alembic_ops.is_current(project.alembic, current, target):
+            raise DeployError(f"{target} is behind {where_now}: to go back, run `invoke db.downgrade --to {target}`")
         if not steps:
             print(f"{describe(url)} is already at {where_now}: nothing to do")
             return

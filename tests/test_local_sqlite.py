@@ -133,6 +133,14 @@ def test_upgrade_at_head_says_so(checkout):
     checkout.invoke("db.reset")
     result = checkout.invoke("db.upgrade")
     assert result.code == 0 and "already at" in result.out and "nothing to do" in result.out
+    assert "nothing to do" in checkout.invoke("db.upgrade", "--to", HEAD).out
+
+
+def test_upgrade_to_a_revision_behind_points_at_downgrade(checkout):
+    checkout.invoke("db.reset")
+    line = one_error_line(checkout.invoke("db.upgrade", "--to", BASE))
+    assert f"{BASE} is behind {HEAD}" in line and f"invoke db.downgrade --to {BASE}" in line
+    assert version(checkout) == [HEAD]
 
 
 def test_history_heads_status(checkout):
