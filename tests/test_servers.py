@@ -211,21 +211,32 @@ def _ssh_client(server: SSHServer, tmp_path: pathlib.Path) -> Any:
     return client
 
 
+def _ssh_connect(server: SSHServer, tmp_path: pathlib.Path, **credentials: Any) -> Any:
+    """Connect as ``server.user``, by default with the server's client key."""
+    client = _ssh_client(server, tmp_path)
+    credentials = credentials or {"key_filename": str(server.client_key)}
+    try:
+        client.connect(
+            server.host,
+            port=server.port,
+            username=server.user,
+            look_for_keys=False,
+            allow_agent=False,
+            timeout=10,
+            **credentials,
+        )
+    except Exception:
+        client.close()
+        raise
+    return client
+
+
 def test_sshd_runs_command_with_client_key(sshd: SSHServer, tmp_path: pathlib.Path) -> None:
     assert sshd.is_running()
     assert sshd.port not in (0, 22)
     assert sshd.known_hosts_line().startswith(f"[127.0.0.1]:{sshd.port} ssh-ed25519 ")
 
-    client = _ssh_client(sshd, tmp_path)
-    client.connect(
-        sshd.host,
-        port=sshd.port,
-        username=sshd.user,
-        key_filename=str(sshd.client_key),
-        look_for_keys=False,
-        allow_agent=False,
-        timeout=10,
-    )
+    client = _ssh_connect(sshd, tmp_path)
     try:
         _, stdout, _ = client.exec_command("echo hello", timeout=10)
         assert stdout.read().decode().strip() == "hello"
@@ -237,20 +248,8 @@ def test_sshd_runs_command_with_client_key(sshd: SSHServer, tmp_path: pathlib.Pa
 def test_sshd_rejects_other_keys(sshd: SSHServer, tmp_path: pathlib.Path) -> None:
     import paramiko
 
-    client = _ssh_client(sshd, tmp_path)
-    try:
-        with pytest.raises(paramiko.AuthenticationException):
-            client.connect(
-                sshd.host,
-                port=sshd.port,
-                username=sshd.user,
-                pkey=paramiko.RSAKey.generate(2048),
-                look_for_keys=False,
-                allow_agent=False,
-                timeout=10,
-            )
-    finally:
-        client.close()
+    with pytest.raises(paramiko.AuthenticationException):
+        _ssh_connect(sshd, tmp_path, pkey=paramiko.RSAKey.generate(2048))
 
 
 def test_sshd_stop_closes_port(sshd: SSHServer) -> None:
@@ -270,14 +269,5 @@ def test_sshd_kill_and_restart(sshd: SSHServer, tmp_path: pathlib.Path) -> None:
 
     sshd.start()
     assert sshd.known_hosts_line() == line  # same host key and port
-    client = _ssh_client(sshd, tmp_path)
-    client.connect(
-        sshd.host,
-        port=sshd.port,
-        username=sshd.user,
-        key_filename=str(sshd.client_key),
-        look_for_keys=False,
-        allow_agent=False,
-        timeout=10,
-    )
+    client = _ssh_connect(sshd, tmp_path)
     client.close()
