@@ -1,4 +1,5 @@
-"""`fab ENV db.*`: transport only. The server's checkout runs its own `invoke db.*`."""
+"""`fab ENV db.*`: the laptop's half. It checks, asks and confirms here; the server's checkout
+does the work with its own `invoke db.*`, so both paths share one implementation."""
 
 from __future__ import annotations
 
@@ -147,6 +148,11 @@ def local_config(c):
     return alembic_ops.load_config(Path(c.config.db.alembic_ini))
 
 
+def print_revisions(revisions: list[list[str]]) -> None:
+    for revision, message in revisions:
+        print(f"  {revision}  {message}")
+
+
 def confirm_database(name: str) -> None:
     """Typing the database's name is the last step before an irreversible change."""
     try:
@@ -184,8 +190,7 @@ def upgrade(c, to=None):
             return
         print(f"{server.name}: {server.where}, database {state['migration_user']}")
         print(f"{current} -> {to if explicit else expected}, {len(state['pending'])} pending:")
-        for revision, message in state["pending"]:
-            print(f"  {revision}  {message}")
+        print_revisions(state["pending"])
         expect = f" --expect-head={quote(expected)}" if expected else ""
         server.privileged(f"db.upgrade --to={quote(target)}{expect}", state)
 
@@ -217,11 +222,9 @@ def downgrade(c, to):
         if not state["pending"]:
             print(f"{server.name}: {state['database']} is already at {to}: nothing to do")
             return
-        name = state["database_name"]
         print(f"{server.name}: downgrade {state['migration_user']}, undoing {len(state['pending'])}:")
-        for revision, message in state["pending"]:
-            print(f"  {revision}  {message}")
-        confirm_database(name)
+        print_revisions(state["pending"])
+        confirm_database(state["database_name"])
         server.privileged(f"db.downgrade --to={quote(to)}", state)
 
 
