@@ -38,13 +38,15 @@ def main_option(config: Config, name: str) -> str:
 
 
 def settings(config: Config, name: str | None = None) -> Settings:
-    """The Flask settings named (default $FLASK_CONFIG or development), via alembic.ini's flask_config."""
-    return load_settings(main_option(config, "flask_config"), name or settings_name(), root(config))
+    """The Flask settings named (default $FLASK_CONFIG or development), per alembic.ini's
+    flask_config (optional: the config objects, read without building the app) and flask_app."""
+    objects = config.get_main_option("flask_config")
+    return load_settings(objects, main_option(config, "flask_app"), name or settings_name(), root(config))
 
 
 def metadata(config: Config):
-    """The models' MetaData, via alembic.ini's flask_models: imports the application's models."""
-    return load_metadata(main_option(config, "flask_models"))
+    """The models' MetaData, via alembic.ini's flask_app: imports the application's models."""
+    return load_metadata(main_option(config, "flask_app"), settings_name())
 
 
 def scripts(config: Config) -> ScriptDirectory:

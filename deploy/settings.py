@@ -104,19 +104,30 @@ class Settings:
         return url.set(database=str(self.instance_path / path))
 
 
-def load_settings(config_objects: str, name: str, root: Path) -> Settings:
-    """Settings `name`: the app's config object for it, overlaid by instance/<name>.cfg."""
+def load_settings(config_objects: str | None, app: str, name: str, root: Path) -> Settings:
+    """Settings `name`, read as the app reads them.
+
+    With flask_config: its config object for `name`, overlaid by instance/<name>.cfg, and the app is
+    not built. Without it: an app factory is built for `name` and its config read; a `db` object
+    leaves instance/<name>.cfg alone."""
     from flask import Config
 
-    objects = import_object(config_objects, "the config objects")
-    if not isinstance(objects, Mapping):
-        raise DeployError(f"flask_config {config_objects!r} must be a dict of config objects by settings name")
-    if name not in objects:
-        choices = ", ".join(sorted(objects))
-        raise DeployError(f"unknown settings {name!r}: choose one of {choices}")
+    objects = None
+    if config_objects:
+        objects = import_object(config_objects, "the config objects")
+        if not isinstance(objects, Mapping):
+            raise DeployError(f"flask_config {config_objects!r} must be a dict of config objects by settings name")
+        if name not in objects:
+            raise DeployError(f"unknown settings {name!r}: choose one of {', '.join(sorted(objects))}")
+    else:
+        target = import_object(app, "the application")
+        if _metadata_of(target) is None and callable(target):
+            built = build_app(target, name)
+            return Settings(name=name, config=dict(built.config), instance_path=Path(built.instance_path))
     instance_path = root / "instance"
     config = Config(str(instance_path))
-    config.from_object(objects[name])
+    if objects is not None:
+        config.from_object(objects[name])
     settings_file = instance_path / f"{name}.cfg"
     if settings_file.exists():
         try:
@@ -129,17 +140,34 @@ def load_settings(config_objects: str, name: str, root: Path) -> Settings:
     return Settings(name=name, config=dict(config), instance_path=instance_path)
 
 
-def load_metadata(models: str):
-    """The MetaData of every model: from a Flask-SQLAlchemy `db`, a MetaData or an app factory."""
+def build_app(factory, name: str):
+    """The app for settings `name`, from the user's factory."""
+    try:
+        return factory(name)
+    except Exception as exc:
+        # The type only: a factory's error may quote a URL, and with it a password.
+        raise DeployError(
+            f"the app factory failed for the {name!r} settings ({type(exc).__name__}): run it yourself to see why"
+        ) from None
+
+
+def _metadata_of(target):
     from sqlalchemy import MetaData
 
-    target = import_object(models, "the models")
     if isinstance(target, MetaData):
         return target
-    if hasattr(target, "metadata") and isinstance(target.metadata, MetaData):
+    if isinstance(getattr(target, "metadata", None), MetaData):
         return target.metadata
-    if callable(target):
-        extension = getattr(target(), "extensions", {}).get("sqlalchemy")
-        if extension is not None:
-            return extension.metadata
-    raise DeployError(f"{models!r} is not a Flask-SQLAlchemy db, a MetaData or an app factory")
+    return None
+
+
+def load_metadata(app: str, name: str):
+    """The MetaData of every model: from a Flask-SQLAlchemy `db`, a MetaData or an app factory."""
+    target = import_object(app, "the application")
+    found = _metadata_of(target)
+    if found is None and callable(target):
+        extension = getattr(build_app(target, name), "extensions", {}).get("sqlalchemy")
+        found = getattr(extension, "metadata", None)
+    if found is None:
+        raise DeployError(f"flask_app {app!r} is not a Flask-SQLAlchemy db, a MetaData or an app factory")
+    return found

@@ -268,3 +268,32 @@ def test_a_broken_revision_file_is_one_clear_error(checkout):
     dangling.unlink()
     (checkout.versions / "syntax.py").write_text("revision = 'x'\ndown_revision = (\n")
     assert "cannot load the migration scripts" in one_error_line(checkout.invoke("db.upgrade"))
+
+
+def point_at(checkout, app, config=None):
+    """alembic.ini naming only `flask_app` (and `flask_config` when given)."""
+    ini = checkout.path / "alembic.ini"
+    lines = [line for line in ini.read_text().splitlines() if not line.startswith(("flask_app", "flask_config"))]
+    at = lines.index("[post_write_hooks]")
+    keys = [f"flask_app = {app}"] + ([f"flask_config = {config}"] if config else [])
+    ini.write_text("\n".join(lines[:at] + keys + lines[at:]) + "\n")
+
+
+def test_one_key_naming_the_app_factory_is_enough(checkout):
+    point_at(checkout, "exampleapp:create_app")
+    assert checkout.invoke("db.reset").code == 0
+    assert version(checkout) == [HEAD]
+    checkout.write_settings("production", SQLALCHEMY_DATABASE_URI="sqlite:///production.db")
+    result = checkout.invoke("db.upgrade", env={"FLASK_CONFIG": "production"})
+    assert result.code == 0, result.output
+    assert (checkout.path / "instance" / "production.db").exists()
+    unknown = one_error_line(checkout.invoke("db.current", env={"FLASK_CONFIG": "nope"}))
+    assert "the app factory failed for the 'nope' settings (KeyError)" in unknown
+
+
+def test_one_key_naming_the_db_reads_the_instance_file(checkout):
+    point_at(checkout, "exampleapp.models:db")
+    assert "development.cfg is missing" in one_error_line(checkout.invoke("db.reset"))
+    checkout.write_settings("development", SQLALCHEMY_DATABASE_URI="sqlite:///development.db")
+    assert checkout.invoke("db.reset").code == 0
+    assert version(checkout) == [HEAD]

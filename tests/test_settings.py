@@ -10,6 +10,7 @@ from deploy.errors import DeployError
 from deploy.settings import load_settings, settings_name
 
 CONFIGS = "exampleapp.config:configs"
+APP = "exampleapp.models:db"
 
 
 def write(root, name, text_):
@@ -27,7 +28,7 @@ def test_settings_name_follows_flask_config(monkeypatch):
 
 
 def test_relative_sqlite_lives_in_the_instance_folder(tmp_path):
-    settings = load_settings(CONFIGS, "development", tmp_path)
+    settings = load_settings(CONFIGS, APP, "development", tmp_path)
     assert make_url(settings.database_url).database == str(tmp_path / "instance" / "development.db")
     assert settings.migration_url == settings.database_url
 
@@ -39,7 +40,7 @@ def test_instance_file_overrides_and_alembic_uri_wins(tmp_path):
         "SQLALCHEMY_DATABASE_URI = 'mysql+pymysql://app:pw@db/blog'\n"
         "SQLALCHEMY_ALEMBIC_URI = 'mysql+pymysql://root:@db/blog'\n",
     )
-    settings = load_settings(CONFIGS, "production", tmp_path)
+    settings = load_settings(CONFIGS, APP, "production", tmp_path)
     assert settings.database_url.username == "app"
     assert settings.migration_url.username == "root"
     assert credentials.needs_password(settings.migration_url)
@@ -47,7 +48,7 @@ def test_instance_file_overrides_and_alembic_uri_wins(tmp_path):
 
 
 def test_missing_production_file_is_named(tmp_path):
-    settings = load_settings(CONFIGS, "production", tmp_path)
+    settings = load_settings(CONFIGS, APP, "production", tmp_path)
     with pytest.raises(DeployError, match=r"production\.cfg is missing"):
         _ = settings.migration_url
 
@@ -56,7 +57,7 @@ def test_missing_production_file_is_named(tmp_path):
 def test_malformed_file_is_named_without_its_content(tmp_path, body):
     write(tmp_path, "production", body)
     with pytest.raises(DeployError) as caught:
-        load_settings(CONFIGS, "production", tmp_path)
+        load_settings(CONFIGS, APP, "production", tmp_path)
     assert "production.cfg" in str(caught.value)
     assert "secret" not in str(caught.value)
 
@@ -64,13 +65,13 @@ def test_malformed_file_is_named_without_its_content(tmp_path, body):
 def test_unparseable_url_does_not_echo_it(tmp_path):
     write(tmp_path, "production", "SQLALCHEMY_DATABASE_URI = 'not a url secret'\n")
     with pytest.raises(DeployError) as caught:
-        _ = load_settings(CONFIGS, "production", tmp_path).database_url
+        _ = load_settings(CONFIGS, APP, "production", tmp_path).database_url
     assert "secret" not in str(caught.value)
 
 
 def test_unknown_settings_name_lists_the_choices(tmp_path):
     with pytest.raises(DeployError, match="unknown settings 'prod': choose one of development, production, testing"):
-        load_settings(CONFIGS, "prod", tmp_path)
+        load_settings(CONFIGS, APP, "prod", tmp_path)
 
 
 @pytest.mark.parametrize("char", list("@:/%#?' "))
@@ -112,7 +113,7 @@ def test_describe_never_shows_the_password():
 def test_unencoded_password_in_a_file_is_refused_without_showing_it(tmp_path, raw):
     write(tmp_path, "production", f"SQLALCHEMY_DATABASE_URI = {raw!r}\n")
     with pytest.raises(DeployError) as caught:
-        _ = load_settings(CONFIGS, "production", tmp_path).database_url
+        _ = load_settings(CONFIGS, APP, "production", tmp_path).database_url
     assert "percent-encode" in str(caught.value)
     assert "SECRET" not in str(caught.value)
 
@@ -125,7 +126,7 @@ def test_the_two_urls_must_name_the_same_database(tmp_path):
         "SQLALCHEMY_ALEMBIC_URI = 'mysql+pymysql://root:@db/other'\n",
     )
     with pytest.raises(DeployError, match="name different databases"):
-        _ = load_settings(CONFIGS, "production", tmp_path).migration_url
+        _ = load_settings(CONFIGS, APP, "production", tmp_path).migration_url
 
 
 @pytest.mark.parametrize(
@@ -137,4 +138,4 @@ def test_the_two_urls_must_name_the_same_database(tmp_path):
 )
 def test_a_wrong_flask_config_is_one_clear_error(tmp_path, path, expected):
     with pytest.raises(DeployError, match=expected):
-        load_settings(path, "development", tmp_path)
+        load_settings(path, APP, "development", tmp_path)
