@@ -56,6 +56,7 @@ class Status:
     heads: list[str]
     current: list[str]
     pending: list[list[str]]
+    target_behind: bool
     unstamped_tables: list[str]
     base: str | None
 
@@ -111,8 +112,10 @@ def upgrade(project: Project, target: str = "head", expect_head: str | None = No
     migrate(project, target, expect_head, downgrade=False)
 
 
-def downgrade(project: Project, target: str = "-1") -> None:
-    """Downgrade to `target` (default: one revision back)."""
+def downgrade(project: Project, target: str = "-1", confirm: bool = False) -> None:
+    """Downgrade to `target` (default: one revision back); `confirm`: have the database's name typed first."""
+    if confirm:
+        safety.confirm_database(project.settings.migration_url.database or "")
     migrate(project, target, None, downgrade=True)
 
 
@@ -225,6 +228,7 @@ def status(project: Project, target: str = "head", as_json: bool = False, downgr
         heads=list(head_revisions),
         current=list(found),
         pending=pending,
+        target_behind=not pending and not downgrade and not alembic_ops.is_current(config, found, target),
         unstamped_tables=[] if found else tables,
         base=alembic_ops.base(config),
     )

@@ -47,11 +47,19 @@ def upgrade(c, to="head", expect_head=None):
     commands.upgrade(project(c), to, expect_head)
 
 
-@task(help={"to": "target revision (default: -1, one step back; write --to=-1 style for relative ones)"})
+@task(
+    help={
+        "to": "target revision (default: -1, one step back; write --to=-1 style for relative ones)",
+        "confirmed": "do not ask for the database's name outside development (fab passes it after asking you)",
+    }
+)
 @one_line_errors
-def downgrade(c, to="-1"):
+def downgrade(c, to="-1", confirmed=False):
     """Downgrade the database one revision, or to --to REV."""
-    commands.downgrade(project(c), to)
+    current = project(c)
+    # Outside development, a downgrade (which may drop data) wants the database's name typed.
+    guarded = current.settings.name not in c.config.db.reset_settings and not confirmed
+    commands.downgrade(current, to, confirm=guarded)
 
 
 @task(help={"revision": "the revision the database's schema already matches (or head, or base)"})
@@ -84,15 +92,15 @@ def heads(c):
 
 @task(
     help={
-        "to": "target revision (default: head)",
+        "to": "target revision (default: head; with --downgrade: -1)",
         "json": "print machine-readable JSON",
         "downgrade": "list what a downgrade to --to would undo instead",
     }
 )
 @one_line_errors
-def status(c, to="head", json=False, downgrade=False):
+def status(c, to=None, json=False, downgrade=False):
     """Show head, current revision and the pending revisions."""
-    commands.status(project(c), to, json, downgrade)
+    commands.status(project(c), to or ("-1" if downgrade else "head"), json, downgrade)
 
 
 db = Collection("db", reset, revision, upgrade, downgrade, stamp, current, history, heads, status)

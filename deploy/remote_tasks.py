@@ -153,16 +153,6 @@ def print_revisions(revisions: list[list[str]]) -> None:
         print(f"  {revision}  {message}")
 
 
-def confirm_database(name: str) -> None:
-    """Typing the database's name is the last step before an irreversible change."""
-    try:
-        answer = input(f"Type the database name ({name}) to confirm: ")
-    except EOFError:
-        answer = ""
-    if answer.strip() != name:
-        raise DeployError("not confirmed: nothing changed")
-
-
 @task
 @one_line_errors
 def status(c):
@@ -185,6 +175,8 @@ def upgrade(c, to=None):
         state = server.status(target)
         refuse_unsafe(server, state, expected)
         current = ", ".join(state["current"]) or "base"
+        if state["target_behind"]:
+            raise DeployError(f"{to} is behind {current}: to go back, run `fab {server.name} db.downgrade --to={to}`")
         if not state["pending"]:
             print(f"{server.name}: {state['database']} is already at {current}: nothing to do")
             return
@@ -207,7 +199,7 @@ def stamp(c, revision):
         if state["current"]:
             # Restamping skips or repeats migrations: make sure it is meant.
             print(f"it is stamped at {', '.join(state['current'])} already")
-            confirm_database(state["database_name"])
+            safety.confirm_database(state["database_name"])
         server.privileged(f"db.stamp {quote(revision)}", state)
 
 
@@ -224,8 +216,9 @@ def downgrade(c, to):
             return
         print(f"{server.name}: downgrade {state['migration_user']}, undoing {len(state['pending'])}:")
         print_revisions(state["pending"])
-        confirm_database(state["database_name"])
-        server.privileged(f"db.downgrade --to={quote(to)}", state)
+        safety.confirm_database(state["database_name"])
+        # Confirmed here, so the server does not ask again (its stdin carries the password).
+        server.privileged(f"db.downgrade --to={quote(to)} --confirmed", state)
 
 
 def environment_task(name: str) -> Task:

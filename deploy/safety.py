@@ -37,6 +37,18 @@ def check_stamped(where: str, tables: list[str], stamped: bool, base: str | None
         )
 
 
+def confirm_database(name: str) -> None:
+    """Typing the database's name is the last step before an irreversible change.
+
+    At a terminal it is asked for; otherwise it is the first line of standard input."""
+    try:
+        answer = input(f"Type the database name ({name}) to confirm: ")
+    except EOFError:
+        answer = ""
+    if answer.strip() != name:
+        raise DeployError("not confirmed: nothing changed")
+
+
 def check_resettable(settings_name: str, allowed: list[str], url: URL, force: bool) -> None:
     """db.reset drops every table: only local development databases qualify."""
     if settings_name not in allowed:

@@ -155,6 +155,9 @@ def test_history_heads_status(checkout):
     status = checkout.invoke("db.status").out
     assert f"current:    {BASE}" in status
     assert f"  {POSTS}  add posts\n  {HEAD}  add tags" in status
+    checkout.invoke("db.upgrade")
+    # --downgrade plans one step back unless told otherwise, as db.downgrade does.
+    assert f"pending:    1\n  {HEAD}  add tags" in checkout.invoke("db.status", "--downgrade").out
 
 
 def test_plain_alembic_agrees_with_invoke(checkout):

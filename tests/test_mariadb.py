@@ -87,10 +87,10 @@ def test_read_only_commands_use_the_app_user_without_a_prompt(production, databa
 
 
 def test_password_never_leaves_a_trace(production, database, tmp_path):
-    results = [
-        upgrade(production),
-        production.invoke("db.downgrade", stdin=PASSWORD + "\n", env={"FLASK_CONFIG": "production"}),
-    ]
+    results = [upgrade(production)]
+    results.append(
+        production.invoke("db.downgrade", stdin=f"{database.name}\n{PASSWORD}\n", env={"FLASK_CONFIG": "production"})
+    )
     assert all(result.code == 0 for result in results), [r.output for r in results]
     for result in results:
         assert PASSWORD not in result.output
@@ -141,3 +141,15 @@ def test_failing_migration_on_mariadb_reports_where_it_stopped(production, datab
     line = one_error_line(upgrade(production))
     assert "revision broken" in line and f"the database is at {HEAD} (add tags)" in line
     assert database.version() == HEAD
+
+
+def test_a_production_downgrade_wants_the_database_name(production, database):
+    upgrade(production)
+    wrong = production.invoke("db.downgrade", stdin=f"nope\n{PASSWORD}\n", env={"FLASK_CONFIG": "production"})
+    assert "not confirmed" in one_error_line(wrong)
+    assert database.version() == HEAD
+    confirmed = production.invoke(
+        "db.downgrade", "--confirmed", stdin=PASSWORD + "\n", env={"FLASK_CONFIG": "production"}
+    )
+    assert confirmed.code == 0, confirmed.output
+    assert database.version() != HEAD

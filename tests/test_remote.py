@@ -279,6 +279,10 @@ def test_refuses_a_server_behind_the_local_checkout_unless_given_a_target(remote
     remote.refuses("deploy", args=("prod", "db.upgrade", "--to=head"))
     remote.upgrade(f"--to={server_head}")
     assert remote.database.version() == server_head
+    base = revisions(remote.server)[0]
+    remote.refuses(
+        f"{base} is behind", f"fab prod db.downgrade --to={base}", args=("prod", "db.upgrade", f"--to={base}")
+    )
 
 
 def test_refuses_a_wrong_password(remote):

@@ -34,10 +34,13 @@ def _query(conn: pymysql.connections.Connection, sql: str) -> tuple:
 
 def _port_open(host: str, port: int) -> bool:
     try:
-        socket.create_connection((host, port), timeout=2).close()
+        sock = socket.create_connection((host, port), timeout=2)
     except OSError:
         return False
-    return True
+    with sock:
+        # Free ports come from the ephemeral range, so with no listener Linux can (rarely) pick
+        # the same port as the source and connect the socket to itself: that is not "open".
+        return sock.getsockname() != sock.getpeername()
 
 
 def test_free_port_is_bindable() -> None:
