@@ -50,7 +50,9 @@ def metadata(config: Config):
 
 
 def scripts(config: Config) -> ScriptDirectory:
-    """The migration scripts, loaded: a broken script is the user's to fix, in one line."""
+    """The migration scripts, loaded once per command: a broken script is the user's to fix, in one line."""
+    if "script_directory" in config.attributes:
+        return config.attributes["script_directory"]
     with alembic_errors(), warnings.catch_warnings():
         # Alembic warns, then fails, on a down_revision that names no script: its warning says it best.
         warnings.filterwarnings("error", message="Revision .* is not present")
@@ -61,6 +63,8 @@ def scripts(config: Config) -> ScriptDirectory:
             raise
         except Exception as exc:
             raise DeployError(f"cannot load the migration scripts: {type(exc).__name__}: {exc}") from None
+    # Parsing every revision file is the slow part; labels and plans ask for it many times.
+    config.attributes["script_directory"] = directory
     return directory
 
 
