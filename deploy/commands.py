@@ -98,13 +98,14 @@ def revision(project: Project, message: str, empty: bool = False) -> None:
                 f"{', '.join(head_revisions) or 'base'}: run `invoke db.upgrade` (or `invoke db.reset`) first"
             )
         models = alembic_ops.metadata(project.alembic)
-        scripts = alembic_ops.run(
+        # A Script, or [] when env.py dropped an empty autogenerate.
+        written = alembic_ops.run(
             command.revision, project.alembic, connection, message=message, autogenerate=True, models=models
         )
-    if not scripts:
+    if not written:
         print("no schema changes detected: no revision written (use --empty for a hand-written one)")
         return
-    print(scripts.path)
+    print(written.path)
 
 
 def upgrade(project: Project, target: str = "head", expect_head: str | None = None) -> None:
