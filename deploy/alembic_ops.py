@@ -93,13 +93,14 @@ def base(config: Config) -> str | None:
     return bases[0] if bases else None
 
 
-def is_current(config: Config, current: tuple[str, ...], target: str) -> bool:
-    """Whether an empty upgrade plan to `target` means "already there" rather than "target is behind"."""
-    if target in ("head", "heads"):
-        return True
+def target_behind(config: Config, current: tuple[str, ...], target: str, steps: list, downgrade: bool) -> bool:
+    """Whether an upgrade plan came out empty because `target` is older than the database,
+    rather than because the database is already there (Alembic plans nothing in both cases)."""
+    if steps or downgrade or target in ("head", "heads"):
+        return False
     with alembic_errors():
         wanted = scripts(config).get_revisions(target)
-    return {script.revision for script in wanted} == set(current)
+    return {script.revision for script in wanted} != set(current)
 
 
 def current_heads(connection: Connection) -> tuple[str, ...]:

@@ -56,10 +56,10 @@ def upgrade(c, to="head", expect_head=None):
 @one_line_errors
 def downgrade(c, to="-1", confirmed=False):
     """Downgrade the database one revision, or to --to REV."""
-    current = project(c)
+    opened = project(c)
     # Outside development, a downgrade (which may drop data) wants the database's name typed.
-    guarded = current.settings.name not in c.config.db.reset_settings and not confirmed
-    commands.downgrade(current, to, confirm=guarded)
+    guarded = opened.settings.name not in c.config.db.reset_settings and not confirmed
+    commands.downgrade(opened, to, confirm=guarded)
 
 
 @task(help={"revision": "the revision the database's schema already matches (or head, or base)"})
