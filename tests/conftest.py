@@ -34,11 +34,16 @@ class Result:
         return self.out + self.err
 
 
+def environment(**extra: str) -> dict[str, str]:
+    """This process's environment for a tool under test, plus `extra`.
+
+    The settings switch comes from the test alone, never from the developer's shell."""
+    return {**{key: value for key, value in os.environ.items() if key != "FLASK_CONFIG"}, **extra}
+
+
 def run(argv: list[str], cwd: Path, stdin: str | None = None, env: dict | None = None) -> Result:
     """A command with no terminal: stdin is `stdin` or nothing at all."""
-    # The settings switch comes from the test alone, never from the developer's shell.
-    merged = {key: value for key, value in os.environ.items() if key != "FLASK_CONFIG"}
-    merged.update(env or {})
+    merged = environment(**(env or {}))
     done = subprocess.run(
         argv,
         cwd=cwd,
@@ -151,11 +156,18 @@ class Checkout:
         )
         return path
 
-    def head(self) -> str:
+    def scripts(self):
         from alembic.config import Config
         from alembic.script import ScriptDirectory
 
-        return ScriptDirectory.from_config(Config(str(self.path / "alembic.ini"))).get_current_head()
+        return ScriptDirectory.from_config(Config(str(self.path / "alembic.ini")))
+
+    def head(self) -> str:
+        return self.scripts().get_current_head()
+
+    def revisions(self) -> list[str]:
+        """The checkout's revisions, base first."""
+        return [script.revision for script in reversed(list(self.scripts().walk_revisions()))]
 
     def files_containing(self, secret: str) -> list[Path]:
         return files_containing(self.path, secret)

@@ -14,27 +14,12 @@ from pathlib import Path
 
 import pexpect
 import pytest
-from conftest import BIN, PASSWORD, Checkout, Database, Result, files_containing, one_error_line, run
+from conftest import BIN, PASSWORD, Checkout, Database, Result, environment, files_containing, one_error_line, run
 from servers import SSH_KEYGEN, SSHServer, free_port
 
 SLEEPY = "5133c0000001"  # a revision after head whose upgrade takes a while
 BROKEN = "b0b0c0000001"  # a revision after head whose upgrade fails
 STDIN_PASSWORD = PASSWORD + "\n"
-
-
-def fab_env(**extra: str) -> dict[str, str]:
-    """This environment, without the settings switch (as conftest.run does)."""
-    env = {key: value for key, value in os.environ.items() if key != "FLASK_CONFIG"}
-    return {**env, **extra}
-
-
-def revisions(checkout: Checkout) -> list[str]:
-    """The checkout's revisions, base first."""
-    from alembic.config import Config
-    from alembic.script import ScriptDirectory
-
-    scripts = ScriptDirectory.from_config(Config(str(checkout.path / "alembic.ini")))
-    return [script.revision for script in reversed(list(scripts.walk_revisions()))]
 
 
 @dataclass
@@ -127,7 +112,7 @@ def refused(result: Result, *fragments: str) -> str:
 
 def test_upgrade_at_a_terminal(remote):
     """The password is typed at a real terminal, unechoed; the plan and Alembic's steps show."""
-    env = fab_env()
+    env = environment()
     assert not any(PASSWORD in value for value in env.values())
     transcript = io.StringIO()
     child = pexpect.spawn(
@@ -149,7 +134,7 @@ def test_upgrade_at_a_terminal(remote):
         child.close(force=True)
     output = transcript.getvalue()
     assert child.exitstatus == 0, output
-    assert all(revision in plan for revision in revisions(remote.local)), plan
+    assert all(revision in plan for revision in remote.local.revisions()), plan
     assert "3 pending" in plan, plan
     assert output.count("Running upgrade") == 3, output
     assert f"is now at {remote.local.head()}" in output
@@ -217,7 +202,7 @@ def test_upgrade_leaks_the_password_nowhere(remote, tmp_path, sshd):
         process = subprocess.Popen(
             [*remote.argv, "prod", "db.upgrade"],
             cwd=remote.local.path,
-            env=fab_env(TMPDIR=str(tmp_path)),
+            env=environment(TMPDIR=str(tmp_path)),
             text=True,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -262,12 +247,12 @@ def test_a_failing_migration_names_itself_and_where_the_database_stopped(remote)
 
 def test_refuses_an_unstamped_database_with_tables(remote):
     remote.database.query("CREATE TABLE legacy (id INT PRIMARY KEY)")
-    remote.refuses(f"`fab prod db.stamp {revisions(remote.local)[0]}`")
+    remote.refuses(f"`fab prod db.stamp {remote.local.revisions()[0]}`")
     assert remote.state() == (None, {"legacy"})
 
 
 def test_refuses_several_heads_on_the_server(remote):
-    remote.server.add_revision("0b1a0c000001", revisions(remote.server)[0])
+    remote.server.add_revision("0b1a0c000001", remote.server.revisions()[0])
     remote.refuses("merge")
 
 
@@ -279,7 +264,7 @@ def test_refuses_a_server_behind_the_local_checkout_unless_given_a_target(remote
     remote.refuses("deploy", args=("prod", "db.upgrade", "--to=head"))
     remote.upgrade(f"--to={server_head}")
     assert remote.database.version() == server_head
-    base = revisions(remote.server)[0]
+    base = remote.server.revisions()[0]
     remote.refuses(
         f"{base} is behind", f"fab prod db.downgrade --to={base}", args=("prod", "db.upgrade", f"--to={base}")
     )
@@ -349,7 +334,7 @@ def test_refuses_without_an_environment(remote):
 def test_status_shows_head_current_and_pending(remote):
     result = remote.fab("prod", "db.status")
     assert result.code == 0, result.output
-    head, all_revisions = remote.local.head(), revisions(remote.local)
+    head, all_revisions = remote.local.head(), remote.local.revisions()
     assert f"head {head}" in result.out
     assert "current:    not stamped" in result.out
     pending = result.out.split("pending:", 1)[1].splitlines()
@@ -358,7 +343,7 @@ def test_status_shows_head_current_and_pending(remote):
 
 
 def test_stamp_then_status_shows_the_stamped_revision(remote):
-    base = revisions(remote.local)[0]
+    base = remote.local.revisions()[0]
     remote.database.query("CREATE TABLE legacy (id INT PRIMARY KEY)")
     result = remote.fab("prod", "db.stamp", base, stdin=STDIN_PASSWORD)
     assert result.code == 0, result.output
@@ -382,7 +367,7 @@ def test_stamp_with_a_typo_fails_before_any_question_and_changes_nothing(remote)
 
 
 def test_restamping_needs_the_database_name_typed(remote):
-    base, head = revisions(remote.local)[0], remote.local.head()
+    base, head = remote.local.revisions()[0], remote.local.head()
     remote.upgrade()
     wrong = remote.fab("prod", "db.stamp", base, stdin=f"nope\n{PASSWORD}\n")
     refused(wrong, "not confirmed")
@@ -393,7 +378,7 @@ def test_restamping_needs_the_database_name_typed(remote):
 
 
 def test_downgrade_needs_the_database_name_typed(remote):
-    base, head = revisions(remote.local)[0], remote.local.head()
+    base, head = remote.local.revisions()[0], remote.local.head()
     remote.upgrade()
     before = remote.state()
     wrong = remote.fab("prod", "db.downgrade", f"--to={base}", stdin=f"not-{remote.database.name}\n{PASSWORD}\n")
