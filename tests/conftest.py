@@ -41,20 +41,19 @@ def environment(**extra: str) -> dict[str, str]:
     return {**{key: value for key, value in os.environ.items() if key != "FLASK_CONFIG"}, **extra}
 
 
-def run(argv: list[str], cwd: Path, stdin: str | None = None, env: dict | None = None) -> Result:
-    """A command with no terminal: stdin is `stdin` or nothing at all."""
+def run(argv: list[str], cwd: Path, stdin: str | bytes | None = None, env: dict | None = None) -> Result:
+    """A command with no terminal: stdin is `stdin` (text, or raw bytes) or nothing at all."""
     merged = environment(**(env or {}))
     done = subprocess.run(
         argv,
         cwd=cwd,
-        input=stdin,
+        input=stdin.encode() if isinstance(stdin, str) else stdin,
         stdin=subprocess.DEVNULL if stdin is None else None,
         capture_output=True,
-        text=True,
         env=merged,
         timeout=300,
     )
-    return Result(done.returncode, done.stdout, done.stderr)
+    return Result(done.returncode, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace"))
 
 
 @pytest.fixture(scope="session")
@@ -128,7 +127,7 @@ class Checkout:
     def versions(self) -> Path:
         return self.path / "migrations" / "versions"
 
-    def invoke(self, *args: str, stdin: str | None = None, env: dict | None = None) -> Result:
+    def invoke(self, *args: str, stdin: str | bytes | None = None, env: dict | None = None) -> Result:
         return run([str(BIN / "python"), "-m", "invoke", *args], self.path, stdin, env)
 
     def alembic(self, *args: str, stdin: str | None = None, env: dict | None = None) -> Result:

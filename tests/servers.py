@@ -3,6 +3,8 @@
 Each server lives entirely under a caller-supplied ``base_dir`` (typically a
 pytest ``tmp_path``), listens on a free port on 127.0.0.1 and is started with
 :class:`subprocess.Popen`, so that only the pid we started is ever signalled.
+A MariaDB can instead listen on another address inside its own network
+namespace (see netns.py), on the standard port.
 A server that cannot start raises :class:`ServerStartError` (tests must error,
 never skip).
 
@@ -92,10 +94,15 @@ class _ManagedServer:
     """Popen/pid handling, readiness polling and log tails shared by servers."""
 
     name: ClassVar[str] = "server"
+    # Used when listening on an address other than 127.0.0.1 (see _pick_port).
+    standard_port: ClassVar[int]
 
-    def __init__(self, base_dir: pathlib.Path) -> None:
+    def __init__(self, base_dir: pathlib.Path, host: str = LOCALHOST, argv_prefix: Sequence[str] = ()) -> None:
         self.base_dir = pathlib.Path(base_dir).resolve()
-        self.host = LOCALHOST
+        self.host = host
+        # Prepended to the server's argv, e.g. ["ip", "netns", "exec", NAME].
+        # It must exec the server, so that our Popen pid stays the server's own.
+        self.argv_prefix = tuple(argv_prefix)
         self.port: int = 0
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -116,6 +123,11 @@ class _ManagedServer:
         return "\n".join(tails) or "(no log files were written)"
 
     def _pick_port(self) -> int:
+        # Ports can only be checked on our own 127.0.0.1; another address is
+        # the server's own (in its own network namespace), so nothing else
+        # listens on the standard port there.
+        if self.host != LOCALHOST:
+            return self.standard_port
         # Keep the previous port across restarts so clients configured with it
         # keep working; fall back to a new one if somebody else grabbed it.
         if self.port and _port_is_free(self.port):
@@ -126,7 +138,9 @@ class _ManagedServer:
         if self.is_running():
             raise RuntimeError(f"{self.name} is already running (pid {self.pid})")
         with open(log_path, "ab") as log:
-            self.process = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                [*self.argv_prefix, *argv], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+            )
         _LIVE.add(self)
 
     def _wait_ready(self, probe: Callable[[], bool], timeout: float) -> None:
@@ -165,6 +179,7 @@ class _ManagedServer:
             except subprocess.TimeoutExpired:
                 self._signal_and_wait(signal.SIGKILL, timeout)
         _LIVE.discard(self)
+        self._wait_port_released()
 
     def kill(self) -> None:
         """SIGKILL our own process and reap it. Idempotent."""
@@ -173,6 +188,16 @@ class _ManagedServer:
         if self.process.poll() is None:
             self._signal_and_wait(signal.SIGKILL, 30)
         _LIVE.discard(self)
+        self._wait_port_released()
+
+    def _wait_port_released(self, timeout: float = 5) -> None:
+        """A child forked for a connection just before the stop (sshd's) can hold the listening
+        socket a moment longer than our process: stopped means the port is closed too."""
+        if self.host != LOCALHOST or not self.port:
+            return
+        deadline = time.monotonic() + timeout
+        while not _port_is_free(self.port) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def start(self, timeout: float = 60) -> None:
         raise NotImplementedError
@@ -195,9 +220,14 @@ class _ManagedServer:
 
 
 class MariaDB(_ManagedServer):
-    """A throwaway MariaDB server; root has no password and is reachable over TCP."""
+    """A throwaway MariaDB server; root has no password and is reachable over TCP.
+
+    With ``host`` other than 127.0.0.1, root may also log in from any address,
+    since clients then connect from elsewhere (e.g. the other end of a veth).
+    """
 
     name = "mariadbd"
+    standard_port = 3306
 
     # Small footprint and cheap commits. flush-log-at-trx-commit=2 still
     # writes the redo log to the OS on every commit, so committed data
@@ -217,8 +247,8 @@ class MariaDB(_ManagedServer):
         "--skip-log-bin",
     )
 
-    def __init__(self, base_dir: pathlib.Path) -> None:
-        super().__init__(base_dir)
+    def __init__(self, base_dir: pathlib.Path, host: str = LOCALHOST, argv_prefix: Sequence[str] = ()) -> None:
+        super().__init__(base_dir, host, argv_prefix)
         self.datadir = self.base_dir / "data"
         self.tmpdir = self.base_dir / "tmp"
         self.pid_file = self.base_dir / "mariadbd.pid"
@@ -226,6 +256,7 @@ class MariaDB(_ManagedServer):
         # Anything mariadbd prints before --log-error takes effect.
         self.console_log_path = self.base_dir / "mariadbd.out"
         self.install_log_path = self.base_dir / "install-db.log"
+        self.remote_root_sql = self.base_dir / "remote-root.sql"
         self.socket_path = self.datadir / "mariadbd.sock"
         # Written only after a successful mariadb-install-db, so a datadir
         # left behind by an interrupted initialisation is redone.
@@ -249,6 +280,13 @@ class MariaDB(_ManagedServer):
             f"--user={self.user}",
             *self._TUNING,
         ]
+        if self.host != LOCALHOST:
+            # install-db only creates root@localhost, 127.0.0.1 and ::1. Its
+            # bootstrap skips the grant tables, which CREATE USER needs loaded.
+            self.remote_root_sql.write_text(
+                "FLUSH PRIVILEGES;\nCREATE USER root@'%';\nGRANT ALL PRIVILEGES ON *.* TO root@'%' WITH GRANT OPTION;\n"
+            )
+            argv.append(f"--extra-file={self.remote_root_sql}")
         with open(self.install_log_path, "ab") as log:
             try:
                 result = subprocess.run(
@@ -365,6 +403,7 @@ class SSHServer(_ManagedServer):
     """A throwaway OpenSSH sshd on 127.0.0.1 accepting one client key for the current user."""
 
     name = "sshd"
+    standard_port = 22
 
     def __init__(self, base_dir: pathlib.Path) -> None:
         super().__init__(base_dir)
