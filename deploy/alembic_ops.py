@@ -13,8 +13,10 @@ from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy.engine import Connection
 
+from .credentials import describe
+from .database import application_tables
 from .errors import DeployError
-from .safety import check_single_head
+from .safety import check_single_head, check_stamped
 from .settings import Settings, load_metadata, load_settings, settings_name
 
 
@@ -108,6 +110,17 @@ def current_heads(connection: Connection) -> tuple[str, ...]:
     found = MigrationContext.configure(connection).get_current_heads()
     connection.rollback()
     return tuple(found)
+
+
+def check_ready(config: Config, connection: Connection, stamp_command: str) -> tuple[str, ...]:
+    """Refuse several heads, or tables without alembic_version; else the database's current heads.
+
+    `invoke db.upgrade` and plain `alembic upgrade` both come through here, so they refuse alike."""
+    check_single_head(heads(config))
+    current = current_heads(connection)
+    tables = application_tables(connection)
+    check_stamped(describe(connection.engine.url), tables, bool(current), base(config), stamp_command)
+    return current
 
 
 def label(config: Config, revision: str | None) -> str:

@@ -1,14 +1,25 @@
-"""The migration user's password: asked for, never stored, injected with SQLAlchemy's URL API."""
+"""The migration user's password: asked for, never stored, injected with SQLAlchemy's URL API,
+and masked out of any message this process prints."""
 
 from __future__ import annotations
 
 import getpass
+import json
 import sys
 from typing import TextIO
+from urllib.parse import quote, quote_plus
 
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, make_url
 
 from .errors import DeployError
+
+MASK = "***"
+SHORT = 4
+NOT_UTF8 = "standard input is not UTF-8 text: nothing was sent or changed"
+
+# Every password this process has been given or connected with: the one thing `mask` hides.
+# Process state, not configuration: it lives exactly as long as the passwords do.
+_known_passwords: set[str] = set()
 
 
 def needs_password(url: URL) -> bool:
@@ -29,19 +40,53 @@ def prompt_for(url: URL) -> str:
     return f"Password for {describe(url)}: "
 
 
+def next_line(stdin: TextIO) -> str | None:
+    """The next line of a non-terminal standard input, strictly UTF-8, or None at its end.
+
+    A bad byte is refused here, not half-sent to a server that would then wait for the rest."""
+    raw = getattr(stdin, "buffer", None)
+    try:
+        line = raw.readline().decode("utf-8") if raw is not None else stdin.readline()
+        line.encode("utf-8")  # surrogates from a lenient decoder are not text either
+    except UnicodeError:
+        raise DeployError(NOT_UTF8) from None
+    return line.rstrip("\r\n") if line else None
+
+
 def read_password(prompt: str, stdin: TextIO | None = None) -> str:
     """Silently at a terminal; otherwise the first line of standard input (for pipelines)."""
     stdin = stdin or sys.stdin
     if stdin.isatty():
         try:
-            return getpass.getpass(prompt)
+            password = getpass.getpass(prompt)
+            password.encode("utf-8")
         except (EOFError, KeyboardInterrupt):
             print(file=sys.stderr)  # end the prompt's line before the error's
             raise DeployError("no password given") from None
-    line = stdin.readline()
-    if not line:
-        raise DeployError("no password on standard input (the first line is read as the password)")
-    return line.rstrip("\r\n")
+        except UnicodeError:
+            raise DeployError(NOT_UTF8) from None
+    else:
+        password = next_line(stdin)
+        if password is None:
+            raise DeployError("no password on standard input (the first line is read as the password)")
+    remember(password)
+    return password
+
+
+def ask(prompt: str, stdin: TextIO | None = None) -> str:
+    """An answer typed at a terminal, or the next line of standard input; none at all answers ''."""
+    stdin = stdin or sys.stdin
+    if not stdin.isatty():
+        print(prompt, end="", flush=True)
+        return next_line(stdin) or ""
+    try:
+        answer = input(prompt)
+        answer.encode("utf-8")
+    except EOFError:
+        return ""
+    except UnicodeError:
+        raise DeployError(NOT_UTF8) from None
+    return answer
 
 
 def with_password(url: URL, stdin: TextIO | None = None) -> URL:
@@ -49,3 +94,31 @@ def with_password(url: URL, stdin: TextIO | None = None) -> URL:
     if not needs_password(url):
         return url
     return url.set(password=read_password(prompt_for(url), stdin))
+
+
+def remember(password: str | None) -> None:
+    if password:
+        _known_passwords.add(password)
+
+
+def mask(text: str) -> str:
+    """`text` with every known password, in each encoding a message may carry it, replaced by ***."""
+    forms = {form for password in _known_passwords for form in _encodings(password)}
+    # Longest first: a raw password can be part of one of its encodings.
+    for form in sorted(forms, key=len, reverse=True):
+        # A password of a few letters is masked where a URL holds it, not inside every word.
+        text = text.replace(form, MASK) if len(form) >= SHORT else text.replace(f":{form}@", f":{MASK}@")
+    return text
+
+
+def _encodings(password: str) -> set[str]:
+    # As SQLAlchemy renders it in a URL (str(engine.url) with the password shown).
+    rendered = make_url("x://u:@h").set(password=password).render_as_string(hide_password=False)
+    percent = {quote(password, safe=""), quote(password), quote_plus(password), rendered[len("x://u:") : -len("@h")]}
+    return {
+        password,
+        repr(password)[1:-1],
+        json.dumps(password)[1:-1],
+        *percent,
+        *(form.lower() for form in percent),  # %2F and %2f decode alike
+    }

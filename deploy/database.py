@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
+import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import create_engine, inspect
@@ -11,7 +15,7 @@ from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
-from .credentials import describe
+from .credentials import describe, remember
 from .errors import DeployError
 
 VERSION_TABLE = "alembic_version"
@@ -50,12 +54,13 @@ def explain(exc: BaseException, url: URL) -> str:
 
 
 @contextmanager
-def connect(url: URL, options: dict | None = None, create: bool = False) -> Iterator[Connection]:
-    """A connection with no transaction open; `create` allows a new SQLite file."""
+def connect(url: URL, options: dict | None = None, create: bool = False, hint: str = "") -> Iterator[Connection]:
+    """A connection with no transaction open; `create` allows a new SQLite file, else `hint` says how."""
+    remember(url.password)
     path = sqlite_path(url)
     if path is not None and not path.exists():
         if not create:
-            raise DeployError(f"no database at {path}: run `invoke db.reset` to create it")
+            raise DeployError(f"no database at {path}{hint}")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -76,6 +81,31 @@ def connect(url: URL, options: dict | None = None, create: bool = False) -> Iter
             yield connection
     finally:
         engine.dispose()
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Where an open connection really goes: the URL, engine options and option files all had their say."""
+
+    address: str
+    local: bool
+
+
+def peer(connection: Connection) -> Peer:
+    """The other end of the connection's socket: a Unix socket, or an IP address and port."""
+    driver_connection = connection.connection.dbapi_connection
+    # psycopg and most drivers expose fileno(); PyMySQL keeps its socket in _sock.
+    driver_socket = getattr(driver_connection, "_sock", None)
+    fileno = getattr(driver_connection, "fileno", None) or getattr(driver_socket, "fileno", None)
+    if fileno is None:
+        raise DeployError(f"cannot tell where the {connection.dialect.driver} connection goes: refusing")
+    with socket.socket(fileno=os.dup(fileno())) as sock:
+        if sock.family == socket.AF_UNIX:
+            return Peer(f"Unix socket {sock.getpeername() or '(unnamed)'}", local=True)
+        host, port = sock.getpeername()[:2]
+    address = ipaddress.ip_address(host)
+    loopback = address.is_loopback or bool(getattr(address, "ipv4_mapped", None) and address.ipv4_mapped.is_loopback)
+    return Peer(f"[{host}]:{port}" if address.version == 6 else f"{host}:{port}", local=loopback)
 
 
 def application_tables(connection: Connection) -> list[str]:

@@ -16,7 +16,10 @@ def one_line_errors(body):
         try:
             return body(c, *args, **kwargs)
         except DeployError as exc:
-            raise Exit(f"error: {exc}", code=1) from None
+            from .credentials import mask
+
+            # Messages may relay a driver's or a migration's own text: it may quote a password.
+            raise Exit(f"error: {mask(str(exc))}", code=1) from None
         except KeyboardInterrupt:
             raise Exit("interrupted", code=130) from None
 

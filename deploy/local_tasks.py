@@ -13,7 +13,7 @@ CHECKOUT = Path(__file__).resolve().parent.parent
 
 
 def project(c) -> commands.Project:
-    return commands.Project.open(Path(c.config.db.alembic_ini))
+    return commands.Project.open(Path(c.config.db.alembic_ini), caller=c.config.db.caller)
 
 
 @task(help={"force": "also drop a MariaDB/MySQL/PostgreSQL database on this machine (SQLite needs no --force)"})
@@ -110,6 +110,8 @@ db.configure(
             "alembic_ini": str(CHECKOUT / "alembic.ini"),
             # Settings names db.reset may drop tables under; production is never one of them.
             "reset_settings": ["development", "testing"],
+            # What hints tell the user to type before `db.*`; `fab` sets INVOKE_DB_CALLER on the server.
+            "caller": "invoke",
         }
     }
 )

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
+import signal
 from collections.abc import Mapping
 from pathlib import Path
 from shlex import quote
@@ -18,6 +20,8 @@ from .errors import DeployError, one_line_errors
 
 # The Config key an environment task sets for the tasks after it on the same command line.
 SELECTED = "deploy_environment"
+# Seconds to connect and to get the server's SSH banner, unless Fabric's timeouts.connect says otherwise.
+CONNECT_TIMEOUT = 10
 
 
 class Server:
@@ -46,15 +50,21 @@ class Server:
         # merges fabric.yaml and -f files, so an ssh_config_path set there needs this second read.
         if c.config.get("ssh_config_path"):
             c.config.load_ssh_config()
+        self.timeout = timeout = c.config.timeouts.connect or CONNECT_TIMEOUT
         try:
-            self.connection = Connection(env["host"], config=c.config)
+            self.connection = Connection(env["host"], config=c.config, connect_timeout=timeout)
         except ValueError as exc:
             raise DeployError(f"environments.{name}.host is not a host string (user@host:port): {exc}") from None
+        # A peer that accepts but never speaks SSH would otherwise hold us for paramiko's own 15 s and more.
+        self.connection.connect_kwargs.setdefault("banner_timeout", timeout)
+        self.connection.connect_kwargs.setdefault("auth_timeout", timeout)
         self.where = f"{self.connection.user}@{self.connection.host}:{self.connection.port}"
 
     def __enter__(self) -> Server:
         import paramiko
 
+        # Paramiko's transport thread logs its tracebacks; with no handler, Python would print them.
+        logging.getLogger("paramiko").addHandler(logging.NullHandler())
         self.verify_host_keys()
         try:
             self.connection.open()
@@ -63,11 +73,17 @@ class Server:
         except paramiko.BadHostKeyException:
             raise DeployError(f"the host key of {self.where} differs from known_hosts: stop and find out why") from None
         except paramiko.SSHException as exc:
-            if "known_hosts" not in str(exc):
-                raise DeployError(f"cannot reach {self.where}: {exc}") from None
-            raise DeployError(
-                f"{self.where} is not in known_hosts: connect once with ssh, check the fingerprint, then retry"
-            ) from None
+            if "known_hosts" in str(exc):
+                raise DeployError(
+                    f"{self.where} is not in known_hosts: connect once with ssh, check the fingerprint, then retry"
+                ) from None
+            # Paramiko tells a silent or non-SSH peer only in words: no banner, or no session after the wait.
+            if "banner" in str(exc) or str(exc) == "No existing session":
+                raise DeployError(
+                    f"cannot reach {self.where}: no SSH server answered within {self.timeout:g} s "
+                    "(Fabric's timeouts.connect)"
+                ) from None
+            raise DeployError(f"cannot reach {self.where}: {exc}") from None
         except (TimeoutError, OSError) as exc:
             raise DeployError(f"cannot reach {self.where}: {exc}") from None
         if self.run(f"test -d {quote(self.app_dir)}").failed:
@@ -99,20 +115,34 @@ class Server:
         )
 
     def invoke(self, task_args: str, stdin: str = "", hide: bool = False):
-        """`invoke db.*` in the server's checkout, with this environment's settings."""
-        return self.run(
+        """`invoke db.*` in the server's checkout, with this environment's settings; a failure
+        ends here, in one line (the server's own, or what is known of how its command ended)."""
+        # INVOKE_DB_CALLER: the server's hints name the command typed here (`fab prod db.status`).
+        # `; exit $?` keeps the shell from exec'ing Python, so a killed Python is reported as 128+N:
+        # paramiko drops SSH's own exit-signal message.
+        result = self.run(
             f"cd {quote(self.app_dir)} && FLASK_CONFIG={quote(self.settings)} "
-            f"{quote(self.python)} -m invoke {task_args}",
+            f"INVOKE_DB_CALLER={quote('fab ' + self.name)} {quote(self.python)} -m invoke {task_args}; exit $?",
             stdin,
             hide,
         )
+        if not result.failed:
+            return result
+        said = server_error(result.stderr)
+        if said is None:
+            raise DeployError(f"{self.name}: the server's command {how_it_ended(result.exited)}{self.status_hint}")
+        if hide:
+            raise DeployError(f"{self.name}: {said}")
+        raise Exit(code=result.exited)  # the server's `error:` line is on stderr already
+
+    @property
+    def status_hint(self) -> str:
+        return f": run `fab {self.name} db.status` to see where the database is"
 
     def status(self, target: str = "head", downgrade: bool = False) -> dict:
         """The server's `db.status --json`: read with the application's user, no password."""
         direction = " --downgrade" if downgrade else ""
         result = self.invoke(f"db.status --json --to={quote(target)}{direction}", hide=True)
-        if result.failed:
-            raise DeployError(f"{self.name}: {last_line(result.stderr)}")
         try:
             return json.loads(result.stdout.strip().splitlines()[-1])
         except (IndexError, ValueError):
@@ -123,15 +153,26 @@ class Server:
         password = ""
         if state["needs_password"]:
             password = credentials.read_password(f"Password for {state['migration_user']} ({self.name}): ")
-        result = self.invoke(task_args, stdin=password + "\n" if password else "")
-        if result.failed:
-            # The server has already said why, in one line on stderr.
-            raise Exit(code=result.exited or 1)
+        self.invoke(task_args, stdin=password + "\n" if password else "")
 
 
-def last_line(text: str) -> str:
-    lines = [line for line in text.splitlines() if line.strip()]
-    return lines[-1].removeprefix("error: ") if lines else "the server's command failed without a message"
+def server_error(stderr: str) -> str | None:
+    """The server's own one-line reason (`error: ...` or plain `alembic`'s `FAILED: ...`), if it gave one."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    if lines and lines[-1].startswith(("error: ", "FAILED: ")):
+        return lines[-1].split(": ", 1)[1]
+    return None
+
+
+def how_it_ended(exited: int) -> str:
+    """What an exit status says: SSH reports none (-1) for a killed process or a lost connection,
+    a shell reports 128+N for one killed by signal N."""
+    if exited < 0:
+        return "ended without an exit status (killed by a signal, or the connection was lost)"
+    if 128 < exited < 128 + signal.NSIG:
+        number = exited - 128
+        return f"was killed by signal {number} ({signal.strsignal(number) or 'unknown'}; exit status {exited})"
+    return f"failed with exit status {exited} and no message"
 
 
 def refuse_unsafe(server: Server, state: dict, expected_head: str | None = None) -> None:
@@ -159,8 +200,7 @@ def status(c):
     """Show the server's head, the database's revision and the pending revisions."""
     with Server(c) as server:
         print(f"{server.name}: {server.where}")
-        if server.invoke("db.status").failed:
-            raise Exit(code=1)
+        server.invoke("db.status")
 
 
 @task(help={"to": "an explicit target revision; without it the server's head must equal yours"})

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from sqlalchemy.engine import URL
 
-from .credentials import describe
+from .credentials import ask, describe
+from .database import Peer
 from .errors import DeployError
 
 LOCAL_HOSTS = {None, "", "localhost", "127.0.0.1", "::1"}
@@ -41,24 +42,29 @@ def confirm_database(name: str) -> None:
     """Typing the database's name is the last step before an irreversible change.
 
     At a terminal it is asked for; otherwise it is the first line of standard input."""
-    try:
-        answer = input(f"Type the database name ({name}) to confirm: ")
-    except EOFError:
-        answer = ""
-    if answer.strip() != name:
+    if ask(f"Type the database name ({name}) to confirm: ").strip() != name:
         raise DeployError("not confirmed: nothing changed")
 
 
 def check_resettable(settings_name: str, allowed: list[str], url: URL, force: bool) -> None:
-    """db.reset drops every table: only local development databases qualify."""
+    """db.reset drops every table: only development settings, and --force beyond a SQLite file."""
     if settings_name not in allowed:
         raise DeployError(
             f"db.reset drops every table and refuses the {settings_name!r} settings (allowed: {', '.join(allowed)})"
         )
     if url.get_backend_name() == "sqlite":
         return
-    # Drivers also take a host from the query string (`mysql://u@/db?host=...`): refuse those too.
+    # A host the URL itself names as remote (or hides in its query string) is refused before any
+    # prompt; the open connection has the last word (check_on_this_machine): drivers read hosts
+    # from engine options and option files too.
     if url.host not in LOCAL_HOSTS or "host" in url.query:
         raise DeployError(f"db.reset refuses {describe(url)}: it is not on this machine")
     if not force:
         raise DeployError(f"db.reset would drop every table of {describe(url)}: add --force to do it")
+
+
+def check_on_this_machine(url: URL, peer: Peer) -> None:
+    """Judged on the open connection: the URL's host is one of several sources a driver reads
+    (engine options' connect_args, option files, the query string)."""
+    if not peer.local:
+        raise DeployError(f"db.reset refuses {describe(url)}: the connection went to {peer.address}, not this machine")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,23 @@ def import_object(path: str, what: str) -> Any:
         raise DeployError(f"cannot import {what} {path!r}: {type(exc).__name__}: {exc}") from None
 
 
-PERCENT_ENCODE = ": percent-encode special characters in its password (urllib.parse.quote_plus)"
+# quote_plus would write a space as '+', which SQLAlchemy keeps as a '+': quote with safe="" fits every character.
+PERCENT_ENCODE = ": percent-encode its password (and query values) with urllib.parse.quote(value, safe='')"
+# A '%' that does not start an escape (%XX).
+BARE_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+def unencoded_password(raw: str) -> bool:
+    """Whether a URL string's password (or query) was written without percent-encoding.
+
+    SQLAlchemy ends the password at the first '@', so an '@' in it moves the rest into the host,
+    port or query, where no check after parsing can see all of it: look at the string itself.
+    A second '@' may also be a query value's; encoded, it is unambiguous."""
+    after_scheme = raw.partition("://")[2]
+    if after_scheme.count("@") > 1:
+        return True
+    user_info = after_scheme.rpartition("@")[0]
+    return bool(BARE_PERCENT.search(user_info))
 
 
 def _place(url: URL) -> tuple:
@@ -85,13 +102,12 @@ class Settings:
         if not value:
             raise DeployError(f"no {key} in the {self.name} settings: set it in {self.settings_file}")
         # Messages name the key, never the value: it may hold a password.
+        if isinstance(value, str) and unencoded_password(value):
+            raise DeployError(f"{key} in the {self.name} settings has an unencoded '@' or '%'{PERCENT_ENCODE}")
         try:
             url = make_url(value)
         except (ArgumentError, ValueError, TypeError):
             raise DeployError(f"{key} in the {self.name} settings is not a database URL{PERCENT_ENCODE}") from None
-        if "@" in (url.host or ""):
-            # An unencoded '@' in the password: the rest of the password became the host.
-            raise DeployError(f"{key} in the {self.name} settings has an '@' in its host{PERCENT_ENCODE}")
         return self._in_instance_folder(url)
 
     def _in_instance_folder(self, url: URL) -> URL:

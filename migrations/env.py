@@ -8,11 +8,11 @@ import logging
 from contextlib import nullcontext
 from logging.config import fileConfig
 
-from alembic import context
+from alembic import command, context
 from alembic.util import CommandError
 
 from deploy import alembic_ops
-from deploy.credentials import with_password
+from deploy.credentials import mask, with_password
 from deploy.database import connect
 from deploy.errors import DeployError
 
@@ -57,6 +57,12 @@ def run_migrations_offline():
         context.run_migrations()
 
 
+def plain_alembic_command():
+    """The alembic.command function the `alembic` command line is running, if it is running one."""
+    cmd = getattr(config.cmd_opts, "cmd", None)
+    return cmd[0] if cmd else None
+
+
 def run_migrations_online():
     connection = config.attributes.get("connection")
     if connection is None:
@@ -65,6 +71,9 @@ def run_migrations_online():
     else:
         opened = nullcontext(connection)
     with opened as connection:
+        if plain_alembic_command() in (command.upgrade, command.downgrade):
+            # `invoke db.*` checked already; plain `alembic` refuses the same, before anything changes.
+            alembic_ops.check_ready(config, connection, "alembic stamp")
         configure(connection=connection)
         with context.begin_transaction():
             context.run_migrations()
@@ -78,4 +87,4 @@ try:
         run_migrations_online()
 except DeployError as exc:
     # Plain `alembic` prints a CommandError as one "FAILED:" line, without a traceback.
-    raise CommandError(str(exc)) from None
+    raise CommandError(mask(str(exc))) from None

@@ -139,7 +139,7 @@ def test_upgrade_at_head_says_so(checkout):
 def test_upgrade_to_a_revision_behind_points_at_downgrade(checkout):
     checkout.invoke("db.reset")
     line = one_error_line(checkout.invoke("db.upgrade", "--to", BASE))
-    assert f"{BASE} is behind {HEAD}" in line and f"invoke db.downgrade --to {BASE}" in line
+    assert f"{BASE} is behind {HEAD}" in line and f"invoke db.downgrade --to={BASE}" in line
     assert version(checkout) == [HEAD]
 
 
@@ -168,19 +168,6 @@ def test_plain_alembic_agrees_with_invoke(checkout):
     production = checkout.alembic("current", env={"FLASK_CONFIG": "production"})
     assert production.code != 0 and "production.cfg is missing" in production.output
     assert "Traceback" not in production.output
-
-
-@pytest.mark.parametrize(
-    ("args", "env", "expected"),
-    [
-        (["db.upgrade", "--to", "zzz"], {}, "Can't locate revision identified by 'zzz'"),
-        (["db.current"], {"FLASK_CONFIG": "nope"}, "unknown settings 'nope'"),
-        (["db.upgrade"], {"FLASK_CONFIG": "production"}, "production.cfg is missing"),
-        (["db.current"], {}, "no database at"),
-    ],
-)
-def test_expected_failures_are_one_line(checkout, args, env, expected):
-    assert expected in one_error_line(checkout.invoke(*args, env=env))
 
 
 def test_malformed_settings_file(checkout):

@@ -32,9 +32,12 @@ class Remote:
     sshd: SSHServer
     config: Path
 
-    def configure(self, key: Path | None = None, known: bool = True, **environment: str) -> None:
+    def configure(
+        self, key: Path | None = None, known: bool = True, fabric: dict | None = None, **environment: str
+    ) -> None:
         """Write the Fabric runtime config (`fab -f`): environments.prod points at the sshd,
-        whose host key is in the known_hosts file that ssh_config names (unless not `known`)."""
+        whose host key is in the known_hosts file that ssh_config names (unless not `known`);
+        `fabric`: more of Fabric's own settings."""
         known_hosts = self.config.parent / "known_hosts"
         known_hosts.write_text(self.sshd.known_hosts_line() + "\n" if known else "")
         ssh_config = self.config.parent / "ssh_config"
@@ -54,6 +57,7 @@ class Remote:
                 "allow_agent": False,
             },
             "environments": {"prod": prod},
+            **(fabric or {}),
         }
         # JSON is YAML: no quoting to get wrong.
         self.config.write_text(json.dumps(settings, indent=2))
@@ -62,7 +66,7 @@ class Remote:
     def argv(self) -> list[str]:
         return [str(BIN / "fab"), "-f", str(self.config)]
 
-    def fab(self, *args: str, stdin: str | None = None) -> Result:
+    def fab(self, *args: str, stdin: str | bytes | None = None) -> Result:
         return run([*self.argv, *args], self.local.path, stdin)
 
     def upgrade(self, *args: str) -> Result:
