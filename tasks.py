@@ -2,6 +2,6 @@
 
 from invoke import Collection
 
-from deploy.local_tasks import db
+from deploy.local_tasks import db_tasks
 
-namespace = Collection(db)
+namespace = Collection(db_tasks(__file__))

@@ -48,7 +48,7 @@ def settings(config: Config, name: str | None = None) -> Settings:
 
 def metadata(config: Config):
     """The models' MetaData, via alembic.ini's flask_app: imports the application's models."""
-    return load_metadata(main_option(config, "flask_app"), settings_name())
+    return load_metadata(main_option(config, "flask_app"), settings_name(), root(config))
 
 
 def scripts(config: Config) -> ScriptDirectory:
@@ -153,11 +153,16 @@ def alembic_errors() -> Iterator[None]:
         raise DeployError(str(exc).splitlines()[0]) from None
 
 
+# config.attributes keys through which `run` hands env.py (deploy.alembic_env) what it needs.
+CONNECTION, TARGET_METADATA, AUTOGENERATE = "connection", "target_metadata", "autogenerate"
+
+
 def run(command, config: Config, connection: Connection | None, *args, models=None, **kwargs):
     """Call an alembic.command function on our connection; env.py takes it from the attributes."""
     scripts(config)  # a broken script fails here in one line, not inside the command
-    config.attributes["connection"] = connection
+    config.attributes[CONNECTION] = connection
     # None tells env.py not to import the models: only autogenerate needs them.
-    config.attributes["target_metadata"] = models
+    config.attributes[TARGET_METADATA] = models
+    config.attributes[AUTOGENERATE] = bool(kwargs.get("autogenerate"))
     with alembic_errors():
         return command(config, *args, **kwargs)

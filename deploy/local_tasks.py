@@ -1,4 +1,4 @@
-"""`invoke db.*`: thin tasks over deploy.commands, for the checkout they run in."""
+"""`invoke db.*`: thin tasks over deploy.commands, for the project whose tasks.py adds them."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ from invoke import Collection, task
 
 from . import commands
 from .errors import one_line_errors
-
-CHECKOUT = Path(__file__).resolve().parent.parent
 
 
 def project(c) -> commands.Project:
@@ -103,15 +101,21 @@ def status(c, to=None, json=False, downgrade=False):
     commands.status(project(c), to or ("-1" if downgrade else "head"), json, downgrade)
 
 
-db = Collection("db", reset, revision, upgrade, downgrade, stamp, current, history, heads, status)
-db.configure(
-    {
-        "db": {
-            "alembic_ini": str(CHECKOUT / "alembic.ini"),
-            # Settings names db.reset may drop tables under; production is never one of them.
-            "reset_settings": ["development", "testing"],
-            # What hints tell the user to type before `db.*`; `fab` sets INVOKE_DB_CALLER on the server.
-            "caller": "invoke",
+def db_tasks(tasks_file: str) -> Collection:
+    """The `db` collection for the project whose tasks.py is `tasks_file` (it passes `__file__`).
+
+    Its defaults live in Invoke's config under `db`, so invoke.yaml or INVOKE_DB_* override them."""
+    project_dir = Path(tasks_file).resolve().parent
+    db = Collection("db", reset, revision, upgrade, downgrade, stamp, current, history, heads, status)
+    db.configure(
+        {
+            "db": {
+                "alembic_ini": str(project_dir / "alembic.ini"),
+                # Settings names db.reset may drop tables under; production is never one of them.
+                "reset_settings": ["development", "testing"],
+                # What hints tell the user to type before `db.*`; `fab` sets INVOKE_DB_CALLER on the server.
+                "caller": "invoke",
+            }
         }
-    }
-)
+    )
+    return db

@@ -269,8 +269,10 @@ def environment_task(name: str) -> Task:
     return Task(select, name=name)
 
 
-def collection(project_dir: Path) -> Collection:
-    """The fabfile's namespace: `db.*` plus one task per environment in fabric.yaml."""
+def fab_tasks(fabfile: str) -> Collection:
+    """The fabfile's namespace: `db.*` plus one task per environment in fabric.yaml, for the project
+    whose fabfile.py is `fabfile` (it passes `__file__`)."""
+    project_dir = Path(fabfile).resolve().parent
     config = Config(project_location=str(project_dir))
     config.load_project()
     environments = config.get("environments") or {}

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,8 @@ from .errors import DeployError
 
 SETTINGS_VARIABLE = "FLASK_CONFIG"
 DEFAULT_SETTINGS = "development"
+# In flask_app, stands for the settings name: `myapp:create_app('{settings}')`.
+SETTINGS_PLACEHOLDER = "{settings}"
 
 
 def settings_name() -> str:
@@ -121,29 +125,22 @@ class Settings:
 
 
 def load_settings(config_objects: str | None, app: str, name: str, root: Path) -> Settings:
-    """Settings `name`, read as the app reads them.
+    """Settings `name`, read as the app reads them, then overlaid by instance/<name>.cfg when present.
 
-    With flask_config: its config object for `name`, overlaid by instance/<name>.cfg, and the app is
-    not built. Without it: an app factory is built for `name` and its config read; a `db` object
-    leaves instance/<name>.cfg alone."""
+    With flask_config: its config object (one per settings name, or one for all), without building
+    the app. Without it: the app's own config, the app found as `flask --app` finds it; when
+    flask_app names a `db`, the app beside it in its module, if that module has one."""
     from flask import Config
 
-    objects = None
     if config_objects:
-        objects = import_object(config_objects, "the config objects")
-        if not isinstance(objects, Mapping):
-            raise DeployError(f"flask_config {config_objects!r} must be a dict of config objects by settings name")
-        if name not in objects:
-            raise DeployError(f"unknown settings {name!r}: choose one of {', '.join(sorted(objects))}")
+        instance_path = root / "instance"
+        config = Config(str(instance_path))
+        config.from_object(config_object(config_objects, name))
     else:
-        target = import_object(app, "the application")
-        if _metadata_of(target) is None and callable(target):
-            built = build_app(target, name)
-            return Settings(name=name, config=dict(built.config), instance_path=Path(built.instance_path))
-    instance_path = root / "instance"
-    config = Config(str(instance_path))
-    if objects is not None:
-        config.from_object(objects[name])
+        target = locate(app, name, root)
+        flask_app = app_beside(app, root) if _metadata_of(target) is not None else target
+        instance_path = Path(flask_app.instance_path) if flask_app is not None else root / "instance"
+        config = Config(str(instance_path), flask_app.config if flask_app is not None else None)
     settings_file = instance_path / f"{name}.cfg"
     if settings_file.exists():
         try:
@@ -156,15 +153,74 @@ def load_settings(config_objects: str | None, app: str, name: str, root: Path) -
     return Settings(name=name, config=dict(config), instance_path=instance_path)
 
 
-def build_app(factory, name: str):
-    """The app for settings `name`, from the user's factory."""
+def config_object(path: str, name: str) -> Any:
+    """flask_config: a dict of config objects by settings name, or one config object for every name."""
+    objects = import_object(path, "the config objects")
+    if not isinstance(objects, Mapping):
+        return objects
+    if name not in objects:
+        raise DeployError(f"unknown settings {name!r}: choose one of {', '.join(sorted(objects))}")
+    return objects[name]
+
+
+def load_metadata(app: str, name: str, root: Path):
+    """The MetaData of every model: from a Flask-SQLAlchemy `db` or MetaData, or from the app's."""
+    target = locate(app, name, root)
+    found = _metadata_of(target)
+    if found is None:
+        extension = target.extensions.get("sqlalchemy")
+        if extension is None:
+            raise DeployError(f"flask_app {app!r} has no Flask-SQLAlchemy db: call db.init_app(app) in it")
+        found = extension.metadata
+    return found
+
+
+@functools.cache
+def locate(spec: str, name: str, root: Path) -> Any:
+    """What flask_app names, found the way `flask --app` finds an app (Flask's own loader): a module
+    (its `app`, or `create_app()`), `module:name`, or `module:create_app(...)` with literal arguments,
+    where `{settings}` stands for the settings name. A Flask-SQLAlchemy `db` or MetaData is taken as it is.
+
+    Cached: one app per process and settings, however many times settings and models are asked for."""
+    from flask.cli import NoAppException, locate_app
+
+    module_name, attribute = _module_of(spec.replace(SETTINGS_PLACEHOLDER, name), root)
+    if attribute.isidentifier():
+        found = getattr(sys.modules[module_name], attribute, None)
+        if _metadata_of(found) is not None:
+            return found
     try:
-        return factory(name)
+        return locate_app(module_name, attribute or None)
+    except NoAppException as exc:
+        lines = str(exc).strip().splitlines()
+        raise DeployError(f"flask_app {spec!r}: {' '.join(dict.fromkeys([lines[0], lines[-1]]))}") from None
     except Exception as exc:
-        # The type only: a factory's error may quote a URL, and with it a password.
+        # The type only: the app's own error may quote a URL, and with it a password.
         raise DeployError(
-            f"the app factory failed for the {name!r} settings ({type(exc).__name__}): run it yourself to see why"
+            f"flask_app {spec!r} failed for the {name!r} settings ({type(exc).__name__}): "
+            f"run `flask --app '{spec}' shell` to see why"
         ) from None
+
+
+def app_beside(spec: str, root: Path):
+    """The Flask app in the module of a flask_app that names a `db`, as `flask` would find it there."""
+    from flask.cli import NoAppException, find_best_app
+
+    module_name, _ = _module_of(spec, root)
+    try:
+        return find_best_app(sys.modules[module_name])
+    except NoAppException:
+        return None
+
+
+def _module_of(spec: str, root: Path) -> tuple[str, str]:
+    """Import the module part of `spec` (a dotted name or a file, relative to the project), as flask does."""
+    from flask.cli import prepare_import
+
+    path, _, attribute = spec.partition(":")
+    module_name = prepare_import(str(root / path))  # also puts its folder on sys.path, as `flask --app` does
+    import_object(module_name, "the application")
+    return module_name, attribute
 
 
 def _metadata_of(target):
@@ -175,15 +231,3 @@ def _metadata_of(target):
     if isinstance(getattr(target, "metadata", None), MetaData):
         return target.metadata
     return None
-
-
-def load_metadata(app: str, name: str):
-    """The MetaData of every model: from a Flask-SQLAlchemy `db`, a MetaData or an app factory."""
-    target = import_object(app, "the application")
-    found = _metadata_of(target)
-    if found is None and callable(target):
-        extension = getattr(build_app(target, name), "extensions", {}).get("sqlalchemy")
-        found = getattr(extension, "metadata", None)
-    if found is None:
-        raise DeployError(f"flask_app {app!r} is not a Flask-SQLAlchemy db, a MetaData or an app factory")
-    return found

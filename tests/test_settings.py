@@ -1,13 +1,15 @@
 """Settings and credentials: Flask config files in, URLs and passwords out."""
 
 import io
+import re
+import sys
 
 import pytest
 from sqlalchemy import make_url
 
 from deploy import credentials
 from deploy.errors import DeployError
-from deploy.settings import load_settings, settings_name
+from deploy.settings import load_metadata, load_settings, settings_name
 
 CONFIGS = "exampleapp.config:configs"
 APP = "exampleapp.models:db"
@@ -129,13 +131,86 @@ def test_the_two_urls_must_name_the_same_database(tmp_path):
         _ = load_settings(CONFIGS, APP, "production", tmp_path).migration_url
 
 
+def test_a_wrong_flask_config_is_one_clear_error(tmp_path):
+    with pytest.raises(DeployError, match="cannot import the config objects"):
+        load_settings("exampleapp.nothing:configs", APP, "development", tmp_path)
+
+
+def test_a_single_config_class_serves_every_settings_name(tmp_path):
+    write(tmp_path, "production", "SQLALCHEMY_DATABASE_URI = 'sqlite:////srv/blog.db'\n")
+    for name in ("development", "production", "anything"):
+        settings = load_settings("exampleapp.config:DevelopmentConfig", APP, name, tmp_path)
+        expected = "/srv/blog.db" if name == "production" else str(tmp_path / "instance" / "development.db")
+        assert settings.database_url.database == expected
+
+
+# An app package the way Flask's docs and Flask-Migrate projects write one: no settings names anywhere.
+FACTORY_APP = """
+import os
+from flask import Flask
+from flask_sqlalchemy import SQLAlchemy
+
+db = SQLAlchemy()
+
+
+class Config:
+    SQLALCHEMY_DATABASE_URI = os.environ.get("BLOG_DATABASE_URL", "sqlite:///from-config-class.db")
+
+
+class Note(db.Model):
+    id = db.Column(db.Integer, primary_key=True)
+
+
+def create_app(config_class=Config, greeting=None):
+    app = Flask(__name__)
+    app.config.from_object(config_class)
+    app.config["GREETING"] = greeting
+    db.init_app(app)
+    return app
+"""
+
+
+@pytest.fixture
+def factory_app(tmp_path, monkeypatch):
+    package = tmp_path / "notesapp"
+    package.mkdir()
+    (package / "__init__.py").write_text(FACTORY_APP)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path
+    for name in [name for name in sys.modules if name.split(".")[0] == "notesapp"]:
+        del sys.modules[name]
+
+
 @pytest.mark.parametrize(
-    ("path", "expected"),
+    ("spec", "greeting"),
     [
-        ("exampleapp.nothing:configs", "cannot import the config objects"),
-        ("exampleapp.config:Config", "must be a dict"),
+        ("notesapp", None),  # flask's own search: create_app(), called with no arguments
+        ("notesapp:create_app", None),
+        ("notesapp:create_app(greeting='hi')", "hi"),  # literal arguments, as `flask --app` takes them
+        ("notesapp:create_app(greeting='{settings}')", "staging"),  # the settings name, where asked for
     ],
 )
-def test_a_wrong_flask_config_is_one_clear_error(tmp_path, path, expected):
-    with pytest.raises(DeployError, match=expected):
-        load_settings(path, APP, "development", tmp_path)
+def test_the_app_is_found_the_way_flask_finds_it(factory_app, spec, greeting):
+    settings = load_settings(None, spec, "staging", factory_app)
+    assert settings.database_url.database.endswith("from-config-class.db")
+    assert settings.config["GREETING"] == greeting
+    assert set(load_metadata(spec, "staging", factory_app).tables) == {"note"}
+
+
+def test_a_db_finds_the_app_beside_it(factory_app):
+    settings = load_settings(None, "notesapp:db", "development", factory_app)
+    assert settings.database_url.database.endswith("from-config-class.db")
+    assert set(load_metadata("notesapp:db", "development", factory_app).tables) == {"note"}
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("notesapp:nothing", "Failed to find attribute 'nothing'"),
+        ("notesapp:create_app(os.environ)", "Failed to parse arguments as literal values"),
+        ("nosuchmodule:app", "cannot import the application 'nosuchmodule'"),
+    ],
+)
+def test_an_app_that_cannot_be_found_is_one_clear_error(factory_app, spec, expected):
+    with pytest.raises(DeployError, match=re.escape(expected)):
+        load_settings(None, spec, "development", factory_app)
