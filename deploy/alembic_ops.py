@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -166,3 +168,13 @@ def run(command, config: Config, connection: Connection | None, *args, models=No
     config.attributes[AUTOGENERATE] = bool(kwargs.get("autogenerate"))
     with alembic_errors():
         return command(config, *args, **kwargs)
+
+
+def run_captured(command, config: Config, *args, **kwargs) -> str:
+    """What an alembic.command function that needs no database prints, returned instead."""
+    config.stdout = io.StringIO()
+    try:
+        run(command, config, None, *args, **kwargs)
+        return config.stdout.getvalue().rstrip("\n")
+    finally:
+        config.stdout = sys.stdout

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from alembic import command
@@ -16,6 +15,7 @@ from .credentials import describe, needs_password, with_password
 from .database import application_tables, explain, translate_errors
 from .errors import DeployError
 from .settings import Settings
+from .status import Status
 
 
 @dataclass
@@ -56,33 +56,42 @@ class Project:
         return alembic_ops.check_ready(self.alembic, connection, self.command("stamp"))
 
 
-@dataclass
-class Status:
-    """Where the database stands against the checkout's migrations."""
+@dataclass(frozen=True)
+class Reset:
+    database: str
+    via: str | None  # the address the connection really went to (not for SQLite)
+    tables: int
+    stamped: str
+
+    def __str__(self) -> str:
+        via = f" via {self.via}" if self.via else ""
+        return f"reset {self.database}{via}: {self.tables} tables, stamped at {self.stamped}"
+
+
+@dataclass(frozen=True)
+class Migration:
+    """Where a migration left the database; `steps` empty: it was already there."""
 
     database: str
-    database_name: str
-    migration_user: str
-    needs_password: bool
-    heads: list[str]
-    current: list[str]
-    # None: no plan can be made (several heads, or tables without alembic_version).
-    pending: list[list[str]] | None
-    target_behind: bool
-    unstamped_tables: list[str]
-    base: str | None
+    steps: int
+    now: str
+
+    def __str__(self) -> str:
+        if not self.steps:
+            return f"{self.database} is already at {self.now}: nothing to do"
+        return f"{self.database} is now at {self.now}"
 
 
-def reset(project: Project, allowed_settings: list[str], force: bool = False) -> None:
+def reset(project: Project, allowed_settings: list[str], force: bool = False) -> Reset:
     """Drop every table, create the models' tables, stamp head: no history replayed."""
     safety.check_resettable(project.settings.name, allowed_settings, project.settings.migration_url, force)
     head = project.single_head()
     models = alembic_ops.metadata(project.alembic)
     url = project.migration_url_with_password()
     with project.connect(url, create=True) as connection, translate_errors(url):
-        where = database.peer(connection) if database.sqlite_path(url) is None else None
-        if where is not None:
-            safety.check_on_this_machine(url, where)
+        peer = database.peer(connection) if database.sqlite_path(url) is None else None
+        if peer is not None:
+            safety.check_on_this_machine(url, peer)
         existing = MetaData()
         existing.reflect(connection)
         # The reflected tables include stale ones (old models, alembic_version): drop them all.
@@ -91,17 +100,15 @@ def reset(project: Project, allowed_settings: list[str], force: bool = False) ->
         connection.commit()
         alembic_ops.run(command.stamp, project.alembic, connection, "head")
         connection.commit()
-    via = f" via {where.address}" if where is not None else ""
-    stamped = alembic_ops.label(project.alembic, head)
-    print(f"reset {describe(url)}{via}: {len(models.tables)} tables, stamped at {stamped}")
+    via = peer.address if peer is not None else None
+    return Reset(describe(url), via, len(models.tables), alembic_ops.label(project.alembic, head))
 
 
-def revision(project: Project, message: str, empty: bool = False) -> None:
-    """Autogenerate a revision from the models against the database; --empty writes a blank one."""
+def revision(project: Project, message: str, empty: bool = False) -> Path | None:
+    """Autogenerate a revision from the models against the database (or a blank one with `empty`):
+    the script written, or None when the models and the database agree."""
     if empty:
-        script = alembic_ops.run(command.revision, project.alembic, None, message=message)
-        print(script.path)
-        return
+        return Path(alembic_ops.run(command.revision, project.alembic, None, message=message).path)
     head_revisions = project.heads()
     safety.check_single_head(head_revisions)  # before the password prompt
     url = project.migration_url_with_password()
@@ -119,25 +126,23 @@ def revision(project: Project, message: str, empty: bool = False) -> None:
         written = alembic_ops.run(
             command.revision, project.alembic, connection, message=message, autogenerate=True, models=models
         )
-    if not written:
-        print("no schema changes detected: no revision written (use --empty for a hand-written one)")
-        return
-    print(written.path)
+    return Path(written.path) if written else None
 
 
-def upgrade(project: Project, target: str = "head", expect_head: str | None = None) -> None:
+def upgrade(project: Project, target: str = "head", expect_head: str | None = None, progress=None) -> Migration:
     """Upgrade to `target`, refusing first what could go wrong."""
-    migrate(project, target, expect_head, downgrade=False)
+    return migrate(project, target, expect_head, downgrade=False, progress=progress)
 
 
-def downgrade(project: Project, target: str = "-1", confirm: bool = False) -> None:
+def downgrade(project: Project, target: str = "-1", confirm: bool = False, progress=None) -> Migration:
     """Downgrade to `target` (default: one revision back); `confirm`: have the database's name typed first."""
     if confirm:
         safety.confirm_database(project.settings.migration_url.database or "")
-    migrate(project, target, None, downgrade=True)
+    return migrate(project, target, None, downgrade=True, progress=progress)
 
 
-def migrate(project: Project, target: str, expect_head: str | None, downgrade: bool) -> None:
+def migrate(project: Project, target: str, expect_head: str | None, downgrade: bool, progress=None) -> Migration:
+    """`progress` (the task's print) hears the plan before Alembic reports each revision it runs."""
     head_revisions = project.heads()
     safety.check_single_head(head_revisions)
     if expect_head:
@@ -153,20 +158,19 @@ def migrate(project: Project, target: str, expect_head: str | None, downgrade: b
                 f"{target} is behind {where_now}: to go back, run `{project.command('downgrade')} --to={target}`"
             )
         if not steps:
-            print(f"{describe(url)} is already at {where_now}: nothing to do")
-            return
-        verb = "downgrade" if downgrade else "upgrade"
-        count = f"{len(steps)} revision{'s' if len(steps) > 1 else ''}"
-        print(f"{verb} {describe(url)} from {where_now}: {count}")
+            return Migration(describe(url), 0, where_now)
+        if progress is not None:
+            verb = "downgrade" if downgrade else "upgrade"
+            progress(f"{verb} {describe(url)} from {where_now}: {len(steps)} revision{'s' * (len(steps) > 1)}")
         try:
-            alembic_ops.run(getattr(command, verb), project.alembic, connection, target)
+            alembic_ops.run(command.downgrade if downgrade else command.upgrade, project.alembic, connection, target)
             connection.commit()
         except DeployError:
             raise
         except Exception as exc:
             raise migration_failed(project, connection, url, exc, target, downgrade) from None
         now = alembic_ops.current_heads(connection)
-    print(f"{describe(url)} is now at {alembic_ops.label(project.alembic, current_of(now))}")
+    return Migration(describe(url), len(steps), alembic_ops.label(project.alembic, current_of(now)))
 
 
 def migration_failed(
@@ -191,8 +195,8 @@ def migration_failed(
     )
 
 
-def stamp(project: Project, revision: str) -> None:
-    """Record `revision` in alembic_version without running any migration."""
+def stamp(project: Project, revision: str) -> str:
+    """Record `revision` in alembic_version without running any migration; says where it is now."""
     # Before connecting: a failed stamp would still have created alembic_version.
     alembic_ops.resolve(project.alembic, revision)
     url = project.migration_url_with_password()
@@ -200,34 +204,35 @@ def stamp(project: Project, revision: str) -> None:
         alembic_ops.run(command.stamp, project.alembic, connection, revision)
         connection.commit()
         now = alembic_ops.current_heads(connection)
-    print(f"{describe(url)} is stamped at {alembic_ops.label(project.alembic, current_of(now))}")
+    return f"{describe(url)} is stamped at {alembic_ops.label(project.alembic, current_of(now))}"
 
 
-def current(project: Project) -> None:
-    """The database's revision, read with the application's own user."""
+def current(project: Project) -> list[str]:
+    """The database's revision(s), each labelled, read with the application's own user."""
     url = project.settings.database_url
     with project.connect(url) as connection, translate_errors(url):
         found = alembic_ops.current_heads(connection)
         tables = application_tables(connection)
-    head_revisions = project.heads()
-    for revision in found:
-        mark = " (head)" if revision in head_revisions else ""
-        print(f"{alembic_ops.label(project.alembic, revision)}{mark}")
     if not found:
-        print("not stamped" + (f": {len(tables)} tables but no alembic_version" if tables else ": empty database"))
+        return ["not stamped" + (f": {len(tables)} tables but no alembic_version" if tables else ": empty database")]
+    head_revisions = project.heads()
+    return [
+        f"{alembic_ops.label(project.alembic, revision)}{' (head)' if revision in head_revisions else ''}"
+        for revision in found
+    ]
 
 
-def history(project: Project) -> None:
-    """The migrations, newest first."""
-    alembic_ops.run(command.history, project.alembic, None)
+def history(project: Project) -> str:
+    """The migrations, newest first, as `alembic history` lists them."""
+    return alembic_ops.run_captured(command.history, project.alembic)
 
 
-def heads(project: Project) -> None:
+def heads(project: Project) -> str:
     """The migrations' head revisions (more than one means: merge)."""
-    alembic_ops.run(command.heads, project.alembic, None, verbose=False)
+    return alembic_ops.run_captured(command.heads, project.alembic, verbose=False)
 
 
-def status(project: Project, target: str = "head", as_json: bool = False, downgrade: bool = False) -> Status:
+def status(project: Project, target: str = "head", downgrade: bool = False) -> Status:
     """Head, current revision and the revisions an upgrade (or downgrade) to `target` would run.
 
     Reads with the application's own user: no password."""
@@ -241,7 +246,7 @@ def status(project: Project, target: str = "head", as_json: bool = False, downgr
     if len(head_revisions) == 1 and (found or not tables):
         pending = [[s.revision, s.doc] for s in alembic_ops.plan(config, found, target, downgrade)]
     migration_url = project.settings.migration_url
-    result = Status(
+    return Status(
         database=describe(url),
         database_name=url.database or "",
         migration_user=describe(migration_url),
@@ -253,26 +258,6 @@ def status(project: Project, target: str = "head", as_json: bool = False, downgr
         unstamped_tables=[] if found else tables,
         base=alembic_ops.base(config),
     )
-    print(json.dumps(asdict(result)) if as_json else format_status(result))
-    return result
-
-
-def format_status(status: Status) -> str:
-    lines = [
-        f"database:   {status.database}",
-        f"migrations: head {', '.join(status.heads) or 'none'}",
-        f"current:    {', '.join(status.current) or 'not stamped'}",
-    ]
-    if status.unstamped_tables:
-        lines.append(f"warning:    {len(status.unstamped_tables)} tables but no alembic_version: stamp it first")
-    if len(status.heads) > 1:
-        lines.append("warning:    several heads: merge them first")
-    if status.pending is None:
-        lines.append("pending:    unknown until the warning above is dealt with")
-        return "\n".join(lines)
-    lines.append(f"pending:    {len(status.pending)}" + (" (up to date)" if not status.pending else ""))
-    lines += [f"  {revision}  {message}" for revision, message in status.pending]
-    return "\n".join(lines)
 
 
 def current_of(heads: tuple[str, ...]) -> str | None:

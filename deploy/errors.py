@@ -1,10 +1,20 @@
-"""The one exception type users see, and how tasks show it: one line, no traceback."""
+"""The one exception type users see, and how tasks show it: one line, no traceback (unless asked)."""
 
+import os
+import sys
+import traceback
 from functools import wraps
+
+# Set to 1 for the full traceback behind any one-line error, for bug reports. fab passes it on.
+DEBUG = "DEPLOY_DEBUG"
 
 
 class DeployError(Exception):
     """An expected failure: printed as one line on stderr, exit status 1, no traceback."""
+
+
+def debugging() -> bool:
+    return os.environ.get(DEBUG, "") not in ("", "0")
 
 
 def one_line_errors(body):
@@ -13,11 +23,13 @@ def one_line_errors(body):
 
     @wraps(body)
     def run(c, *args, **kwargs):
+        from .credentials import mask
+
         try:
             return body(c, *args, **kwargs)
         except DeployError as exc:
-            from .credentials import mask
-
+            if debugging():
+                print(mask(traceback.format_exc()), file=sys.stderr)
             # Messages may relay a driver's or a migration's own text: it may quote a password.
             raise Exit(f"error: {mask(str(exc))}", code=1) from None
         except KeyboardInterrupt:

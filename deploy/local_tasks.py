@@ -18,7 +18,7 @@ def project(c) -> commands.Project:
 @one_line_errors
 def reset(c, force=False):
     """Drop every table, create the models' tables, stamp head (development databases only)."""
-    commands.reset(project(c), list(c.config.db.reset_settings), force)
+    print(commands.reset(project(c), list(c.config.db.reset_settings), force))
 
 
 @task(
@@ -30,7 +30,9 @@ def reset(c, force=False):
 @one_line_errors
 def revision(c, message, empty=False):
     """Autogenerate a revision from the models against the development database."""
-    commands.revision(project(c), message, empty)
+    written = commands.revision(project(c), message, empty)
+    # The path last, alone on its line: scripts and editors take it from there.
+    print(written or "no schema changes detected: no revision written (use --empty for a hand-written one)")
 
 
 @task(
@@ -42,7 +44,7 @@ def revision(c, message, empty=False):
 @one_line_errors
 def upgrade(c, to="head", expect_head=None):
     """Upgrade the database to head, or to --to REV."""
-    commands.upgrade(project(c), to, expect_head)
+    print(commands.upgrade(project(c), to, expect_head, progress=print))
 
 
 @task(
@@ -57,35 +59,35 @@ def downgrade(c, to="-1", confirmed=False):
     opened = project(c)
     # Outside development, a downgrade (which may drop data) wants the database's name typed.
     guarded = opened.settings.name not in c.config.db.reset_settings and not confirmed
-    commands.downgrade(opened, to, confirm=guarded)
+    print(commands.downgrade(opened, to, confirm=guarded, progress=print))
 
 
 @task(help={"revision": "the revision the database's schema already matches (or head, or base)"})
 @one_line_errors
 def stamp(c, revision):
     """Record REVISION as the database's revision without running migrations."""
-    commands.stamp(project(c), revision)
+    print(commands.stamp(project(c), revision))
 
 
 @task
 @one_line_errors
 def current(c):
     """Show the database's current revision."""
-    commands.current(project(c))
+    print("\n".join(commands.current(project(c))))
 
 
 @task
 @one_line_errors
 def history(c):
     """List the migrations, newest first."""
-    commands.history(project(c))
+    print(commands.history(project(c)))
 
 
 @task
 @one_line_errors
 def heads(c):
     """Show the migrations' head revision(s)."""
-    commands.heads(project(c))
+    print(commands.heads(project(c)))
 
 
 @task(
@@ -98,7 +100,8 @@ def heads(c):
 @one_line_errors
 def status(c, to=None, json=False, downgrade=False):
     """Show head, current revision and the pending revisions."""
-    commands.status(project(c), to or ("-1" if downgrade else "head"), json, downgrade)
+    found = commands.status(project(c), to or ("-1" if downgrade else "head"), downgrade)
+    print(found.to_json() if json else found)
 
 
 def db_tasks(tasks_file: str) -> Collection:

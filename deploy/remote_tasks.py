@@ -4,9 +4,9 @@ does the work with its own `invoke db.*`, so both paths share one implementation
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
+import shlex
 import signal
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,7 +16,8 @@ from fabric import Config, Connection, Task, task
 from invoke import Collection, Exit
 
 from . import alembic_ops, credentials, safety
-from .errors import DeployError, one_line_errors
+from .errors import DEBUG, DeployError, debugging, one_line_errors
+from .status import Status
 
 # The Config key an environment task sets for the tasks after it on the same command line.
 SELECTED = "deploy_environment"
@@ -86,9 +87,9 @@ class Server:
             raise DeployError(f"cannot reach {self.where}: {exc}") from None
         except (TimeoutError, OSError) as exc:
             raise DeployError(f"cannot reach {self.where}: {exc}") from None
-        if self.run(f"test -d {quote(self.app_dir)}").failed:
+        if self.run(["test", "-d", self.app_dir]).failed:
             raise DeployError(f"app_dir {self.app_dir} does not exist on {self.where}")
-        if self.run(f"test -x {quote(self.python)}").failed:
+        if self.run(["test", "-x", self.python]).failed:
             raise DeployError(f"no Python at {self.python} on {self.where}: set environments.{self.name}.python")
         return self
 
@@ -107,25 +108,24 @@ class Server:
                 client.load_host_keys(os.path.expanduser(path))
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
 
-    def run(self, command: str, stdin: str = "", hide: bool = True):
+    def run(self, argv: list[str], stdin: str = "", hide: bool = True, cwd: str | None = None, env=None):
         # An in-memory stdin and no pty: a pty would echo the password, and the local
         # terminal is never forwarded, so nothing typed here reaches the server by accident.
+        line = command_line(argv, cwd, env)
         return self.connection.run(
-            command, in_stream=io.StringIO(stdin), echo_stdin=False, pty=False, warn=True, hide=hide
+            line, in_stream=io.StringIO(stdin), echo_stdin=False, pty=False, warn=True, hide=hide
         )
 
-    def invoke(self, task_args: str, stdin: str = "", hide: bool = False):
+    def invoke(self, task_args: list[str], stdin: str = "", hide: bool = False):
         """`invoke db.*` in the server's checkout, with this environment's settings; a failure
         ends here, in one line (the server's own, or what is known of how its command ended)."""
-        # INVOKE_DB_CALLER: the server's hints name the command typed here (`fab prod db.status`).
-        # `; exit $?` keeps the shell from exec'ing Python, so a killed Python is reported as 128+N:
-        # paramiko drops SSH's own exit-signal message.
-        result = self.run(
-            f"cd {quote(self.app_dir)} && FLASK_CONFIG={quote(self.settings)} "
-            f"INVOKE_DB_CALLER={quote('fab ' + self.name)} {quote(self.python)} -m invoke {task_args}; exit $?",
-            stdin,
-            hide,
-        )
+        environment = {
+            "FLASK_CONFIG": self.settings,
+            # The server's hints name the command typed here (`fab prod db.status`).
+            "INVOKE_DB_CALLER": f"fab {self.name}",
+            **({DEBUG: "1"} if debugging() else {}),
+        }
+        result = self.run([self.python, "-m", "invoke", *task_args], stdin, hide, self.app_dir, environment)
         if not result.failed:
             return result
         said = server_error(result.stderr)
@@ -139,21 +139,29 @@ class Server:
     def status_hint(self) -> str:
         return f": run `fab {self.name} db.status` to see where the database is"
 
-    def status(self, target: str = "head", downgrade: bool = False) -> dict:
+    def status(self, target: str = "head", downgrade: bool = False) -> Status:
         """The server's `db.status --json`: read with the application's user, no password."""
-        direction = " --downgrade" if downgrade else ""
-        result = self.invoke(f"db.status --json --to={quote(target)}{direction}", hide=True)
-        try:
-            return json.loads(result.stdout.strip().splitlines()[-1])
-        except (IndexError, ValueError):
-            raise DeployError(f"{self.name}: the server's `invoke db.status --json` gave no status") from None
+        result = self.invoke(
+            ["db.status", "--json", f"--to={target}", *(["--downgrade"] if downgrade else [])], hide=True
+        )
+        lines = result.stdout.strip().splitlines()
+        return Status.from_json(lines[-1] if lines else "", self.name)
 
-    def privileged(self, task_args: str, state: dict) -> None:
+    def privileged(self, task_args: list[str], state: Status) -> None:
         """Run a task that writes, its migration password on the SSH channel's stdin."""
         password = ""
-        if state["needs_password"]:
-            password = credentials.read_password(f"Password for {state['migration_user']} ({self.name}): ")
+        if state.needs_password:
+            password = credentials.read_password(f"Password for {state.migration_user} ({self.name}): ")
         self.invoke(task_args, stdin=password + "\n" if password else "")
+
+
+def command_line(argv: list[str], cwd: str | None = None, env: dict[str, str] | None = None) -> str:
+    """The one place remote shell command lines are built, every word quoted, from argument lists.
+
+    `; exit $?` keeps the shell from exec'ing the command, so a killed process is reported as 128+N:
+    paramiko drops SSH's own exit-signal message."""
+    line = " ".join([*(f"{name}={quote(value)}" for name, value in (env or {}).items()), shlex.join(argv)])
+    return f"{'cd ' + quote(cwd) + ' && ' if cwd else ''}{line}; exit $?"
 
 
 def server_error(stderr: str) -> str | None:
@@ -175,13 +183,13 @@ def how_it_ended(exited: int) -> str:
     return f"failed with exit status {exited} and no message"
 
 
-def refuse_unsafe(server: Server, state: dict, expected_head: str | None = None) -> None:
-    where = f"{server.name}'s database {state['database']}"
-    stamped = bool(state["current"])
-    safety.check_stamped(where, state["unstamped_tables"], stamped, state["base"], f"fab {server.name} db.stamp")
-    safety.check_single_head(tuple(state["heads"]))
+def refuse_unsafe(server: Server, state: Status, expected_head: str | None = None) -> None:
+    where = f"{server.name}'s database {state.database}"
+    stamped = bool(state.current)
+    safety.check_stamped(where, state.unstamped_tables, stamped, state.base, f"fab {server.name} db.stamp")
+    safety.check_single_head(tuple(state.heads))
     if expected_head:
-        safety.check_expected_head(tuple(state["heads"]), expected_head)
+        safety.check_expected_head(tuple(state.heads), expected_head)
 
 
 def local_config(c):
@@ -200,7 +208,7 @@ def status(c):
     """Show the server's head, the database's revision and the pending revisions."""
     with Server(c) as server:
         print(f"{server.name}: {server.where}")
-        server.invoke("db.status")
+        server.invoke(["db.status"])
 
 
 @task(help={"to": "an explicit target revision; without it the server's head must equal yours"})
@@ -214,17 +222,17 @@ def upgrade(c, to=None):
     with Server(c) as server:
         state = server.status(target)
         refuse_unsafe(server, state, expected)
-        current = ", ".join(state["current"]) or "base"
-        if state["target_behind"]:
+        current = ", ".join(state.current) or "base"
+        if state.target_behind:
             raise DeployError(f"{to} is behind {current}: to go back, run `fab {server.name} db.downgrade --to={to}`")
-        if not state["pending"]:
-            print(f"{server.name}: {state['database']} is already at {current}: nothing to do")
+        if not state.pending:
+            print(f"{server.name}: {state.database} is already at {current}: nothing to do")
             return
-        print(f"{server.name}: {server.where}, database {state['migration_user']}")
-        print(f"{current} -> {to if explicit else expected}, {len(state['pending'])} pending:")
-        print_revisions(state["pending"])
-        expect = f" --expect-head={quote(expected)}" if expected else ""
-        server.privileged(f"db.upgrade --to={quote(target)}{expect}", state)
+        print(f"{server.name}: {server.where}, database {state.migration_user}")
+        print(f"{current} -> {to if explicit else expected}, {len(state.pending)} pending:")
+        print_revisions(state.pending)
+        expect = [f"--expect-head={expected}"] if expected else []
+        server.privileged(["db.upgrade", f"--to={target}", *expect], state)
 
 
 @task(help={"revision": "the revision the database's schema already matches"})
@@ -235,12 +243,12 @@ def stamp(c, revision):
     alembic_ops.resolve(local_config(c), revision)
     with Server(c) as server:
         state = server.status()
-        print(f"{server.name}: stamping {state['migration_user']} at {revision}")
-        if state["current"]:
+        print(f"{server.name}: stamping {state.migration_user} at {revision}")
+        if state.current:
             # Restamping skips or repeats migrations: make sure it is meant.
-            print(f"it is stamped at {', '.join(state['current'])} already")
-            safety.confirm_database(state["database_name"])
-        server.privileged(f"db.stamp {quote(revision)}", state)
+            print(f"it is stamped at {', '.join(state.current)} already")
+            safety.confirm_database(state.database_name)
+        server.privileged(["db.stamp", revision], state)
 
 
 @task(help={"to": "the revision to go back to (e.g. --to=-1 or a revision id)"})
@@ -251,14 +259,14 @@ def downgrade(c, to):
         # The plan comes first: an unknown target fails before any question is asked.
         state = server.status(to, downgrade=True)
         refuse_unsafe(server, state)
-        if not state["pending"]:
-            print(f"{server.name}: {state['database']} is already at {to}: nothing to do")
+        if not state.pending:
+            print(f"{server.name}: {state.database} is already at {to}: nothing to do")
             return
-        print(f"{server.name}: downgrade {state['migration_user']}, undoing {len(state['pending'])}:")
-        print_revisions(state["pending"])
-        safety.confirm_database(state["database_name"])
+        print(f"{server.name}: downgrade {state.migration_user}, undoing {len(state.pending)}:")
+        print_revisions(state.pending)
+        safety.confirm_database(state.database_name)
         # Confirmed here, so the server does not ask again (its stdin carries the password).
-        server.privileged(f"db.downgrade --to={quote(to)} --confirmed", state)
+        server.privileged(["db.downgrade", f"--to={to}", "--confirmed"], state)
 
 
 def environment_task(name: str) -> Task:

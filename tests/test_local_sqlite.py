@@ -287,3 +287,12 @@ def test_one_key_naming_the_db_reads_the_instance_file(checkout):
     checkout.write_settings("development", SQLALCHEMY_DATABASE_URI="sqlite:///development.db")
     assert checkout.invoke("db.reset").code == 0
     assert version(checkout) == [HEAD]
+
+
+def test_the_debug_switch_shows_the_traceback_behind_the_one_line(checkout):
+    plain = checkout.invoke("db.upgrade", "--to", "zzz")
+    assert "Traceback" not in plain.output
+    debug = checkout.invoke("db.upgrade", "--to", "zzz", env={"DEPLOY_DEBUG": "1"})
+    assert "Traceback (most recent call last)" in debug.err and "DeployError" in debug.err
+    assert debug.code == plain.code == 1
+    assert [line for line in debug.err.splitlines() if line.startswith("error: ")] == [one_error_line(plain)]

@@ -393,3 +393,9 @@ def test_downgrade_needs_the_database_name_typed(remote):
     assert result.code == 0, result.output
     assert PASSWORD not in result.output
     assert remote.database.version() == base
+
+
+def test_a_server_whose_status_protocol_differs_is_refused_in_one_line(remote):
+    status_module = remote.server.path / "deploy" / "status.py"
+    status_module.write_text(status_module.read_text().replace("PROTOCOL = 1\n", "PROTOCOL = 0\n"))
+    remote.refuses("the server's suite is older than yours", "deploy it first")

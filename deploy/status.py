@@ -1,0 +1,73 @@
+"""Where a database stands against the migrations: the one structure the server sends the laptop.
+
+The laptop and the server run different checkouts by design, so the JSON carries a protocol
+number and is read in exactly one place, `Status.from_json`, which says in one line when the two
+suites do not speak the same protocol."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+from .errors import DeployError
+
+# Bump when a field is added, removed or changes meaning.
+PROTOCOL = 1
+
+
+@dataclass(frozen=True)
+class Status:
+    """Head, current revision, and what an upgrade (or downgrade) to the target would run."""
+
+    database: str  # user@host:port/database, never a password
+    database_name: str
+    migration_user: str
+    needs_password: bool
+    heads: list[str]
+    current: list[str]
+    # [revision, message] in order; None: no plan can be made (several heads, or unstamped tables).
+    pending: list[list[str]] | None
+    target_behind: bool
+    unstamped_tables: list[str]
+    base: str | None
+    protocol: int = PROTOCOL
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str, where: str) -> Status:
+        """The status `where` (the server) sent; one line if it is not one this suite can read."""
+        try:
+            data = json.loads(text)
+        except ValueError:
+            raise DeployError(f"{where}: the server's `db.status --json` gave no status") from None
+        theirs = data.get("protocol", 0) if isinstance(data, dict) else 0
+        if theirs != PROTOCOL:
+            older = isinstance(theirs, int) and theirs < PROTOCOL
+            raise DeployError(
+                f"{where}: the server's suite is {'older' if older else 'newer'} than yours (status protocol "
+                f"{theirs}, yours {PROTOCOL}): {'deploy it first' if older else 'update yours first'}"
+            )
+        names = {field.name for field in dataclasses.fields(cls)}
+        if set(data) != names:
+            raise DeployError(f"{where}: the server's status has other fields than protocol {PROTOCOL} says")
+        return cls(**data)
+
+    def __str__(self) -> str:
+        lines = [
+            f"database:   {self.database}",
+            f"migrations: head {', '.join(self.heads) or 'none'}",
+            f"current:    {', '.join(self.current) or 'not stamped'}",
+        ]
+        if self.unstamped_tables:
+            lines.append(f"warning:    {len(self.unstamped_tables)} tables but no alembic_version: stamp it first")
+        if len(self.heads) > 1:
+            lines.append("warning:    several heads: merge them first")
+        if self.pending is None:
+            lines.append("pending:    unknown until the warning above is dealt with")
+            return "\n".join(lines)
+        lines.append(f"pending:    {len(self.pending)}" + (" (up to date)" if not self.pending else ""))
+        lines += [f"  {revision}  {message}" for revision, message in self.pending]
+        return "\n".join(lines)

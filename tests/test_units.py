@@ -1,0 +1,199 @@
+"""The pure parts, in-process: the status protocol, remote command lines, masking, refusals, results.
+
+No server, no subprocess: these run in milliseconds, so every case the end-to-end tests would be
+too slow to try one by one is tried here."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import re
+import shlex
+import subprocess
+from urllib.parse import quote, quote_plus
+
+import pytest
+from sqlalchemy import make_url
+
+from deploy import credentials, safety
+from deploy.commands import Migration, Reset
+from deploy.database import Peer
+from deploy.errors import DeployError
+from deploy.remote_tasks import command_line, how_it_ended, server_error
+from deploy.settings import unencoded_password
+from deploy.status import PROTOCOL, Status
+
+STATUS = Status(
+    database="app@db:3306/blog",
+    database_name="blog",
+    migration_user="root@db:3306/blog",
+    needs_password=True,
+    heads=["c"],
+    current=["a"],
+    pending=[["b", "add posts"], ["c", "add tags"]],
+    target_behind=False,
+    unstamped_tables=[],
+    base="a",
+)
+
+
+# -- the laptop-server status ------------------------------------------------------------------
+
+
+def test_status_survives_the_trip_through_json():
+    assert Status.from_json(STATUS.to_json(), "prod") == STATUS
+    assert json.loads(STATUS.to_json())["protocol"] == PROTOCOL
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda data: data.pop("protocol"), "the server's suite is older than yours (status protocol 0"),
+        (lambda data: data.update(protocol=PROTOCOL - 1), "is older than yours"),
+        (lambda data: data.update(protocol=PROTOCOL + 1), "is newer than yours"),
+        (lambda data: data.pop("base"), "other fields"),
+        (lambda data: data.update(extra=1), "other fields"),
+    ],
+)
+def test_a_status_from_another_protocol_is_one_clear_line(change, expected):
+    data = json.loads(STATUS.to_json())
+    change(data)
+    with pytest.raises(DeployError, match=re.escape(expected)):
+        Status.from_json(json.dumps(data), "prod")
+
+
+@pytest.mark.parametrize("text", ["", "not json", "Traceback (most recent call last):"])
+def test_no_status_at_all_is_one_clear_line(text):
+    with pytest.raises(DeployError, match="gave no status"):
+        Status.from_json(text, "prod")
+
+
+def test_status_text_lists_the_pending_revisions_or_says_it_cannot_plan():
+    assert str(STATUS).endswith("pending:    2\n  b  add posts\n  c  add tags")
+    unplannable = dataclasses.replace(STATUS, heads=["c", "d"], pending=None)
+    assert "up to date" not in str(unplannable) and "pending:    unknown" in str(unplannable)
+
+
+# -- remote command lines -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("hostile", ["plain", "it's", "$(rm -rf /)", "a b;c", "--to=-1", "`x`"])
+def test_command_lines_quote_every_word(hostile):
+    line = command_line(["python", "-m", "invoke", "db.stamp", hostile], cwd=f"/srv/{hostile}", env={"X": hostile})
+    # A real shell reads back exactly the words given, and runs nothing else.
+    shell = subprocess.run(
+        ["bash", "-c", line.replace("python -m invoke", "printf '%s\\n'").replace("cd ", "echo ", 1)],
+        capture_output=True,
+        text=True,
+    )
+    words = shell.stdout.splitlines()
+    assert words == [f"/srv/{hostile}", "db.stamp", hostile]
+    assert line.startswith(f"cd {shlex.quote('/srv/' + hostile)} && X={shlex.quote(hostile)} ")
+    assert line.endswith("; exit $?")
+
+
+@pytest.mark.parametrize(
+    ("exited", "expected"),
+    [
+        (-1, "ended without an exit status"),
+        (137, "killed by signal 9"),
+        (139, "killed by signal 11"),
+        (3, "failed with exit status 3 and no message"),
+    ],
+)
+def test_how_a_remote_command_ended(exited, expected):
+    assert expected in how_it_ended(exited)
+
+
+def test_the_servers_own_reason_is_its_last_error_line():
+    assert server_error("INFO x\nerror: access denied\n\n") == "access denied"
+    assert server_error("INFO x\nFAILED: two heads\n") == "two heads"
+    assert server_error("Segmentation fault\n") is None
+
+
+# -- passwords ---------------------------------------------------------------------------------------
+
+SECRET = "r00t@pw:/%#?' x+y"
+
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        SECRET,
+        quote(SECRET, safe=""),
+        quote(SECRET),
+        quote_plus(SECRET),
+        quote(SECRET, safe="").lower(),
+        repr(SECRET)[1:-1],
+        json.dumps(SECRET)[1:-1],
+        make_url("mysql://root:@h/db").set(password=SECRET).render_as_string(hide_password=False),
+    ],
+)
+def test_every_encoding_of_a_known_password_is_masked(form):
+    credentials.remember(SECRET)
+    masked = credentials.mask(f"failed: {form} at line 3")
+    assert "***" in masked and masked.startswith("failed: ") and masked.endswith(" at line 3")
+    for other in (SECRET, quote(SECRET, safe=""), quote_plus(SECRET)):
+        assert other not in masked
+
+
+def test_a_short_password_is_masked_only_where_a_url_holds_it():
+    credentials.remember("pw")
+    assert credentials.mask("mysql://root:pw@db/x: example pwd") == "mysql://root:***@db/x: example pwd"
+
+
+@pytest.mark.parametrize("data", [b"\xff\xfepw\n", "caf\udce9\n"])
+def test_input_that_is_not_utf8_is_refused(data):
+    stdin = io.BytesIO(data) if isinstance(data, bytes) else io.StringIO(data)
+    stream = io.TextIOWrapper(stdin, errors="surrogateescape") if isinstance(data, bytes) else stdin
+    with pytest.raises(DeployError, match="not UTF-8"):
+        credentials.read_password("prompt: ", stream)
+
+
+def test_answers_and_the_password_come_from_successive_lines():
+    stdin = io.TextIOWrapper(io.BytesIO(b"blog\nsecret\n"))
+    assert credentials.ask("name? ", stdin) == "blog"
+    assert credentials.read_password("password: ", stdin) == "secret"
+    assert credentials.ask("more? ", stdin) == ""
+
+
+@pytest.mark.parametrize(
+    ("raw", "unencoded"),
+    [
+        ("mysql://app:Tr0ub@dor?42xyz@db/blog", True),
+        ("mysql://app:50%off@db/blog", True),
+        (f"mysql://app:{quote(SECRET, safe='')}@db/blog", False),
+        ("mysql://root:@db/blog", False),
+        ("sqlite:///100%.db", False),
+    ],
+)
+def test_unencoded_passwords_are_told_from_encoded_ones(raw, unencoded):
+    assert unencoded_password(raw) is unencoded
+
+
+# -- refusals and results -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("peer", "refused"),
+    [
+        (Peer("127.0.0.1:3306", local=True), False),
+        (Peer("Unix socket /run/mysqld/mysqld.sock", local=True), False),
+        (Peer("10.0.0.5:3306", local=False), True),
+    ],
+)
+def test_reset_goes_where_the_connection_really_went(peer, refused):
+    url = make_url("mysql+pymysql://root:@localhost/blog")
+    if refused:
+        with pytest.raises(DeployError, match="the connection went to 10.0.0.5:3306, not this machine"):
+            safety.check_on_this_machine(url, peer)
+    else:
+        safety.check_on_this_machine(url, peer)
+
+
+def test_results_say_what_happened():
+    assert str(Reset("SQLite x.db", None, 4, "c (add tags)")) == "reset SQLite x.db: 4 tables, stamped at c (add tags)"
+    assert "via 127.0.0.1:3306:" in str(Reset("root@localhost/blog", "127.0.0.1:3306", 4, "c"))
+    assert str(Migration("db", 0, "c (add tags)")) == "db is already at c (add tags): nothing to do"
+    assert str(Migration("db", 2, "c (add tags)")) == "db is now at c (add tags)"
