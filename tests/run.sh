@@ -21,5 +21,6 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -r tests/requirements.txt
 
-# Any non-zero status fails, including pytest's 5 (no test collected).
-exec .venv/bin/python -m pytest -p no:cacheprovider "$@" tests
+# Any non-zero status fails, including pytest's 5 (no test collected). Two workers (pytest-xdist),
+# each with its own throwaway servers; pass -n 0 to run in one process.
+exec .venv/bin/python -m pytest -p no:cacheprovider -n 2 "$@" tests

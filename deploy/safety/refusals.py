@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from sqlalchemy.engine import URL
 
-from .credentials import ask, describe
-from .database import Peer
-from .errors import DeployError
+from ..credentials import ask, describe
+from ..database import Peer
+from ..errors import DeployError
 
 LOCAL_HOSTS = {None, "", "localhost", "127.0.0.1", "::1"}
 
