@@ -171,10 +171,11 @@ def run(command, config: Config, connection: Connection | None, *args, models=No
 
 
 def run_captured(command, config: Config, *args, **kwargs) -> str:
-    """What an alembic.command function that needs no database prints, returned instead."""
-    config.stdout = io.StringIO()
+    """What an alembic.command function that needs no database prints (or, offline, the SQL it
+    would run), returned instead."""
+    config.stdout = config.output_buffer = io.StringIO()
     try:
         run(command, config, None, *args, **kwargs)
         return config.stdout.getvalue().rstrip("\n")
     finally:
-        config.stdout = sys.stdout
+        config.stdout, config.output_buffer = sys.stdout, None

@@ -129,9 +129,11 @@ def revision(project: Project, message: str, empty: bool = False) -> Path | None
     return Path(written.path) if written else None
 
 
-def upgrade(project: Project, target: str = "head", expect_head: str | None = None, progress=None) -> Migration:
-    """Upgrade to `target`, refusing first what could go wrong."""
-    return migrate(project, target, expect_head, downgrade=False, progress=progress)
+def upgrade(
+    project: Project, target: str = "head", expect_head: str | None = None, progress=None, confirm=None
+) -> Migration:
+    """Upgrade to `target`, refusing first what could go wrong; `confirm()` may still say no."""
+    return migrate(project, target, expect_head, downgrade=False, progress=progress, confirm=confirm)
 
 
 def downgrade(project: Project, target: str = "-1", confirm: bool = False, progress=None) -> Migration:
@@ -141,8 +143,11 @@ def downgrade(project: Project, target: str = "-1", confirm: bool = False, progr
     return migrate(project, target, None, downgrade=True, progress=progress)
 
 
-def migrate(project: Project, target: str, expect_head: str | None, downgrade: bool, progress=None) -> Migration:
-    """`progress` (the task's print) hears the plan before Alembic reports each revision it runs."""
+def migrate(
+    project: Project, target: str, expect_head: str | None, downgrade: bool, progress=None, confirm=None
+) -> Migration:
+    """`progress` (the task's print) hears the plan before Alembic reports each revision it runs;
+    `confirm()`, called after the plan and before any change, raises to say no."""
     head_revisions = project.heads()
     safety.check_single_head(head_revisions)
     if expect_head:
@@ -162,6 +167,10 @@ def migrate(project: Project, target: str, expect_head: str | None, downgrade: b
         if progress is not None:
             verb = "downgrade" if downgrade else "upgrade"
             progress(f"{verb} {describe(url)} from {where_now}: {len(steps)} revision{'s' * (len(steps) > 1)}")
+            for step in steps:
+                progress(f"  {step.revision}  {step.doc}")
+        if confirm is not None:
+            confirm()
         try:
             alembic_ops.run(command.downgrade if downgrade else command.upgrade, project.alembic, connection, target)
             connection.commit()
@@ -171,6 +180,26 @@ def migrate(project: Project, target: str, expect_head: str | None, downgrade: b
             raise migration_failed(project, connection, url, exc, target, downgrade) from None
         now = alembic_ops.current_heads(connection)
     return Migration(describe(url), len(steps), alembic_ops.label(project.alembic, current_of(now)))
+
+
+def sql(project: Project, target: str, downgrade: bool = False) -> str:
+    """The exact SQL an upgrade (or downgrade) to `target` would run from the database's current
+    revision, in Alembic's offline mode: nothing is changed, and no password is needed."""
+    head_revisions = project.heads()
+    safety.check_single_head(head_revisions)
+    url = project.settings.database_url
+    with project.connect(url, create=False) as connection, translate_errors(url):
+        current = project.check_ready(connection)
+    steps = alembic_ops.plan(project.alembic, current, target, downgrade)
+    if not steps:
+        return f"-- {describe(url)} is already at {alembic_ops.label(project.alembic, current_of(current))}"
+    start = current_of(current) or "base"
+    # Offline ranges need revision ids: the plan resolves relative targets (-1) and heads.
+    end = steps[-1].down_revision if downgrade else steps[-1].revision
+    if isinstance(end, tuple):
+        raise DeployError(f"--sql cannot show a downgrade through the merge {steps[-1].revision}: name a target")
+    command_function = command.downgrade if downgrade else command.upgrade
+    return alembic_ops.run_captured(command_function, project.alembic, f"{start}:{end or 'base'}", sql=True)
 
 
 def migration_failed(

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 from invoke import Collection, task
 
-from . import commands
+from . import commands, safety
 from .errors import one_line_errors
 
 
@@ -39,24 +40,36 @@ def revision(c, message, empty=False):
     help={
         "to": "target revision (default: head)",
         "expect_head": "refuse unless the migrations' head is this revision (fab passes yours)",
+        "sql": "print the SQL the upgrade would run, from the database's revision; change nothing",
+        "yes": "outside development, apply without asking [y/N] (for pipelines; fab passes it after asking you)",
     }
 )
 @one_line_errors
-def upgrade(c, to="head", expect_head=None):
+def upgrade(c, to="head", expect_head=None, sql=False, yes=False):
     """Upgrade the database to head, or to --to REV."""
-    print(commands.upgrade(project(c), to, expect_head, progress=print))
+    opened = project(c)
+    if sql:
+        print(commands.sql(opened, to))
+        return
+    # Outside development, the plan is shown and applied only when confirmed.
+    confirm = None if opened.settings.name in c.config.db.reset_settings else partial(safety.confirm, "Apply?", yes)
+    print(commands.upgrade(opened, to, expect_head, progress=print, confirm=confirm))
 
 
 @task(
     help={
         "to": "target revision (default: -1, one step back; write --to=-1 style for relative ones)",
         "confirmed": "do not ask for the database's name outside development (fab passes it after asking you)",
+        "sql": "print the SQL the downgrade would run, from the database's revision; change nothing",
     }
 )
 @one_line_errors
-def downgrade(c, to="-1", confirmed=False):
+def downgrade(c, to="-1", confirmed=False, sql=False):
     """Downgrade the database one revision, or to --to REV."""
     opened = project(c)
+    if sql:
+        print(commands.sql(opened, to, downgrade=True))
+        return
     # Outside development, a downgrade (which may drop data) wants the database's name typed.
     guarded = opened.settings.name not in c.config.db.reset_settings and not confirmed
     print(commands.downgrade(opened, to, confirm=guarded, progress=print))

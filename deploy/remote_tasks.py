@@ -211,10 +211,16 @@ def status(c):
         server.invoke(["db.status"])
 
 
-@task(help={"to": "an explicit target revision; without it the server's head must equal yours"})
+@task(
+    help={
+        "to": "an explicit target revision; without it the server's head must equal yours",
+        "sql": "print the SQL the upgrade would run on the server's database; change nothing, ask nothing",
+        "yes": "apply without asking [y/N] (needed without a terminal)",
+    }
+)
 @one_line_errors
-def upgrade(c, to=None):
-    """Upgrade the environment's database to head, after checks and a password prompt."""
+def upgrade(c, to=None, sql=False, yes=False):
+    """Upgrade the environment's database to head, after checks, a [y/N] and a password prompt."""
     # Only an explicit revision skips the same-head check: `--to=head` is the default spelled out.
     explicit = to not in (None, "", "head")
     expected = None if explicit else alembic_ops.single_head(local_config(c))
@@ -228,11 +234,16 @@ def upgrade(c, to=None):
         if not state.pending:
             print(f"{server.name}: {state.database} is already at {current}: nothing to do")
             return
+        if sql:
+            server.invoke(["db.upgrade", "--sql", f"--to={target}"])
+            return
         print(f"{server.name}: {server.where}, database {state.migration_user}")
         print(f"{current} -> {to if explicit else expected}, {len(state.pending)} pending:")
         print_revisions(state.pending)
+        safety.confirm("Apply?", yes)
         expect = [f"--expect-head={expected}"] if expected else []
-        server.privileged(["db.upgrade", f"--to={target}", *expect], state)
+        # Confirmed here, so the server does not ask again (its stdin carries the password).
+        server.privileged(["db.upgrade", f"--to={target}", *expect, "--yes"], state)
 
 
 @task(help={"revision": "the revision the database's schema already matches"})
@@ -251,9 +262,14 @@ def stamp(c, revision):
         server.privileged(["db.stamp", revision], state)
 
 
-@task(help={"to": "the revision to go back to (e.g. --to=-1 or a revision id)"})
+@task(
+    help={
+        "to": "the revision to go back to (e.g. --to=-1 or a revision id)",
+        "sql": "print the SQL the downgrade would run on the server's database; change nothing, ask nothing",
+    }
+)
 @one_line_errors
-def downgrade(c, to):
+def downgrade(c, to, sql=False):
     """Downgrade the environment's database to --to REV, after typing its name to confirm."""
     with Server(c) as server:
         # The plan comes first: an unknown target fails before any question is asked.
@@ -261,6 +277,9 @@ def downgrade(c, to):
         refuse_unsafe(server, state)
         if not state.pending:
             print(f"{server.name}: {state.database} is already at {to}: nothing to do")
+            return
+        if sql:
+            server.invoke(["db.downgrade", "--sql", f"--to={to}"])
             return
         print(f"{server.name}: downgrade {state.migration_user}, undoing {len(state.pending)}:")
         print_revisions(state.pending)

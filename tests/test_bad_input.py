@@ -132,14 +132,14 @@ def test_the_documented_encoding_works_for_every_character(checkout, mariadb):
 
 def test_a_password_that_is_not_utf8_is_one_line(checkout, database):
     env = production(checkout, database)
-    line = one_error_line(checkout.invoke("db.upgrade", stdin=NOT_UTF8, env=env))
+    line = one_error_line(checkout.invoke("db.upgrade", "--yes", stdin=NOT_UTF8, env=env))
     assert "standard input is not UTF-8" in line
     assert database.tables() == set()
 
 
 def test_a_database_name_that_is_not_utf8_is_one_line(checkout, database):
     env = production(checkout, database)
-    assert checkout.invoke("db.upgrade", stdin=STDIN_PASSWORD, env=env).code == 0
+    assert checkout.invoke("db.upgrade", "--yes", stdin=STDIN_PASSWORD, env=env).code == 0
     line = one_error_line(checkout.invoke("db.downgrade", stdin=NOT_UTF8 + STDIN_PASSWORD.encode(), env=env))
     assert "standard input is not UTF-8" in line
     assert database.version() == HEAD
@@ -148,7 +148,7 @@ def test_a_database_name_that_is_not_utf8_is_one_line(checkout, database):
 @pytest.mark.parametrize(
     ("args", "stdin"),
     [
-        (("prod", "db.upgrade"), NOT_UTF8),
+        (("prod", "db.upgrade", "--yes"), NOT_UTF8),
         (("prod", "db.downgrade", f"--to={BASE}"), NOT_UTF8 + STDIN_PASSWORD.encode()),
     ],
 )
@@ -215,7 +215,7 @@ def test_a_peer_that_does_not_speak_ssh_is_one_line_within_the_connect_timeout(r
 def test_a_server_process_that_dies_is_one_line_naming_the_signal(remote, signal_name, number):
     remote.upgrade()
     remote.add_revision("dead00000001", upgrade=f"import os, signal; os.kill(os.getpid(), signal.{signal_name})")
-    line = refused(remote.fab("prod", "db.upgrade", stdin=STDIN_PASSWORD), f"killed by signal {number}")
+    line = refused(remote.fab("prod", "db.upgrade", "--yes", stdin=STDIN_PASSWORD), f"killed by signal {number}")
     assert "`fab prod db.status`" in line
     assert remote.database.version() == remote.local.revisions()[-2]
 
@@ -282,7 +282,7 @@ def test_a_database_crash_mid_upgrade_points_at_fab_status(tmp_path, sshd):
         remote.add_revision(
             "crash0000001", upgrade=f"__import__('os').kill({server.pid}, 9)\n    op.execute('SELECT 1')"
         )
-        line = refused(remote.fab("prod", "db.upgrade", stdin=STDIN_PASSWORD), "`fab prod db.status`")
+        line = refused(remote.fab("prod", "db.upgrade", "--yes", stdin=STDIN_PASSWORD), "`fab prod db.status`")
         assert "invoke" not in line
     finally:
         server.kill()
@@ -308,7 +308,7 @@ LEAKY = {
 def test_a_migration_error_quoting_the_password_is_masked(checkout, database, leak):
     env = production(checkout, database)
     checkout.add_revision("leaky0000001", HEAD, upgrade=f"raise RuntimeError('connected as ' + {leak})")
-    line = one_error_line(checkout.invoke("db.upgrade", stdin=STDIN_PASSWORD, env=env))
+    line = one_error_line(checkout.invoke("db.upgrade", "--yes", stdin=STDIN_PASSWORD, env=env))
     assert "revision leaky0000001" in line and "connected as " in line and "***" in line
     for form in (PASSWORD, quote(PASSWORD, safe=""), quote(PASSWORD), repr(PASSWORD)[1:-1]):
         assert form not in line
@@ -317,5 +317,5 @@ def test_a_migration_error_quoting_the_password_is_masked(checkout, database, le
 
 def test_a_migration_error_quoting_the_password_is_masked_over_fab(remote):
     remote.add_revision("leaky0000001", upgrade=f"raise RuntimeError('connected as ' + {LEAKY['raw']})")
-    line = refused(remote.fab("prod", "db.upgrade", stdin=STDIN_PASSWORD), "connected as ***")
+    line = refused(remote.fab("prod", "db.upgrade", "--yes", stdin=STDIN_PASSWORD), "connected as ***")
     assert APP_PASSWORD not in line

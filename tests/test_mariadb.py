@@ -20,7 +20,8 @@ def production(checkout, database):
 
 
 def upgrade(checkout, *args, stdin=PASSWORD + "\n"):
-    return checkout.invoke("db.upgrade", *args, stdin=stdin, env={"FLASK_CONFIG": "production"})
+    """A production upgrade in a pipeline: the password on stdin, --yes for the [y/N]."""
+    return checkout.invoke("db.upgrade", "--yes", *args, stdin=stdin, env={"FLASK_CONFIG": "production"})
 
 
 def test_history_reproduces_the_models_exactly_on_mariadb_and_sqlite(production, database):
@@ -43,9 +44,12 @@ def test_password_typed_at_a_real_terminal(production, database):
     )
     child.expect_exact(f"Password for {database.migration_user}@127.0.0.1:{database.server.port}/{database.name}: ")
     child.sendline(PASSWORD)
+    child.expect_exact("Apply? [y/N] ")
+    plan = child.before
+    child.sendline("y")
     child.expect(pexpect.EOF)
     child.close()
-    transcript = child.before
+    transcript = plan + child.before
     assert child.exitstatus == 0, transcript
     assert "Running upgrade" in transcript and f"is now at {HEAD}" in transcript
     assert PASSWORD not in transcript  # getpass turned echo off

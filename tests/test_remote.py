@@ -71,7 +71,7 @@ class Remote:
 
     def upgrade(self, *args: str) -> Result:
         """`fab prod db.upgrade`, the password on stdin, expected to succeed."""
-        result = self.fab("prod", "db.upgrade", *args, stdin=STDIN_PASSWORD)
+        result = self.fab("prod", "db.upgrade", "--yes", *args, stdin=STDIN_PASSWORD)
         assert result.code == 0, result.output
         return result
 
@@ -130,8 +130,10 @@ def test_upgrade_at_a_terminal(remote):
     )
     child.logfile_read = transcript
     try:
-        child.expect(f"Password for {remote.database.migration_user}@")
+        child.expect_exact("Apply? [y/N] ")
         plan = transcript.getvalue()
+        child.sendline("y")
+        child.expect(f"Password for {remote.database.migration_user}@")
         child.sendline(PASSWORD)
         child.expect(pexpect.EOF)
     finally:
@@ -204,7 +206,7 @@ def test_upgrade_leaks_the_password_nowhere(remote, tmp_path, sshd):
     sampler.start()
     try:
         process = subprocess.Popen(
-            [*remote.argv, "prod", "db.upgrade"],
+            [*remote.argv, "prod", "db.upgrade", "--yes"],
             cwd=remote.local.path,
             env=environment(TMPDIR=str(tmp_path)),
             text=True,
@@ -240,7 +242,7 @@ def test_upgrade_with_nothing_pending_asks_for_nothing(remote):
 def test_a_failing_migration_names_itself_and_where_the_database_stopped(remote):
     head = remote.local.head()
     remote.add_revision(BROKEN, upgrade="op.execute('SELECT * FROM no_such_table')")
-    result = remote.fab("prod", "db.upgrade", stdin=STDIN_PASSWORD)
+    result = remote.fab("prod", "db.upgrade", "--yes", stdin=STDIN_PASSWORD)
     line = refused(result, BROKEN, f"the database is at {head}")
     assert "no_such_table" in line
     assert remote.database.version() == head
@@ -275,7 +277,7 @@ def test_refuses_a_server_behind_the_local_checkout_unless_given_a_target(remote
 
 
 def test_refuses_a_wrong_password(remote):
-    result = remote.fab("prod", "db.upgrade", stdin="not the password\n")
+    result = remote.fab("prod", "db.upgrade", "--yes", stdin="not the password\n")
     refused(result, "access denied", remote.database.migration_user)
     assert remote.state() == (None, set())
 

@@ -14,6 +14,7 @@ from .refusals import (
     check_resettable,
     check_single_head,
     check_stamped,
+    confirm,
     confirm_database,
 )
 
@@ -23,6 +24,7 @@ __all__ = [
     "check_resettable",
     "check_single_head",
     "check_stamped",
+    "confirm",
     "confirm_database",
     "for_dialect",
 ]

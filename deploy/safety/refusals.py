@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from sqlalchemy.engine import URL
 
 from ..credentials import ask, describe
@@ -43,6 +45,17 @@ def confirm_database(name: str) -> None:
 
     At a terminal it is asked for; otherwise it is the first line of standard input."""
     if ask(f"Type the database name ({name}) to confirm: ").strip() != name:
+        raise DeployError("not confirmed: nothing changed")
+
+
+def confirm(question: str, yes: bool) -> None:
+    """[y/N] before a production change; `yes` (--yes) answers for pipelines. Without a terminal
+    and without --yes the answer is no: a piped first line is the password, never an answer."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise DeployError("not confirmed: without a terminal, pass --yes to apply it; nothing changed")
+    if ask(f"{question} [y/N] ").strip().lower() not in ("y", "yes"):
         raise DeployError("not confirmed: nothing changed")
 
 
