@@ -14,6 +14,8 @@ from . import alembic_ops, database, safety
 from .credentials import describe, needs_password, with_password
 from .database import application_tables, explain, translate_errors
 from .errors import DeployError
+from .safety import runlog
+from .safety.cancel import Cancellation
 from .settings import Settings
 from .status import Status
 
@@ -70,7 +72,7 @@ class Reset:
 
 @dataclass(frozen=True)
 class Migration:
-    """Where a migration left the database; `steps` empty: it was already there."""
+    """Where a migration left the database; `steps` 0: it was already there."""
 
     database: str
     steps: int
@@ -130,24 +132,42 @@ def revision(project: Project, message: str, empty: bool = False) -> Path | None
 
 
 def upgrade(
-    project: Project, target: str = "head", expect_head: str | None = None, progress=None, confirm=None
+    project: Project,
+    target: str = "head",
+    expect_head: str | None = None,
+    progress=None,
+    confirm=None,
+    cancellation: Cancellation | None = None,
 ) -> Migration:
     """Upgrade to `target`, refusing first what could go wrong; `confirm()` may still say no."""
-    return migrate(project, target, expect_head, downgrade=False, progress=progress, confirm=confirm)
+    return migrate(project, target, expect_head, False, progress, confirm, cancellation)
 
 
-def downgrade(project: Project, target: str = "-1", confirm: bool = False, progress=None) -> Migration:
+def downgrade(
+    project: Project,
+    target: str = "-1",
+    confirm: bool = False,
+    progress=None,
+    cancellation: Cancellation | None = None,
+) -> Migration:
     """Downgrade to `target` (default: one revision back); `confirm`: have the database's name typed first."""
     if confirm:
         safety.confirm_database(project.settings.migration_url.database or "")
-    return migrate(project, target, None, downgrade=True, progress=progress)
+    return migrate(project, target, None, True, progress, None, cancellation)
 
 
 def migrate(
-    project: Project, target: str, expect_head: str | None, downgrade: bool, progress=None, confirm=None
+    project: Project,
+    target: str,
+    expect_head: str | None,
+    downgrade: bool,
+    progress=None,
+    confirm=None,
+    cancellation: Cancellation | None = None,
 ) -> Migration:
     """`progress` (the task's print) hears the plan before Alembic reports each revision it runs;
-    `confirm()`, called after the plan and before any change, raises to say no."""
+    `confirm()`, called after the plan and before any change, raises to say no. Revisions run one
+    at a time: a `cancellation` stops the run between two, never inside one."""
     head_revisions = project.heads()
     safety.check_single_head(head_revisions)
     if expect_head:
@@ -171,15 +191,49 @@ def migrate(
                 progress(f"  {step.revision}  {step.doc}")
         if confirm is not None:
             confirm()
+        cancellation = cancellation or Cancellation()
+        verb = "downgrade" if downgrade else "upgrade"
+        log = runlog.recorded(project.settings.instance_path, f"db.{verb}", describe(url), where_now, target)
+        with log as run, cancellation.active():
+            done = run_steps(project, connection, url, steps, target, downgrade, cancellation)
+            now = alembic_ops.label(project.alembic, current_of(alembic_ops.current_heads(connection)))
+            if done < len(steps):
+                run.outcome = f"stopped after {done} of {len(steps)} ({cancellation.reason})"
+                raise DeployError(
+                    f"stopped ({cancellation.reason}) after {done} of {len(steps)} revisions, none left half "
+                    f"done: {describe(url)} is at {now}; run `{project.command(verb)}` again to go on"
+                )
+    return Migration(describe(url), len(steps), now)
+
+
+def run_steps(project, connection, url, steps, target, downgrade, cancellation) -> int:
+    """Run the planned revisions one Alembic call each, checking for a stop between them; how many ran."""
+    done = 0
+    for step in steps:
+        if cancellation.requested:
+            break
+        # A downgrade stops at the revision below the one undone; below a merge, only the final
+        # target names where to stop, so the rest runs in one call.
+        destination = (step.down_revision or "base") if downgrade else step.revision
+        merge = isinstance(destination, tuple)
+        run_to = command.downgrade if downgrade else command.upgrade
         try:
-            alembic_ops.run(command.downgrade if downgrade else command.upgrade, project.alembic, connection, target)
+            alembic_ops.run(run_to, project.alembic, connection, target if merge else destination)
             connection.commit()
+        except KeyboardInterrupt:
+            raise DeployError(
+                f"aborted during revision {alembic_ops.label(project.alembic, step.revision)}: on a database "
+                f"without transactional DDL (MariaDB, MySQL) it may be half applied; "
+                f"`{project.command('status')}` shows where the database is"
+            ) from None
         except DeployError:
             raise
         except Exception as exc:
             raise migration_failed(project, connection, url, exc, target, downgrade) from None
-        now = alembic_ops.current_heads(connection)
-    return Migration(describe(url), len(steps), alembic_ops.label(project.alembic, current_of(now)))
+        if merge:
+            return len(steps)
+        done += 1
+    return done
 
 
 def sql(project: Project, target: str, downgrade: bool = False) -> str:
@@ -229,7 +283,8 @@ def stamp(project: Project, revision: str) -> str:
     # Before connecting: a failed stamp would still have created alembic_version.
     alembic_ops.resolve(project.alembic, revision)
     url = project.migration_url_with_password()
-    with project.connect(url, create=True) as connection, translate_errors(url):
+    log = runlog.recorded(project.settings.instance_path, "db.stamp", describe(url), "?", revision)
+    with project.connect(url, create=True) as connection, translate_errors(url), log:
         alembic_ops.run(command.stamp, project.alembic, connection, revision)
         connection.commit()
         now = alembic_ops.current_heads(connection)
@@ -286,6 +341,7 @@ def status(project: Project, target: str = "head", downgrade: bool = False) -> S
         target_behind=pending is not None and alembic_ops.target_behind(config, found, target, pending, downgrade),
         unstamped_tables=[] if found else tables,
         base=alembic_ops.base(config),
+        last_run=str(last) if (last := runlog.last_run(project.settings.instance_path)) else None,
     )
 
 

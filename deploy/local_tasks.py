@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from functools import partial
 from pathlib import Path
 
@@ -9,6 +10,9 @@ from invoke import Collection, task
 
 from . import commands, safety
 from .errors import one_line_errors
+from .safety.cancel import Cancellation
+
+CONTROLLED = "used by fab: stdin stays open after the password; 'stop' or its end stops between revisions"
 
 
 def project(c) -> commands.Project:
@@ -42,10 +46,11 @@ def revision(c, message, empty=False):
         "expect_head": "refuse unless the migrations' head is this revision (fab passes yours)",
         "sql": "print the SQL the upgrade would run, from the database's revision; change nothing",
         "yes": "outside development, apply without asking [y/N] (for pipelines; fab passes it after asking you)",
+        "controlled": CONTROLLED,
     }
 )
 @one_line_errors
-def upgrade(c, to="head", expect_head=None, sql=False, yes=False):
+def upgrade(c, to="head", expect_head=None, sql=False, yes=False, controlled=False):
     """Upgrade the database to head, or to --to REV."""
     opened = project(c)
     if sql:
@@ -53,7 +58,8 @@ def upgrade(c, to="head", expect_head=None, sql=False, yes=False):
         return
     # Outside development, the plan is shown and applied only when confirmed.
     confirm = None if opened.settings.name in c.config.db.reset_settings else partial(safety.confirm, "Apply?", yes)
-    print(commands.upgrade(opened, to, expect_head, progress=print, confirm=confirm))
+    cancellation = Cancellation(sys.stdin.fileno() if controlled else None)
+    print(commands.upgrade(opened, to, expect_head, progress=print, confirm=confirm, cancellation=cancellation))
 
 
 @task(
@@ -61,10 +67,11 @@ def upgrade(c, to="head", expect_head=None, sql=False, yes=False):
         "to": "target revision (default: -1, one step back; write --to=-1 style for relative ones)",
         "confirmed": "do not ask for the database's name outside development (fab passes it after asking you)",
         "sql": "print the SQL the downgrade would run, from the database's revision; change nothing",
+        "controlled": CONTROLLED,
     }
 )
 @one_line_errors
-def downgrade(c, to="-1", confirmed=False, sql=False):
+def downgrade(c, to="-1", confirmed=False, sql=False, controlled=False):
     """Downgrade the database one revision, or to --to REV."""
     opened = project(c)
     if sql:
@@ -72,7 +79,8 @@ def downgrade(c, to="-1", confirmed=False, sql=False):
         return
     # Outside development, a downgrade (which may drop data) wants the database's name typed.
     guarded = opened.settings.name not in c.config.db.reset_settings and not confirmed
-    print(commands.downgrade(opened, to, confirm=guarded, progress=print))
+    cancellation = Cancellation(sys.stdin.fileno() if controlled else None)
+    print(commands.downgrade(opened, to, confirm=guarded, progress=print, cancellation=cancellation))
 
 
 @task(help={"revision": "the revision the database's schema already matches (or head, or base)"})

@@ -17,6 +17,7 @@ from invoke import Collection, Exit
 
 from . import alembic_ops, credentials, safety
 from .errors import DEBUG, DeployError, debugging, one_line_errors
+from .safety.cancel import ControlChannel, forwarding_interrupts
 from .status import Status
 
 # The Config key an environment task sets for the tasks after it on the same command line.
@@ -108,15 +109,14 @@ class Server:
                 client.load_host_keys(os.path.expanduser(path))
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
 
-    def run(self, argv: list[str], stdin: str = "", hide: bool = True, cwd: str | None = None, env=None):
-        # An in-memory stdin and no pty: a pty would echo the password, and the local
-        # terminal is never forwarded, so nothing typed here reaches the server by accident.
+    def run(self, argv: list[str], stdin="", hide: bool = True, cwd: str | None = None, env=None):
+        # An in-memory stdin (text, or a ControlChannel) and no pty: a pty would echo the password,
+        # and the local terminal is never forwarded, so nothing typed here reaches the server by accident.
         line = command_line(argv, cwd, env)
-        return self.connection.run(
-            line, in_stream=io.StringIO(stdin), echo_stdin=False, pty=False, warn=True, hide=hide
-        )
+        stream = io.StringIO(stdin) if isinstance(stdin, str) else stdin
+        return self.connection.run(line, in_stream=stream, echo_stdin=False, pty=False, warn=True, hide=hide)
 
-    def invoke(self, task_args: list[str], stdin: str = "", hide: bool = False):
+    def invoke(self, task_args: list[str], stdin="", hide: bool = False):
         """`invoke db.*` in the server's checkout, with this environment's settings; a failure
         ends here, in one line (the server's own, or what is known of how its command ended)."""
         environment = {
@@ -147,12 +147,18 @@ class Server:
         lines = result.stdout.strip().splitlines()
         return Status.from_json(lines[-1] if lines else "", self.name)
 
-    def privileged(self, task_args: list[str], state: Status) -> None:
-        """Run a task that writes, its migration password on the SSH channel's stdin."""
+    def privileged(self, task_args: list[str], state: Status, controlled: bool = False) -> None:
+        """Run a task that writes, its migration password on the SSH channel's stdin. `controlled`
+        (migrations): stdin stays open, so Ctrl-C here stops the server between revisions."""
         password = ""
         if state.needs_password:
             password = credentials.read_password(f"Password for {state.migration_user} ({self.name}): ")
-        self.invoke(task_args, stdin=password + "\n" if password else "")
+        first_line = password + "\n" if password else ""
+        if not controlled:
+            self.invoke(task_args, stdin=first_line)
+            return
+        with forwarding_interrupts(ControlChannel(first_line)) as channel:
+            self.invoke([*task_args, "--controlled"], stdin=channel)
 
 
 def command_line(argv: list[str], cwd: str | None = None, env: dict[str, str] | None = None) -> str:
@@ -243,7 +249,7 @@ def upgrade(c, to=None, sql=False, yes=False):
         safety.confirm("Apply?", yes)
         expect = [f"--expect-head={expected}"] if expected else []
         # Confirmed here, so the server does not ask again (its stdin carries the password).
-        server.privileged(["db.upgrade", f"--to={target}", *expect, "--yes"], state)
+        server.privileged(["db.upgrade", f"--to={target}", *expect, "--yes"], state, controlled=True)
 
 
 @task(help={"revision": "the revision the database's schema already matches"})
@@ -285,7 +291,7 @@ def downgrade(c, to, sql=False):
         print_revisions(state.pending)
         safety.confirm_database(state.database_name)
         # Confirmed here, so the server does not ask again (its stdin carries the password).
-        server.privileged(["db.downgrade", f"--to={to}", "--confirmed"], state)
+        server.privileged(["db.downgrade", f"--to={to}", "--confirmed"], state, controlled=True)
 
 
 def environment_task(name: str) -> Task:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from .errors import DeployError
 
 # Bump when a field is added, removed or changes meaning.
-PROTOCOL = 1
+PROTOCOL = 2
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,8 @@ class Status:
     target_behind: bool
     unstamped_tables: list[str]
     base: str | None
+    # The last run that changed this checkout's database, as the run log has it (in progress, cut off...).
+    last_run: str | None = None
     protocol: int = PROTOCOL
 
     def to_json(self) -> str:
@@ -61,6 +63,8 @@ class Status:
             f"migrations: head {', '.join(self.heads) or 'none'}",
             f"current:    {', '.join(self.current) or 'not stamped'}",
         ]
+        if self.last_run:
+            lines.append(f"last run:   {self.last_run}")
         if self.unstamped_tables:
             lines.append(f"warning:    {len(self.unstamped_tables)} tables but no alembic_version: stamp it first")
         if len(self.heads) > 1:

@@ -278,6 +278,8 @@ class MariaDB(_ManagedServer):
             "--skip-test-db",
             "--skip-name-resolve",
             f"--user={self.user}",
+            # Its bootstrap server's temporary tables too stay in this server's directory, not a shared /tmp.
+            f"--tmpdir={self.tmpdir}",
             *self._TUNING,
         ]
         if self.host != LOCALHOST:

@@ -274,7 +274,7 @@ def test_one_key_naming_the_app_factory_is_enough(checkout):
     assert checkout.invoke("db.reset").code == 0
     assert version(checkout) == [HEAD]
     checkout.write_settings("production", SQLALCHEMY_DATABASE_URI="sqlite:///production.db")
-    result = checkout.invoke("db.upgrade", env={"FLASK_CONFIG": "production"})
+    result = checkout.invoke("db.upgrade", "--yes", env={"FLASK_CONFIG": "production"})
     assert result.code == 0, result.output
     assert (checkout.path / "instance" / "production.db").exists()
     unknown = one_error_line(checkout.invoke("db.current", env={"FLASK_CONFIG": "nope"}))

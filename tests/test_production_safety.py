@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import time
+
 import pexpect
 from conftest import BIN, PASSWORD, environment, one_error_line
 from test_local_sqlite import BASE, HEAD
@@ -98,3 +101,86 @@ def test_a_terminal_production_upgrade_shows_the_plan_before_asking(checkout, da
     assert child.exitstatus == 1 and "not confirmed" in child.before
     assert f"  {HEAD}  add tags" in plan
     assert database.tables() == set()
+
+
+# -- cancellation and the run log ------------------------------------------------------------------
+
+SLOW, AFTER = "5105e0000001", "af7e20000001"
+
+
+def add_slow_then_fast(remote, seconds: int = 4) -> None:
+    """Two revisions after head: the first takes a while (and marks its start in a table), the second is quick."""
+    remote.upgrade()
+    remote.add_revision(
+        SLOW, f"op.create_table('slow_started', sa.Column('id', sa.Integer))\n    __import__('time').sleep({seconds})"
+    )
+    for checkout in (remote.local, remote.server):
+        checkout.add_revision(AFTER, SLOW, upgrade="op.create_table('after_slow', sa.Column('id', sa.Integer))")
+
+
+def wait_for_table(database, name: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while name not in database.tables():
+        assert time.monotonic() < deadline, f"{name} never appeared"
+        time.sleep(0.1)
+
+
+def test_ctrl_c_on_the_laptop_finishes_the_revision_and_stops_before_the_next(remote):
+    add_slow_then_fast(remote)
+    child = pexpect.spawn(
+        remote.argv[0],
+        [*remote.argv[1:], "prod", "db.upgrade"],
+        cwd=str(remote.local.path),
+        env=environment(),
+        encoding="utf-8",
+        timeout=120,
+    )
+    try:
+        child.expect_exact("Apply? [y/N] ")
+        child.sendline("y")
+        child.expect("Password for ")
+        child.sendline(PASSWORD)
+        wait_for_table(remote.database, "slow_started")
+        child.sendintr()  # Ctrl-C, once, while the slow revision runs
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    output = child.before
+    assert child.exitstatus == 1, output
+    assert "stopped (stopped from the laptop) after 1 of 2 revisions" in output, output
+    assert f"is at {SLOW}" in output
+    assert remote.database.version() == SLOW  # the revision in progress completed...
+    assert "after_slow" not in remote.database.tables()  # ...and the next one never started
+    status = remote.fab("prod", "db.status")
+    assert "last run:" in status.out and "stopped after 1 of 2 (stopped from the laptop)" in status.out
+
+
+def test_a_lost_ssh_connection_finishes_the_revision_and_stops_before_the_next(remote, tmp_path):
+    add_slow_then_fast(remote)
+    laptop = subprocess.Popen(
+        [*remote.argv, "prod", "db.upgrade", "--yes"],
+        cwd=remote.local.path,
+        env=environment(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        laptop.stdin.write(STDIN_PASSWORD.encode())
+        laptop.stdin.flush()
+        wait_for_table(remote.database, "slow_started")
+        laptop.kill()  # the laptop vanishes mid-revision: its SSH connection drops with it
+    finally:
+        laptop.wait(timeout=30)
+    log = remote.server.path / "instance" / "migration-runs.jsonl"
+    deadline = time.monotonic() + 60
+    while '"outcome": "stopped' not in (log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline, log.read_text() if log.exists() else "no run log"
+        time.sleep(0.2)
+    assert remote.database.version() == SLOW
+    assert "after_slow" not in remote.database.tables()
+    status = remote.fab("prod", "db.status")
+    assert "stopped after 1 of 2 (the SSH connection was lost)" in status.out, status.out
+    # Nothing was left half done: the next upgrade simply goes on.
+    remote.upgrade()
+    assert remote.database.version() == AFTER

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import tempfile
 import threading
@@ -399,5 +400,5 @@ def test_downgrade_needs_the_database_name_typed(remote):
 
 def test_a_server_whose_status_protocol_differs_is_refused_in_one_line(remote):
     status_module = remote.server.path / "deploy" / "status.py"
-    status_module.write_text(status_module.read_text().replace("PROTOCOL = 1\n", "PROTOCOL = 0\n"))
+    status_module.write_text(re.sub(r"^PROTOCOL = \d+$", "PROTOCOL = 0", status_module.read_text(), flags=re.M))
     remote.refuses("the server's suite is older than yours", "deploy it first")

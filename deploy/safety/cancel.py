@@ -1,0 +1,123 @@
+"""Honest cancellation: a migration stops between revisions, never inside one by our doing.
+
+Ctrl-C (SIGINT), SIGTERM and SIGHUP ask to stop after the revision in progress; a second Ctrl-C
+within a few seconds aborts it hard. Under fab, the server's standard input stays open after the
+password as a control channel: a `stop` or `abort` line from the laptop, and its end (the SSH
+connection lost) asks to stop too."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from contextlib import contextmanager
+
+# A second Ctrl-C within this many seconds aborts the revision in progress.
+ABORT_WINDOW = 3.0
+STOP, ABORT = "stop", "abort"
+
+
+class Cancellation:
+    """Whether, and why, the run was asked to stop; checked between revisions."""
+
+    def __init__(self, control: int | None = None) -> None:
+        """`control`: the file descriptor fab keeps open after the password (the server's stdin)."""
+        self.reason: str | None = None
+        self._asked_at = 0.0
+        self._control = control
+
+    @property
+    def requested(self) -> bool:
+        return self.reason is not None
+
+    def request(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+            self._asked_at = time.monotonic()
+            print(f"stopping after the revision in progress ({reason}); Ctrl-C again to abort it", file=sys.stderr)
+
+    def interrupted(self, signum, frame) -> None:
+        """The signal handler: stop between revisions; a second Ctrl-C soon after aborts."""
+        if self.requested and signum == signal.SIGINT and time.monotonic() - self._asked_at < ABORT_WINDOW:
+            raise KeyboardInterrupt
+        self.request(f"{signal.Signals(signum).name} received")
+
+    @contextmanager
+    def active(self):
+        """While a migration runs: signals and the control channel ask to stop between revisions."""
+        signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        previous = {signum: signal.signal(signum, self.interrupted) for signum in signals}
+        if self._control is not None:
+            threading.Thread(target=self._read_controls, args=(self._control,), daemon=True).start()
+        try:
+            yield self
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def _read_controls(self, fd: int) -> None:
+        # os.read, not the buffered sys.stdin: a thread blocked inside a BufferedReader's lock makes
+        # interpreter shutdown fatal, and the password line before these was read already.
+        pending = b""
+        while chunk := os.read(fd, 1024):
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                self._control_command(line.decode("utf-8", "replace").strip())
+        self.request("the SSH connection was lost")
+        # Nobody reads our output any more: writes to a closed channel must not end the run.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for fd_out in (1, 2):
+            os.dup2(devnull, fd_out)
+
+    def _control_command(self, command: str) -> None:
+        if command == ABORT:
+            # The laptop's second Ctrl-C: the main thread gets a KeyboardInterrupt (see interrupted).
+            self.request("stopped from the laptop")
+            signal.raise_signal(signal.SIGINT)
+        elif command == STOP:
+            self.request("stopped from the laptop")
+
+
+class ControlChannel:
+    """The laptop's end: what fab streams to the server's stdin. The password line first, then it
+    stays open (never EOF) until the run ends, carrying `stop` or `abort` lines on Ctrl-C."""
+
+    def __init__(self, first_line: str) -> None:
+        self._pending = first_line
+        self._lock = threading.Lock()
+
+    def send(self, line: str) -> None:
+        with self._lock:
+            self._pending += line + "\n"
+
+    def read(self, size: int = 1) -> str | None:
+        # Invoke's stdin pump reads one character at a time; None means "nothing yet", not EOF.
+        with self._lock:
+            if not self._pending:
+                return None
+            data, self._pending = self._pending[:size], self._pending[size:]
+            return data
+
+
+@contextmanager
+def forwarding_interrupts(channel: ControlChannel):
+    """While the server migrates: Ctrl-C here asks it to stop after the revision in progress; a
+    second Ctrl-C within a few seconds asks it to abort that revision."""
+    asked = [0.0]
+
+    def interrupted(signum, frame):
+        if asked[0] and time.monotonic() - asked[0] < ABORT_WINDOW:
+            channel.send(ABORT)
+            print("asking the server to abort the revision in progress", file=sys.stderr)
+            return
+        asked[0] = time.monotonic()
+        channel.send(STOP)
+        print("asking the server to stop after the revision in progress; Ctrl-C again to abort it", file=sys.stderr)
+
+    previous = signal.signal(signal.SIGINT, interrupted)
+    try:
+        yield channel
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -1,0 +1,115 @@
+"""A small log of every run that changes a database, in the instance folder of the checkout it ran
+in, so an operator who lost the connection can see what happened (`db.status` shows the last run)."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import socket
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from ..credentials import mask
+
+FILE = "migration-runs.jsonl"
+KEEP = 200  # runs kept; older ones are dropped when a run starts
+
+
+@dataclass
+class Run:
+    """One run: who, what, from where to where, and how it ended (None while in progress)."""
+
+    id: str
+    started: str
+    user: str
+    host: str
+    pid: int
+    command: str
+    database: str
+    start: str
+    target: str
+    outcome: str | None = None
+    ended: str | None = None
+
+    def in_progress(self) -> bool:
+        """No outcome yet, and its process still alive on this host."""
+        if self.outcome is not None or self.host != socket.gethostname():
+            return self.outcome is None
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        return True
+
+    def __str__(self) -> str:
+        if self.outcome is None:
+            how = "in progress" if self.in_progress() else "cut off, no outcome recorded: check the schema"
+        else:
+            how = f"{self.outcome} at {self.ended}"
+        return f"{self.command} {self.start} -> {self.target} by {self.user}@{self.host}, started {self.started}: {how}"
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+@contextmanager
+def recorded(instance_path: Path, command: str, database: str, start: str, target: str):
+    """Log the run's start now and its outcome at the end; the block sets `run.outcome`, or it is
+    taken from the exception that ends the block."""
+    run = Run(
+        id=f"{os.getpid()}-{datetime.now(UTC).timestamp():.6f}",
+        started=_now(),
+        user=getpass.getuser(),
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        command=command,
+        database=database,
+        start=start,
+        target=target,
+    )
+    path = instance_path / FILE
+    _append(path, run)
+    try:
+        yield run
+    except KeyboardInterrupt:
+        run.outcome = run.outcome or "aborted"
+        raise
+    except Exception as exc:
+        run.outcome = run.outcome or f"failed: {mask(str(exc))}"  # the file must never hold a password
+        raise
+    finally:
+        run.outcome = run.outcome or "done"
+        run.ended = _now()
+        _append(path, run)
+
+
+def last_run(instance_path: Path) -> Run | None:
+    """The newest run, with its outcome when it has one."""
+    runs: dict[str, Run] = {}
+    try:
+        lines = (instance_path / FILE).read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        try:
+            run = Run(**json.loads(line))
+        except (ValueError, TypeError):
+            continue  # a line cut short by a crash
+        runs[run.id] = run  # the end line replaces the start line
+    return list(runs.values())[-1] if runs else None
+
+
+def _append(path: Path, run: Run) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if run.outcome is None and path.exists():
+        lines = path.read_text().splitlines()
+        if len(lines) > 2 * KEEP:  # two lines a run
+            path.write_text("".join(line + "\n" for line in lines[-2 * KEEP :]))
+    with path.open("a") as log:
+        log.write(json.dumps(asdict(run)) + "\n")
