@@ -1,0 +1,402 @@
+"""Verified backups, and restoring one: plain functions for the db.* tasks.
+
+A backup is `<name>-<UTC time>-<revision>.sql.gz` (MariaDB/MySQL: a mariadb-dump dump) or `.sqlite.gz`
+(SQLite: a copy of the file) beside a sidecar `<that name>.json` holding the database (never the
+password), its name, the revision, the time and the size. A backup is kept only once it is verified
+(complete gzip stream, the dump's completion marker), and only the newest `keep` of a database stay.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+import tempfile
+import time as clock
+import zlib
+from collections.abc import Callable, Iterable
+from contextlib import closing, suppress
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy.engine import URL
+
+from ..credentials import describe, mask, remember
+from ..database import connect, sqlite_path, translate_errors
+from ..errors import DeployError
+from . import for_dialect
+
+CHUNK = 256 * 1024
+PROGRESS_SECONDS = 0.5
+TAIL = 4096
+DUMP_FLAGS = (
+    "--single-transaction",  # a consistent InnoDB snapshot, without locking the application out
+    "--routines",
+    "--triggers",
+    "--events",
+    "--no-tablespaces",  # MySQL's mysqldump needs PROCESS for them otherwise
+    "--hex-blob",
+)
+# The client tools' own global option files; the user's ~/.my.cnf is left out on purpose (below).
+GLOBAL_OPTION_FILES = ("/etc/my.cnf", "/etc/mysql/my.cnf")
+SSL_OPTIONS = ("ssl_ca", "ssl_cert", "ssl_key", "ssl_capath", "ssl_cipher")
+
+
+@dataclass(frozen=True)
+class Backup:
+    path: Path
+    database: str  # user@host:port/name as `describe` gives it: never the password
+    name: str  # the database's name: what retention and list_backups go by
+    revision: str | None
+    time: datetime  # UTC, when the dump started
+    size: int  # bytes on disk
+
+    def __str__(self) -> str:
+        size = f"{self.size / 2**20:.1f} MB" if self.size >= 2**20 else f"{self.size / 1024:.1f} kB"
+        return f"{self.time:%Y-%m-%d %H:%M:%S} UTC  {self.revision or '(no revision)'}  {size}  {self.path}"
+
+
+def default_directory(instance_path: str | os.PathLike) -> Path:
+    return Path(instance_path) / "backups"
+
+
+class _Meter:
+    """Calls progress(bytes so far) at most every PROGRESS_SECONDS."""
+
+    def __init__(self, progress: Callable[[int], object] | None):
+        self.progress, self.done, self.last = progress, 0, clock.monotonic()
+
+    def add(self, count: int) -> None:
+        self.done += count
+        if self.progress and clock.monotonic() - self.last >= PROGRESS_SECONDS:
+            self.last = clock.monotonic()
+            self.progress(self.done)
+
+
+# -- MariaDB / MySQL ---------------------------------------------------------------------------------
+
+
+def _program(*names: str) -> str:
+    for name in names:
+        if found := shutil.which(name):
+            return found
+    raise DeployError(f"neither {' nor '.join(names)} is installed: install the MariaDB client (mariadb-client)")
+
+
+def _option_value(value: str) -> str:
+    # Option files read "..." with these escapes; unquoted, `#` would start a comment and spaces be cut.
+    escapes = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+    return '"' + "".join(escapes.get(char, char) for char in value) + '"'
+
+
+def _connection_args(url: URL) -> list[str]:
+    """Where and as whom, as the driver would connect: all from the URL, none of it secret."""
+    for option in ("read_default_file", "read_default_group"):
+        if option in url.query:
+            raise DeployError(f"backups take the connection from the URL alone: remove its {option} option")
+    socket = url.query.get("unix_socket")
+    where = [f"--socket={socket}"] if socket else [f"--host={url.host or 'localhost'}", f"--port={url.port or 3306}"]
+    ssl = [f"--{key.replace('_', '-')}={url.query[key]}" for key in SSL_OPTIONS if key in url.query]
+    protocol = "SOCKET" if socket else "TCP"  # PyMySQL reaches "localhost" by TCP, the tools by socket
+    user = [f"--user={url.username}"] if url.username else []
+    return [f"--protocol={protocol}", *where, *ssl, *user, "--default-character-set=utf8mb4"]
+
+
+def _run(programs: tuple[str, ...], url: URL, args: list[str], meter: _Meter, feed=None, sink=None) -> None:
+    """Run a client tool as the URL's user, feeding its stdin from `feed` or its stdout to `sink`.
+
+    The password reaches it in an option file on a pipe: never argv, environment or disk. It is the
+    tool's only option file (--defaults-extra-file would let a [client] password in ~/.my.cnf win);
+    the global ones are included first, so their settings still apply."""
+    program = _program(*programs)
+    includes = "".join(f"!include {name}\n" for name in GLOBAL_OPTION_FILES if os.access(name, os.R_OK))
+    read, write = os.pipe()
+    with os.fdopen(write, "w") as options:  # a few hundred bytes: the pipe's buffer holds them
+        options.write(f"{includes}[client]\npassword={_option_value(url.password or '')}\n")
+    argv = [program, f"--defaults-file=/dev/fd/{read}", *_connection_args(url), *args]
+    with tempfile.TemporaryFile() as errors:
+        try:
+            process = subprocess.Popen(
+                argv,
+                pass_fds=(read,),
+                stdin=subprocess.PIPE if feed is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE if sink is not None else subprocess.DEVNULL,
+                stderr=errors,
+            )
+        finally:
+            os.close(read)
+        try:
+            if sink is not None:
+                while chunk := process.stdout.read(CHUNK):
+                    sink(chunk)
+                    meter.add(len(chunk))
+            else:
+                for chunk in feed:
+                    process.stdin.write(chunk)
+                    meter.add(len(chunk))
+        except BrokenPipeError:
+            pass  # the tool stopped reading: its status and stderr say why
+        except BaseException:
+            process.kill()
+            raise
+        finally:
+            for stream in (process.stdin, process.stdout):
+                with suppress(OSError):  # unflushed bytes for a tool that stopped reading: no matter
+                    if stream:
+                        stream.close()
+            process.wait()
+        if process.returncode != 0:
+            errors.seek(0)
+            lines = errors.read().decode(errors="replace").strip().splitlines()
+            detail = lines[0] if lines else f"{Path(program).name} exited with status {process.returncode}"
+            raise DeployError(mask(detail))
+
+
+def _mysql_dump(url: URL, write: Callable[[bytes], object], meter: _Meter) -> None:
+    remember(url.password)
+    try:
+        _run(("mariadb-dump", "mysqldump"), url, [*DUMP_FLAGS, "--", url.database], meter, sink=write)
+    except DeployError as exc:
+        raise DeployError(f"backup of {describe(url)} failed: {exc}") from None
+
+
+def _quote(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+def _mysql_load(url: URL, path: Path, meter: _Meter) -> None:
+    # Tables made after the backup must go too; the drops lead the same session as the dump.
+    with connect(url) as connection, translate_errors(url):
+        rows = connection.exec_driver_sql("SHOW FULL TABLES").all()
+    drop_as = {"VIEW": "VIEW", "SEQUENCE": "SEQUENCE"}
+    drops = "".join(f"DROP {drop_as.get(kind, 'TABLE')} IF EXISTS {_quote(name)};\n" for name, kind in rows)
+
+    def feed() -> Iterable[bytes]:
+        yield f"SET FOREIGN_KEY_CHECKS=0;\n{drops}".encode()
+        with gzip.open(path) as dump:
+            while chunk := dump.read(CHUNK):
+                yield chunk
+
+    try:
+        _run(("mariadb", "mysql"), url, [f"--database={url.database}"], meter, feed=feed())
+    except DeployError as exc:
+        raise DeployError(f"restore of {describe(url)} failed, it may be left partly restored: {exc}") from None
+
+
+def _mysql_complete(head: bytes, tail: bytes) -> bool:
+    return tail.rstrip().rsplit(b"\n", 1)[-1].startswith(b"-- Dump completed")
+
+
+# -- SQLite ------------------------------------------------------------------------------------------
+
+
+def _sqlite_file(url: URL) -> Path:
+    path = sqlite_path(url)
+    if path is None:
+        raise DeployError("an in-memory SQLite database cannot be backed up or restored")
+    return path
+
+
+def _sqlite_dump(url: URL, write: Callable[[bytes], object], meter: _Meter) -> None:
+    path = _sqlite_file(url)
+    if not path.is_file():  # sqlite3.connect would create it
+        raise DeployError(f"no database at {path}")
+    # The backup API copies a consistent snapshot even while the application writes.
+    try:
+        with closing(sqlite3.connect(path)) as source, closing(sqlite3.connect(":memory:")) as copy:
+            source.backup(copy)
+            data = copy.serialize()
+    except sqlite3.Error as exc:
+        raise DeployError(f"backup of {describe(url)} failed: {exc}") from None
+    write(data)
+    meter.add(len(data))
+
+
+def _sqlite_load(url: URL, path: Path, meter: _Meter) -> None:
+    with gzip.open(path) as dump:
+        data = dump.read()
+    target = _sqlite_file(url)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Page by page into the live file, under SQLite's locks: open connections see the restored database.
+    try:
+        with closing(sqlite3.connect(":memory:")) as copy, closing(sqlite3.connect(target)) as live:
+            copy.deserialize(data)
+            copy.backup(live)
+    except sqlite3.Error as exc:
+        raise DeployError(f"restore of {describe(url)} failed: {exc}") from None
+    meter.add(len(data))
+
+
+def _sqlite_complete(head: bytes, tail: bytes) -> bool:
+    return head.startswith(b"SQLite format 3\0")
+
+
+@dataclass(frozen=True)
+class _Kind:
+    suffix: str
+    name: Callable[[URL], str]
+    dump: Callable[[URL, Callable[[bytes], object], _Meter], None]
+    load: Callable[[URL, Path, _Meter], None]
+    complete: Callable[[bytes, bytes], bool]  # (head, tail) of the uncompressed dump
+    incomplete: str
+
+
+MYSQL = _Kind(
+    ".sql.gz",
+    lambda url: url.database or "",
+    _mysql_dump,
+    _mysql_load,
+    _mysql_complete,
+    "the dump lacks its completion marker (-- Dump completed): it was cut short",
+)
+SQLITE = _Kind(
+    ".sqlite.gz",
+    lambda url: _sqlite_file(url).stem,
+    _sqlite_dump,
+    _sqlite_load,
+    _sqlite_complete,
+    "it holds no SQLite database",
+)
+KINDS = {"mysql": MYSQL, "mariadb": MYSQL, "sqlite": SQLITE}
+
+
+# -- Files -------------------------------------------------------------------------------------------
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", text)
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
+def _private(path: str, flags: int) -> int:
+    return os.open(path, flags, 0o600)
+
+
+def _read_sidecar(path: Path) -> Backup | None:
+    try:
+        record = json.loads(_sidecar(path).read_text())
+        time = datetime.fromisoformat(record["time"])
+        return Backup(path, record["database"], record["name"], record["revision"], time, record["size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _damage(path: Path, kind: _Kind) -> str | None:
+    """What is wrong with the file, read end to end, or None."""
+    head = tail = b""
+    try:
+        with gzip.open(path) as stream:
+            while chunk := stream.read(CHUNK):
+                head = head or chunk[:64]
+                tail = (tail + chunk[-TAIL:])[-TAIL:]
+    except EOFError:
+        return "it is truncated (the compressed data ends early)"
+    except (gzip.BadGzipFile, zlib.error) as exc:
+        return f"its compressed data is corrupt ({exc})"
+    except OSError as exc:
+        return f"cannot read it: {exc.strerror}"
+    return None if kind.complete(head, tail) else kind.incomplete
+
+
+def _kind_of(path: Path) -> _Kind:
+    for kind in (MYSQL, SQLITE):
+        if path.name.endswith(kind.suffix):
+            return kind
+    raise DeployError(f"{path} is not a backup (its name should end in {MYSQL.suffix} or {SQLITE.suffix})")
+
+
+def verify(path: str | os.PathLike) -> Backup:
+    """The backup at `path` if it is whole; else a one-line DeployError naming the file."""
+    path = Path(path)
+    kind = _kind_of(path)
+    try:
+        status = path.stat()
+    except OSError:
+        raise DeployError(f"no backup at {path}") from None
+    size = status.st_size
+    # A file without its sidecar: what the file itself can tell.
+    backup = _read_sidecar(path) or Backup(path, "", "", None, datetime.fromtimestamp(status.st_mtime, UTC), size)
+    problem = f"it is {size} bytes, not the {backup.size} recorded" if size != backup.size else _damage(path, kind)
+    if problem:
+        raise DeployError(f"{path} is not a usable backup: {problem}")
+    return backup
+
+
+def list_backups(directory: str | os.PathLike, database: str | URL | None = None) -> list[Backup]:
+    """The backups in `directory` (of one database: its name, or its URL), newest first."""
+    if isinstance(database, URL):
+        database = for_dialect(KINDS, database, "backup").name(database)
+    found = (_read_sidecar(sidecar.with_suffix("")) for sidecar in Path(directory).glob("*.json"))
+    backups = [b for b in found if b is not None and b.path.is_file() and database in (None, b.name)]
+    return sorted(backups, key=lambda b: (b.time, b.path.name), reverse=True)
+
+
+def _sync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def take(url: URL, directory: str | os.PathLike, revision: str | None, keep: int, progress=None) -> Backup:
+    """A verified, compressed backup of the URL's database in `directory`; then only the newest `keep` stay.
+
+    `progress(bytes)` is called every PROGRESS_SECONDS while the dump runs (bytes of uncompressed dump)."""
+    kind = for_dialect(KINDS, url, "backup")
+    if keep < 1:
+        raise DeployError("keep at least one backup")
+    name = kind.name(url)
+    if not name:
+        raise DeployError(f"{describe(url)} names no database to back up")
+    directory = Path(directory)
+    started = datetime.now(UTC)
+    path = directory / f"{_safe(name)}-{started:%Y%m%dT%H%M%S.%fZ}-{_safe(revision or 'base')}{kind.suffix}"
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)  # backups hold all the data: owner only
+        with open(partial, "xb", opener=_private) as raw:
+            with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=6) as out:
+                kind.dump(url, out.write, _Meter(progress))
+            raw.flush()
+            os.fsync(raw.fileno())
+        backup = Backup(path, describe(url), name, revision, started, partial.stat().st_size)
+        if problem := _damage(partial, kind):
+            raise DeployError(f"backup of {describe(url)} failed: {problem}")
+        record = {**backup.__dict__, "path": path.name, "time": started.isoformat()}
+        with open(_sidecar(path), "w", opener=_private) as sidecar:
+            json.dump(record, sidecar, indent=1)
+        partial.rename(path)  # last: a dump under its real name is a whole one
+    except BaseException as exc:
+        partial.unlink(missing_ok=True)
+        _sidecar(path).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise DeployError(f"cannot write the backup in {directory}: {exc.strerror or exc}") from None
+        raise
+    with suppress(OSError):  # the file itself is synced; the directory entry is best effort
+        _sync_directory(directory)
+    for old in list_backups(directory, name)[keep:]:
+        old.path.unlink(missing_ok=True)
+        _sidecar(old.path).unlink(missing_ok=True)
+    return backup
+
+
+def restore(url: URL, path: str | os.PathLike, progress=None) -> Backup:
+    """Make the URL's database exactly the backup's, after verifying the file (refused: nothing changes).
+
+    `progress(bytes)` as for `take`. Asking the user to confirm is the caller's job."""
+    kind = for_dialect(KINDS, url, "restore")
+    backup = verify(path)
+    if _kind_of(backup.path) is not kind:
+        raise DeployError(f"{backup.path} is not a backup of a {url.get_backend_name()} database")
+    remember(url.password)
+    kind.load(url, backup.path, _Meter(progress))
+    return backup

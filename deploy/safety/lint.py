@@ -1,0 +1,334 @@
+"""Lint of pending revisions: the risky operations each would perform, read from Alembic's operation
+objects, not from the script's text.
+
+A revision's `upgrade()` runs against a recorder (an `Operations` whose `invoke` keeps each
+`MigrateOperation` instead of running it) on an offline MigrationContext for the target database's
+dialect: no database is touched, and `op.batch_alter_table` blocks are recorded operation by operation.
+
+The reviewed marker: a module-level dict in the revision script, operation name -> why it is safe,
+
+    reviewed_risks = {"drop_column posts.body": "backfilled into post_bodies by 1a2b; unread since v3"}
+
+A finding whose name is a key there is reviewed: `lint` leaves it out (or, asked, reports it as reviewed).
+The names are those `lint` prints, e.g. "alter_column users.email type".
+
+MariaDB 10.11 (InnoDB), as measured on 10.11.19 with ALGORITHM=INSTANT/NOCOPY/INPLACE/COPY and LOCK=NONE:
+- table copy, writes blocked until done (COPY cannot run with LOCK=NONE before 11.2): column type changes
+  (INT -> BIGINT, signedness, VARCHAR -> TEXT, a shorter VARCHAR, another charset); dropping a primary key;
+  adding a foreign key (foreign_key_checks is on); adding a CHECK constraint;
+- rebuilt in place, writes go on but it takes as long as a copy: NULL -> NOT NULL, adding a primary key;
+- no rebuild: adding or dropping a column, renaming a column (same type) or a table, defaults, indexes
+  (unique ones too: NOCOPY, LOCK=NONE), a longer VARCHAR whose length prefix stays 1 byte (up to 255
+  bytes) or 2, another collation of the same charset.
+The lint errs toward warning where it cannot know: it calls a collation change a copy, and a longer VARCHAR
+in place only when that holds for any charset (1 to 4 bytes a character).
+See mariadb.com/kb/en/innodb-online-ddl-operations-with-the-instant-alter-algorithm/ (and -inplace-,
+-nocopy-), and error 1846 ("Cannot change column type INPLACE"), 1851 (foreign keys), 1853 (primary key).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+from alembic import op as op_module
+from alembic.migration import MigrationContext
+from alembic.operations import BatchOperations, Operations, ops
+from sqlalchemy.exc import NoSuchModuleError
+from sqlalchemy.sql import dml
+
+from .. import alembic_ops
+from ..errors import DeployError
+
+REVIEWED = "reviewed_risks"
+MARIADB = {"mysql", "mariadb"}
+UNREADABLE = "upgrade() needs a database"
+COPY = "MariaDB copies the table, blocking writes until it is done"
+REBUILD = "MariaDB rebuilds the table (writes go on, but it takes as long as a copy)"
+
+
+@dataclass(frozen=True)
+class Finding:
+    revision: str
+    operation: str
+    reason: str
+    reviewed: str | None = None  # the marker's text, when the script marks it reviewed
+
+    def __str__(self) -> str:
+        if self.reviewed is not None:
+            return f"{self.revision}: {self.operation}: reviewed: {self.reviewed}"
+        return f"{self.revision}: {self.operation}: {self.reason} (mark it reviewed in {REVIEWED})"
+
+
+class Unreadable(DeployError):
+    """upgrade() failed without a database; `recorded` holds the operations seen before it did."""
+
+    def __init__(self, revision: str, cause: str, recorded: list):
+        super().__init__(f"{revision}: upgrade() cannot be read without a database ({cause})")
+        self.cause = cause
+        self.recorded = recorded
+
+
+def offline_context(dialect_name: str | None = None, dialect=None) -> MigrationContext:
+    """A MigrationContext that writes SQL to nowhere: no database needed."""
+    try:
+        return MigrationContext.configure(
+            dialect_name=dialect_name, dialect=dialect, opts={"as_sql": True, "output_buffer": io.StringIO()}
+        )
+    except NoSuchModuleError:
+        raise DeployError(f"unknown database kind {dialect_name!r}") from None
+
+
+class _Recording:
+    """Keeps each operation instead of running it."""
+
+    recorded: list
+
+    def invoke(self, operation):
+        self.recorded.append(operation)
+        # Scripts may hand the Table create_table returns to bulk_insert.
+        return operation.to_table(self.migration_context) if isinstance(operation, ops.CreateTableOp) else None
+
+
+class _Recorder(_Recording, Operations):
+    def __init__(self, context: MigrationContext, recorded: list):
+        super().__init__(context)
+        self.recorded = recorded
+
+    @contextmanager
+    def batch_alter_table(self, table_name, schema=None, **options) -> Iterator[BatchOperations]:
+        # Batch operations read only the table's name and schema from their impl; nothing is flushed.
+        batch = _BatchRecorder(self.migration_context, impl=SimpleNamespace(table_name=table_name, schema=schema))
+        batch.recorded = self.recorded
+        yield batch
+
+
+class _BatchRecorder(_Recording, BatchOperations):
+    pass
+
+
+def _script(config, revision: str):
+    with alembic_ops.alembic_errors():
+        script = alembic_ops.scripts(config).get_revision(revision)
+    if script is None:
+        raise DeployError(f"no revision {revision!r} in the migration scripts")
+    return script
+
+
+def operations(config, revision: str, dialect_name: str) -> list[ops.MigrateOperation]:
+    """What `revision`'s upgrade() would do on a `dialect_name` database, in order (nothing runs).
+
+    Raises Unreadable when upgrade() needs a database (it reads from op.get_bind(), say)."""
+    script = _script(config, revision)
+    recorded: list = []
+    recorder = _Recorder(offline_context(dialect_name), recorded)
+    # alembic.op's functions call whatever its module-level _proxy is: env.py's Operations, or ours.
+    previous = getattr(op_module, "_proxy", None)
+    op_module._proxy = recorder
+    try:
+        script.module.upgrade()
+    except Exception as exc:
+        raise Unreadable(script.revision, f"{type(exc).__name__}: {exc}".splitlines()[0], recorded) from None
+    finally:
+        op_module._proxy = previous
+    return recorded
+
+
+VERBS = {
+    ops.AddColumnOp: "add_column",
+    ops.DropColumnOp: "drop_column",
+    ops.AlterColumnOp: "alter_column",
+    ops.CreateTableOp: "create_table",
+    ops.DropTableOp: "drop_table",
+    ops.RenameTableOp: "rename_table",
+    ops.CreateIndexOp: "create_index",
+    ops.DropIndexOp: "drop_index",
+    ops.CreateUniqueConstraintOp: "create_unique_constraint",
+    ops.CreateForeignKeyOp: "create_foreign_key",
+    ops.CreateCheckConstraintOp: "create_check_constraint",
+    ops.CreatePrimaryKeyOp: "create_primary_key",
+    ops.DropConstraintOp: "drop_constraint",
+    ops.ExecuteSQLOp: "execute",
+    ops.BulkInsertOp: "bulk_insert",
+}
+
+
+def _table(table: str, schema: str | None) -> str:
+    return f"{schema}.{table}" if schema else table
+
+
+def location(operation: ops.MigrateOperation) -> tuple[str | None, str | None]:
+    """(table, schema) of the table an operation changes."""
+    if isinstance(operation, ops.CreateForeignKeyOp):
+        return operation.source_table, operation.kw.get("source_schema")
+    if isinstance(operation, ops.BulkInsertOp):
+        return operation.table.name, operation.table.schema
+    return getattr(operation, "table_name", None), getattr(operation, "schema", None)
+
+
+def table_of(operation: ops.MigrateOperation) -> str | None:
+    """The table an operation changes, schema-qualified when it names one."""
+    table, schema = location(operation)
+    return _table(table, schema) if table else None
+
+
+def _target(operation, table: str | None) -> str:
+    match operation:
+        case ops.AddColumnOp():
+            return f"{table}.{operation.column.name}"
+        case ops.DropColumnOp() | ops.AlterColumnOp():
+            return f"{table}.{operation.column_name}"
+        case ops.RenameTableOp():
+            return f"{table} to {operation.new_table_name}"
+        case ops.CreateIndexOp() | ops.DropIndexOp() | ops.DropConstraintOp():
+            return f"{table}.{getattr(operation, 'index_name', None) or operation.constraint_name}"
+        case ops.AddConstraintOp() if operation.constraint_name:
+            return f"{table}.{operation.constraint_name}"
+        case ops.AddConstraintOp():
+            columns = getattr(operation, "local_cols", None) or getattr(operation, "columns", None) or []
+            return f"{table}({','.join(str(column) for column in columns)})"
+        case ops.ExecuteSQLOp():
+            return _sql(operation.sqltext)
+    return table or ""
+
+
+def name(operation: ops.MigrateOperation) -> str:
+    """A short, stable name: "add_column posts.slug", "create_index posts.ix_posts_slug"."""
+    verb = VERBS.get(type(operation), type(operation).__name__)
+    return f"{verb} {_target(operation, table_of(operation))}".rstrip()
+
+
+def _text(sqltext) -> str:
+    try:
+        return sqltext if isinstance(sqltext, str) else str(sqltext)
+    except Exception:  # a construct that needs a dialect to compile
+        return type(sqltext).__name__
+
+
+def _sql(sqltext) -> str:
+    text = " ".join(_text(sqltext).split())
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _changes_data_only(sqltext) -> bool:
+    """INSERT and UPDATE, the usual raw SQL in a migration; the rest is left to a human."""
+    if isinstance(sqltext, (dml.Insert, dml.Update)):
+        return True
+    words = _text(sqltext).split()
+    return bool(words) and words[0].upper() in ("INSERT", "UPDATE")
+
+
+def _widened_varchar(old, new) -> bool | None:
+    """Whether a type change only widens a VARCHAR: True when MariaDB does it in place, False when it may copy.
+
+    MariaDB widens a VARCHAR in place while its length prefix keeps its size (1 byte up to 255 bytes, else 2).
+    The charset is unknown here (1 to 4 bytes a character): in place means at most 63 characters, or from 256."""
+    varchar = {"string", "VARCHAR", "unicode", "NVARCHAR"}
+    if old is None or not all(type_.__visit_name__ in varchar and type_.length for type_ in (old, new)):
+        return None
+    if any(getattr(old, key, None) != getattr(new, key, None) for key in ("collation", "charset")):
+        return None
+    if new.length < old.length:
+        return None
+    return new.length <= 63 or old.length >= 256
+
+
+def _alter_risks(operation: ops.AlterColumnOp, mariadb: bool) -> Iterator[tuple[str, str]]:
+    base = name(operation)
+    if operation.modify_name:
+        yield f"{base} rename to {operation.modify_name}", "the running code still uses the old name and fails"
+    new, old = operation.modify_type, operation.existing_type
+    if new is not None and (old is None or repr(old) != repr(new)):
+        change = f"({old if old is not None else '?'} -> {new})"
+        widened = _widened_varchar(old, new)
+        if widened is None:
+            reason, copy = f"changes the type {change}: values are converted, maybe cut", COPY
+        else:
+            reason = f"widens the column {change}"
+            copy = "MariaDB does it in place" if widened else f"{COPY} (unless it stays under or over 255 bytes)"
+        yield f"{base} type", reason + (f"; {copy}" if mariadb else "")
+    if operation.modify_nullable is False and operation.existing_nullable is not False:
+        reason = "fails if a row holds NULL, and the running code may still write NULL"
+        yield f"{base} NOT NULL", reason + (f"; {REBUILD}" if mariadb else "")
+
+
+def _risks(operation, mariadb: bool) -> Iterator[tuple[str, str]]:
+    """(name, reason) for each risk of one operation on a table that already holds rows."""
+    match operation:
+        case ops.DropTableOp():
+            yield name(operation), "drops the table and its rows; the running code may still use it"
+        case ops.DropColumnOp():
+            yield name(operation), "drops the column's data; the running code still reads and writes it"
+        case ops.RenameTableOp():
+            yield name(operation), "the running code still uses the old name and fails"
+        case ops.AlterColumnOp():
+            yield from _alter_risks(operation, mariadb)
+        case ops.AddColumnOp():
+            column = operation.column
+            plain = not (column.primary_key or column.computed is not None or column.identity is not None)
+            if plain and not column.nullable and column.server_default is None:
+                yield (
+                    f"{name(operation)} NOT NULL without server default",
+                    "rows already there get no value (SQLite and PostgreSQL refuse it, MariaDB writes 0 or '')"
+                    " and the running code's INSERTs fail",
+                )
+            if mariadb and column.foreign_keys:
+                yield f"{name(operation)} foreign key", f"adds a foreign key: {COPY}"
+        case ops.CreateIndexOp(unique=True) | ops.CreateUniqueConstraintOp():
+            yield name(operation), "fails if existing rows hold duplicates"
+        case ops.CreateForeignKeyOp() | ops.CreateCheckConstraintOp():
+            yield name(operation), "fails if existing rows break it" + (f"; {COPY}" if mariadb else "")
+        case ops.CreatePrimaryKeyOp():
+            yield name(operation), "fails on duplicates or NULLs" + (f"; {REBUILD}" if mariadb else "")
+        case ops.DropConstraintOp(constraint_type="primary"):
+            yield name(operation), "the table loses its primary key" + (f"; {COPY}" if mariadb else "")
+        case ops.ExecuteSQLOp() if not _changes_data_only(operation.sqltext):
+            yield name(operation), "raw SQL the lint cannot read: review it by hand"
+
+
+def risks(operations: list[ops.MigrateOperation], dialect_name: str) -> list[tuple[str, str]]:
+    """(name, reason) for each risky operation of one revision, in order.
+
+    Operations on a table the revision itself creates are not risky: it holds no rows yet."""
+    mariadb = dialect_name in MARIADB
+    new_tables: set[str] = set()
+    found = []
+    for operation in operations:
+        if isinstance(operation, ops.CreateTableOp):
+            new_tables.add(_table(operation.table_name, operation.schema))
+        elif isinstance(operation, ops.RenameTableOp) and table_of(operation) in new_tables:
+            new_tables.add(_table(operation.new_table_name, operation.schema))
+        elif table_of(operation) not in new_tables:
+            found.extend(_risks(operation, mariadb))
+    return found
+
+
+def marker(script) -> dict[str, str]:
+    """The script's reviewed_risks marker: {operation name: why it is safe}."""
+    marker = getattr(script.module, REVIEWED, {})
+    if not isinstance(marker, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in marker.items()):
+        raise DeployError(f"{script.revision}: {REVIEWED} must map operation names to why each is safe (strings)")
+    return marker
+
+
+def lint(config, revisions: list[str], dialect_name: str, include_reviewed: bool = False) -> list[Finding]:
+    """The risky operations of `revisions` (in order) on a `dialect_name` database.
+
+    Findings the scripts mark reviewed are left out, unless `include_reviewed` (then `reviewed` is set)."""
+    findings = []
+    for revision in revisions:
+        script = _script(config, revision)
+        reviewed = marker(script)
+        try:
+            found = risks(operations(config, revision, dialect_name), dialect_name)
+        except Unreadable as exc:
+            found = risks(exc.recorded, dialect_name)
+            found.append((UNREADABLE, f"it failed without one ({exc.cause}), so its risks are unknown: review it"))
+        for operation, reason in found:
+            finding = Finding(script.revision, operation, reason, reviewed.get(operation))
+            if include_reviewed or finding.reviewed is None:
+                findings.append(finding)
+    return findings

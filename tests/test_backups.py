@@ -1,0 +1,231 @@
+"""deploy.safety.backups against a real MariaDB (and SQLite): take, verify, list, restore; no mocks."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import sqlite3
+import time
+from contextlib import closing
+
+import pytest
+from conftest import PASSWORD, Database, files_containing, make_database
+from sqlalchemy.engine import make_url
+from test_remote import ProcSampler
+
+from deploy.errors import DeployError
+from deploy.safety import backups
+
+# Quotes, backslashes, a NUL, control characters, non-ASCII and SQL that must stay data.
+ODD = 'O\'Brien "q" back\\slash \0 nul\nnew\ttab ünïcødé 🎉 %s; -- DROP TABLE authors'
+# What an option file could misread: its comment and quote characters, escapes, edge spaces.
+HOSTILE = " a\\b\"c #d;e'f\tg\\ "
+
+
+def url_of(database: Database, password: str = PASSWORD):
+    return make_url(database.migration_url).set(password=password)
+
+
+def execute(database: Database, *statements) -> None:
+    """As root; a statement is SQL, or (SQL, parameters)."""
+    with closing(database.server.admin(database=database.name)) as connection, connection.cursor() as cursor:
+        for statement in statements:
+            cursor.execute(*statement) if isinstance(statement, tuple) else cursor.execute(statement)
+
+
+def blog(database: Database) -> None:
+    execute(
+        database,
+        "CREATE TABLE authors (id INT PRIMARY KEY AUTO_INCREMENT, name TEXT NOT NULL)",
+        "CREATE TABLE posts (id INT PRIMARY KEY AUTO_INCREMENT, author_id INT NOT NULL,"
+        " title VARCHAR(200), body BLOB, FOREIGN KEY (author_id) REFERENCES authors (id))",
+        "CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL PRIMARY KEY)",
+        "INSERT INTO alembic_version VALUES ('abc123')",
+        ("INSERT INTO authors (name) VALUES (%s), ('plain')", (ODD,)),
+        ("INSERT INTO posts (author_id, title, body) VALUES (1, %s, %s)", (ODD, bytes(range(256)))),
+    )
+
+
+def snapshot(database: Database) -> dict:
+    """Every table and view: its kind, definition and rows."""
+    return {
+        name: (kind, database.query(f"SHOW CREATE TABLE `{name}`")[0][1], database.query(f"SELECT * FROM `{name}`"))
+        for name, kind in database.query("SHOW FULL TABLES")
+    }
+
+
+def test_restore_brings_back_exactly_the_database_backed_up(mariadb, tmp_path):
+    database = make_database(mariadb)
+    blog(database)
+    before = snapshot(database)
+    backup = backups.take(url_of(database), tmp_path / "backups", "abc123", keep=3)
+    assert (backup.revision, backup.name, backup.size) == ("abc123", database.name, backup.path.stat().st_size)
+    assert PASSWORD not in backup.database and database.migration_user in backup.database
+    assert sorted(path.name for path in backup.path.parent.iterdir()) == [backup.path.name, backup.path.name + ".json"]
+
+    execute(
+        database,
+        ("UPDATE authors SET name = %s WHERE id = 2", ("changed",)),
+        "INSERT INTO authors (name) VALUES ('newcomer')",
+        "DROP TABLE posts",
+        # Newer than the backup, and it holds a foreign key to a table the restore drops and recreates.
+        "CREATE TABLE comments (id INT PRIMARY KEY, author_id INT, FOREIGN KEY (author_id) REFERENCES authors (id))",
+        "INSERT INTO comments VALUES (1, 1)",
+        "CREATE VIEW newest AS SELECT MAX(id) AS id FROM authors",
+        "UPDATE alembic_version SET version_num = 'def456'",
+    )
+    assert snapshot(database) != before
+
+    assert backups.restore(url_of(database), backup.path) == backup
+    assert snapshot(database) == before
+    assert database.version() == "abc123"
+    assert database.query("SELECT name FROM authors WHERE id = 1") == ((ODD,),)
+
+
+def test_damaged_backups_are_refused_before_anything_changes(mariadb, tmp_path):
+    database = make_database(mariadb)
+    blog(database)
+    good = backups.take(url_of(database), tmp_path / "backups", "abc123", keep=3)
+    execute(database, "CREATE TABLE newer (id INT PRIMARY KEY)")  # a restore would drop it
+    after = snapshot(database)
+
+    data, text = good.path.read_bytes(), gzip.decompress(good.path.read_bytes())
+    middle = len(data) // 2
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    files = {
+        "truncated": data[:middle],
+        "corrupt": data[:middle] + bytes(byte ^ 0xFF for byte in data[middle : middle + 16]) + data[middle + 16 :],
+        "unfinished": gzip.compress(text[: text.rindex(b"-- Dump completed")]),
+    }
+    reasons = {"truncated": "truncated", "corrupt": "corrupt", "unfinished": "completion marker"}
+    cases = {}
+    for name, content in files.items():
+        (damaged / f"{name}.sql.gz").write_bytes(content)
+        cases[damaged / f"{name}.sql.gz"] = reasons[name]
+    # Cut beside its sidecar, whose recorded size gives it away first.
+    in_place = tmp_path / "in-place"
+    shutil.copytree(good.path.parent, in_place)
+    (in_place / good.path.name).write_bytes(data[:middle])
+    cases[in_place / good.path.name] = "recorded"
+
+    for path, reason in cases.items():
+        with pytest.raises(DeployError) as verified:
+            backups.verify(path)
+        message = str(verified.value)
+        assert f"{path} is not a usable backup" in message and "\n" not in message
+        # Flipped bytes may also read as a stream that ends early: either way it is refused.
+        assert reason in message or (reason == "corrupt" and "truncated" in message), message
+        with pytest.raises(DeployError, match="not a usable backup"):
+            backups.restore(url_of(database), path)
+        assert snapshot(database) == after
+    assert backups.verify(good.path) == good
+
+
+def test_retention_keeps_the_newest_of_each_database(mariadb, tmp_path):
+    one, other = make_database(mariadb), make_database(mariadb)
+    directory = tmp_path / "backups"
+    of_other = backups.take(url_of(other), directory, "r0", keep=1)
+    taken = [backups.take(url_of(one), directory, f"r{n}", keep=2) for n in range(1, 5)]
+
+    listed = backups.list_backups(directory, one.name)
+    assert [backup.revision for backup in listed] == ["r4", "r3"]
+    assert listed == [taken[3], taken[2]] == backups.list_backups(directory, url_of(one))
+    assert backups.list_backups(directory) == [*listed, of_other]
+    kept = [taken[3].path, taken[2].path, of_other.path]
+    assert sorted(directory.iterdir()) == sorted([*kept, *(path.with_name(path.name + ".json") for path in kept)])
+    for backup in listed:
+        line = str(backup)
+        assert backup.size == backup.path.stat().st_size > 0
+        assert backup.revision in line and str(backup.path) in line and "\n" not in line
+
+
+def test_a_failing_dump_leaves_no_file_and_says_why_in_one_line(mariadb, tmp_path):
+    database = make_database(mariadb)
+    directory = tmp_path / "backups"
+    wrong_password = url_of(database, PASSWORD + "x")
+    no_such_database = url_of(database).set(database="nosuch")
+    for url, reason in ((wrong_password, "Access denied"), (no_such_database, "'nosuch'")):
+        with pytest.raises(DeployError) as failed:
+            backups.take(url, directory, "abc123", keep=2)
+        message = str(failed.value)
+        assert message.startswith(f"backup of {database.migration_user}@127.0.0.1:"), message
+        assert reason in message and "\n" not in message and PASSWORD not in message
+        assert list(directory.iterdir()) == []
+
+
+def test_backup_and_restore_leak_the_password_nowhere(mariadb, tmp_path, monkeypatch):
+    database = make_database(mariadb)
+    blog(database)
+    # Megabytes: more than the pipes hold, so the tools are still running while progress holds them.
+    execute(
+        database,
+        "CREATE TABLE big (id INT PRIMARY KEY, filler LONGTEXT)",
+        "INSERT INTO big VALUES " + ", ".join(f"({n}, REPEAT(MD5({n}), 3000))" for n in range(40)),
+    )
+    before = snapshot(database)
+    monkeypatch.setattr(backups, "PROGRESS_SECONDS", 0)
+    sampler = ProcSampler(PASSWORD, deadline=60)
+    reported: list[int] = []
+
+    def progress(done: int) -> None:
+        """Hold the running tool until the sampler has read all of /proc at least once meanwhile."""
+        if not reported:
+            rounds = sampler.rounds
+            while sampler.rounds < rounds + 2 and sampler.is_alive():
+                time.sleep(0.01)
+        reported.append(done)
+
+    sampler.start()
+    try:
+        backup = backups.take(url_of(database), tmp_path / "backups", "abc123", keep=2, progress=progress)
+        dumped, reported[:] = list(reported), []
+        execute(database, "DROP TABLE big")
+        backups.restore(url_of(database), backup.path, progress=progress)
+    finally:
+        sampler.stop.set()
+        sampler.join()
+
+    assert sampler.saw(b"mariadb-dump\0--defaults-file=/dev/fd/") and sampler.saw(b"mariadb\0--defaults-file=/dev/fd/")
+    assert not sampler.leaks, sampler.leaks
+    for sizes in (dumped, reported):
+        assert sizes == sorted(sizes) and sizes[-1] > 3_000_000
+    assert snapshot(database) == before
+    assert files_containing(tmp_path, PASSWORD) == []
+    assert PASSWORD.encode() not in gzip.decompress(backup.path.read_bytes())
+
+
+def test_a_users_option_file_cannot_override_the_password(mariadb, tmp_path, monkeypatch):
+    """~/.my.cnf holds a [client] password for some other user: the URL's own is the one used."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".my.cnf").write_text("[client]\npassword=not-this-one\n")
+    monkeypatch.setenv("HOME", str(home))
+    database = make_database(mariadb, password=HOSTILE)
+    blog(database)
+    before = snapshot(database)
+    backup = backups.take(url_of(database, HOSTILE), tmp_path / "backups", "abc123", keep=1)
+    execute(database, "DROP TABLE posts")
+    backups.restore(url_of(database, HOSTILE), backup.path)
+    assert snapshot(database) == before
+
+
+def test_sqlite_backup_and_restore(tmp_path):
+    path = tmp_path / "app.db"
+    url = make_url(f"sqlite:///{path}")
+    with closing(sqlite3.connect(path)) as db:
+        db.executescript(
+            "CREATE TABLE alembic_version (version_num TEXT PRIMARY KEY);"
+            "INSERT INTO alembic_version VALUES ('abc123');"
+            "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT); INSERT INTO notes (body) VALUES ('one'), ('two');"
+        )
+        before = list(db.iterdump())
+    backup = backups.take(url, tmp_path / "backups", "abc123", keep=1)
+    assert backup.path.name.endswith(".sqlite.gz") and backups.verify(backup.path) == backup
+    with closing(sqlite3.connect(path)) as db:
+        db.executescript("CREATE TABLE newer (id); DELETE FROM notes; UPDATE alembic_version SET version_num='x'")
+    backups.restore(url, backup.path)
+    with closing(sqlite3.connect(path)) as db:
+        assert list(db.iterdump()) == before
+    with pytest.raises(DeployError, match="not a backup of a mysql database"):
+        backups.restore(make_url("mysql+pymysql://u:p@127.0.0.1:1/db"), backup.path)

@@ -1,0 +1,315 @@
+"""The lint of pending revisions (deploy.safety.lint) and the half-applied report (deploy.safety.diagnosis).
+
+Revisions are written into a copy of the checkout on top of the example's history; the lint runs
+in-process, without a database. The diagnosis runs against SQLite and a real MariaDB."""
+
+from __future__ import annotations
+
+import alembic.op
+import pytest
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.operations import ops
+from conftest import PASSWORD, make_database
+from sqlalchemy.pool import NullPool
+
+from deploy import alembic_ops
+from deploy.errors import DeployError
+from deploy.safety import diagnosis, lint
+
+HEAD = "776f3cb23823"  # the example's last revision: users, posts, tags, post_tags
+
+# One revision per kind of risk, each with the findings it must give on MariaDB, in order.
+RISKY = {
+    "r1drops": (
+        ['op.drop_table("post_tags")', 'op.drop_column("posts", "body")'],
+        ["drop_table post_tags", "drop_column posts.body"],
+    ),
+    "r2renames": (
+        [
+            'op.rename_table("tags", "labels")',
+            'with op.batch_alter_table("users") as batch_op:',
+            '    batch_op.alter_column("name", new_column_name="full_name", existing_type=sa.String(100))',
+        ],
+        ["rename_table tags to labels", "alter_column users.name rename to full_name"],
+    ),
+    "r3alter": (
+        [
+            'with op.batch_alter_table("posts") as batch_op:',
+            '    batch_op.alter_column("title", type_=sa.Text(), existing_type=sa.String(200))',
+            '    batch_op.alter_column("status", type_=sa.String(40), existing_type=sa.String(20),'
+            " nullable=False, existing_nullable=True)",
+        ],
+        ["alter_column posts.title type", "alter_column posts.status type", "alter_column posts.status NOT NULL"],
+    ),
+    "r4columns": (
+        [
+            'op.add_column("posts", sa.Column("lang", sa.String(5), nullable=False))',
+            'op.add_column("posts", sa.Column("editor_id", sa.Integer(), sa.ForeignKey("users.id"), nullable=True))',
+        ],
+        ["add_column posts.lang NOT NULL without server default", "add_column posts.editor_id foreign key"],
+    ),
+    "r5constraints": (
+        [
+            'op.create_unique_constraint(op.f("uq_users_name"), "users", ["name"])',
+            'op.create_index(op.f("ix_posts_title"), "posts", ["title"], unique=True)',
+            'op.create_foreign_key(op.f("fk_posts_status_tags"), "posts", "tags", ["status"], ["name"])',
+            'op.create_check_constraint("ck_posts_status", "posts", "status <> \'\'")',
+        ],
+        [
+            "create_unique_constraint users.uq_users_name",
+            "create_index posts.ix_posts_title",
+            "create_foreign_key posts.fk_posts_status_tags",
+            "create_check_constraint posts.ck_posts_status",
+        ],
+    ),
+    "r6keys": (
+        [
+            'op.drop_constraint("pk_post_tags", "post_tags", type_="primary")',
+            'op.create_primary_key("pk_post_tags", "post_tags", ["post_id", "tag_id"])',
+            'op.execute("ALTER TABLE posts CONVERT TO CHARACTER SET latin1")',
+        ],
+        [
+            "drop_constraint post_tags.pk_post_tags",
+            "create_primary_key post_tags.pk_post_tags",
+            "execute ALTER TABLE posts CONVERT TO CHARACTER SET latin1",
+        ],
+    ),
+}
+SAFE = [
+    'op.add_column("posts", sa.Column("summary", sa.Text(), nullable=True))',
+    'op.add_column("posts", sa.Column("views", sa.Integer(), nullable=False, server_default="0"))',
+    'op.create_index(op.f("ix_posts_status"), "posts", ["status"], unique=False)',
+    'notes = op.create_table("notes", sa.Column("id", sa.Integer(), primary_key=True),'
+    ' sa.Column("post_id", sa.Integer(), sa.ForeignKey("posts.id"), nullable=False),'
+    ' sa.Column("code", sa.String(20), nullable=False), sa.UniqueConstraint("code", name="uq_notes_code"))',
+    'op.create_index("ix_notes_post_id_code", "notes", ["post_id", "code"], unique=True)',
+    'op.create_foreign_key("fk_notes_users", "notes", "users", ["post_id"], ["id"])',
+    'op.add_column("notes", sa.Column("rank", sa.Integer(), nullable=False))',
+    'op.bulk_insert(notes, [{"id": 1, "post_id": 1, "code": "a", "rank": 1}])',
+    'with op.batch_alter_table("users") as batch_op:',
+    '    batch_op.alter_column("name", existing_type=sa.String(100), nullable=True, server_default="anon")',
+    '    batch_op.alter_column("email", existing_type=sa.String(255), nullable=False, existing_nullable=False)',
+    "op.execute(\"UPDATE posts SET status = 'draft' WHERE status = ''\")",
+    'op.drop_index(op.f("ix_posts_author_id"), table_name="posts")',
+]
+
+
+def write(checkout, name: str, lines: list[str], down: str = HEAD, marker: str = "") -> None:
+    """A revision whose upgrade() is `lines`, with module-level `marker` text after it."""
+    path = checkout.add_revision(name, down, "\n    ".join(lines))
+    path.write_text(path.read_text() + marker)
+
+
+def config_of(checkout) -> Config:
+    return Config(str(checkout.path / "alembic.ini"))
+
+
+def names_by_revision(findings) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for finding in findings:
+        found.setdefault(finding.revision, []).append(finding.operation)
+    return found
+
+
+@pytest.fixture
+def risky(checkout) -> Config:
+    write(checkout, "r0safe", SAFE)
+    for name, (lines, _) in RISKY.items():
+        write(checkout, name, lines)
+    return config_of(checkout)
+
+
+def test_lint_reports_exactly_the_risky_operations(risky):
+    findings = lint.lint(risky, ["r0safe", *RISKY], "mysql")
+    assert names_by_revision(findings) == {name: expected for name, (_, expected) in RISKY.items()}
+    reasons = {finding.operation: finding.reason for finding in findings}
+    assert lint.COPY in reasons["alter_column posts.title type"]  # VARCHAR -> TEXT
+    assert reasons["alter_column posts.status type"].endswith("; MariaDB does it in place")  # VARCHAR(20) -> (40)
+    assert lint.REBUILD in reasons["alter_column posts.status NOT NULL"]
+    for copied in ("create_foreign_key posts.fk_posts_status_tags", "drop_constraint post_tags.pk_post_tags"):
+        assert lint.COPY in reasons[copied]
+    assert str(findings[1]) == (
+        "r1drops: drop_column posts.body: drops the column's data; the running code still reads and writes it "
+        "(mark it reviewed in reviewed_risks)"
+    )
+
+
+def test_the_mariadb_notes_only_on_mariadb(risky):
+    findings = lint.lint(risky, ["r0safe", *RISKY], "sqlite")
+    expected = {name: names for name, (_, names) in RISKY.items()}
+    expected["r4columns"].remove("add_column posts.editor_id foreign key")  # a table copy on MariaDB only
+    assert names_by_revision(findings) == expected
+    assert not [finding for finding in findings if "MariaDB copies" in finding.reason]
+
+
+def test_operations_inside_batch_blocks_are_recorded(risky):
+    recorded = lint.operations(risky, "r3alter", "mysql")
+    assert [(type(each), each.table_name, each.column_name) for each in recorded] == [
+        (ops.AlterColumnOp, "posts", "title"),
+        (ops.AlterColumnOp, "posts", "status"),
+    ]
+    assert [lint.name(each) for each in lint.operations(risky, "r0safe", "mysql")][-4:] == [
+        "alter_column users.name",
+        "alter_column users.email",
+        "execute UPDATE posts SET status = 'draft' WHERE status = ''",
+        "drop_index posts.ix_posts_author_id",
+    ]
+    assert alembic.op._proxy is None  # the recorder is gone
+
+
+def test_the_reviewed_marker_suppresses_exactly_the_named_operation(checkout):
+    marker = '\nreviewed_risks = {"drop_column posts.title": "copied to headline by r1; unread since v3"}\n'
+    drops = ['op.drop_column("posts", "title")', 'op.drop_column("posts", "slug")']
+    write(checkout, "r7reviewed", drops, marker=marker)
+    config = config_of(checkout)
+    assert [str(finding) for finding in lint.lint(config, ["r7reviewed"], "mysql")] == [
+        "r7reviewed: drop_column posts.slug: drops the column's data; the running code still reads and writes it "
+        "(mark it reviewed in reviewed_risks)"
+    ]
+    every = lint.lint(config, ["r7reviewed"], "mysql", include_reviewed=True)
+    assert [(finding.operation, finding.reviewed) for finding in every] == [
+        ("drop_column posts.title", "copied to headline by r1; unread since v3"),
+        ("drop_column posts.slug", None),
+    ]
+    assert str(every[0]) == "r7reviewed: drop_column posts.title: reviewed: copied to headline by r1; unread since v3"
+
+
+def test_a_script_that_needs_a_database_is_a_finding(checkout):
+    write(checkout, "r8online", ['op.drop_column("users", "name")', 'op.get_bind().execute(sa.text("SELECT 1")).one()'])
+    findings = lint.lint(config_of(checkout), ["r8online"], "mysql")
+    assert [finding.operation for finding in findings] == ["drop_column users.name", "upgrade() needs a database"]
+    assert findings[1].reason == (
+        "it failed without one (AttributeError: 'NoneType' object has no attribute 'one'), "
+        "so its risks are unknown: review it"
+    )
+    assert alembic.op._proxy is None
+
+
+@pytest.mark.parametrize(
+    ("revision", "dialect", "marker", "message"),
+    [
+        ("nope", "mysql", "", "Can't locate revision identified by 'nope'"),
+        ("r9", "oracle9", "", "unknown database kind 'oracle9'"),
+        ("r9", "mysql", '\nreviewed_risks = ["drop_table users"]\n', "r9: reviewed_risks must map operation names"),
+    ],
+)
+def test_bad_input_is_one_line(checkout, revision, dialect, marker, message):
+    write(checkout, "r9", ['op.drop_table("users")'], marker=marker)
+    with pytest.raises(DeployError) as failure:
+        lint.lint(config_of(checkout), [revision], dialect)
+    assert str(failure.value).startswith(message) and "\n" not in str(failure.value)
+
+
+# -- the diagnosis, against live databases ------------------------------------------------------
+
+EVERY_KIND = [
+    'op.drop_table("post_tags")',
+    'op.rename_table("tags", "labels")',
+    'op.create_table("notes", sa.Column("id", sa.Integer(), primary_key=True))',
+    'with op.batch_alter_table("posts") as batch_op:',
+    '    batch_op.add_column(sa.Column("summary", sa.String(50), nullable=True))',
+    '    batch_op.add_column(sa.Column("editor_id", sa.Integer(), nullable=True))',
+    '    batch_op.drop_column("body")',
+    '    batch_op.alter_column("title", new_column_name="headline", existing_type=sa.String(200),'
+    " existing_nullable=False)",
+    '    batch_op.alter_column("status", type_=sa.String(40), existing_type=sa.String(20), nullable=True,'
+    ' existing_nullable=False, existing_server_default="draft")',
+    '    batch_op.create_index("ix_posts_summary", ["summary"], unique=True)',
+    '    batch_op.create_unique_constraint("uq_posts_editor_id", ["editor_id", "author_id"])',
+    '    batch_op.create_foreign_key("fk_posts_editor_id_users", "users", ["editor_id"], ["id"])',
+    '    batch_op.drop_constraint("uq_posts_author_id", type_="unique")',
+    'with op.batch_alter_table("users") as batch_op:',
+    '    batch_op.create_check_constraint("ck_users_name", "name <> \'\'")',
+    '    batch_op.alter_column("name", existing_type=sa.String(100), nullable=True, existing_nullable=False)',
+    'op.execute("UPDATE users SET name = name")',
+]
+CHECKED = [
+    "drop_table post_tags",
+    "rename_table tags to labels",
+    "create_table notes",
+    "add_column posts.summary",
+    "add_column posts.editor_id",
+    "drop_column posts.body",
+    "alter_column posts.title",
+    "alter_column posts.status",
+    "create_index posts.ix_posts_summary",
+    "create_unique_constraint posts.uq_posts_editor_id",
+    "create_foreign_key posts.fk_posts_editor_id_users",
+    "drop_constraint posts.uq_posts_author_id",
+    "create_check_constraint users.ck_users_name",
+    "alter_column users.name",
+]
+
+
+@pytest.fixture(params=["sqlite", "mariadb"])
+def live(request, checkout, tmp_path):
+    """(checkout, connection): SQLite, or a MariaDB database as the migration user opens it."""
+    if request.param == "sqlite":
+        url = sa.make_url(f"sqlite:///{tmp_path / 'live.db'}")
+    else:
+        database = make_database(request.getfixturevalue("mariadb"))
+        url = sa.make_url(database.migration_url).set(password=PASSWORD)
+    engine = sa.create_engine(url, poolclass=NullPool)
+    with engine.connect() as connection:
+        yield checkout, connection
+    engine.dispose()
+
+
+def upgrade(checkout, connection, target: str) -> Config:
+    config = config_of(checkout)
+    alembic_ops.run(command.upgrade, config, connection, target)
+    return config
+
+
+def test_the_diagnosis_sees_each_kind_of_operation_before_and_after(live):
+    checkout, connection = live
+    write(checkout, "d1", EVERY_KIND)
+    before = diagnosis.diagnose(connection, upgrade(checkout, connection, HEAD), "d1")
+    raw = ["execute UPDATE users SET name = name"]
+    assert (before.applied, before.not_applied, before.unknown) == ([], CHECKED, raw)
+    after = diagnosis.diagnose(connection, upgrade(checkout, connection, "d1"), "d1")
+    assert (after.applied, after.not_applied, after.unknown) == (CHECKED, [], raw)
+
+
+def test_a_revision_that_failed_part_way_is_half_applied(live):
+    checkout, connection = live
+    failing = 'op.create_index("ix_posts_nope", "posts", ["nope"])'  # no such column
+    write(checkout, "h1", ['op.add_column("posts", sa.Column("summary", sa.String(50)))', failing])
+    upgrade(checkout, connection, HEAD)
+    with pytest.raises(sa.exc.DBAPIError):
+        upgrade(checkout, connection, "h1")
+    connection.rollback()
+    assert alembic_ops.current_heads(connection) == (HEAD,)
+    found = diagnosis.diagnose(connection, config_of(checkout), "h1")
+    assert (found.applied, found.not_applied, found.unknown) == (
+        ["add_column posts.summary"],
+        ["create_index posts.ix_posts_nope"],
+        [],
+    )
+    assert found.half_applied
+    assert found.summary() == (
+        "revision h1 is half applied: 1 of 2 operations in the live schema (add_column posts.summary); "
+        "not applied: create_index posts.ix_posts_nope"
+    )
+    assert found.report("fab prod ").splitlines()[-3:] == [
+        "Ways out:",
+        "  - restore the backup taken before the upgrade: `fab prod db.restore`;",
+        "  - or finish the rest by hand, then record the revision: `fab prod db.stamp h1`.",
+    ]
+
+
+def test_a_revision_that_needs_a_database_is_diagnosed_as_far_as_it_can_be_read(live):
+    checkout, connection = live
+    write(checkout, "u1", ['op.add_column("posts", sa.Column("summary", sa.String(50)))', "op.get_bind().one()"])
+    config = upgrade(checkout, connection, HEAD)
+    found = diagnosis.diagnose(connection, config, "u1")
+    assert (found.applied, found.not_applied) == ([], ["add_column posts.summary"])
+    assert found.unknown == [
+        "the rest of upgrade(), unreadable without a database "
+        "(AttributeError: 'MockConnection' object has no attribute 'one')"
+    ]
+    assert found.state == "may be half applied"
+    with pytest.raises(DeployError, match="^Can't locate revision identified by 'u2'$"):
+        diagnosis.diagnose(connection, config, "u2")
