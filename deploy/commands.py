@@ -14,25 +14,66 @@ from . import alembic_ops, database, safety
 from .credentials import describe, needs_password, with_password
 from .database import application_tables, explain, translate_errors
 from .errors import DeployError
-from .safety import runlog
+from .safety import backups, diagnosis, lint, lock, runlog, timeouts
 from .safety.cancel import Cancellation
 from .settings import Settings
 from .status import Status
 
 
+@dataclass(frozen=True)
+class Guards:
+    """How changes are guarded: the settings (Invoke config `db.safety`) and this run's switches."""
+
+    lock_wait: float = lock.DEFAULT_WAIT  # seconds a second run waits for the migration lock
+    lock_wait_timeout: float = timeouts.DEFAULT_LOCK_WAIT_TIMEOUT  # per statement, so the app never stalls longer
+    retries: int = timeouts.DEFAULT_RETRIES
+    retry_pause: float = timeouts.DEFAULT_PAUSE
+    open_transactions_after: float = timeouts.DEFAULT_OLDER_THAN
+    backups_kept: int = 10
+    backup_dir: str | None = None  # default: backups/ in the instance folder
+    # This run: production (settings outside development) backs up and refuses risky operations.
+    production: bool = False
+    no_backup: bool = False
+    ignore_transactions: bool = False
+    allow_risky: bool = False
+
+    @property
+    def backup(self) -> bool:
+        return self.production and not self.no_backup
+
+    @property
+    def refuse_risky(self) -> bool:
+        return self.production and not self.allow_risky
+
+
 @dataclass
 class Project:
-    """alembic.ini, the Flask settings in force, and how the user calls us (for hints)."""
+    """alembic.ini, the Flask settings in force, how the user calls us (for hints), the guards."""
 
     alembic: Config
     settings: Settings
     # What the user typed before `db.*`: `invoke` here, `fab prod` when the laptop drives the server.
     caller: str = "invoke"
+    guards: Guards = Guards()
 
     @classmethod
-    def open(cls, ini_path: Path, settings_name: str | None = None, caller: str = "invoke") -> Project:
+    def open(
+        cls, ini_path: Path, settings_name: str | None = None, caller: str = "invoke", guards: Guards = Guards()
+    ) -> Project:
         config = alembic_ops.load_config(ini_path)
-        return cls(config, alembic_ops.settings(config, settings_name), caller)
+        return cls(config, alembic_ops.settings(config, settings_name), caller, guards)
+
+    @property
+    def backup_dir(self) -> Path:
+        return (
+            Path(self.guards.backup_dir)
+            if self.guards.backup_dir
+            else backups.default_directory(self.settings.instance_path)
+        )
+
+    def lock(self, url: URL):
+        """One migration at a time on this database; the refusal names the holder."""
+        return lock.migration_lock(url, self.settings.engine_options, self.guards.lock_wait)
 
     def command(self, task: str) -> str:
         """The command line the user can run where they are, for hints: `invoke db.status`."""
@@ -173,7 +214,8 @@ def migrate(
     if expect_head:
         safety.check_expected_head(head_revisions, expect_head)
     url = project.migration_url_with_password()
-    with project.connect(url, create=not downgrade) as connection:
+    guards = project.guards
+    with project.connect(url, create=not downgrade) as connection, project.lock(url):
         with translate_errors(url):
             current = project.check_ready(connection)
         steps = alembic_ops.plan(project.alembic, current, target, downgrade)
@@ -189,13 +231,20 @@ def migrate(
             progress(f"{verb} {describe(url)} from {where_now}: {len(steps)} revision{'s' * (len(steps) > 1)}")
             for step in steps:
                 progress(f"  {step.revision}  {step.doc}")
+        if not downgrade:
+            check_risks(project, url, [step.revision for step in steps], progress)
         if confirm is not None:
             confirm()
+        if not guards.ignore_transactions:
+            with translate_errors(url):
+                timeouts.check_no_open_transactions(connection, guards.open_transactions_after)
+        backup = take_backup(project, url, current, progress)
         cancellation = cancellation or Cancellation()
         verb = "downgrade" if downgrade else "upgrade"
         log = runlog.recorded(project.settings.instance_path, f"db.{verb}", describe(url), where_now, target)
-        with log as run, cancellation.active():
-            done = run_steps(project, connection, url, steps, target, downgrade, cancellation)
+        guard = timeouts.guard_session(connection, guards.lock_wait_timeout, guards.retries, guards.retry_pause)
+        with log as run, cancellation.active(), guard:
+            done = run_steps(project, connection, url, steps, target, downgrade, cancellation, backup)
             now = alembic_ops.label(project.alembic, current_of(alembic_ops.current_heads(connection)))
             if done < len(steps):
                 run.outcome = f"stopped after {done} of {len(steps)} ({cancellation.reason})"
@@ -206,7 +255,32 @@ def migrate(
     return Migration(describe(url), len(steps), now)
 
 
-def run_steps(project, connection, url, steps, target, downgrade, cancellation) -> int:
+def check_risks(project: Project, url: URL, revisions: list[str], progress) -> None:
+    """Risky operations in what is about to run: refused in production, shown in development."""
+    found = lint.lint(project.alembic, revisions, url.get_backend_name())
+    if found and project.guards.refuse_risky:
+        raise DeployError(
+            f"{len(found)} risky operation{'s' * (len(found) > 1)} pending: {'; '.join(map(str, found))}; "
+            f"mark each reviewed in its script (reviewed_risks) or pass --allow-risky"
+        )
+    for finding in found if progress is not None else ():
+        progress(f"warning: {finding}")
+
+
+def take_backup(project: Project, url: URL, current: tuple[str, ...], progress) -> backups.Backup | None:
+    """A verified backup before a production change, or a loud line saying there is none."""
+    if not project.guards.backup:
+        if progress is not None and project.guards.production:  # --no-backup said so
+            progress(f"warning: --no-backup: no backup of {describe(url)} is taken; db.restore cannot undo this run")
+        return None
+    shown = (lambda done: progress(f"  backup: {done // 1_000_000} MB")) if progress is not None else None
+    taken = backups.take(url, project.backup_dir, current_of(current), project.guards.backups_kept, shown)
+    if progress is not None:
+        progress(f"backup: {taken.path} ({taken.size} bytes, verified)")
+    return taken
+
+
+def run_steps(project, connection, url, steps, target, downgrade, cancellation, backup=None) -> int:
     """Run the planned revisions one Alembic call each, checking for a stop between them; how many ran."""
     done = 0
     for step in steps:
@@ -222,14 +296,16 @@ def run_steps(project, connection, url, steps, target, downgrade, cancellation) 
             connection.commit()
         except KeyboardInterrupt:
             raise DeployError(
-                f"aborted during revision {alembic_ops.label(project.alembic, step.revision)}: on a database "
-                f"without transactional DDL (MariaDB, MySQL) it may be half applied; "
-                f"`{project.command('status')}` shows where the database is"
+                f"aborted during revision {alembic_ops.label(project.alembic, step.revision)}: "
+                f"{half_applied(project, url, step.revision, backup)}"
             ) from None
+        except timeouts.GaveWay as exc:
+            now = alembic_ops.label(project.alembic, current_of(alembic_ops.current_heads(connection)))
+            raise DeployError(f"{exc}; the database is at {now}") from None
         except DeployError:
             raise
         except Exception as exc:
-            raise migration_failed(project, connection, url, exc, target, downgrade) from None
+            raise migration_failed(project, connection, url, exc, target, downgrade, backup) from None
         if merge:
             return len(steps)
         done += 1
@@ -256,10 +332,32 @@ def sql(project: Project, target: str, downgrade: bool = False) -> str:
     return alembic_ops.run_captured(command_function, project.alembic, f"{start}:{end or 'base'}", sql=True)
 
 
+def half_applied(project: Project, url: URL, revision: str, backup: backups.Backup | None) -> str:
+    """What a cut-off revision left behind, read from the live schema, and the ways out."""
+    ways_out = f"finish it by hand and `{project.command('stamp')} {revision}`"
+    if backup is not None:
+        ways_out = f"restore the backup just taken (`{project.command('restore')} {backup.path.name}`) or {ways_out}"
+    try:
+        # A fresh connection: the failed one may be dead, or inside an aborted transaction.
+        with project.connect(url) as fresh:
+            found = diagnosis.diagnose(fresh, project.alembic, revision)
+    except Exception:
+        return f"it may be half applied; `{project.command('status')}` shows where the database is; {ways_out}"
+    if not found.half_applied:
+        return f"{found.summary()}"
+    return f"{found.summary()}; ways out: {ways_out}"
+
+
 def migration_failed(
-    project: Project, connection: Connection, url: URL, exc: Exception, target: str, downgrade: bool
+    project: Project,
+    connection: Connection,
+    url: URL,
+    exc: Exception,
+    target: str,
+    downgrade: bool,
+    backup: backups.Backup | None = None,
 ) -> DeployError:
-    """Name the revision that failed and the one the database is left at."""
+    """Name the revision that failed, the one the database is left at, and what the failed one left behind."""
     if hasattr(exc, "orig"):
         reason = explain(exc, url)
     else:
@@ -272,9 +370,11 @@ def migration_failed(
         return DeployError(
             f"a migration failed ({reason}); run `{project.command('status')}` to see where the database is"
         )
+    # Without transactional DDL (MariaDB, MySQL, SQLite), a failed revision may have left some of its work.
+    left = "" if alembic_ops.transactional_ddl(connection) else f"; {half_applied(project, url, failed, backup)}"
     return DeployError(
         f"revision {alembic_ops.label(project.alembic, failed)} failed: {reason}; "
-        f"the database is at {alembic_ops.label(project.alembic, current_of(now))}"
+        f"the database is at {alembic_ops.label(project.alembic, current_of(now))}{left}"
     )
 
 
@@ -284,11 +384,44 @@ def stamp(project: Project, revision: str) -> str:
     alembic_ops.resolve(project.alembic, revision)
     url = project.migration_url_with_password()
     log = runlog.recorded(project.settings.instance_path, "db.stamp", describe(url), "?", revision)
-    with project.connect(url, create=True) as connection, translate_errors(url), log:
+    with project.connect(url, create=True) as connection, translate_errors(url), project.lock(url), log:
         alembic_ops.run(command.stamp, project.alembic, connection, revision)
         connection.commit()
         now = alembic_ops.current_heads(connection)
     return f"{describe(url)} is stamped at {alembic_ops.label(project.alembic, current_of(now))}"
+
+
+def restore(project: Project, name: str, confirm: bool = False, progress=None) -> str:
+    """Make the database exactly as in backup `name` (a file in the backup directory), alembic_version
+    included, after a backup of how it is now; `confirm`: have the database's name typed first."""
+    path = project.backup_dir / name
+    backups.verify(path)  # a damaged file is refused before any question
+    if confirm:
+        safety.confirm_database(project.settings.migration_url.database or "")
+    url = project.migration_url_with_password()
+    with project.lock(url):
+        with project.connect(url) as connection, translate_errors(url):
+            current = alembic_ops.current_heads(connection)
+        take_backup(project, url, current, progress)
+        with runlog.recorded(project.settings.instance_path, "db.restore", describe(url), "?", name):
+            restored = backups.restore(url, path)
+        with project.connect(url) as connection, translate_errors(url):
+            now = alembic_ops.label(project.alembic, current_of(alembic_ops.current_heads(connection)))
+    return f"{describe(url)} is restored from {restored.path.name}: it is at {now}"
+
+
+def list_backups(project: Project) -> list[backups.Backup]:
+    """The backups of this database in the backup directory, newest first."""
+    return backups.list_backups(project.backup_dir, project.settings.migration_url.database)
+
+
+def lint_pending(project: Project, target: str = "head") -> list[lint.Finding]:
+    """Risky operations in the revisions an upgrade to `target` would run (reviewed ones included)."""
+    url = project.settings.database_url
+    with project.connect(url) as connection, translate_errors(url):
+        current = project.check_ready(connection)
+    steps = alembic_ops.plan(project.alembic, current, target)
+    return lint.lint(project.alembic, [step.revision for step in steps], url.get_backend_name(), include_reviewed=True)
 
 
 def current(project: Project) -> list[str]:
@@ -327,8 +460,13 @@ def status(project: Project, target: str = "head", downgrade: bool = False) -> S
         found = alembic_ops.current_heads(connection)
         tables = application_tables(connection)
     pending = None
+    findings = []
     if len(head_revisions) == 1 and (found or not tables):
-        pending = [[s.revision, s.doc] for s in alembic_ops.plan(config, found, target, downgrade)]
+        steps = alembic_ops.plan(config, found, target, downgrade)
+        pending = [[step.revision, step.doc] for step in steps]
+        if not downgrade:
+            revisions = [step.revision for step in steps]
+            findings = [str(finding) for finding in lint.lint(config, revisions, url.get_backend_name())]
     migration_url = project.settings.migration_url
     return Status(
         database=describe(url),
@@ -342,6 +480,7 @@ def status(project: Project, target: str = "head", downgrade: bool = False) -> S
         unstamped_tables=[] if found else tables,
         base=alembic_ops.base(config),
         last_run=str(last) if (last := runlog.last_run(project.settings.instance_path)) else None,
+        risks=findings,
     )
 
 

@@ -9,14 +9,22 @@ from pathlib import Path
 from invoke import Collection, task
 
 from . import commands, safety
-from .errors import one_line_errors
+from .errors import DeployError, one_line_errors
 from .safety.cancel import Cancellation
 
 CONTROLLED = "used by fab: stdin stays open after the password; 'stop' or its end stops between revisions"
+GUARD_HELP = {
+    "no_backup": "outside development, skip the backup taken before the change (said loudly)",
+    "ignore_transactions": "go on although other transactions have been open a while (they may block us)",
+}
 
 
-def project(c) -> commands.Project:
-    return commands.Project.open(Path(c.config.db.alembic_ini), caller=c.config.db.caller)
+def project(c, **switches) -> commands.Project:
+    """The checkout's project; `switches` (no_backup, ...) are this run's Guards switches."""
+    opened = commands.Project.open(Path(c.config.db.alembic_ini), caller=c.config.db.caller)
+    production = opened.settings.name not in c.config.db.reset_settings
+    opened.guards = commands.Guards(**c.config.db.safety, production=production, **switches)
+    return opened
 
 
 @task(help={"force": "also drop a MariaDB/MySQL/PostgreSQL database on this machine (SQLite needs no --force)"})
@@ -46,13 +54,25 @@ def revision(c, message, empty=False):
         "expect_head": "refuse unless the migrations' head is this revision (fab passes yours)",
         "sql": "print the SQL the upgrade would run, from the database's revision; change nothing",
         "yes": "outside development, apply without asking [y/N] (for pipelines; fab passes it after asking you)",
+        "allow_risky": "outside development, apply although the lint finds unreviewed risky operations",
+        **GUARD_HELP,
         "controlled": CONTROLLED,
     }
 )
 @one_line_errors
-def upgrade(c, to="head", expect_head=None, sql=False, yes=False, controlled=False):
+def upgrade(
+    c,
+    to="head",
+    expect_head=None,
+    sql=False,
+    yes=False,
+    allow_risky=False,
+    no_backup=False,
+    ignore_transactions=False,
+    controlled=False,
+):
     """Upgrade the database to head, or to --to REV."""
-    opened = project(c)
+    opened = project(c, allow_risky=allow_risky, no_backup=no_backup, ignore_transactions=ignore_transactions)
     if sql:
         print(commands.sql(opened, to))
         return
@@ -67,13 +87,14 @@ def upgrade(c, to="head", expect_head=None, sql=False, yes=False, controlled=Fal
         "to": "target revision (default: -1, one step back; write --to=-1 style for relative ones)",
         "confirmed": "do not ask for the database's name outside development (fab passes it after asking you)",
         "sql": "print the SQL the downgrade would run, from the database's revision; change nothing",
+        **GUARD_HELP,
         "controlled": CONTROLLED,
     }
 )
 @one_line_errors
-def downgrade(c, to="-1", confirmed=False, sql=False, controlled=False):
+def downgrade(c, to="-1", confirmed=False, sql=False, no_backup=False, ignore_transactions=False, controlled=False):
     """Downgrade the database one revision, or to --to REV."""
-    opened = project(c)
+    opened = project(c, no_backup=no_backup, ignore_transactions=ignore_transactions)
     if sql:
         print(commands.sql(opened, to, downgrade=True))
         return
@@ -125,12 +146,46 @@ def status(c, to=None, json=False, downgrade=False):
     print(found.to_json() if json else found)
 
 
+@task(
+    help={
+        "backup": "the backup's file name, as db.backups lists it",
+        "confirmed": "do not ask for the database's name (fab passes it after asking you)",
+        "no_backup": GUARD_HELP["no_backup"],
+    }
+)
+@one_line_errors
+def restore(c, backup, confirmed=False, no_backup=False):
+    """Make the database exactly as in BACKUP, after typing its name (a backup of it comes first)."""
+    print(commands.restore(project(c, no_backup=no_backup), backup, confirm=not confirmed, progress=print))
+
+
+@task
+@one_line_errors
+def backups(c):
+    """List this database's backups, newest first: time, revision, size, file."""
+    found = commands.list_backups(project(c))
+    print("\n".join(map(str, found)) if found else "no backups yet")
+
+
+@task(help={"to": "target revision (default: head)"})
+@one_line_errors
+def lint(c, to="head"):
+    """Show the risky operations in the pending revisions; exit 1 when any is not marked reviewed."""
+    found = commands.lint_pending(project(c), to)
+    print("\n".join(map(str, found)) if found else "no risky operations pending")
+    unreviewed = [finding for finding in found if not finding.reviewed]
+    if unreviewed:
+        raise DeployError(f"{len(unreviewed)} risky operation{'s' * (len(unreviewed) > 1)} not marked reviewed")
+
+
 def db_tasks(tasks_file: str) -> Collection:
     """The `db` collection for the project whose tasks.py is `tasks_file` (it passes `__file__`).
 
     Its defaults live in Invoke's config under `db`, so invoke.yaml or INVOKE_DB_* override them."""
     project_dir = Path(tasks_file).resolve().parent
-    db = Collection("db", reset, revision, upgrade, downgrade, stamp, current, history, heads, status)
+    db = Collection(
+        "db", reset, revision, upgrade, downgrade, stamp, current, history, heads, status, restore, backups, lint
+    )
     db.configure(
         {
             "db": {
@@ -139,6 +194,16 @@ def db_tasks(tasks_file: str) -> Collection:
                 "reset_settings": ["development", "testing"],
                 # What hints tell the user to type before `db.*`; `fab` sets INVOKE_DB_CALLER on the server.
                 "caller": "invoke",
+                # Production safety (README, "Production safety"): invoke.yaml or INVOKE_DB_SAFETY_* override them.
+                "safety": {
+                    "lock_wait": 10.0,
+                    "lock_wait_timeout": 2.0,
+                    "retries": 5,
+                    "retry_pause": 3.0,
+                    "open_transactions_after": 10.0,
+                    "backups_kept": 10,
+                    "backup_dir": None,
+                },
             }
         }
     )

@@ -17,6 +17,7 @@ from invoke import Collection, Exit
 
 from . import alembic_ops, credentials, safety
 from .errors import DEBUG, DeployError, debugging, one_line_errors
+from .local_tasks import GUARD_HELP
 from .safety.cancel import ControlChannel, forwarding_interrupts
 from .status import Status
 
@@ -222,10 +223,12 @@ def status(c):
         "to": "an explicit target revision; without it the server's head must equal yours",
         "sql": "print the SQL the upgrade would run on the server's database; change nothing, ask nothing",
         "yes": "apply without asking [y/N] (needed without a terminal)",
+        "allow_risky": "apply although the lint finds unreviewed risky operations",
+        **GUARD_HELP,
     }
 )
 @one_line_errors
-def upgrade(c, to=None, sql=False, yes=False):
+def upgrade(c, to=None, sql=False, yes=False, allow_risky=False, no_backup=False, ignore_transactions=False):
     """Upgrade the environment's database to head, after checks, a [y/N] and a password prompt."""
     # Only an explicit revision skips the same-head check: `--to=head` is the default spelled out.
     explicit = to not in (None, "", "head")
@@ -246,10 +249,18 @@ def upgrade(c, to=None, sql=False, yes=False):
         print(f"{server.name}: {server.where}, database {state.migration_user}")
         print(f"{current} -> {to if explicit else expected}, {len(state.pending)} pending:")
         print_revisions(state.pending)
+        for risk in state.risks:
+            print(f"risk: {risk}")
+        if state.risks and not allow_risky:
+            raise DeployError(
+                f"{len(state.risks)} risky operation{'s' * (len(state.risks) > 1)} pending: mark each reviewed "
+                "in its script (reviewed_risks) or pass --allow-risky"
+            )
         safety.confirm("Apply?", yes)
         expect = [f"--expect-head={expected}"] if expected else []
+        switches = guard_switches(no_backup, ignore_transactions, allow_risky)
         # Confirmed here, so the server does not ask again (its stdin carries the password).
-        server.privileged(["db.upgrade", f"--to={target}", *expect, "--yes"], state, controlled=True)
+        server.privileged(["db.upgrade", f"--to={target}", *expect, "--yes", *switches], state, controlled=True)
 
 
 @task(help={"revision": "the revision the database's schema already matches"})
@@ -272,10 +283,11 @@ def stamp(c, revision):
     help={
         "to": "the revision to go back to (e.g. --to=-1 or a revision id)",
         "sql": "print the SQL the downgrade would run on the server's database; change nothing, ask nothing",
+        **GUARD_HELP,
     }
 )
 @one_line_errors
-def downgrade(c, to, sql=False):
+def downgrade(c, to, sql=False, no_backup=False, ignore_transactions=False):
     """Downgrade the environment's database to --to REV, after typing its name to confirm."""
     with Server(c) as server:
         # The plan comes first: an unknown target fails before any question is asked.
@@ -291,7 +303,41 @@ def downgrade(c, to, sql=False):
         print_revisions(state.pending)
         safety.confirm_database(state.database_name)
         # Confirmed here, so the server does not ask again (its stdin carries the password).
-        server.privileged(["db.downgrade", f"--to={to}", "--confirmed"], state, controlled=True)
+        switches = guard_switches(no_backup, ignore_transactions)
+        server.privileged(["db.downgrade", f"--to={to}", "--confirmed", *switches], state, controlled=True)
+
+
+@task(help={"backup": "the backup's file name, as `fab ENV db.backups` lists it", "no_backup": GUARD_HELP["no_backup"]})
+@one_line_errors
+def restore(c, backup, no_backup=False):
+    """Restore the environment's database from BACKUP (on the server), after typing its name."""
+    with Server(c) as server:
+        state = server.status()
+        print(f"{server.name}: restore {state.migration_user} from {backup}, replacing all it holds now")
+        safety.confirm_database(state.database_name)
+        server.privileged(["db.restore", backup, "--confirmed", *guard_switches(no_backup)], state)
+
+
+@task
+@one_line_errors
+def backups(c):
+    """List the environment database's backups on the server: time, revision, size, file."""
+    with Server(c) as server:
+        server.invoke(["db.backups"])
+
+
+@task
+@one_line_errors
+def lint(c):
+    """Show the risky operations in the server's pending revisions."""
+    with Server(c) as server:
+        server.invoke(["db.lint"])
+
+
+def guard_switches(no_backup: bool = False, ignore_transactions: bool = False, allow_risky: bool = False) -> list[str]:
+    """This run's guard switches, as the server's `invoke db.*` takes them."""
+    chosen = {"--no-backup": no_backup, "--ignore-transactions": ignore_transactions, "--allow-risky": allow_risky}
+    return [switch for switch, on in chosen.items() if on]
 
 
 def environment_task(name: str) -> Task:
@@ -309,6 +355,6 @@ def fab_tasks(fabfile: str) -> Collection:
     config = Config(project_location=str(project_dir))
     config.load_project()
     environments = config.get("environments") or {}
-    db = Collection("db", status, upgrade, stamp, downgrade)
+    db = Collection("db", status, upgrade, stamp, downgrade, restore, backups, lint)
     db.configure({"db": {"alembic_ini": str(project_dir / "alembic.ini"), "environment_tasks": sorted(environments)}})
     return Collection(db, *(environment_task(name) for name in environments))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from .errors import DeployError
 
 # Bump when a field is added, removed or changes meaning.
-PROTOCOL = 2
+PROTOCOL = 3
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,8 @@ class Status:
     base: str | None
     # The last run that changed this checkout's database, as the run log has it (in progress, cut off...).
     last_run: str | None = None
+    # Unreviewed risky operations in the pending upgrade (safety.lint), one line each.
+    risks: list[str] = dataclasses.field(default_factory=list)
     protocol: int = PROTOCOL
 
     def to_json(self) -> str:
@@ -74,4 +76,5 @@ class Status:
             return "\n".join(lines)
         lines.append(f"pending:    {len(self.pending)}" + (" (up to date)" if not self.pending else ""))
         lines += [f"  {revision}  {message}" for revision, message in self.pending]
+        lines += [f"risk:       {risk}" for risk in self.risks]
         return "\n".join(lines)

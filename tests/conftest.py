@@ -102,12 +102,16 @@ class Database:
         return rows[0][0] if rows else None
 
 
-def make_database(server: MariaDB, password: str = PASSWORD) -> Database:
+def make_database(server: MariaDB, password: str = PASSWORD, process: bool = True) -> Database:
+    """A database with its two users; the migration user has PROCESS, as the README asks, unless not `process`."""
     n = next(_names)
     database = Database(server, f"blog{n}", f"app{n}", f"migrator{n}")
     server.create_database(database.name)
     server.create_user(database.app_user, APP_PASSWORD, "SELECT, INSERT, UPDATE, DELETE", database.name)
     server.create_user(database.migration_user, password, "ALL PRIVILEGES", database.name)
+    if process:
+        # Global, so not part of create_user's per-database grant: it shows other sessions' transactions.
+        server.execute("GRANT PROCESS ON *.* TO %s@'%%'", (database.migration_user,))
     return database
 
 
@@ -170,6 +174,12 @@ class Checkout:
 
     def files_containing(self, secret: str) -> list[Path]:
         return files_containing(self.path, secret)
+
+
+def live_only(code: str) -> str:
+    """A test revision's upgrade body whose side effects (sleeping, killing, raising) happen only when it
+    really runs: the lint and --sql run each upgrade() offline too, as `alembic upgrade --sql` does."""
+    return "if not op.get_context().as_sql:\n        " + code.replace("\n    ", "\n        ")
 
 
 def files_containing(root: Path, secret: str) -> list[Path]:

@@ -12,7 +12,7 @@ import time
 from urllib.parse import quote
 
 import pytest
-from conftest import APP_PASSWORD, PASSWORD, Checkout, make_database, one_error_line
+from conftest import APP_PASSWORD, PASSWORD, Checkout, live_only, make_database, one_error_line
 from netns import OtherHost
 from servers import MariaDB, free_port
 from test_local_sqlite import BASE, HEAD, sqlite, tables
@@ -214,7 +214,8 @@ def test_a_peer_that_does_not_speak_ssh_is_one_line_within_the_connect_timeout(r
 @pytest.mark.parametrize(("signal_name", "number"), [("SIGKILL", 9), ("SIGSEGV", 11)])
 def test_a_server_process_that_dies_is_one_line_naming_the_signal(remote, signal_name, number):
     remote.upgrade()
-    remote.add_revision("dead00000001", upgrade=f"import os, signal; os.kill(os.getpid(), signal.{signal_name})")
+    kill = f"import os, signal; os.kill(os.getpid(), signal.{signal_name})"
+    remote.add_revision("dead00000001", upgrade=live_only(kill))
     line = refused(remote.fab("prod", "db.upgrade", "--yes", stdin=STDIN_PASSWORD), f"killed by signal {number}")
     assert "`fab prod db.status`" in line
     assert remote.database.version() == remote.local.revisions()[-2]
@@ -279,9 +280,8 @@ def test_a_database_crash_mid_upgrade_points_at_fab_status(tmp_path, sshd):
         remote.server.use_production(database)
         remote.configure()
         # The revision brings the database server down under itself: a crash, mid-upgrade.
-        remote.add_revision(
-            "crash0000001", upgrade=f"__import__('os').kill({server.pid}, 9)\n    op.execute('SELECT 1')"
-        )
+        crash = live_only(f"__import__('os').kill({server.pid}, 9)\n    op.execute('SELECT 1')")
+        remote.add_revision("crash0000001", upgrade=crash)
         line = refused(remote.fab("prod", "db.upgrade", "--yes", stdin=STDIN_PASSWORD), "`fab prod db.status`")
         assert "invoke" not in line
     finally:
@@ -307,7 +307,7 @@ LEAKY = {
 @pytest.mark.parametrize("leak", LEAKY.values(), ids=LEAKY.keys())
 def test_a_migration_error_quoting_the_password_is_masked(checkout, database, leak):
     env = production(checkout, database)
-    checkout.add_revision("leaky0000001", HEAD, upgrade=f"raise RuntimeError('connected as ' + {leak})")
+    checkout.add_revision("leaky0000001", HEAD, upgrade=live_only(f"raise RuntimeError('connected as ' + {leak})"))
     line = one_error_line(checkout.invoke("db.upgrade", "--yes", stdin=STDIN_PASSWORD, env=env))
     assert "revision leaky0000001" in line and "connected as " in line and "***" in line
     for form in (PASSWORD, quote(PASSWORD, safe=""), quote(PASSWORD), repr(PASSWORD)[1:-1]):
@@ -316,6 +316,6 @@ def test_a_migration_error_quoting_the_password_is_masked(checkout, database, le
 
 
 def test_a_migration_error_quoting_the_password_is_masked_over_fab(remote):
-    remote.add_revision("leaky0000001", upgrade=f"raise RuntimeError('connected as ' + {LEAKY['raw']})")
+    remote.add_revision("leaky0000001", upgrade=live_only(f"raise RuntimeError('connected as ' + {LEAKY['raw']})"))
     line = refused(remote.fab("prod", "db.upgrade", "--yes", stdin=STDIN_PASSWORD), "connected as ***")
     assert APP_PASSWORD not in line

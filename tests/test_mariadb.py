@@ -79,7 +79,7 @@ def test_no_password_on_stdin(production, database):
 
 def test_the_app_user_cannot_alter_so_migrations_need_the_privileged_one(production, database):
     production.write_settings("production", SQLALCHEMY_DATABASE_URI=database.app_url)
-    line = one_error_line(upgrade(production, stdin=None))
+    line = one_error_line(upgrade(production, "--ignore-transactions", "--no-backup", stdin=None))
     assert f"{database.app_user} lacks a privilege" in line
     assert "command denied" in line
 
@@ -142,9 +142,13 @@ def test_failing_migration_on_mariadb_reports_where_it_stopped(production, datab
         upgrade="op.create_table('extra', sa.Column('id', sa.Integer, primary_key=True)); "
         "op.execute('SELECT * FROM no_such_table')",
     )
-    line = one_error_line(upgrade(production))
+    # Raw SQL is a risk the lint cannot read: the operator accepts it.
+    line = one_error_line(upgrade(production, "--allow-risky"))
     assert "revision broken" in line and f"the database is at {HEAD} (add tags)" in line
     assert database.version() == HEAD
+    # What it left behind, from the live schema, and the ways out: the backup taken first, or by hand.
+    assert "create_table extra" in line and "in the live schema" in line
+    assert "`invoke db.restore " in line and "`invoke db.stamp broken`" in line
 
 
 def test_a_production_downgrade_wants_the_database_name(production, database):

@@ -6,7 +6,7 @@ import subprocess
 import time
 
 import pexpect
-from conftest import BIN, PASSWORD, environment, one_error_line
+from conftest import BIN, PASSWORD, environment, live_only, one_error_line
 from test_local_sqlite import BASE, HEAD
 from test_remote import STDIN_PASSWORD, refused
 from test_remote import remote as remote  # noqa: F401  (a fixture, used by name)
@@ -111,9 +111,8 @@ SLOW, AFTER = "5105e0000001", "af7e20000001"
 def add_slow_then_fast(remote, seconds: int = 4) -> None:
     """Two revisions after head: the first takes a while (and marks its start in a table), the second is quick."""
     remote.upgrade()
-    remote.add_revision(
-        SLOW, f"op.create_table('slow_started', sa.Column('id', sa.Integer))\n    __import__('time').sleep({seconds})"
-    )
+    slow = live_only(f"__import__('time').sleep({seconds})")
+    remote.add_revision(SLOW, f"op.create_table('slow_started', sa.Column('id', sa.Integer))\n    {slow}")
     for checkout in (remote.local, remote.server):
         checkout.add_revision(AFTER, SLOW, upgrade="op.create_table('after_slow', sa.Column('id', sa.Integer))")
 

@@ -15,7 +15,18 @@ from pathlib import Path
 
 import pexpect
 import pytest
-from conftest import BIN, PASSWORD, Checkout, Database, Result, environment, files_containing, one_error_line, run
+from conftest import (
+    BIN,
+    PASSWORD,
+    Checkout,
+    Database,
+    Result,
+    environment,
+    files_containing,
+    live_only,
+    one_error_line,
+    run,
+)
 from servers import SSH_KEYGEN, SSHServer, free_port
 
 SLEEPY = "5133c0000001"  # a revision after head whose upgrade takes a while
@@ -201,7 +212,7 @@ def new_files_containing(directory: Path, secret: str, since: float) -> list[Pat
 
 def test_upgrade_leaks_the_password_nowhere(remote, tmp_path, sshd):
     """Not in any process's argv or environment while it runs, nor in any output or file."""
-    remote.add_revision(SLEEPY, upgrade="__import__('time').sleep(2)")
+    remote.add_revision(SLEEPY, upgrade=live_only("__import__('time').sleep(2)"))
     started = time.time()
     sampler = ProcSampler(PASSWORD)
     sampler.start()
@@ -243,7 +254,8 @@ def test_upgrade_with_nothing_pending_asks_for_nothing(remote):
 def test_a_failing_migration_names_itself_and_where_the_database_stopped(remote):
     head = remote.local.head()
     remote.add_revision(BROKEN, upgrade="op.execute('SELECT * FROM no_such_table')")
-    result = remote.fab("prod", "db.upgrade", "--yes", stdin=STDIN_PASSWORD)
+    # Raw SQL is a risk the lint cannot read: the operator accepts it.
+    result = remote.fab("prod", "db.upgrade", "--yes", "--allow-risky", stdin=STDIN_PASSWORD)
     line = refused(result, BROKEN, f"the database is at {head}")
     assert "no_such_table" in line
     assert remote.database.version() == head

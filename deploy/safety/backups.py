@@ -83,7 +83,8 @@ class _Meter:
 
 def _program(*names: str) -> str:
     for name in names:
-        if found := shutil.which(name):
+        # Then the system's default path: an SSH command's PATH may hold little more than a venv.
+        if found := shutil.which(name) or shutil.which(name, path=os.defpath):
             return found
     raise DeployError(f"neither {' nor '.join(names)} is installed: install the MariaDB client (mariadb-client)")
 
