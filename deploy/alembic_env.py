@@ -34,6 +34,8 @@ def run_migrations() -> None:
         else:
             _run_online(config)
     except DeployError as exc:
+        if CONNECTION in config.attributes:
+            raise  # our own commands tell it themselves (and some, like GaveWay, add where the database is)
         # Plain `alembic` prints a CommandError as one "FAILED:" line, without a traceback.
         raise CommandError(mask(str(exc))) from None
 

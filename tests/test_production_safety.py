@@ -183,3 +183,176 @@ def test_a_lost_ssh_connection_finishes_the_revision_and_stops_before_the_next(r
     # Nothing was left half done: the next upgrade simply goes on.
     remote.upgrade()
     assert remote.database.version() == AFTER
+
+
+# -- the guards, through invoke and fab ------------------------------------------------------------
+
+
+def production_with(checkout, database, **safety) -> dict:
+    """Production settings for `checkout`, and the environment setting Invoke's db.safety values."""
+    checkout.use_production(database)
+    return {**PRODUCTION, **{f"INVOKE_DB_SAFETY_{key.upper()}": str(value) for key, value in safety.items()}}
+
+
+def slow_revision(checkout, name: str, down: str, seconds: int) -> None:
+    checkout.add_revision(
+        name,
+        down,
+        f"op.create_table('{name}_started', sa.Column('id', sa.Integer))\n    "
+        + live_only(f"__import__('time').sleep({seconds})"),
+    )
+
+
+def test_two_upgrades_at_once_the_second_waits_then_names_the_first(checkout, database):
+    env = production_with(checkout, database, lock_wait=1)
+    assert checkout.invoke("db.upgrade", "--yes", stdin=STDIN_PASSWORD, env=env).code == 0
+    slow_revision(checkout, "slow00000001", HEAD, 6)
+    first = subprocess.Popen(
+        [str(BIN / "python"), "-m", "invoke", "db.upgrade", "--yes"],
+        cwd=checkout.path,
+        env=environment(**env),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        first.stdin.write(STDIN_PASSWORD.encode())
+        first.stdin.flush()
+        wait_for_table(database, "slow00000001_started")
+        second = checkout.invoke("db.upgrade", "--yes", stdin=STDIN_PASSWORD, env=env)
+    finally:
+        out, _ = first.communicate(timeout=120)
+    line = one_error_line(second)
+    assert "another migration holds the lock" in line and database.migration_user in line
+    assert first.returncode == 0, out.decode()
+    assert database.version() == "slow00000001"  # the first finished; the history is intact
+
+
+def test_an_alter_blocked_by_an_application_transaction_gives_way(checkout, database):
+    env = production_with(checkout, database, lock_wait_timeout=1, retries=1, retry_pause=0.2)
+    assert checkout.invoke("db.upgrade", "--yes", stdin=STDIN_PASSWORD, env=env).code == 0
+    checkout.add_revision("alter0000001", HEAD, "op.add_column('users', sa.Column('nickname', sa.String(40)))")
+    application = database.server.admin(database=database.name, autocommit=False)
+    try:
+        with application.cursor() as cursor:
+            cursor.execute("BEGIN")
+            cursor.execute("SELECT * FROM users")  # an open transaction holds the table's metadata lock
+            started = time.monotonic()
+            result = checkout.invoke("db.upgrade", "--yes", stdin=STDIN_PASSWORD, env=env)
+            waited = time.monotonic() - started
+    finally:
+        application.rollback()
+        application.close()
+    line = one_error_line(result)
+    assert "gave way after 2 tries of 1 s" in line and "blocked by 1 open transaction" in line
+    assert f"the database is at {HEAD}" in line
+    assert waited < 30, waited  # a bound on the wait, not a benchmark
+    assert database.version() == HEAD
+
+
+def test_an_old_open_transaction_is_refused_unless_ignored(checkout, database):
+    env = production_with(checkout, database, open_transactions_after=1)
+    # The first revision (users), then one that leaves users alone, so an ignored transaction blocks nothing.
+    for path in checkout.versions.glob("*.py"):
+        if BASE not in path.name:
+            path.unlink()
+    checkout.add_revision("quiet0000001", BASE, "op.create_table('quiet', sa.Column('id', sa.Integer))")
+    assert checkout.invoke("db.upgrade", "--yes", f"--to={BASE}", stdin=STDIN_PASSWORD, env=env).code == 0
+    application = database.server.admin(database=database.name, autocommit=False)
+    try:
+        with application.cursor() as cursor:
+            cursor.execute("BEGIN")
+            cursor.execute("SELECT * FROM users")  # an InnoDB read: the transaction now shows in INNODB_TRX
+        time.sleep(2.2)
+        line = one_error_line(checkout.invoke("db.upgrade", "--yes", stdin=STDIN_PASSWORD, env=env))
+        assert "open longer than 1 s" in line and "--ignore-transactions" in line
+        assert database.version() == BASE
+        ignored = checkout.invoke("db.upgrade", "--yes", "--ignore-transactions", stdin=STDIN_PASSWORD, env=env)
+        assert ignored.code == 0, ignored.output
+    finally:
+        application.rollback()
+        application.close()
+
+
+def test_a_production_upgrade_is_backed_up_and_restores_to_the_same_rows(checkout, database):
+    env = production_with(checkout, database)
+    assert checkout.invoke("db.upgrade", "--yes", stdin=STDIN_PASSWORD, env=env).code == 0
+    database.query("INSERT INTO users (id, email, name) VALUES (1, 'a@example.com', 'Ann ''the first''')")
+    checkout.add_revision("notes0000001", HEAD, "op.create_table('notes', sa.Column('id', sa.Integer))")
+    upgraded = checkout.invoke("db.upgrade", "--yes", stdin=STDIN_PASSWORD, env=env)
+    assert upgraded.code == 0 and "verified" in upgraded.out, upgraded.output
+    listed = checkout.invoke("db.backups", env=env)
+    newest = listed.out.splitlines()[0]
+    assert HEAD in newest, listed.out  # the revision at the time is recorded
+    name = newest.split()[-1].rsplit("/", 1)[-1]
+    database.query("DELETE FROM users")
+    wrong = checkout.invoke("db.restore", name, stdin=f"nope\n{PASSWORD}\n", env=env)
+    assert "not confirmed" in one_error_line(wrong)
+    restored = checkout.invoke("db.restore", name, stdin=f"{database.name}\n{PASSWORD}\n", env=env)
+    assert restored.code == 0, restored.output
+    assert database.query("SELECT id, email, name FROM users") == ((1, "a@example.com", "Ann 'the first'"),)
+    assert database.version() == HEAD and "notes" not in database.tables()
+    assert PASSWORD not in listed.output + restored.output
+
+
+def test_a_damaged_backup_is_refused_before_any_question(checkout, database):
+    env = production_with(checkout, database)
+    assert checkout.invoke("db.upgrade", "--yes", stdin=STDIN_PASSWORD, env=env).code == 0
+    checkout.add_revision("notes0000001", HEAD, "op.create_table('notes', sa.Column('id', sa.Integer))")
+    assert checkout.invoke("db.upgrade", "--yes", stdin=STDIN_PASSWORD, env=env).code == 0
+    backup = sorted((checkout.path / "instance" / "backups").glob("*.sql.gz"))[-1]  # the newest
+    backup.write_bytes(backup.read_bytes()[: backup.stat().st_size // 2])
+    line = one_error_line(checkout.invoke("db.restore", backup.name, env=env))
+    assert "is not a usable backup" in line
+    assert database.version() == "notes0000001"
+
+
+def test_no_backup_says_loudly_what_it_skips(checkout, database):
+    env = production_with(checkout, database)
+    result = checkout.invoke("db.upgrade", "--yes", "--no-backup", stdin=STDIN_PASSWORD, env=env)
+    assert result.code == 0, result.output
+    assert "warning: --no-backup: no backup" in result.out
+    assert not (checkout.path / "instance" / "backups").exists()
+
+
+DROP_BODY = "with op.batch_alter_table('posts') as batch_op:\n        batch_op.drop_column('body')"
+
+
+def test_a_risky_revision_is_refused_in_production_until_reviewed(checkout, database):
+    env = production_with(checkout, database)
+    assert checkout.invoke("db.upgrade", "--yes", stdin=STDIN_PASSWORD, env=env).code == 0
+    script = checkout.add_revision("drop00000001", HEAD, DROP_BODY)
+    line = one_error_line(checkout.invoke("db.upgrade", "--yes", stdin=STDIN_PASSWORD, env=env))
+    assert "drop_column posts.body" in line and "--allow-risky" in line
+    assert database.version() == HEAD
+    assert "drop_column posts.body" in checkout.invoke("db.lint", env=env).out
+    script.write_text(script.read_text() + "\nreviewed_risks = {'drop_column posts.body': 'unread since v3'}\n")
+    assert checkout.invoke("db.lint", env=env).code == 0
+    result = checkout.invoke("db.upgrade", "--yes", stdin=STDIN_PASSWORD, env=env)
+    assert result.code == 0, result.output
+    assert database.version() == "drop00000001"
+
+
+def test_fab_shows_the_risks_before_asking_and_passes_allow_risky(remote):
+    remote.upgrade()
+    remote.add_revision("drop00000001", DROP_BODY)
+    refused(remote.fab("prod", "db.upgrade", "--yes", stdin=STDIN_PASSWORD), "1 risky operation", "--allow-risky")
+    assert "Password" not in remote.fab("prod", "db.upgrade", "--yes").output
+    result = remote.fab("prod", "db.upgrade", "--yes", "--allow-risky", stdin=STDIN_PASSWORD)
+    assert result.code == 0, result.output
+    assert "risk: drop00000001: drop_column posts.body" in result.out
+    assert remote.database.version() == "drop00000001"
+    listed = remote.fab("prod", "db.backups")
+    assert listed.code == 0 and remote.local.revisions()[-2] in listed.out, listed.output
+
+
+def test_fab_restore_asks_for_the_name_then_restores(remote):
+    remote.upgrade()
+    remote.add_revision("notes0000001", "op.create_table('notes', sa.Column('id', sa.Integer))")
+    remote.upgrade()
+    name = remote.fab("prod", "db.backups").out.splitlines()[0].split()[-1].rsplit("/", 1)[-1]  # the newest
+    refused(remote.fab("prod", "db.restore", name, stdin=f"nope\n{PASSWORD}\n"), "not confirmed")
+    result = remote.fab("prod", "db.restore", name, stdin=f"{remote.database.name}\n{PASSWORD}\n")
+    assert result.code == 0, result.output
+    assert remote.database.version() == remote.local.revisions()[-2]
+    assert "notes" not in remote.database.tables()
