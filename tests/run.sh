@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # Sets up everything the tests need on a Debian/Ubuntu machine, then runs them.
-# Installs mariadb-server and openssh-server when missing (apt; sudo when not root),
-# and the Python packages into .venv. The tests start their own servers on loopback.
+# Installs what is missing with apt (sudo when not root): mariadb-server, mariadb-client (the backups'
+# dump and load tools), openssh-server, iproute2 (a second host in a network namespace), git (the
+# branch workflow), python3-venv; then the Python packages into .venv. The tests start their own
+# servers on loopback and in namespaces of their own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
 [ -x /usr/sbin/mariadbd ] || missing+=(mariadb-server)
+[ -x /usr/bin/mariadb-dump ] || missing+=(mariadb-client)
 [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+command -v ip >/dev/null || missing+=(iproute2)
+command -v git >/dev/null || missing+=(git)
 python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
     sudo=""
