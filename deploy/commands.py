@@ -215,6 +215,7 @@ def migrate(
         safety.check_expected_head(head_revisions, expect_head)
     url = project.migration_url_with_password()
     guards = project.guards
+    verb = "downgrade" if downgrade else "upgrade"
     with project.connect(url, create=not downgrade) as connection, project.lock(url):
         with translate_errors(url):
             current = project.check_ready(connection)
@@ -227,7 +228,6 @@ def migrate(
         if not steps:
             return Migration(describe(url), 0, where_now)
         if progress is not None:
-            verb = "downgrade" if downgrade else "upgrade"
             progress(f"{verb} {describe(url)} from {where_now}: {len(steps)} revision{'s' * (len(steps) > 1)}")
             for step in steps:
                 progress(f"  {step.revision}  {step.doc}")
@@ -240,7 +240,6 @@ def migrate(
                 timeouts.check_no_open_transactions(connection, guards.open_transactions_after)
         backup = take_backup(project, url, current, progress)
         cancellation = cancellation or Cancellation()
-        verb = "downgrade" if downgrade else "upgrade"
         log = runlog.recorded(project.settings.instance_path, f"db.{verb}", describe(url), where_now, target)
         guard = timeouts.guard_session(connection, guards.lock_wait_timeout, guards.retries, guards.retry_pause)
         with log as run, cancellation.active(), guard:

@@ -296,3 +296,16 @@ def test_the_debug_switch_shows_the_traceback_behind_the_one_line(checkout):
     assert "Traceback (most recent call last)" in debug.err and "DeployError" in debug.err
     assert debug.code == plain.code == 1
     assert [line for line in debug.err.splitlines() if line.startswith("error: ")] == [one_error_line(plain)]
+
+
+def test_revision_environment_on_still_tells_blank_from_autogenerate(checkout):
+    """alembic.ini's revision_environment runs env.py for blank revisions too: neither may break."""
+    ini = checkout.path / "alembic.ini"
+    ini.write_text(ini.read_text().replace("[alembic]\n", "[alembic]\nrevision_environment = true\n", 1))
+    checkout.invoke("db.reset")
+    blank = checkout.invoke("db.revision", "-m", "by hand", "--empty")
+    assert blank.code == 0, blank.output
+    assert blank.out.strip().endswith("_by_hand.py")
+    checkout.invoke("db.upgrade")
+    unchanged = checkout.invoke("db.revision", "-m", "nothing")
+    assert unchanged.code == 0 and "no schema changes detected" in unchanged.out, unchanged.output

@@ -58,14 +58,7 @@ def test_fab_upgrade_in_a_pipeline_needs_yes_and_asks_no_password_first(remote):
 
 
 def test_fab_upgrade_answered_no_at_a_terminal_changes_nothing(remote):
-    child = pexpect.spawn(
-        remote.argv[0],
-        [*remote.argv[1:], "prod", "db.upgrade"],
-        cwd=str(remote.local.path),
-        env=environment(),
-        encoding="utf-8",
-        timeout=120,
-    )
+    child = remote.spawn("prod", "db.upgrade")
     try:
         child.expect_exact("Apply? [y/N] ")
         plan = child.before
@@ -126,14 +119,7 @@ def wait_for_table(database, name: str, timeout: float = 60) -> None:
 
 def test_ctrl_c_on_the_laptop_finishes_the_revision_and_stops_before_the_next(remote):
     add_slow_then_fast(remote)
-    child = pexpect.spawn(
-        remote.argv[0],
-        [*remote.argv[1:], "prod", "db.upgrade"],
-        cwd=str(remote.local.path),
-        env=environment(),
-        encoding="utf-8",
-        timeout=120,
-    )
+    child = remote.spawn("prod", "db.upgrade")
     try:
         child.expect_exact("Apply? [y/N] ")
         child.sendline("y")
@@ -152,6 +138,9 @@ def test_ctrl_c_on_the_laptop_finishes_the_revision_and_stops_before_the_next(re
     assert "after_slow" not in remote.database.tables()  # ...and the next one never started
     status = remote.fab("prod", "db.status")
     assert "last run:" in status.out and "stopped after 1 of 2 (stopped from the laptop)" in status.out
+    # The lock went with the run: the next upgrade takes it and goes on.
+    remote.upgrade()
+    assert remote.database.version() == AFTER
 
 
 def test_a_lost_ssh_connection_finishes_the_revision_and_stops_before_the_next(remote, tmp_path):
@@ -356,3 +345,59 @@ def test_fab_restore_asks_for_the_name_then_restores(remote):
     assert result.code == 0, result.output
     assert remote.database.version() == remote.local.revisions()[-2]
     assert "notes" not in remote.database.tables()
+
+
+def test_ctrl_c_at_a_local_terminal_stops_between_revisions_and_frees_the_lock(checkout, database):
+    env = production_with(checkout, database)
+    assert checkout.invoke("db.upgrade", "--yes", stdin=STDIN_PASSWORD, env=env).code == 0
+    slow_revision(checkout, "slow00000001", HEAD, 4)
+    checkout.add_revision("next00000001", "slow00000001", "op.create_table('next', sa.Column('id', sa.Integer))")
+    child = pexpect.spawn(
+        str(BIN / "python"),
+        ["-m", "invoke", "db.upgrade", "--yes"],
+        cwd=str(checkout.path),
+        env=environment(**env),
+        encoding="utf-8",
+        timeout=120,
+    )
+    try:
+        child.expect("Password for ")
+        child.sendline(PASSWORD)
+        wait_for_table(database, "slow00000001_started")
+        child.sendintr()
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 1, child.before
+    assert "stopped (SIGINT received) after 1 of 2 revisions" in child.before
+    assert database.version() == "slow00000001" and "next" not in database.tables()
+    # The lock went with the run: the next upgrade starts at once and goes on.
+    again = checkout.invoke("db.upgrade", "--yes", stdin=STDIN_PASSWORD, env={**env, "INVOKE_DB_SAFETY_LOCK_WAIT": "0"})
+    assert again.code == 0, again.output
+    assert database.version() == "next00000001"
+
+
+def test_two_fab_upgrades_at_once_the_second_names_the_first(remote):
+    # The server's own Invoke config sets the guards for fab runs: here a short wait for the lock.
+    (remote.server.path / "invoke.yaml").write_text("db:\n  safety:\n    lock_wait: 1\n")
+    remote.upgrade()
+    slow = live_only("__import__('time').sleep(6)")
+    remote.add_revision("slow00000001", f"op.create_table('slow_started', sa.Column('id', sa.Integer))\n    {slow}")
+    first = subprocess.Popen(
+        [*remote.argv, "prod", "db.upgrade", "--yes"],
+        cwd=remote.local.path,
+        env=environment(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        first.stdin.write(STDIN_PASSWORD.encode())
+        first.stdin.flush()
+        wait_for_table(remote.database, "slow_started")
+        second = remote.fab("prod", "db.upgrade", "--yes", stdin=STDIN_PASSWORD)
+    finally:
+        out, _ = first.communicate(timeout=120)
+    refused(second, "another migration holds the lock", remote.database.migration_user)
+    assert first.returncode == 0, out.decode()
+    assert remote.database.version() == "slow00000001"

@@ -81,6 +81,18 @@ class Remote:
     def fab(self, *args: str, stdin: str | bytes | None = None) -> Result:
         return run([*self.argv, *args], self.local.path, stdin)
 
+    def spawn(self, *args: str, **options) -> pexpect.spawn:
+        """`fab ARGS` at a real terminal (a pexpect pty), in the local checkout."""
+        return pexpect.spawn(
+            self.argv[0],
+            [*self.argv[1:], *args],
+            cwd=str(self.local.path),
+            env=environment(),
+            encoding="utf-8",
+            timeout=120,
+            **options,
+        )
+
     def upgrade(self, *args: str) -> Result:
         """`fab prod db.upgrade`, the password on stdin, expected to succeed."""
         result = self.fab("prod", "db.upgrade", "--yes", *args, stdin=STDIN_PASSWORD)
@@ -131,15 +143,7 @@ def test_upgrade_at_a_terminal(remote):
     env = environment()
     assert not any(PASSWORD in value for value in env.values())
     transcript = io.StringIO()
-    child = pexpect.spawn(
-        remote.argv[0],
-        [*remote.argv[1:], "prod", "db.upgrade"],
-        cwd=str(remote.local.path),
-        env=env,
-        encoding="utf-8",
-        timeout=120,
-        dimensions=(50, 250),
-    )
+    child = remote.spawn("prod", "db.upgrade", dimensions=(50, 250))
     child.logfile_read = transcript
     try:
         child.expect_exact("Apply? [y/N] ")
