@@ -38,12 +38,18 @@ def reset(c, force=False):
     help={
         "message": "the revision's message, e.g. 'add tags'",
         "empty": "write a blank revision to fill in by hand instead of autogenerating",
+        "base": "autogenerate against the schema BRANCH's models build (a scratch database), not the development one",
     }
 )
 @one_line_errors
-def revision(c, message, empty=False):
-    """Autogenerate a revision from the models against the development database."""
-    written = commands.revision(project(c), message, empty)
+def revision(c, message, empty=False, base=None):
+    """Autogenerate a revision from the models against the development database (or --base BRANCH's schema)."""
+    if base and not empty:
+        from . import workflow
+
+        written = workflow.revision_against(project(c), message, base)
+    else:
+        written = commands.revision(project(c), message, empty)
     # The path last, alone on its line: scripts and editors take it from there.
     print(written or "no schema changes detected: no revision written (use --empty for a hand-written one)")
 
@@ -178,13 +184,80 @@ def lint(c, to="head"):
         raise DeployError(f"{len(unreviewed)} risky operation{'s' * (len(unreviewed) > 1)} not marked reviewed")
 
 
+@task(
+    help={
+        "json": "print machine-readable JSON",
+        "url": "run the scratch checks on this empty database instead of a temporary SQLite file",
+    }
+)
+@one_line_errors
+def check(c, json=False, url=None):
+    """CI gate: one head, downgrades that undo their upgrades, models that match the migrations."""
+    from . import workflow
+
+    found = workflow.check(project(c), workflow.scratch_url(url) if url else None)
+    print(found.to_json() if json else found)
+    if not found.ok:
+        raise DeployError(f"db.check failed: {', '.join(dict.fromkeys(problem.check for problem in found.problems))}")
+
+
+@task(help={"message": "the merge revision's message (default: 'merge heads A and B')"})
+@one_line_errors
+def merge(c, message=None):
+    """Merge the migrations' heads into one revision; prints its path."""
+    from . import workflow
+
+    print(workflow.merge(project(c), message))
+
+
+@task(help={"diff": "also show what autogenerate would change to bring the database to the models"})
+@one_line_errors
+def schema(c, diff=False):
+    """Show the database's tables, columns, indexes, constraints (read with the application's user)."""
+    from . import workflow
+
+    print(workflow.live_schema(project(c), diff))
+
+
+# Not `db.stamp --detect`: Invoke's positional REVISION cannot be optional.
+@task(help={"yes": "stamp the match without asking [y/N] (for pipelines)"})
+@one_line_errors
+def detect(c, yes=False):
+    """Find the revision whose schema an unstamped database has; stamp it after a [y/N]."""
+    from . import workflow
+
+    opened = project(c)
+    found = workflow.detect(opened)
+    print(found)
+    if found.match is None:
+        raise DeployError("no single revision matches: nothing stamped")
+    safety.confirm(f"Stamp it at {found.match}?", yes)
+    print(commands.stamp(opened, found.match))
+
+
 def db_tasks(tasks_file: str) -> Collection:
     """The `db` collection for the project whose tasks.py is `tasks_file` (it passes `__file__`).
 
     Its defaults live in Invoke's config under `db`, so invoke.yaml or INVOKE_DB_* override them."""
     project_dir = Path(tasks_file).resolve().parent
     db = Collection(
-        "db", reset, revision, upgrade, downgrade, stamp, current, history, heads, status, restore, backups, lint
+        "db",
+        reset,
+        revision,
+        upgrade,
+        downgrade,
+        stamp,
+        current,
+        history,
+        heads,
+        status,
+        restore,
+        backups,
+        lint,
+        check,
+        merge,
+        schema,
+        detect,
     )
     db.configure(
         {

@@ -334,6 +334,15 @@ def lint(c):
         server.invoke(["db.lint"])
 
 
+@task(help={"diff": "also show what autogenerate would change to bring the database to the models"})
+@one_line_errors
+def schema(c, diff=False):
+    """Show the environment database's tables, columns, indexes and constraints (no password)."""
+    with Server(c) as server:
+        print(f"{server.name}: {server.where}")
+        server.invoke(["db.schema", *(["--diff"] if diff else [])])
+
+
 def guard_switches(no_backup: bool = False, ignore_transactions: bool = False, allow_risky: bool = False) -> list[str]:
     """This run's guard switches, as the server's `invoke db.*` takes them."""
     chosen = {"--no-backup": no_backup, "--ignore-transactions": ignore_transactions, "--allow-risky": allow_risky}
@@ -355,6 +364,6 @@ def fab_tasks(fabfile: str) -> Collection:
     config = Config(project_location=str(project_dir))
     config.load_project()
     environments = config.get("environments") or {}
-    db = Collection("db", status, upgrade, stamp, downgrade, restore, backups, lint)
+    db = Collection("db", status, upgrade, stamp, downgrade, restore, backups, lint, schema)
     db.configure({"db": {"alembic_ini": str(project_dir / "alembic.ini"), "environment_tasks": sorted(environments)}})
     return Collection(db, *(environment_task(name) for name in environments))
