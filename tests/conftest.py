@@ -1,59 +1,10 @@
-"""Fixtures: throwaway servers (tests/servers.py), checkouts to work in, and ways to run the tools."""
+"""Fixtures: throwaway servers (servers.py), checkouts to work in, the fab setup; helpers.py has the rest."""
 
 from __future__ import annotations
 
-import itertools
-import os
-import shutil
-import subprocess
-import sys
-from dataclasses import dataclass
-from pathlib import Path
-
 import pytest
+from helpers import Checkout, Database, Remote, make_database
 from servers import MariaDB, SSHServer
-
-REPO = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
-# Every character the issue names, and a space: URL-, shell-, ConfigParser- and SQL-hostile.
-PASSWORD = "r00t@pw:/%#?' x"
-APP_PASSWORD = "app-pw"
-# tests/ stays behind: it holds the test password, which the leak checks look for.
-COPY_IGNORE = shutil.ignore_patterns(".git", ".venv", "tests", "instance", "__pycache__", ".pytest_cache", "*.pyc")
-_names = itertools.count(1)
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def output(self) -> str:
-        return self.out + self.err
-
-
-def environment(**extra: str) -> dict[str, str]:
-    """This process's environment for a tool under test, plus `extra`.
-
-    The settings switch comes from the test alone, never from the developer's shell."""
-    return {**{key: value for key, value in os.environ.items() if key != "FLASK_CONFIG"}, **extra}
-
-
-def run(argv: list[str], cwd: Path, stdin: str | bytes | None = None, env: dict | None = None) -> Result:
-    """A command with no terminal: stdin is `stdin` (text, or raw bytes) or nothing at all."""
-    merged = environment(**(env or {}))
-    done = subprocess.run(
-        argv,
-        cwd=cwd,
-        input=stdin.encode() if isinstance(stdin, str) else stdin,
-        stdin=subprocess.DEVNULL if stdin is None else None,
-        capture_output=True,
-        env=merged,
-        timeout=300,
-    )
-    return Result(done.returncode, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace"))
 
 
 @pytest.fixture(scope="session")
@@ -65,134 +16,9 @@ def mariadb(tmp_path_factory):
     server.stop()
 
 
-@dataclass
-class Database:
-    """A MariaDB database as in production: an app user without ALTER, a privileged migration user."""
-
-    server: MariaDB
-    name: str
-    app_user: str
-    migration_user: str
-
-    @property
-    def app_url(self) -> str:
-        return f"mysql+pymysql://{self.app_user}:{APP_PASSWORD}@127.0.0.1:{self.server.port}/{self.name}"
-
-    @property
-    def migration_url(self) -> str:
-        """The production convention: a user and an empty password, asked for at run time."""
-        return f"mysql+pymysql://{self.migration_user}:@127.0.0.1:{self.server.port}/{self.name}"
-
-    def query(self, sql: str) -> tuple:
-        connection = self.server.admin(database=self.name)
-        try:
-            with connection.cursor() as cursor:
-                cursor.execute(sql)
-                return cursor.fetchall()
-        finally:
-            connection.close()
-
-    def tables(self) -> set[str]:
-        return {row[0] for row in self.query("SHOW TABLES")}
-
-    def version(self) -> str | None:
-        if "alembic_version" not in self.tables():
-            return None
-        rows = self.query("SELECT version_num FROM alembic_version")
-        return rows[0][0] if rows else None
-
-
-def make_database(server: MariaDB, password: str = PASSWORD, process: bool = True) -> Database:
-    """A database with its two users; the migration user has PROCESS, as the README asks, unless not `process`."""
-    n = next(_names)
-    database = Database(server, f"blog{n}", f"app{n}", f"migrator{n}")
-    server.create_database(database.name)
-    server.create_user(database.app_user, APP_PASSWORD, "SELECT, INSERT, UPDATE, DELETE", database.name)
-    server.create_user(database.migration_user, password, "ALL PRIVILEGES", database.name)
-    if process:
-        # Global, so not part of create_user's per-database grant: it shows other sessions' transactions.
-        server.execute("GRANT PROCESS ON *.* TO %s@'%%'", (database.migration_user,))
-    return database
-
-
 @pytest.fixture
 def database(mariadb) -> Database:
     return make_database(mariadb)
-
-
-class Checkout:
-    """A copy of this repository to run the tools in, so tests never touch the real one."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        shutil.copytree(REPO, path, ignore=COPY_IGNORE)
-
-    @property
-    def versions(self) -> Path:
-        return self.path / "migrations" / "versions"
-
-    def invoke(self, *args: str, stdin: str | bytes | None = None, env: dict | None = None) -> Result:
-        return run([str(BIN / "python"), "-m", "invoke", *args], self.path, stdin, env)
-
-    def alembic(self, *args: str, stdin: str | None = None, env: dict | None = None) -> Result:
-        return run([str(BIN / "alembic"), *args], self.path, stdin, env)
-
-    def write_settings(self, name: str, **values: str) -> Path:
-        path = self.path / "instance" / f"{name}.cfg"
-        path.parent.mkdir(exist_ok=True)
-        path.write_text("".join(f"{key} = {value!r}\n" for key, value in values.items()))
-        return path
-
-    def use_production(self, database: Database) -> None:
-        self.write_settings(
-            "production",
-            SQLALCHEMY_DATABASE_URI=database.app_url,
-            SQLALCHEMY_ALEMBIC_URI=database.migration_url,
-        )
-
-    def add_revision(self, name: str, down_revision: str, upgrade: str = "pass", downgrade: str = "pass") -> Path:
-        path = self.versions / f"{name}.py"
-        path.write_text(
-            f'"""{name}"""\nfrom alembic import op\nimport sqlalchemy as sa\n\n'
-            f"revision = {name!r}\ndown_revision = {down_revision!r}\nbranch_labels = None\ndepends_on = None\n\n\n"
-            f"def upgrade():\n    {upgrade}\n\n\ndef downgrade():\n    {downgrade}\n"
-        )
-        return path
-
-    def scripts(self):
-        from alembic.config import Config
-        from alembic.script import ScriptDirectory
-
-        return ScriptDirectory.from_config(Config(str(self.path / "alembic.ini")))
-
-    def head(self) -> str:
-        return self.scripts().get_current_head()
-
-    def revisions(self) -> list[str]:
-        """The checkout's revisions, base first."""
-        return [script.revision for script in reversed(list(self.scripts().walk_revisions()))]
-
-    def files_containing(self, secret: str) -> list[Path]:
-        return files_containing(self.path, secret)
-
-
-def live_only(code: str) -> str:
-    """A test revision's upgrade body whose side effects (sleeping, killing, raising) happen only when it
-    really runs: the lint and --sql run each upgrade() offline too, as `alembic upgrade --sql` does."""
-    return "if not op.get_context().as_sql:\n        " + code.replace("\n    ", "\n        ")
-
-
-def files_containing(root: Path, secret: str) -> list[Path]:
-    needle = secret.encode()
-    found = []
-    for path in root.rglob("*"):
-        if path.is_file() and not path.is_symlink():
-            try:
-                if needle in path.read_bytes():
-                    found.append(path)
-            except OSError:
-                pass
-    return found
 
 
 @pytest.fixture
@@ -208,10 +34,10 @@ def sshd(tmp_path_factory):
     server.stop()
 
 
-def one_error_line(result: Result) -> str:
-    """Assert the failure shape every expected error must have; return the line."""
-    assert result.code != 0, result.output
-    assert "Traceback" not in result.output, result.output
-    lines = [line for line in result.err.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, result.err
-    return lines[0]
+@pytest.fixture
+def remote(tmp_path, database, sshd) -> Remote:
+    server = Checkout(tmp_path / "server")
+    server.use_production(database)
+    remote = Remote(Checkout(tmp_path / "local"), server, database, sshd, tmp_path / "fab.yaml")
+    remote.configure()
+    return remote

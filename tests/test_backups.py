@@ -9,9 +9,8 @@ import time
 from contextlib import closing
 
 import pytest
-from conftest import PASSWORD, Database, files_containing, make_database
+from helpers import PASSWORD, Database, ProcSampler, files_containing, make_database
 from sqlalchemy.engine import make_url
-from test_remote import ProcSampler
 
 from deploy.errors import DeployError
 from deploy.safety import backups

@@ -12,12 +12,23 @@ import time
 from urllib.parse import quote
 
 import pytest
-from conftest import APP_PASSWORD, PASSWORD, Checkout, live_only, make_database, one_error_line
+from helpers import (
+    APP_PASSWORD,
+    BASE,
+    HEAD,
+    PASSWORD,
+    STDIN_PASSWORD,
+    Checkout,
+    Remote,
+    live_only,
+    make_database,
+    one_error_line,
+    refused,
+    sqlite,
+    tables,
+)
 from netns import OtherHost
 from servers import MariaDB, free_port
-from test_local_sqlite import BASE, HEAD, sqlite, tables
-from test_remote import STDIN_PASSWORD, Remote, refused
-from test_remote import remote as remote  # noqa: F401  (a fixture, used by name)
 
 NOT_UTF8 = b"\xff\xfepw\n"
 # Each character the URL, the shell and ConfigParser treat specially, '+' (which quote_plus gets wrong) and a space.

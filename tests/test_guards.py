@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
-from conftest import PASSWORD, REPO, Database, make_database
+from helpers import PASSWORD, REPO, Database, make_database
 from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.engine import URL
 

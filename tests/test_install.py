@@ -16,8 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 from alembic.script import ScriptDirectory
-from conftest import COPY_IGNORE, PASSWORD, REPO, Result, make_database, one_error_line, run
-from test_remote import STDIN_PASSWORD, Remote
+from helpers import COPY_IGNORE, PASSWORD, REPO, STDIN_PASSWORD, Remote, Result, make_database, one_error_line, run
 
 # Miguel Grinberg's microblog pins these.
 APP_PINS = ["alembic==1.12.1", "blinker==1.7.0", "Flask==3.0.0", "SQLAlchemy==2.0.23", "Flask-SQLAlchemy==3.1.1"]

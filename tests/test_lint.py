@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from alembic.operations import ops
-from conftest import PASSWORD, make_database
+from helpers import PASSWORD, make_database
 from sqlalchemy.pool import NullPool
 
 from deploy import alembic_ops

@@ -1,27 +1,10 @@
 """`invoke db.*` on the SQLite development database, as a developer runs it."""
 
-import sqlite3
 import subprocess
 import sys
 
 import pytest
-from conftest import one_error_line
-
-BASE, POSTS, HEAD = "747f7d2e75b9", "06bd3f51a453", "776f3cb23823"
-
-
-def sqlite(checkout, name="development"):
-    return sqlite3.connect(checkout.path / "instance" / f"{name}.db")
-
-
-def tables(checkout):
-    with sqlite(checkout) as db:
-        return {row[0] for row in db.execute("select name from sqlite_master where type='table'")}
-
-
-def version(checkout):
-    with sqlite(checkout) as db:
-        return [row[0] for row in db.execute("select version_num from alembic_version")]
+from helpers import BASE, HEAD, POSTS, one_error_line, sqlite, tables, version
 
 
 def test_reset_builds_the_models_and_stamps_head(checkout):

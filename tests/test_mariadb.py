@@ -5,7 +5,7 @@ import pexpect
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from conftest import BIN, PASSWORD, files_containing, make_database, one_error_line
+from helpers import BIN, PASSWORD, files_containing, make_database, one_error_line
 from sqlalchemy import create_engine
 
 from exampleapp.models import db as models

@@ -6,10 +6,7 @@ import subprocess
 import time
 
 import pexpect
-from conftest import BIN, PASSWORD, environment, live_only, one_error_line
-from test_local_sqlite import BASE, HEAD
-from test_remote import STDIN_PASSWORD, refused
-from test_remote import remote as remote  # noqa: F401  (a fixture, used by name)
+from helpers import BASE, BIN, HEAD, PASSWORD, STDIN_PASSWORD, environment, live_only, one_error_line, refused
 
 PRODUCTION = {"FLASK_CONFIG": "production"}
 

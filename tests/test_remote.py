@@ -4,135 +4,28 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import subprocess
 import tempfile
-import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pexpect
 import pytest
-from conftest import (
-    BIN,
+from helpers import (
     PASSWORD,
-    Checkout,
-    Database,
-    Result,
+    STDIN_PASSWORD,
+    ProcSampler,
     environment,
     files_containing,
     live_only,
-    one_error_line,
-    run,
+    new_files_containing,
+    refused,
 )
-from servers import SSH_KEYGEN, SSHServer, free_port
+from servers import SSH_KEYGEN, free_port
 
 SLEEPY = "5133c0000001"  # a revision after head whose upgrade takes a while
 BROKEN = "b0b0c0000001"  # a revision after head whose upgrade fails
-STDIN_PASSWORD = PASSWORD + "\n"
-
-
-@dataclass
-class Remote:
-    """A local checkout to run `fab` in, a server checkout reached through sshd, and its database."""
-
-    local: Checkout
-    server: Checkout
-    database: Database
-    sshd: SSHServer
-    config: Path
-
-    def configure(
-        self, key: Path | None = None, known: bool = True, fabric: dict | None = None, **environment: str
-    ) -> None:
-        """Write the Fabric runtime config (`fab -f`): environments.prod points at the sshd,
-        whose host key is in the known_hosts file that ssh_config names (unless not `known`);
-        `fabric`: more of Fabric's own settings."""
-        known_hosts = self.config.parent / "known_hosts"
-        known_hosts.write_text(self.sshd.known_hosts_line() + "\n" if known else "")
-        ssh_config = self.config.parent / "ssh_config"
-        ssh_config.write_text(f"Host *\n    UserKnownHostsFile {known_hosts}\n")
-        prod = {
-            "host": f"{self.sshd.user}@127.0.0.1:{self.sshd.port}",
-            "app_dir": str(self.server.path),
-            "python": str(BIN / "python"),
-            **environment,
-        }
-        settings = {
-            "load_ssh_configs": False,
-            "ssh_config_path": str(ssh_config),
-            "connect_kwargs": {
-                "key_filename": str(key or self.sshd.client_key),
-                "look_for_keys": False,
-                "allow_agent": False,
-            },
-            "environments": {"prod": prod},
-            **(fabric or {}),
-        }
-        # JSON is YAML: no quoting to get wrong.
-        self.config.write_text(json.dumps(settings, indent=2))
-
-    @property
-    def argv(self) -> list[str]:
-        return [str(BIN / "fab"), "-f", str(self.config)]
-
-    def fab(self, *args: str, stdin: str | bytes | None = None) -> Result:
-        return run([*self.argv, *args], self.local.path, stdin)
-
-    def spawn(self, *args: str, **options) -> pexpect.spawn:
-        """`fab ARGS` at a real terminal (a pexpect pty), in the local checkout."""
-        return pexpect.spawn(
-            self.argv[0],
-            [*self.argv[1:], *args],
-            cwd=str(self.local.path),
-            env=environment(),
-            encoding="utf-8",
-            timeout=120,
-            **options,
-        )
-
-    def upgrade(self, *args: str) -> Result:
-        """`fab prod db.upgrade`, the password on stdin, expected to succeed."""
-        result = self.fab("prod", "db.upgrade", "--yes", *args, stdin=STDIN_PASSWORD)
-        assert result.code == 0, result.output
-        return result
-
-    def add_revision(self, name: str, upgrade: str) -> None:
-        """The same revision after head in both checkouts: the code was deployed."""
-        down = self.local.head()
-        for checkout in (self.local, self.server):
-            checkout.add_revision(name, down, upgrade=upgrade)
-
-    def state(self) -> tuple[str | None, set[str]]:
-        """The database's revision and tables."""
-        return self.database.version(), self.database.tables()
-
-    def refuses(self, *fragments: str, args: tuple[str, ...] = ("prod", "db.upgrade")) -> str:
-        """Refused before any password is asked (stdin is empty), the database untouched."""
-        before = self.state()
-        line = refused(self.fab(*args), *fragments)
-        assert self.state() == before
-        return line
-
-
-@pytest.fixture
-def remote(tmp_path, database, sshd) -> Remote:
-    server = Checkout(tmp_path / "server")
-    server.use_production(database)
-    remote = Remote(Checkout(tmp_path / "local"), server, database, sshd, tmp_path / "fab.yaml")
-    remote.configure()
-    return remote
-
-
-def refused(result: Result, *fragments: str) -> str:
-    """One `error:` line holding every fragment, and no password anywhere."""
-    line = one_error_line(result)
-    for fragment in fragments:
-        assert fragment in line, line
-    assert PASSWORD not in result.output
-    return line
 
 
 # -- upgrades -----------------------------------------------------------------
@@ -170,48 +63,6 @@ def test_upgrade_with_the_password_on_stdin(remote):
     assert f"is now at {remote.local.head()}" in result.out
     assert PASSWORD not in result.output
     assert remote.database.version() == remote.local.head()
-
-
-class ProcSampler(threading.Thread):
-    """Reads every process's cmdline and environ until stopped, noting those holding `secret`."""
-
-    def __init__(self, secret: str, deadline: float = 120):
-        super().__init__(daemon=True)
-        self.secret = secret.encode()
-        self.deadline = time.monotonic() + deadline
-        self.stop = threading.Event()
-        self.leaks: set[tuple[int, str, bytes]] = set()
-        self.cmdlines: set[bytes] = set()
-        self.rounds = 0
-
-    def run(self) -> None:
-        while not self.stop.is_set() and time.monotonic() < self.deadline:
-            for pid in filter(str.isdigit, os.listdir("/proc")):
-                for kind in ("cmdline", "environ"):
-                    try:
-                        data = Path("/proc", pid, kind).read_bytes()
-                    except OSError:  # gone, or not ours to read
-                        continue
-                    if kind == "cmdline":
-                        self.cmdlines.add(data)
-                    if self.secret in data:
-                        self.leaks.add((int(pid), kind, data))
-            self.rounds += 1
-
-    def saw(self, fragment: bytes) -> bool:
-        return any(fragment in cmdline for cmdline in self.cmdlines)
-
-
-def new_files_containing(directory: Path, secret: str, since: float) -> list[Path]:
-    """Files directly in `directory` written since `since` that hold `secret`."""
-    found = []
-    for path in directory.iterdir():
-        try:
-            if path.is_file() and path.stat().st_mtime >= since and secret.encode() in path.read_bytes():
-                found.append(path)
-        except OSError:  # vanished meanwhile
-            pass
-    return found
 
 
 def test_upgrade_leaks_the_password_nowhere(remote, tmp_path, sshd):

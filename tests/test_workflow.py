@@ -6,7 +6,7 @@ import json
 import sqlite3
 import subprocess
 
-from conftest import one_error_line
+from helpers import one_error_line
 
 BASE, POSTS, HEAD = "747f7d2e75b9", "06bd3f51a453", "776f3cb23823"
 BIO = "    bio: Mapped[str | None] = mapped_column(Text)\n"

@@ -1,0 +1,352 @@
+"""What the tests share: running the tools, checkouts, databases as in production, the fab setup,
+and the checks every expected failure must pass. Fixtures live in conftest.py; this is a plain module."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pexpect
+from servers import MariaDB, SSHServer
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+# Every character the issue names, and a space: URL-, shell-, ConfigParser- and SQL-hostile.
+PASSWORD = "r00t@pw:/%#?' x"
+APP_PASSWORD = "app-pw"
+# tests/ stays behind: it holds the test password, which the leak checks look for.
+COPY_IGNORE = shutil.ignore_patterns(".git", ".venv", "tests", "instance", "__pycache__", ".pytest_cache", "*.pyc")
+_names = itertools.count(1)
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def output(self) -> str:
+        return self.out + self.err
+
+
+def environment(**extra: str) -> dict[str, str]:
+    """This process's environment for a tool under test, plus `extra`.
+
+    The settings switch comes from the test alone, never from the developer's shell."""
+    return {**{key: value for key, value in os.environ.items() if key != "FLASK_CONFIG"}, **extra}
+
+
+def run(argv: list[str], cwd: Path, stdin: str | bytes | None = None, env: dict | None = None) -> Result:
+    """A command with no terminal: stdin is `stdin` (text, or raw bytes) or nothing at all."""
+    merged = environment(**(env or {}))
+    done = subprocess.run(
+        argv,
+        cwd=cwd,
+        input=stdin.encode() if isinstance(stdin, str) else stdin,
+        stdin=subprocess.DEVNULL if stdin is None else None,
+        capture_output=True,
+        env=merged,
+        timeout=300,
+    )
+    return Result(done.returncode, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace"))
+
+
+@dataclass
+class Database:
+    """A MariaDB database as in production: an app user without ALTER, a privileged migration user."""
+
+    server: MariaDB
+    name: str
+    app_user: str
+    migration_user: str
+
+    @property
+    def app_url(self) -> str:
+        return f"mysql+pymysql://{self.app_user}:{APP_PASSWORD}@127.0.0.1:{self.server.port}/{self.name}"
+
+    @property
+    def migration_url(self) -> str:
+        """The production convention: a user and an empty password, asked for at run time."""
+        return f"mysql+pymysql://{self.migration_user}:@127.0.0.1:{self.server.port}/{self.name}"
+
+    def query(self, sql: str) -> tuple:
+        connection = self.server.admin(database=self.name)
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(sql)
+                return cursor.fetchall()
+        finally:
+            connection.close()
+
+    def tables(self) -> set[str]:
+        return {row[0] for row in self.query("SHOW TABLES")}
+
+    def version(self) -> str | None:
+        if "alembic_version" not in self.tables():
+            return None
+        rows = self.query("SELECT version_num FROM alembic_version")
+        return rows[0][0] if rows else None
+
+
+def make_database(server: MariaDB, password: str = PASSWORD, process: bool = True) -> Database:
+    """A database with its two users; the migration user has PROCESS, as the README asks, unless not `process`."""
+    n = next(_names)
+    database = Database(server, f"blog{n}", f"app{n}", f"migrator{n}")
+    server.create_database(database.name)
+    server.create_user(database.app_user, APP_PASSWORD, "SELECT, INSERT, UPDATE, DELETE", database.name)
+    server.create_user(database.migration_user, password, "ALL PRIVILEGES", database.name)
+    if process:
+        # Global, so not part of create_user's per-database grant: it shows other sessions' transactions.
+        server.execute("GRANT PROCESS ON *.* TO %s@'%%'", (database.migration_user,))
+    return database
+
+
+class Checkout:
+    """A copy of this repository to run the tools in, so tests never touch the real one."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        shutil.copytree(REPO, path, ignore=COPY_IGNORE)
+
+    @property
+    def versions(self) -> Path:
+        return self.path / "migrations" / "versions"
+
+    def invoke(self, *args: str, stdin: str | bytes | None = None, env: dict | None = None) -> Result:
+        return run([str(BIN / "python"), "-m", "invoke", *args], self.path, stdin, env)
+
+    def alembic(self, *args: str, stdin: str | None = None, env: dict | None = None) -> Result:
+        return run([str(BIN / "alembic"), *args], self.path, stdin, env)
+
+    def write_settings(self, name: str, **values: str) -> Path:
+        path = self.path / "instance" / f"{name}.cfg"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("".join(f"{key} = {value!r}\n" for key, value in values.items()))
+        return path
+
+    def use_production(self, database: Database) -> None:
+        self.write_settings(
+            "production",
+            SQLALCHEMY_DATABASE_URI=database.app_url,
+            SQLALCHEMY_ALEMBIC_URI=database.migration_url,
+        )
+
+    def add_revision(self, name: str, down_revision: str, upgrade: str = "pass", downgrade: str = "pass") -> Path:
+        path = self.versions / f"{name}.py"
+        path.write_text(
+            f'"""{name}"""\nfrom alembic import op\nimport sqlalchemy as sa\n\n'
+            f"revision = {name!r}\ndown_revision = {down_revision!r}\nbranch_labels = None\ndepends_on = None\n\n\n"
+            f"def upgrade():\n    {upgrade}\n\n\ndef downgrade():\n    {downgrade}\n"
+        )
+        return path
+
+    def scripts(self):
+        from alembic.config import Config
+        from alembic.script import ScriptDirectory
+
+        return ScriptDirectory.from_config(Config(str(self.path / "alembic.ini")))
+
+    def head(self) -> str:
+        return self.scripts().get_current_head()
+
+    def revisions(self) -> list[str]:
+        """The checkout's revisions, base first."""
+        return [script.revision for script in reversed(list(self.scripts().walk_revisions()))]
+
+    def files_containing(self, secret: str) -> list[Path]:
+        return files_containing(self.path, secret)
+
+
+def live_only(code: str) -> str:
+    """A test revision's upgrade body whose side effects (sleeping, killing, raising) happen only when it
+    really runs: the lint and --sql run each upgrade() offline too, as `alembic upgrade --sql` does."""
+    return "if not op.get_context().as_sql:\n        " + code.replace("\n    ", "\n        ")
+
+
+def files_containing(root: Path, secret: str) -> list[Path]:
+    needle = secret.encode()
+    found = []
+    for path in root.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            try:
+                if needle in path.read_bytes():
+                    found.append(path)
+            except OSError:
+                pass
+    return found
+
+
+def one_error_line(result: Result) -> str:
+    """Assert the failure shape every expected error must have; return the line."""
+    assert result.code != 0, result.output
+    assert "Traceback" not in result.output, result.output
+    lines = [line for line in result.err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, result.err
+    return lines[0]
+
+
+# The example app's revisions, base first.
+BASE, POSTS, HEAD = "747f7d2e75b9", "06bd3f51a453", "776f3cb23823"
+
+
+def sqlite(checkout, name="development"):
+    return sqlite3.connect(checkout.path / "instance" / f"{name}.db")
+
+
+def tables(checkout):
+    with sqlite(checkout) as db:
+        return {row[0] for row in db.execute("select name from sqlite_master where type='table'")}
+
+
+def version(checkout):
+    with sqlite(checkout) as db:
+        return [row[0] for row in db.execute("select version_num from alembic_version")]
+
+
+# -- fab through the loopback sshd ----------------------------------------------------------------
+
+STDIN_PASSWORD = PASSWORD + "\n"
+
+
+@dataclass
+class Remote:
+    """A local checkout to run `fab` in, a server checkout reached through sshd, and its database."""
+
+    local: Checkout
+    server: Checkout
+    database: Database
+    sshd: SSHServer
+    config: Path
+
+    def configure(
+        self, key: Path | None = None, known: bool = True, fabric: dict | None = None, **environment: str
+    ) -> None:
+        """Write the Fabric runtime config (`fab -f`): environments.prod points at the sshd,
+        whose host key is in the known_hosts file that ssh_config names (unless not `known`);
+        `fabric`: more of Fabric's own settings."""
+        known_hosts = self.config.parent / "known_hosts"
+        known_hosts.write_text(self.sshd.known_hosts_line() + "\n" if known else "")
+        ssh_config = self.config.parent / "ssh_config"
+        ssh_config.write_text(f"Host *\n    UserKnownHostsFile {known_hosts}\n")
+        prod = {
+            "host": f"{self.sshd.user}@127.0.0.1:{self.sshd.port}",
+            "app_dir": str(self.server.path),
+            "python": str(BIN / "python"),
+            **environment,
+        }
+        settings = {
+            "load_ssh_configs": False,
+            "ssh_config_path": str(ssh_config),
+            "connect_kwargs": {
+                "key_filename": str(key or self.sshd.client_key),
+                "look_for_keys": False,
+                "allow_agent": False,
+            },
+            "environments": {"prod": prod},
+            **(fabric or {}),
+        }
+        # JSON is YAML: no quoting to get wrong.
+        self.config.write_text(json.dumps(settings, indent=2))
+
+    @property
+    def argv(self) -> list[str]:
+        return [str(BIN / "fab"), "-f", str(self.config)]
+
+    def fab(self, *args: str, stdin: str | bytes | None = None) -> Result:
+        return run([*self.argv, *args], self.local.path, stdin)
+
+    def spawn(self, *args: str, **options) -> pexpect.spawn:
+        """`fab ARGS` at a real terminal (a pexpect pty), in the local checkout."""
+        return pexpect.spawn(
+            self.argv[0],
+            [*self.argv[1:], *args],
+            cwd=str(self.local.path),
+            env=environment(),
+            encoding="utf-8",
+            timeout=120,
+            **options,
+        )
+
+    def upgrade(self, *args: str) -> Result:
+        """`fab prod db.upgrade`, the password on stdin, expected to succeed."""
+        result = self.fab("prod", "db.upgrade", "--yes", *args, stdin=STDIN_PASSWORD)
+        assert result.code == 0, result.output
+        return result
+
+    def add_revision(self, name: str, upgrade: str) -> None:
+        """The same revision after head in both checkouts: the code was deployed."""
+        down = self.local.head()
+        for checkout in (self.local, self.server):
+            checkout.add_revision(name, down, upgrade=upgrade)
+
+    def state(self) -> tuple[str | None, set[str]]:
+        """The database's revision and tables."""
+        return self.database.version(), self.database.tables()
+
+    def refuses(self, *fragments: str, args: tuple[str, ...] = ("prod", "db.upgrade")) -> str:
+        """Refused before any password is asked (stdin is empty), the database untouched."""
+        before = self.state()
+        line = refused(self.fab(*args), *fragments)
+        assert self.state() == before
+        return line
+
+
+def refused(result: Result, *fragments: str) -> str:
+    """One `error:` line holding every fragment, and no password anywhere."""
+    line = one_error_line(result)
+    for fragment in fragments:
+        assert fragment in line, line
+    assert PASSWORD not in result.output
+    return line
+
+
+class ProcSampler(threading.Thread):
+    """Reads every process's cmdline and environ until stopped, noting those holding `secret`."""
+
+    def __init__(self, secret: str, deadline: float = 120):
+        super().__init__(daemon=True)
+        self.secret = secret.encode()
+        self.deadline = time.monotonic() + deadline
+        self.stop = threading.Event()
+        self.leaks: set[tuple[int, str, bytes]] = set()
+        self.cmdlines: set[bytes] = set()
+        self.rounds = 0
+
+    def run(self) -> None:
+        while not self.stop.is_set() and time.monotonic() < self.deadline:
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                for kind in ("cmdline", "environ"):
+                    try:
+                        data = Path("/proc", pid, kind).read_bytes()
+                    except OSError:  # gone, or not ours to read
+                        continue
+                    if kind == "cmdline":
+                        self.cmdlines.add(data)
+                    if self.secret in data:
+                        self.leaks.add((int(pid), kind, data))
+            self.rounds += 1
+
+    def saw(self, fragment: bytes) -> bool:
+        return any(fragment in cmdline for cmdline in self.cmdlines)
+
+
+def new_files_containing(directory: Path, secret: str, since: float) -> list[Path]:
+    """Files directly in `directory` written since `since` that hold `secret`."""
+    found = []
+    for path in directory.iterdir():
+        try:
+            if path.is_file() and path.stat().st_mtime >= since and secret.encode() in path.read_bytes():
+                found.append(path)
+        except OSError:  # vanished meanwhile
+            pass
+    return found
