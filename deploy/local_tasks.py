@@ -220,14 +220,23 @@ def schema(c, diff=False):
 
 
 # Not `db.stamp --detect`: Invoke's positional REVISION cannot be optional.
-@task(help={"yes": "stamp the match without asking [y/N] (for pipelines)"})
+@task(
+    help={
+        "yes": "stamp the match without asking [y/N] (for pipelines)",
+        "report": "only report the match (last line `match: REV`) or the closest; stamp nothing (fab uses it)",
+    }
+)
 @one_line_errors
-def detect(c, yes=False):
+def detect(c, yes=False, report=False):
     """Find the revision whose schema an unstamped database has; stamp it after a [y/N]."""
     from . import workflow
 
     opened = project(c)
     found = workflow.detect(opened)
+    if report:
+        # Read-only, with the application's user: the laptop reads the report, asks, then stamps.
+        print(found.report())
+        return
     print(found)
     if found.match is None:
         raise DeployError("no single revision matches: nothing stamped")

@@ -279,6 +279,27 @@ def stamp(c, revision):
         server.privileged(["db.stamp", revision], state)
 
 
+@task(help={"yes": "stamp the match without asking [y/N] (needed without a terminal)"})
+@one_line_errors
+def detect(c, yes=False):
+    """Find the revision an unstamped environment database's schema matches; stamp it after a [y/N]."""
+    from . import workflow
+
+    with Server(c) as server:
+        state = server.status()
+        # Read-only on the server, with the application's user: no password yet.
+        report, match = workflow.read_report(server.invoke(["db.detect", "--report"], hide=True).stdout)
+        print(f"{server.name}: {server.where}")
+        print(report)
+        if match is None:
+            raise DeployError("no single revision matches: nothing stamped")
+        # The server's revision must be one this checkout has: the code reviewed is the code deployed.
+        alembic_ops.resolve(local_config(c), match)
+        print(f"{server.name}: stamping {state.migration_user} at {match}")
+        safety.confirm("Stamp it?", yes)
+        server.privileged(["db.stamp", match], state)
+
+
 @task(
     help={
         "to": "the revision to go back to (e.g. --to=-1 or a revision id)",
@@ -364,6 +385,6 @@ def fab_tasks(fabfile: str) -> Collection:
     config = Config(project_location=str(project_dir))
     config.load_project()
     environments = config.get("environments") or {}
-    db = Collection("db", status, upgrade, stamp, downgrade, restore, backups, lint, schema)
+    db = Collection("db", status, upgrade, stamp, detect, downgrade, restore, backups, lint, schema)
     db.configure({"db": {"alembic_ini": str(project_dir / "alembic.ini"), "environment_tasks": sorted(environments)}})
     return Collection(db, *(environment_task(name) for name in environments))

@@ -556,7 +556,10 @@ def revision_against(project: Project, message: str, base: str) -> Path | None:
         return commands.revision(scratch_project(project, url), message)
 
 
-# --- db.stamp --detect
+# --- db.detect
+
+# The last line of `db.detect --report` on a single match, which `fab ENV db.detect` reads.
+MATCH_LINE = "match: "
 
 
 @dataclass(frozen=True)
@@ -578,6 +581,18 @@ class Detection:
         nearest = ", ".join(f"{revision} ({plural(changes, 'change')})" for revision, changes in self.closest[:3])
         return f"{self.database} matches no revision; closest: {nearest or 'none'}"
 
+    def report(self) -> str:
+        """What `db.detect --report` prints: this, then `match: REV` alone on the last line on a single match."""
+        return str(self) + (f"\n{MATCH_LINE}{self.match}" if self.match else "")
+
+
+def read_report(text: str) -> tuple[str, str | None]:
+    """A server's `db.detect --report`: the report to show, and the revision on its `match:` line, if any."""
+    lines = text.rstrip().splitlines()
+    if lines and lines[-1].startswith(MATCH_LINE):
+        return "\n".join(lines[:-1]), lines[-1].removeprefix(MATCH_LINE).strip() or None
+    return "\n".join(lines), None
+
 
 def detect(project: Project) -> Detection:
     """Which revision's schema an unstamped database has: each revision built in a scratch SQLite,
@@ -587,7 +602,9 @@ def detect(project: Project) -> Detection:
     url = project.settings.database_url
     with project.connect(url) as live, translate_errors(url):
         if alembic_ops.current_heads(live):
-            raise DeployError(f"{describe(url)} is stamped already: --detect is for a database without alembic_version")
+            raise DeployError(
+                f"{describe(url)} is stamped already: db.detect is for a database without alembic_version"
+            )
         if not application_tables(live):
             raise DeployError(f"{describe(url)} has no tables: nothing to detect")
         distances = []
