@@ -370,7 +370,13 @@ def migration_failed(
             f"a migration failed ({reason}); run `{project.command('status')}` to see where the database is"
         )
     # Without transactional DDL (MariaDB, MySQL, SQLite), a failed revision may have left some of its work.
-    left = "" if alembic_ops.transactional_ddl(connection) else f"; {half_applied(project, url, failed, backup)}"
+    if alembic_ops.transactional_ddl(connection):
+        left = (
+            "; it was rolled back whole, none of it is in the live schema"
+            " (but for what an autocommit_block in it committed on its own)"
+        )
+    else:
+        left = f"; {half_applied(project, url, failed, backup)}"
     return DeployError(
         f"revision {alembic_ops.label(project.alembic, failed)} failed: {reason}; "
         f"the database is at {alembic_ops.label(project.alembic, current_of(now))}{left}"

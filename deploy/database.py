@@ -27,6 +27,41 @@ CANNOT_CONNECT = {2002, 2003, 2005, 2006, 2013}
 UNKNOWN_DATABASE = 1049
 PRIVILEGE_MISSING = {1142, 1143, 1227}
 
+# PostgreSQL SQLSTATE codes (psycopg errors carry them as `.sqlstate`).
+PG_ACCESS_DENIED = {"28P01", "28000"}  # wrong password / no pg_hba.conf entry for this user
+PG_UNKNOWN_DATABASE = "3D000"
+PG_PRIVILEGE_MISSING = "42501"
+PG_CANNOT_CONNECT = {"08000", "08001", "08003", "08004", "08006", "57P01", "57P02", "57P03"}
+# libpq gives no SQLSTATE for a failure while connecting, only the server's or its own message:
+# these are matched in it (the server's are English unless its lc_messages says otherwise).
+PG_CONNECT_MESSAGES = (
+    ("password authentication failed", "28P01"),
+    ("no password supplied", "28P01"),
+    ("no pg_hba.conf entry", "28000"),
+    ('role "', "28000"),  # role "x" does not exist
+    ("permission denied for database", "42501"),
+    ('database "', "3D000"),  # database "x" does not exist
+    ("could not connect", "08001"),
+    ("connection refused", "08001"),
+    ("could not translate host name", "08001"),
+    ("timeout expired", "08001"),
+    ("server closed the connection unexpectedly", "08006"),
+)
+
+
+def _sqlstate(orig: BaseException) -> str | None:
+    """A PostgreSQL failure's SQLSTATE, from the error or, for one while connecting, its message."""
+    if getattr(orig, "sqlstate", None):
+        return orig.sqlstate
+    message = str(orig).lower()
+    return next((code for fragment, code in PG_CONNECT_MESSAGES if fragment in message), None)
+
+
+def _pg_detail(orig: BaseException) -> str:
+    """The server's own words, on one line: after libpq's "connection to server ... failed: FATAL:"."""
+    line = (str(orig).splitlines() or [type(orig).__name__])[0]
+    return line.rpartition("FATAL:")[2].strip() if "FATAL:" in line else line
+
 
 def sqlite_path(url: URL) -> Path | None:
     if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
@@ -37,8 +72,10 @@ def sqlite_path(url: URL) -> Path | None:
 def explain(exc: BaseException, url: URL) -> str:
     """One line for a database failure; built from error codes, never from the URL's password."""
     orig = getattr(exc, "orig", None) or exc
-    code = orig.args[0] if orig.args and isinstance(orig.args[0], int) else None
     where = describe(url)
+    if url.get_backend_name() == "postgresql":
+        return _explain_postgresql(orig, url, where)
+    code = orig.args[0] if orig.args and isinstance(orig.args[0], int) else None
     if code in ACCESS_DENIED:
         return f"access denied for {where}: wrong user or password"
     if code in CANNOT_CONNECT:
@@ -51,6 +88,23 @@ def explain(exc: BaseException, url: URL) -> str:
         return f"{url.username} lacks a privilege on {where}: {orig.args[1]}"
     detail = str(orig.args[1] if code is not None and len(orig.args) > 1 else orig).splitlines()
     return f"database error on {where}: {detail[0] if detail else type(orig).__name__}"
+
+
+def _explain_postgresql(orig: BaseException, url: URL, where: str) -> str:
+    """explain() for psycopg's errors: by SQLSTATE (PostgreSQL's codes, not MySQL's numbers)."""
+    state = _sqlstate(orig)
+    if state in PG_ACCESS_DENIED:
+        return f"access denied for {where}: wrong user or password"
+    if state in PG_CANNOT_CONNECT:
+        return f"cannot reach the database server for {where}: is it running? ({_pg_detail(orig)})"
+    if state == PG_UNKNOWN_DATABASE:
+        return f"database {url.database!r} does not exist on the server ({where})"
+    if state == PG_PRIVILEGE_MISSING and "permission denied for database" in str(orig):
+        # Refused while connecting: no CONNECT privilege on the database.
+        return f"{url.username} may not use database {url.database!r} ({where}): is it granted?"
+    if state == PG_PRIVILEGE_MISSING:
+        return f"{url.username} lacks a privilege on {where}: {_pg_detail(orig)}"
+    return f"database error on {where}: {_pg_detail(orig)}"
 
 
 @contextmanager

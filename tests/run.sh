@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up everything the tests need on a Debian/Ubuntu machine, then runs them.
 # Installs what is missing with apt (sudo when not root): mariadb-server, mariadb-client (the backups'
-# dump and load tools), openssh-server, iproute2 (a second host in a network namespace), git (the
+# dump and load tools), postgresql (initdb, postgres, pg_dump and pg_restore; its own service is never
+# used), openssh-server, iproute2 (a second host in a network namespace), git (the
 # branch workflow), python3-venv; then the Python packages into .venv. The tests start their own
 # servers on loopback and in namespaces of their own.
 set -euo pipefail
@@ -10,6 +11,7 @@ cd "$(dirname "$0")/.."
 missing=()
 [ -x /usr/sbin/mariadbd ] || missing+=(mariadb-server)
 [ -x /usr/bin/mariadb-dump ] || missing+=(mariadb-client)
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
 command -v ip >/dev/null || missing+=(iproute2)
 command -v git >/dev/null || missing+=(git)

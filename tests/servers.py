@@ -1,4 +1,4 @@
-"""Throwaway MariaDB and OpenSSH servers for tests.
+"""Throwaway MariaDB, PostgreSQL and OpenSSH servers for tests.
 
 Each server lives entirely under a caller-supplied ``base_dir`` (typically a
 pytest ``tmp_path``), listens on a free port on 127.0.0.1 and is started with
@@ -8,25 +8,31 @@ namespace (see netns.py), on the standard port.
 A server that cannot start raises :class:`ServerStartError` (tests must error,
 never skip).
 
-Plain module: standard library plus PyMySQL, no pytest imports.
+Plain module: standard library plus PyMySQL and psycopg, no pytest imports.
 """
 
 from __future__ import annotations
 
 import atexit
+import glob
+import grp
 import os
 import pathlib
 import pwd
 import shutil
 import signal
 import socket
+import stat
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, ClassVar, Self
 
+import psycopg
 import pymysql
+from psycopg import sql
 
 LOCALHOST = "127.0.0.1"
 
@@ -399,6 +405,241 @@ _PRIVILEGES_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvw
 
 def _quote_ident(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
+
+
+def _postgresql_bin() -> pathlib.Path | None:
+    """Debian's newest PostgreSQL binaries (/usr/lib/postgresql/<version>/bin), if installed."""
+    found = glob.glob("/usr/lib/postgresql/*/bin/initdb")
+    if not found:
+        return None
+    versions = {pathlib.Path(path).parts[-3]: pathlib.Path(path).parent for path in found}
+    return versions[max(versions, key=lambda version: int(version) if version.isdigit() else 0)]
+
+
+def _traversable_by(path: pathlib.Path, uid: int, gids: set[int]) -> bool:
+    """Whether a process of ``uid`` (in ``gids``) could reach ``path``: x on every ancestor."""
+    for ancestor in [*reversed(path.parents), path]:
+        try:
+            info = ancestor.stat()
+        except OSError:
+            return False
+        if info.st_uid == uid:
+            bit = stat.S_IXUSR
+        elif info.st_gid in gids:
+            bit = stat.S_IXGRP
+        else:
+            bit = stat.S_IXOTH
+        if not info.st_mode & bit:
+            return False
+    return True
+
+
+# Cluster directories made outside base_dir (see PostgreSQL.__init__), removed when the tests end.
+_PRIVATE_CLUSTERS: list[tuple[PostgreSQL, pathlib.Path]] = []
+
+
+def _remove_private_clusters() -> None:
+    # Registered after _kill_leftovers, so it runs first (atexit is LIFO): kill, then remove.
+    for server, directory in _PRIVATE_CLUSTERS:
+        server.kill()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+class PostgreSQL(_ManagedServer):
+    """A throwaway PostgreSQL server: ``initdb`` into its own directory, ``postgres -D`` started directly.
+
+    The superuser ``postgres`` logs in without a password over TCP from 127.0.0.1 and on the server's
+    own Unix socket (like the MariaDB's root); every other role needs its password (SCRAM), so a
+    wrong one is refused as in production. As root, the server runs as the ``postgres`` OS user
+    (it refuses to run as root), through ``setpriv``, which execs: our Popen pid is the server's.
+    """
+
+    name = "postgres"
+    standard_port = 5432
+    SUPERUSER = "postgres"
+    # Cheap and quick; a crash may lose data, which a throwaway server does not mind.
+    _TUNING: ClassVar[tuple[str, ...]] = (
+        "fsync=off",
+        "synchronous_commit=off",
+        "full_page_writes=off",
+        "shared_buffers=16MB",
+        "max_connections=40",
+        "max_wal_size=64MB",
+        "logging_collector=off",
+    )
+
+    def __init__(self, base_dir: pathlib.Path, host: str = LOCALHOST, argv_prefix: Sequence[str] = ()) -> None:
+        bin_dir = _postgresql_bin()
+        if bin_dir is None:
+            raise ServerStartError("PostgreSQL is not installed: no /usr/lib/postgresql/*/bin/initdb")
+        self.bin_dir = bin_dir
+        self.run_as: pwd.struct_passwd | None = None
+        prefix = list(argv_prefix)
+        if os.geteuid() == 0:
+            try:
+                self.run_as = pwd.getpwnam("postgres")
+            except KeyError:
+                raise ServerStartError("running as root, and no postgres OS user to run the server as") from None
+            gid = self.run_as.pw_gid
+            groups = {gid, *(group.gr_gid for group in grp.getgrall() if self.run_as.pw_name in group.gr_mem)}
+            prefix += ["setpriv", f"--reuid={self.run_as.pw_uid}", f"--regid={gid}", "--init-groups", "--"]
+        super().__init__(base_dir, host, prefix)
+        self.log_path = self.base_dir / "postgres.log"
+        self.initdb_log_path = self.base_dir / "initdb.log"
+        self.cluster_dir = self.base_dir / "cluster"
+        # The server's user must reach its directory, and the socket's path must fit in 107 bytes:
+        # pytest's root-owned /tmp/pytest-of-root is 0700, so as root the cluster lives in a private
+        # directory of its own under the system's temporary directory (0700, the server's user's).
+        usable = len(os.fsencode(self.cluster_dir / "data" / ".s.PGSQL.65535")) <= _MAX_UNIX_SOCKET_PATH
+        if self.run_as is not None:
+            usable = usable and _traversable_by(self.base_dir, self.run_as.pw_uid, groups)
+        if not usable:
+            self.cluster_dir = pathlib.Path(tempfile.mkdtemp(prefix="pg-test-"))
+            if not _PRIVATE_CLUSTERS:
+                atexit.register(_remove_private_clusters)
+            _PRIVATE_CLUSTERS.append((self, self.cluster_dir))
+        self.datadir = self.cluster_dir / "data"
+        # The socket sits in the data directory (0700): no one else's socket directory is touched.
+        self.socket_dir = self.datadir
+
+    def _log_paths(self) -> Sequence[pathlib.Path]:
+        return (self.initdb_log_path, self.log_path)
+
+    def _initialise(self, timeout: float) -> None:
+        if (self.datadir / "PG_VERSION").exists():
+            return
+        shutil.rmtree(self.datadir, ignore_errors=True)
+        self.cluster_dir.mkdir(parents=True, exist_ok=True)
+        if self.run_as is not None:
+            os.chown(self.cluster_dir, self.run_as.pw_uid, self.run_as.pw_gid)
+        self.cluster_dir.chmod(0o700)
+        # pg_hba.conf is written below: these only apply to initdb's own defaults.
+        argv = [
+            *self.argv_prefix,
+            str(self.bin_dir / "initdb"),
+            f"--pgdata={self.datadir}",
+            f"--username={self.SUPERUSER}",
+            "--encoding=UTF8",
+            "--no-locale",
+            "--auth=trust",
+            "--no-sync",
+        ]
+        with open(self.initdb_log_path, "ab") as log:
+            try:
+                result = subprocess.run(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    timeout=timeout,
+                    check=False,
+                    cwd=self.cluster_dir,  # initdb complains when it cannot read the caller's cwd
+                )
+            except subprocess.TimeoutExpired:
+                raise ServerStartError(f"initdb timed out after {timeout:.0f}s.\n{self._log_tails()}") from None
+        if result.returncode != 0:
+            shutil.rmtree(self.datadir, ignore_errors=True)  # redone on the next start
+            raise ServerStartError(f"initdb failed with code {result.returncode}.\n{self._log_tails()}")
+        # Superuser without a password on loopback (the tests' admin); everyone else by password.
+        (self.datadir / "pg_hba.conf").write_text(
+            f"local all {self.SUPERUSER} trust\n"
+            f"host all {self.SUPERUSER} 127.0.0.1/32 trust\n"
+            "local all all scram-sha-256\n"
+            "host all all 127.0.0.1/32 scram-sha-256\n"
+        )
+
+    def _accepts_superuser(self) -> bool:
+        try:
+            self.admin(connect_timeout=2).close()
+        except (psycopg.Error, OSError):
+            return False
+        return True
+
+    def start(self, timeout: float = 60) -> None:
+        """Initialise the cluster if needed, start postgres and wait until the superuser can log in."""
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        self._initialise(timeout)
+        self.port = self._pick_port()
+        settings = [
+            f"listen_addresses={self.host}",  # never every interface
+            f"port={self.port}",
+            f"unix_socket_directories={self.socket_dir}",
+            *self._TUNING,
+        ]
+        argv = [str(self.bin_dir / "postgres"), "-D", str(self.datadir)]
+        for setting in settings:
+            argv += ["-c", setting]
+        self._spawn(argv, self.log_path)
+        self._wait_ready(self._accepts_superuser, timeout - (time.monotonic() - started))
+
+    def _signal_and_wait(self, sig: int, timeout: float) -> None:
+        # postgres reads SIGTERM as "smart" shutdown, which waits for every client to leave;
+        # SIGINT is "fast": it ends the sessions, rolls back, and stops at once.
+        super()._signal_and_wait(signal.SIGINT if sig == signal.SIGTERM else sig, timeout)
+
+    def admin(self, database: str = "postgres", **kwargs: Any) -> psycopg.Connection:
+        """A new autocommit connection as the superuser over TCP."""
+        params: dict[str, Any] = dict(
+            host=self.host, port=self.port, user=self.SUPERUSER, dbname=database, autocommit=True
+        )
+        params.update(kwargs)
+        return psycopg.connect(**params)
+
+    def execute(self, statement: str | sql.Composable, args: Any = None, database: str = "postgres") -> tuple:
+        """Run one statement as the superuser in ``database`` and return its rows (if any)."""
+        with self.admin(database) as connection:
+            cursor = connection.execute(statement, args)
+            return tuple(cursor.fetchall()) if cursor.description else ()
+
+    def create_database(self, name: str, owner: str | None = None) -> None:
+        """A database; its ``owner`` (a role made first) owns it and, from PostgreSQL 15, its public schema."""
+        statement = sql.SQL("CREATE DATABASE {} ENCODING 'UTF8'").format(sql.Identifier(name))
+        if owner:
+            statement = sql.SQL("{} OWNER {}").format(statement, sql.Identifier(owner))
+        self.execute(statement)
+        if owner and int(self.execute("SHOW server_version_num")[0][0]) < 150000:
+            # From 15, public belongs to pg_database_owner (the owner, then) and PUBLIC may not CREATE
+            # in it; before, it is the bootstrap superuser's and open to all: make it as 15 has it.
+            self.execute(sql.SQL("ALTER SCHEMA public OWNER TO {}").format(sql.Identifier(owner)), database=name)
+            self.execute(sql.SQL("REVOKE CREATE ON SCHEMA public FROM PUBLIC"), database=name)
+
+    def create_user(
+        self,
+        name: str,
+        password: str,
+        privileges: str = "SELECT, INSERT, UPDATE, DELETE",
+        database: str | None = None,
+    ) -> None:
+        """A login role; with ``database``, granted ``privileges`` on its tables, present and future
+        (those its owner creates). No CREATE on the schema: the role cannot change the schema.
+
+        The password never travels in a statement (the server would log it with a failed one):
+        libpq hashes it client-side (SCRAM), as psql's \\password does."""
+        if not _PRIVILEGES_CHARS.issuperset(privileges) or not privileges.strip():
+            raise ValueError(f"unexpected privilege list: {privileges!r}")
+        role = sql.Identifier(name)
+        with self.admin() as connection:
+            hashed = connection.pgconn.encrypt_password(password.encode(), name.encode(), b"scram-sha-256")
+            connection.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(role, sql.Literal(hashed.decode())))
+        if database is None:
+            return
+        ((owner,),) = self.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", (database,))
+        granted = sql.SQL(privileges)
+        for statement in (
+            sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(role),
+            sql.SQL("REVOKE CREATE ON SCHEMA public FROM {}").format(role),
+            sql.SQL("GRANT {} ON ALL TABLES IN SCHEMA public TO {}").format(granted, role),
+            sql.SQL("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {}").format(role),
+            sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA public GRANT {} ON TABLES TO {}").format(
+                sql.Identifier(owner), granted, role
+            ),
+            # Inserting into a table with a serial or identity key takes the sequence's next value.
+            sql.SQL(
+                "ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA public GRANT USAGE, SELECT ON SEQUENCES TO {}"
+            ).format(sql.Identifier(owner), role),
+        ):
+            self.execute(statement, database=database)
 
 
 class SSHServer(_ManagedServer):

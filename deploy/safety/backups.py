@@ -1,9 +1,10 @@
 """Verified backups, and restoring one: plain functions for the db.* tasks.
 
-A backup is `<name>-<UTC time>-<revision>.sql.gz` (MariaDB/MySQL: a mariadb-dump dump) or `.sqlite.gz`
-(SQLite: a copy of the file) beside a sidecar `<that name>.json` holding the database (never the
-password), its name, the revision, the time and the size. A backup is kept only once it is verified
-(complete gzip stream, the dump's completion marker), and only the newest `keep` of a database stay.
+A backup is `<name>-<UTC time>-<revision>.sql.gz` (MariaDB/MySQL: a mariadb-dump dump), `.pgdump.gz`
+(PostgreSQL: a pg_dump custom-format archive) or `.sqlite.gz` (SQLite: a copy of the file) beside a
+sidecar `<that name>.json` holding the database (never the password), its name, the revision, the time
+and the size. A backup is kept only once it is verified (complete gzip stream, the dump's completion
+marker; a PostgreSQL archive read through by pg_restore), and only the newest `keep` of a database stay.
 """
 
 from __future__ import annotations
@@ -120,17 +121,33 @@ def _run(programs: tuple[str, ...], url: URL, args: list[str], meter: _Meter, fe
     with os.fdopen(write, "w") as options:  # a few hundred bytes: the pipe's buffer holds them
         options.write(f"{includes}[client]\npassword={_option_value(url.password or '')}\n")
     argv = [program, f"--defaults-file=/dev/fd/{read}", *_connection_args(url), *args]
+    still_open = [read]
+
+    def close_read() -> None:  # once: a second close could hit a descriptor reused meanwhile
+        while still_open:
+            os.close(still_open.pop())
+
+    try:
+        _pump(argv, meter, feed, sink, pass_fds=(read,), opened=close_read)
+    finally:
+        close_read()  # the tool could not start
+
+
+def _pump(argv: list[str], meter: _Meter, feed=None, sink=None, pass_fds=(), env=None, opened=None) -> None:
+    """Run a client tool, feeding its stdin from `feed` or its stdout to `sink`; its first stderr
+    line (masked) as a DeployError when it fails. `opened()` is called once it has started."""
+    program = argv[0]
     with tempfile.TemporaryFile() as errors:
-        try:
-            process = subprocess.Popen(
-                argv,
-                pass_fds=(read,),
-                stdin=subprocess.PIPE if feed is not None else subprocess.DEVNULL,
-                stdout=subprocess.PIPE if sink is not None else subprocess.DEVNULL,
-                stderr=errors,
-            )
-        finally:
-            os.close(read)
+        process = subprocess.Popen(
+            argv,
+            pass_fds=pass_fds,
+            env=env,
+            stdin=subprocess.PIPE if feed is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE if sink is not None else subprocess.DEVNULL,
+            stderr=errors,
+        )
+        if opened is not None:
+            opened()
         try:
             if sink is not None:
                 while chunk := process.stdout.read(CHUNK):
@@ -193,6 +210,122 @@ def _mysql_complete(head: bytes, tail: bytes) -> bool:
     return tail.rstrip().rsplit(b"\n", 1)[-1].startswith(b"-- Dump completed")
 
 
+# -- PostgreSQL --------------------------------------------------------------------------------------
+
+# pg_dump's own compression is off: the archive is gzip'd here like every backup, so the same stream
+# check applies, and the whole of it is read back by pg_restore before it counts.
+PG_DUMP_FLAGS = ("--format=custom", "--compress=0", "--no-password")
+PG_RESTORE_FLAGS = ("--clean", "--if-exists", "--single-transaction", "--exit-on-error", "--no-password")
+# Libpq reads these from the environment too; ours must not be overridden (or a stray one used).
+PG_PASSWORD_VARIABLES = ("PGPASSWORD", "PGPASSFILE")
+PG_NOT_IN_QUERY = ("password", "passfile", "service")
+
+
+def _pg_program(name: str) -> str:
+    # Debian's /usr/bin/pg_dump picks the newest installed version for a --host; else the newest itself.
+    found = shutil.which(name) or shutil.which(name, path=os.defpath)
+    versions = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), key=lambda p: int(p.parts[-3]), reverse=True)
+    if found or versions:
+        return found or str(versions[0])
+    raise DeployError(f"{name} is not installed: install the PostgreSQL client (postgresql-client)")
+
+
+def _pg_conninfo(url: URL) -> str:
+    """Where and as whom, as psycopg would connect: all from the URL (its query holds libpq's
+    parameters, sslmode and the like), none of it secret."""
+    from psycopg.conninfo import make_conninfo
+
+    for key in PG_NOT_IN_QUERY:
+        if key in url.query:
+            raise DeployError(f"backups take the connection from the URL alone: remove its {key} option")
+    query = {key: value if isinstance(value, str) else value[-1] for key, value in url.query.items()}
+    where = {"host": url.host, "port": url.port, "dbname": url.database, "user": url.username}
+    # The query's own host (a socket directory, say) wins over an empty host part, as in psycopg.
+    return make_conninfo("", **{**{key: value for key, value in where.items() if value is not None}, **query})
+
+
+def _pgpass_value(value: str) -> str:
+    return value.replace("\\", "\\\\").replace(":", "\\:")
+
+
+def _pg_run(program: str, url: URL | None, args: list[str], meter: _Meter, feed=None, sink=None) -> None:
+    """Run a PostgreSQL client tool (as the URL's user, when given), feeding its stdin or its stdout.
+
+    The password reaches it in a password file (libpq reads no pipe: it wants a plain file with mode
+    0600), written in a private directory made for this one run and removed when the tool ends; the
+    environment carries only that file's path. Never argv, never PGPASSWORD."""
+    argv = [_pg_program(program), *([f"--dbname={_pg_conninfo(url)}"] if url is not None else []), *args]
+    env = {key: value for key, value in os.environ.items() if key not in PG_PASSWORD_VARIABLES}
+    with tempfile.TemporaryDirectory(prefix="deploy-pgpass-") as private:  # mode 0700
+        if url is not None and url.password:
+            if "\n" in url.password or "\r" in url.password:
+                raise DeployError("a password with a line break cannot be handed to the PostgreSQL tools")
+            passfile = os.path.join(private, "pgpass")
+            with open(passfile, "x", opener=_private) as out:
+                out.write(f"*:*:*:*:{_pgpass_value(url.password)}\n")
+            env["PGPASSFILE"] = passfile
+        _pump(argv, meter, feed, sink, env=env)
+
+
+def _pg_dump(url: URL, write: Callable[[bytes], object], meter: _Meter) -> None:
+    remember(url.password)
+    try:
+        _pg_run("pg_dump", url, list(PG_DUMP_FLAGS), meter, sink=write)
+    except DeployError as exc:
+        raise DeployError(f"backup of {describe(url)} failed: {exc}") from None
+
+
+def _gunzipped(path: Path) -> Iterable[bytes]:
+    with gzip.open(path) as dump:
+        while chunk := dump.read(CHUNK):
+            yield chunk
+
+
+def _pg_readable(path: Path) -> str | None:
+    """What pg_restore finds wrong reading the whole archive (its table of contents and every data
+    block, written out as SQL to nowhere), or None. No database is involved."""
+    try:
+        _pg_run("pg_restore", None, ["--file=/dev/null"], _Meter(None), feed=_gunzipped(path))
+    except DeployError as exc:
+        return f"pg_restore cannot read it ({exc})"
+    return None
+
+
+# What a restore removes first, so that objects made after the backup go too (pg_restore --clean drops
+# only the archive's own): tables, views, sequences and types in every schema but the system's, except
+# an extension's and a sequence a column owns (it goes with its table).
+PG_OBJECTS = """
+    SELECT CASE c.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW' WHEN 'S' THEN 'SEQUENCE'
+                          WHEN 'f' THEN 'FOREIGN TABLE' ELSE 'TABLE' END, n.nspname, c.relname
+    FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
+    WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND NOT c.relispartition
+      AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND left(n.nspname, 3) <> 'pg_'
+      AND NOT EXISTS (SELECT 1 FROM pg_depend AS d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                      AND d.deptype IN ('e', 'a', 'i'))
+    UNION ALL
+    SELECT CASE t.typtype WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END, n.nspname, t.typname
+    FROM pg_type AS t JOIN pg_namespace AS n ON n.oid = t.typnamespace
+    WHERE t.typtype IN ('e', 'd', 'r')
+      AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND left(n.nspname, 3) <> 'pg_'
+      AND NOT EXISTS (SELECT 1 FROM pg_depend AS d WHERE d.classid = 'pg_type'::regclass AND d.objid = t.oid
+                      AND d.deptype = 'e')
+"""
+
+
+def _pg_load(url: URL, path: Path, meter: _Meter) -> None:
+    try:
+        with connect(url) as connection, translate_errors(url):
+            quote = connection.dialect.identifier_preparer.quote
+            for kind, schema, name in connection.exec_driver_sql(PG_OBJECTS).all():
+                # CASCADE: a view or foreign key of another dropped object; IF EXISTS: gone with one.
+                connection.exec_driver_sql(f"DROP {kind} IF EXISTS {quote(schema)}.{quote(name)} CASCADE")
+            connection.commit()
+        # One transaction: should the load fail, what it loaded so far is rolled back.
+        _pg_run("pg_restore", url, list(PG_RESTORE_FLAGS), meter, feed=_gunzipped(path))
+    except DeployError as exc:
+        raise DeployError(f"restore of {describe(url)} failed, it may be left partly restored: {exc}") from None
+
+
 # -- SQLite ------------------------------------------------------------------------------------------
 
 
@@ -245,6 +378,7 @@ class _Kind:
     load: Callable[[URL, Path, _Meter], None]
     complete: Callable[[bytes, bytes], bool]  # (head, tail) of the uncompressed dump
     incomplete: str
+    readable: Callable[[Path], str | None] = lambda path: None  # a deeper check, by the kind's own tool
 
 
 MYSQL = _Kind(
@@ -263,7 +397,16 @@ SQLITE = _Kind(
     _sqlite_complete,
     "it holds no SQLite database",
 )
-KINDS = {"mysql": MYSQL, "mariadb": MYSQL, "sqlite": SQLITE}
+POSTGRESQL = _Kind(
+    ".pgdump.gz",
+    lambda url: url.database or "",
+    _pg_dump,
+    _pg_load,
+    lambda head, tail: head.startswith(b"PGDMP"),
+    "it holds no pg_dump archive",
+    _pg_readable,
+)
+KINDS = {"mysql": MYSQL, "mariadb": MYSQL, "postgresql": POSTGRESQL, "sqlite": SQLITE}
 
 
 # -- Files -------------------------------------------------------------------------------------------
@@ -304,14 +447,16 @@ def _damage(path: Path, kind: _Kind) -> str | None:
         return f"its compressed data is corrupt ({exc})"
     except OSError as exc:
         return f"cannot read it: {exc.strerror}"
-    return None if kind.complete(head, tail) else kind.incomplete
+    return kind.readable(path) if kind.complete(head, tail) else kind.incomplete
 
 
 def _kind_of(path: Path) -> _Kind:
-    for kind in (MYSQL, SQLITE):
+    for kind in (MYSQL, POSTGRESQL, SQLITE):
         if path.name.endswith(kind.suffix):
             return kind
-    raise DeployError(f"{path} is not a backup (its name should end in {MYSQL.suffix} or {SQLITE.suffix})")
+    raise DeployError(
+        f"{path} is not a backup (its name should end in {MYSQL.suffix}, {POSTGRESQL.suffix} or {SQLITE.suffix})"
+    )
 
 
 def verify(path: str | os.PathLike) -> Backup:

@@ -24,6 +24,16 @@ The lint errs toward warning where it cannot know: it calls a collation change a
 in place only when that holds for any charset (1 to 4 bytes a character).
 See mariadb.com/kb/en/innodb-online-ddl-operations-with-the-instant-alter-algorithm/ (and -inplace-,
 -nocopy-), and error 1846 ("Cannot change column type INPLACE"), 1851 (foreign keys), 1853 (primary key).
+
+PostgreSQL (see "ALTER TABLE" and "CREATE INDEX" in its manual, "Notes"):
+- CREATE INDEX blocks writes while it builds; CONCURRENTLY does not (`postgresql_concurrently=True`,
+  inside `op.get_context().autocommit_block()`: it cannot run in a transaction);
+- a foreign key or CHECK added to a table that holds rows scans it under a lock that blocks writes;
+  added NOT VALID (`postgresql_not_valid=True`) it checks new rows only, and a later
+  `ALTER TABLE ... VALIDATE CONSTRAINT` scans without blocking them;
+- a column type change rewrites the table (and its indexes) under an ACCESS EXCLUSIVE lock, blocking
+  reads and writes, unless the old type converts without it: a longer VARCHAR, VARCHAR to TEXT;
+- SET NOT NULL scans the table under the same lock (no rewrite).
 """
 
 from __future__ import annotations
@@ -48,6 +58,11 @@ MARIADB = {"mysql", "mariadb"}
 UNREADABLE = "upgrade() needs a database"
 COPY = "MariaDB copies the table, blocking writes until it is done"
 REBUILD = "MariaDB rebuilds the table (writes go on, but it takes as long as a copy)"
+POSTGRESQL = "postgresql"
+PG_REWRITE = "PostgreSQL rewrites the table under an ACCESS EXCLUSIVE lock, blocking reads and writes until done"
+PG_SCAN = "PostgreSQL scans the whole table under an ACCESS EXCLUSIVE lock, blocking reads and writes"
+PG_INDEX = "PostgreSQL blocks writes to the table while it builds the index: create it with postgresql_concurrently"
+PG_VALIDATE = "PostgreSQL blocks writes while it checks every row: add it with postgresql_not_valid, then validate"
 
 
 @dataclass(frozen=True)
@@ -236,7 +251,21 @@ def _widened_varchar(old, new) -> bool | None:
     return new.length <= 63 or old.length >= 256
 
 
-def _alter_risks(operation: ops.AlterColumnOp, mariadb: bool) -> Iterator[tuple[str, str]]:
+def _pg_keeps_rows(old, new) -> bool:
+    """Whether PostgreSQL changes the type without rewriting the table: a string type made no shorter
+    (VARCHAR(n) to VARCHAR(m >= n), or to TEXT / unbounded VARCHAR), same collation."""
+    strings = {"string", "VARCHAR", "unicode", "NVARCHAR", "text", "TEXT", "unicode_text"}
+    if old is None or not all(type_.__visit_name__ in strings for type_ in (old, new)):
+        return False
+    if getattr(old, "collation", None) != getattr(new, "collation", None):
+        return False
+    old_length, new_length = getattr(old, "length", None), getattr(new, "length", None)
+    if new_length is None:
+        return True
+    return old_length is not None and new_length >= old_length and old.__visit_name__ not in ("text", "TEXT")
+
+
+def _alter_risks(operation: ops.AlterColumnOp, mariadb: bool, postgresql: bool = False) -> Iterator[tuple[str, str]]:
     base = name(operation)
     if operation.modify_name:
         yield f"{base} rename to {operation.modify_name}", "the running code still uses the old name and fails"
@@ -249,13 +278,24 @@ def _alter_risks(operation: ops.AlterColumnOp, mariadb: bool) -> Iterator[tuple[
         else:
             reason = f"widens the column {change}"
             copy = "MariaDB does it in place" if widened else f"{COPY} (unless it stays under or over 255 bytes)"
+        if postgresql and not _pg_keeps_rows(old, new):
+            reason += f"; {PG_REWRITE}"
         yield f"{base} type", reason + (f"; {copy}" if mariadb else "")
     if operation.modify_nullable is False and operation.existing_nullable is not False:
         reason = "fails if a row holds NULL, and the running code may still write NULL"
-        yield f"{base} NOT NULL", reason + (f"; {REBUILD}" if mariadb else "")
+        yield f"{base} NOT NULL", reason + (f"; {REBUILD}" if mariadb else f"; {PG_SCAN}" if postgresql else "")
 
 
-def _risks(operation, mariadb: bool) -> Iterator[tuple[str, str]]:
+def _pg_risks(operation) -> Iterator[tuple[str, str]]:
+    """PostgreSQL's own: what blocks the application while it runs on a table that holds rows."""
+    match operation:
+        case ops.CreateIndexOp() if not operation.kw.get("postgresql_concurrently"):
+            yield name(operation), PG_INDEX
+        case ops.CreateForeignKeyOp() | ops.CreateCheckConstraintOp() if not operation.kw.get("postgresql_not_valid"):
+            yield name(operation), PG_VALIDATE
+
+
+def _risks(operation, mariadb: bool, postgresql: bool = False) -> Iterator[tuple[str, str]]:
     """(name, reason) for each risk of one operation on a table that already holds rows."""
     match operation:
         case ops.DropTableOp():
@@ -265,7 +305,7 @@ def _risks(operation, mariadb: bool) -> Iterator[tuple[str, str]]:
         case ops.RenameTableOp():
             yield name(operation), "the running code still uses the old name and fails"
         case ops.AlterColumnOp():
-            yield from _alter_risks(operation, mariadb)
+            yield from _alter_risks(operation, mariadb, postgresql)
         case ops.AddColumnOp():
             column = operation.column
             plain = not (column.primary_key or column.computed is not None or column.identity is not None)
@@ -279,7 +319,9 @@ def _risks(operation, mariadb: bool) -> Iterator[tuple[str, str]]:
                 yield f"{name(operation)} foreign key", f"adds a foreign key: {COPY}"
         case ops.CreateIndexOp(unique=True) | ops.CreateUniqueConstraintOp():
             yield name(operation), "fails if existing rows hold duplicates"
-        case ops.CreateForeignKeyOp() | ops.CreateCheckConstraintOp():
+        case ops.CreateForeignKeyOp() | ops.CreateCheckConstraintOp() if not (
+            postgresql and operation.kw.get("postgresql_not_valid")
+        ):  # NOT VALID: existing rows are not checked (a later VALIDATE CONSTRAINT does, without blocking)
             yield name(operation), "fails if existing rows break it" + (f"; {COPY}" if mariadb else "")
         case ops.CreatePrimaryKeyOp():
             yield name(operation), "fails on duplicates or NULLs" + (f"; {REBUILD}" if mariadb else "")
@@ -293,7 +335,7 @@ def risks(operations: list[ops.MigrateOperation], dialect_name: str) -> list[tup
     """(name, reason) for each risky operation of one revision, in order.
 
     Operations on a table the revision itself creates are not risky: it holds no rows yet."""
-    mariadb = dialect_name in MARIADB
+    mariadb, postgresql = dialect_name in MARIADB, dialect_name == POSTGRESQL
     new_tables: set[str] = set()
     found = []
     for operation in operations:
@@ -302,7 +344,16 @@ def risks(operations: list[ops.MigrateOperation], dialect_name: str) -> list[tup
         elif isinstance(operation, ops.RenameTableOp) and table_of(operation) in new_tables:
             new_tables.add(_table(operation.new_table_name, operation.schema))
         elif table_of(operation) not in new_tables:
-            found.extend(_risks(operation, mariadb))
+            risky = list(_risks(operation, mariadb, postgresql))
+            if postgresql:
+                # One finding per operation name: PostgreSQL's reason joins a general one (a unique index).
+                for op_name, reason in _pg_risks(operation):
+                    same = [i for i, (known, _) in enumerate(risky) if known == op_name]
+                    if same:
+                        risky[same[0]] = (op_name, f"{risky[same[0]][1]}; {reason}")
+                    else:
+                        risky.append((op_name, reason))
+            found.extend(risky)
     return found
 
 

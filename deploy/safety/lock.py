@@ -1,6 +1,7 @@
 """One migration at a time per database: a lock that a second run waits for, then names the holder of.
 
-MariaDB/MySQL: GET_LOCK on a connection of its own; SQLite: flock on a file beside the database.
+MariaDB/MySQL: GET_LOCK on a connection of its own; PostgreSQL: a session-level advisory lock
+(pg_try_advisory_lock, polled) on a connection of its own; SQLite: flock on a file beside the database.
 Either way, a process that dies loses its lock: the server ends its session, the kernel drops its flock.
 """
 
@@ -156,4 +157,68 @@ def file_holder(descriptor: int) -> str:
         return "a process that has not said who it is"
 
 
-LOCKS = {"mysql": server_lock, "mariadb": server_lock, "sqlite": file_lock}
+def advisory_key(database: str) -> int:
+    """A signed 64-bit advisory-lock key for the database's name. Advisory locks are per database
+    already; the name's hash keeps the key stable across runs and machines."""
+    digest = hashlib.sha256((LOCK_NAME_PREFIX + database).encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+# pg_locks shows a bigint advisory key as two oids (classid: high half, objid: low half), objsubid 1.
+# What another role's session shows beyond its user needs pg_read_all_stats (else NULL): then less is said.
+ADVISORY_HOLDER = """
+    SELECT a.pid, a.usename, host(a.client_addr), a.client_port,
+           EXTRACT(EPOCH FROM clock_timestamp() - a.state_change)
+    FROM pg_locks AS l JOIN pg_stat_activity AS a ON a.pid = l.pid
+    WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+      AND l.classid = CAST(:classid AS oid) AND l.objid = CAST(:objid AS oid)
+      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+"""
+
+
+@contextmanager
+def advisory_lock(url: URL, engine_options: dict | None, wait: float) -> Iterator[None]:
+    if not url.database:
+        raise DeployError(f"the migration lock needs a database name in the URL ({describe(url)})")
+    key = advisory_key(url.database)
+    with connect(url, engine_options) as connection:
+        # A session lock: no transaction stays open while it is held (it would block VACUUM and
+        # show up as an open transaction), and it lasts until released or the session ends.
+        connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            # The server's idle_session_timeout (14+) would end the idle session, and the lock with it.
+            if connection.dialect.server_version_info >= (14,):
+                connection.exec_driver_sql("SET idle_session_timeout = 0")
+            deadline = time.monotonic() + wait
+            while not connection.scalar(text("SELECT pg_try_advisory_lock(:key)"), {"key": key}):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise busy(url, wait, advisory_holder(connection, key))
+                time.sleep(min(POLL, remaining))
+        except SQLAlchemyError as exc:
+            raise DeployError(explain(exc, url)) from None
+        try:
+            yield
+        finally:
+            try:
+                connection.scalar(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+            except SQLAlchemyError:
+                pass  # a lost connection has released the lock already: the server ended its session
+
+
+def advisory_holder(connection, key: int) -> str:
+    unsigned = key & 0xFFFF_FFFF_FFFF_FFFF
+    row = connection.execute(
+        text(ADVISORY_HOLDER), {"classid": unsigned >> 32, "objid": unsigned & 0xFFFF_FFFF}
+    ).first()
+    if row is None:
+        return "it was released just now"
+    pid, user, address, port, seconds = row
+    if seconds is None:
+        return f"backend pid {pid}, {user} (its address and time are visible only with pg_read_all_stats)"
+    where = (f"[{address}]:{port}" if ":" in address else f"{address}:{port}") if address else "a Unix socket"
+    # The lock is the last thing its session did, so the time since its last change is the time held.
+    return f"backend pid {pid}, {user}@{where}, for {round(seconds)} s"
+
+
+LOCKS = {"mysql": server_lock, "mariadb": server_lock, "postgresql": advisory_lock, "sqlite": file_lock}

@@ -1,8 +1,16 @@
 """The application never stalls behind a migration.
 
 A migration's statement that waits for a lock holds up every application query queued behind it
-(MariaDB queues a table's readers behind a waiting ALTER). So the migration waits briefly, gives way,
-pauses to let the application through, and tries again; at the end it names what blocked it.
+(MariaDB queues a table's readers behind a waiting ALTER, and so does PostgreSQL). So the migration
+waits briefly, gives way, pauses to let the application through, and tries again; at the end it names
+what blocked it.
+
+PostgreSQL aborts the whole transaction on any error, a lock timeout included, and each revision runs
+in one transaction: a statement retried after its timeout would only meet "current transaction is
+aborted". So there each statement runs inside a SAVEPOINT; on a lock timeout (SQLSTATE 55P03) it rolls
+back to it, which undoes that one statement and keeps the revision's transaction (and its earlier
+statements) alive, and the statement is tried again. Any other error is left as it was, aborting the
+transaction, and the revision is rolled back whole.
 """
 
 from __future__ import annotations
@@ -12,7 +20,7 @@ import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 
 from sqlalchemy import event
@@ -107,16 +115,24 @@ def check_no_open_transactions(connection: Connection, older_than: float = DEFAU
 
 @contextmanager
 def retrying(
-    connection: Connection, blocked: Callable, blockers: Callable[[], str], seconds: float, retries: int, pause: float
+    connection: Connection,
+    blocked: Callable,
+    blockers: Callable[[], str],
+    seconds: float,
+    retries: int,
+    pause: float,
+    around: Callable[[object, str], AbstractContextManager] = lambda cursor, statement: nullcontext(),
 ) -> Iterator[None]:
-    """Run each statement ourselves (the do_execute events), trying again while `blocked(error)`."""
+    """Run each statement ourselves (the do_execute events), trying again while `blocked(error)`;
+    each try runs inside `around(cursor, statement)` (PostgreSQL's savepoint)."""
     engine, dialect = connection.engine, connection.dialect
 
     def retried(run):
         def execute(cursor, statement, *rest):
             for attempt in range(1, retries + 2):
                 try:
-                    run(cursor, statement, *rest)
+                    with around(cursor, statement):
+                        run(cursor, statement, *rest)
                     return True  # executed: SQLAlchemy must not run it again
                 except dialect.loaded_dbapi.Error as exc:
                     if not blocked(exc):
@@ -240,10 +256,144 @@ def file_guard(connection: Connection, lock_wait_timeout: float, retries: int, p
             pass  # as on a server: a broken connection is about to be closed
 
 
-GUARDS = {"mysql": server_guard, "mariadb": server_guard, "sqlite": file_guard}
+# -- PostgreSQL ---------------------------------------------------------------------------------------
+
+PG_LOCK_NOT_AVAILABLE = "55P03"  # lock_timeout expired (or NOWAIT): nothing else raises it
+RETRY_SAVEPOINT = "deploy_lock_retry"
+# Transaction control runs bare: it waits for no lock, and a savepoint of ours around SQLAlchemy's own
+# (begin_nested) would be released or rolled back with it.
+TRANSACTION_CONTROL = re.compile(r"\s*(SAVEPOINT|RELEASE|ROLLBACK|COMMIT|BEGIN|START|END|ABORT|PREPARE)\b", re.I)
+# Other sessions' transactions in this database. clock_timestamp(), not now(): now() is our own
+# transaction's start. Another role's session shows its state, times, query and even backend_type only
+# to a superuser or a member of pg_read_all_stats; to others these are NULL, and only its user, pid
+# and database show (background workers have no user).
+PG_TRANSACTIONS = """
+    SELECT pid, usename, host(client_addr), client_port,
+           EXTRACT(EPOCH FROM clock_timestamp() - xact_start), state, query
+    FROM pg_stat_activity
+    WHERE datname = current_database() AND pid <> pg_backend_pid()
+      AND (backend_type = 'client backend' OR (backend_type IS NULL AND usename IS NOT NULL))
+      AND (xact_start IS NOT NULL OR state IS NULL)
+    ORDER BY xact_start
+"""
+
+
+def pg_code(error: BaseException) -> str | None:
+    return getattr(error, "sqlstate", None)
+
+
+@contextmanager
+def pg_guard(connection: Connection, lock_wait_timeout: float, retries: int, pause: float) -> Iterator[None]:
+    milliseconds = max(1, math.ceil(lock_wait_timeout * 1000))  # 0 would mean "wait forever"
+    began = not connection.in_transaction()
+    before = connection.exec_driver_sql("SELECT current_setting('lock_timeout')").scalar()
+    connection.exec_driver_sql(f"SET lock_timeout = {milliseconds}")
+    if began:
+        # SET is transactional in PostgreSQL: committed now, so that a revision's rollback keeps it.
+        connection.commit()
+    dbapi_connection = connection.connection.dbapi_connection
+    try:
+        with retrying(
+            connection,
+            lambda error: pg_code(error) == PG_LOCK_NOT_AVAILABLE,
+            lambda: pg_what_blocks(dbapi_connection),
+            milliseconds / 1000,
+            retries,
+            pause,
+            pg_savepoint,
+        ):
+            yield
+    finally:
+        # Restored outside any transaction only: the caller's open one is not ours to commit or end
+        # (every command closes this connection right after, its settings with it).
+        if not connection.in_transaction():
+            try:
+                connection.exec_driver_sql("SELECT set_config('lock_timeout', %(before)s, false)", {"before": before})
+                connection.commit()
+            except SQLAlchemyError:
+                pass  # the connection is broken: it is about to be closed, with its settings
+
+
+@contextmanager
+def pg_savepoint(cursor, statement: str) -> Iterator[None]:
+    """One statement's try, undone alone when its lock wait timed out (see the module's docstring)."""
+    from psycopg.pq import TransactionStatus
+
+    dbapi_connection = cursor.connection
+    # Autocommit (CREATE INDEX CONCURRENTLY in an autocommit_block): no transaction to keep alive.
+    if dbapi_connection.autocommit or TRANSACTION_CONTROL.match(statement):
+        yield
+        return
+    dbapi_connection.execute(f"SAVEPOINT {RETRY_SAVEPOINT}")  # opens the transaction if none is
+    try:
+        yield
+    except Exception as exc:
+        if pg_code(exc) == PG_LOCK_NOT_AVAILABLE:
+            dbapi_connection.execute(f"ROLLBACK TO SAVEPOINT {RETRY_SAVEPOINT}")
+            dbapi_connection.execute(f"RELEASE SAVEPOINT {RETRY_SAVEPOINT}")
+        raise
+    # A statement such as COMMIT may have ended the transaction, and the savepoint with it.
+    if dbapi_connection.info.transaction_status == TransactionStatus.INTRANS:
+        dbapi_connection.execute(f"RELEASE SAVEPOINT {RETRY_SAVEPOINT}")
+
+
+def pg_transactions(dbapi_connection, older_than: float) -> list[Transaction]:
+    """On the driver's connection, so that it can run while SQLAlchemy is executing a statement."""
+    cursor = dbapi_connection.cursor()
+    try:
+        # Statistics are read once per transaction and kept: read them afresh.
+        cursor.execute("SELECT pg_stat_clear_snapshot()")
+        cursor.execute(PG_TRANSACTIONS)
+        rows = cursor.fetchall()
+        if any(row[5] is None for row in rows):
+            cursor.execute("SELECT current_user")
+            user = cursor.fetchone()[0]
+            raise DeployError(
+                "reading open transactions needs the pg_read_all_stats role: grant it to the migration user "
+                f'(GRANT pg_read_all_stats TO "{user}") or pass --ignore-transactions'
+            )
+    finally:
+        cursor.close()
+    found = []
+    for pid, user, address, port, seconds, state, query in rows:
+        if float(seconds) <= older_than:
+            continue
+        host = (f"[{address}]:{port}" if ":" in address else f"{address}:{port}") if address else "local"
+        # Idle in a transaction, `query` is the last statement it ran, not one it is running.
+        found.append(Transaction(pid, user, host, float(seconds), query if state == "active" else None))
+    return found
+
+
+def pg_what_blocks(dbapi_connection) -> str:
+    try:
+        found = pg_transactions(dbapi_connection, 0)
+    except DeployError:
+        return "grant the migration user pg_read_all_stats to see what blocked it"
+    except Exception as exc:  # the timeout is the news; not knowing its cause must not hide it
+        return f"cannot tell what blocked it ({type(exc).__name__})"
+    if not found:
+        return "no other transaction is open (a long statement or another DDL may hold the table)"
+    return f"blocked by {len(found)} open transaction{'s' * (len(found) > 1)}: {'; '.join(map(str, found))}"
+
+
+def pg_open_transactions(connection: Connection, older_than: float) -> list[Transaction]:
+    outside = not connection.in_transaction()
+    dbapi_connection = connection.connection.dbapi_connection
+    try:
+        return pg_transactions(dbapi_connection, older_than)
+    except connection.dialect.loaded_dbapi.Error as exc:
+        raise DeployError(explain(exc, connection.engine.url)) from None
+    finally:
+        if outside:
+            # The driver opened a transaction that SQLAlchemy does not know of: end it, as none was open.
+            dbapi_connection.rollback()
+
+
+GUARDS = {"mysql": server_guard, "mariadb": server_guard, "postgresql": pg_guard, "sqlite": file_guard}
 READERS = {
     "mysql": server_open_transactions,
     "mariadb": server_open_transactions,
+    "postgresql": pg_open_transactions,
     # One writer at a time, and no way to list the others: nothing to report.
     "sqlite": lambda connection, older_than: [],
 }
