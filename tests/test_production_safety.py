@@ -140,19 +140,25 @@ def test_ctrl_c_on_the_laptop_finishes_the_revision_and_stops_before_the_next(re
     assert remote.database.version() == AFTER
 
 
-def test_a_lost_ssh_connection_finishes_the_revision_and_stops_before_the_next(remote, tmp_path):
-    add_slow_then_fast(remote)
+def fab_upgrade_in_the_background(remote) -> subprocess.Popen:
+    """`fab prod db.upgrade --yes` started, its password sent, while the test goes on."""
     laptop = subprocess.Popen(
         [*remote.argv, "prod", "db.upgrade", "--yes"],
         cwd=remote.local.path,
         env=environment(),
         stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
+    laptop.stdin.write(STDIN_PASSWORD.encode())
+    laptop.stdin.flush()
+    return laptop
+
+
+def test_a_lost_ssh_connection_finishes_the_revision_and_stops_before_the_next(remote, tmp_path):
+    add_slow_then_fast(remote)
+    laptop = fab_upgrade_in_the_background(remote)
     try:
-        laptop.stdin.write(STDIN_PASSWORD.encode())
-        laptop.stdin.flush()
         wait_for_table(remote.database, "slow_started")
         laptop.kill()  # the laptop vanishes mid-revision: its SSH connection drops with it
     finally:
@@ -380,17 +386,8 @@ def test_two_fab_upgrades_at_once_the_second_names_the_first(remote):
     remote.upgrade()
     slow = live_only("__import__('time').sleep(6)")
     remote.add_revision("slow00000001", f"op.create_table('slow_started', sa.Column('id', sa.Integer))\n    {slow}")
-    first = subprocess.Popen(
-        [*remote.argv, "prod", "db.upgrade", "--yes"],
-        cwd=remote.local.path,
-        env=environment(),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    first = fab_upgrade_in_the_background(remote)
     try:
-        first.stdin.write(STDIN_PASSWORD.encode())
-        first.stdin.flush()
         wait_for_table(remote.database, "slow_started")
         second = remote.fab("prod", "db.upgrade", "--yes", stdin=STDIN_PASSWORD)
     finally:
