@@ -34,5 +34,10 @@ def one_line_errors(body):
             raise Exit(f"error: {mask(str(exc))}", code=1) from None
         except KeyboardInterrupt:
             raise Exit("interrupted", code=130) from None
+        except BrokenPipeError:
+            # The reader went away (`invoke db.history | head`): nothing left to say, and no traceback.
+            # Python's advice: point stdout at devnull, so the flush at exit does not fail again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise Exit(code=141) from None  # as a shell reports SIGPIPE
 
     return run

@@ -292,3 +292,19 @@ def test_revision_environment_on_still_tells_blank_from_autogenerate(checkout):
     checkout.invoke("db.upgrade")
     unchanged = checkout.invoke("db.revision", "-m", "nothing")
     assert unchanged.code == 0 and "no schema changes detected" in unchanged.out, unchanged.output
+
+
+def test_a_reader_that_goes_away_gets_no_traceback(checkout):
+    """`invoke db.status | head -1`: the pipe closes before the task is done writing."""
+    checkout.invoke("db.reset")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "invoke", "db.status"],
+        cwd=checkout.path,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    process.stdout.close()  # the reader is gone before the first line
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 141, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
