@@ -60,27 +60,40 @@ def busy(url: URL, wait: float, holder: str) -> DeployError:
 
 
 @contextmanager
-def server_lock(url: URL, engine_options: dict | None, wait: float) -> Iterator[None]:
+def session_lock(url: URL, engine_options: dict | None, acquire, release) -> Iterator[None]:
+    """A lock held by a session of its own, as the database servers keep them: `acquire(connection)`
+    takes it (or raises), `release(connection)` gives it back; the session's end frees it anyway."""
     if not url.database:
         raise DeployError(f"the migration lock needs a database name in the URL ({describe(url)})")
-    name = lock_name(url.database)
     with connect(url, engine_options) as connection:
         # No transaction may stay open on this connection while it sits idle, holding the lock.
         connection = connection.execution_options(isolation_level="AUTOCOMMIT")
         try:
-            connection.exec_driver_sql(IDLE_FOR_A_YEAR)
-            acquired = connection.scalar(text("SELECT GET_LOCK(:name, :wait)"), {"name": name, "wait": wait})
-            if acquired != 1:
-                raise busy(url, wait, server_holder(connection, name))
+            acquire(connection)
         except SQLAlchemyError as exc:
             raise DeployError(explain(exc, url)) from None
         try:
             yield
         finally:
             try:
-                connection.scalar(text("SELECT RELEASE_LOCK(:name)"), {"name": name})
+                release(connection)
             except SQLAlchemyError:
                 pass  # a lost connection has released the lock already: the server ended its session
+
+
+def server_lock(url: URL, engine_options: dict | None, wait: float):
+    name = lock_name(url.database or "")
+
+    def acquire(connection) -> None:
+        connection.exec_driver_sql(IDLE_FOR_A_YEAR)
+        acquired = connection.scalar(text("SELECT GET_LOCK(:name, :wait)"), {"name": name, "wait": wait})
+        if acquired != 1:
+            raise busy(url, wait, server_holder(connection, name))
+
+    def release(connection) -> None:
+        connection.scalar(text("SELECT RELEASE_LOCK(:name)"), {"name": name})
+
+    return session_lock(url, engine_options, acquire, release)
 
 
 def server_holder(connection, name: str) -> str:
@@ -176,34 +189,26 @@ ADVISORY_HOLDER = """
 """
 
 
-@contextmanager
-def advisory_lock(url: URL, engine_options: dict | None, wait: float) -> Iterator[None]:
-    if not url.database:
-        raise DeployError(f"the migration lock needs a database name in the URL ({describe(url)})")
-    key = advisory_key(url.database)
-    with connect(url, engine_options) as connection:
-        # A session lock: no transaction stays open while it is held (it would block VACUUM and
-        # show up as an open transaction), and it lasts until released or the session ends.
-        connection = connection.execution_options(isolation_level="AUTOCOMMIT")
-        try:
-            # The server's idle_session_timeout (14+) would end the idle session, and the lock with it.
-            if connection.dialect.server_version_info >= (14,):
-                connection.exec_driver_sql("SET idle_session_timeout = 0")
-            deadline = time.monotonic() + wait
-            while not connection.scalar(text("SELECT pg_try_advisory_lock(:key)"), {"key": key}):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise busy(url, wait, advisory_holder(connection, key))
-                time.sleep(min(POLL, remaining))
-        except SQLAlchemyError as exc:
-            raise DeployError(explain(exc, url)) from None
-        try:
-            yield
-        finally:
-            try:
-                connection.scalar(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
-            except SQLAlchemyError:
-                pass  # a lost connection has released the lock already: the server ended its session
+def advisory_lock(url: URL, engine_options: dict | None, wait: float):
+    # A session lock: no transaction stays open while it is held (it would block VACUUM and show up
+    # as an open transaction), and it lasts until released or the session ends.
+    key = advisory_key(url.database or "")
+
+    def acquire(connection) -> None:
+        # The server's idle_session_timeout (14+) would end the idle session, and the lock with it.
+        if connection.dialect.server_version_info >= (14,):
+            connection.exec_driver_sql("SET idle_session_timeout = 0")
+        deadline = time.monotonic() + wait
+        while not connection.scalar(text("SELECT pg_try_advisory_lock(:key)"), {"key": key}):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise busy(url, wait, advisory_holder(connection, key))
+            time.sleep(min(POLL, remaining))
+
+    def release(connection) -> None:
+        connection.scalar(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+
+    return session_lock(url, engine_options, acquire, release)
 
 
 def advisory_holder(connection, key: int) -> str:

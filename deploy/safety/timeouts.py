@@ -179,7 +179,11 @@ def server_guard(connection: Connection, lock_wait_timeout: float, retries: int,
         with retrying(
             connection,
             lambda error: server_code(error) == LOCK_WAIT_TIMEOUT,
-            lambda: what_blocks(dbapi_connection),
+            lambda: what_blocks(
+                lambda: server_transactions(dbapi_connection, 0),
+                "PROCESS",
+                "a long statement, LOCK TABLES or another DDL",
+            ),
             seconds,
             retries,
             pause,
@@ -194,15 +198,17 @@ def server_guard(connection: Connection, lock_wait_timeout: float, retries: int,
             pass  # the connection is broken or failed: it is about to be closed, with its settings
 
 
-def what_blocks(dbapi_connection) -> str:
+def what_blocks(read_transactions, grant: str, other_holders: str) -> str:
+    """What a lock-wait timeout waited for: the open transactions `read_transactions()` finds, else
+    which grant would show them (`grant`), else the other things that hold tables (`other_holders`)."""
     try:
-        found = server_transactions(dbapi_connection, 0)
+        found = read_transactions()
     except DeployError:
-        return "grant the migration user PROCESS to see what blocked it"
+        return f"grant the migration user {grant} to see what blocked it"
     except Exception as exc:  # the timeout is the news; not knowing its cause must not hide it
         return f"cannot tell what blocked it ({type(exc).__name__})"
     if not found:
-        return "no other transaction is open (a long statement, LOCK TABLES or another DDL may hold the table)"
+        return f"no other transaction is open ({other_holders} may hold the table)"
     return f"blocked by {len(found)} open transaction{'s' * (len(found) > 1)}: {'; '.join(map(str, found))}"
 
 
@@ -296,7 +302,9 @@ def pg_guard(connection: Connection, lock_wait_timeout: float, retries: int, pau
         with retrying(
             connection,
             lambda error: pg_code(error) == PG_LOCK_NOT_AVAILABLE,
-            lambda: pg_what_blocks(dbapi_connection),
+            lambda: what_blocks(
+                lambda: pg_transactions(dbapi_connection, 0), "pg_read_all_stats", "a long statement or another DDL"
+            ),
             milliseconds / 1000,
             retries,
             pause,
@@ -362,18 +370,6 @@ def pg_transactions(dbapi_connection, older_than: float) -> list[Transaction]:
         # Idle in a transaction, `query` is the last statement it ran, not one it is running.
         found.append(Transaction(pid, user, host, float(seconds), query if state == "active" else None))
     return found
-
-
-def pg_what_blocks(dbapi_connection) -> str:
-    try:
-        found = pg_transactions(dbapi_connection, 0)
-    except DeployError:
-        return "grant the migration user pg_read_all_stats to see what blocked it"
-    except Exception as exc:  # the timeout is the news; not knowing its cause must not hide it
-        return f"cannot tell what blocked it ({type(exc).__name__})"
-    if not found:
-        return "no other transaction is open (a long statement or another DDL may hold the table)"
-    return f"blocked by {len(found)} open transaction{'s' * (len(found) > 1)}: {'; '.join(map(str, found))}"
 
 
 def pg_open_transactions(connection: Connection, older_than: float) -> list[Transaction]:
