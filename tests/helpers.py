@@ -125,6 +125,12 @@ class Checkout:
     def invoke(self, *args: str, stdin: str | bytes | None = None, env: dict | None = None) -> Result:
         return run([str(BIN / "python"), "-m", "invoke", *args], self.path, stdin, env)
 
+    def spawn(self, *args: str, env: dict[str, str]) -> pexpect.spawn:
+        """`invoke ARGS` at a real terminal (a pexpect pty), with exactly the environment `env`."""
+        return pexpect.spawn(
+            str(BIN / "python"), ["-m", "invoke", *args], cwd=str(self.path), env=env, encoding="utf-8", timeout=120
+        )
+
     def alembic(self, *args: str, stdin: str | None = None, env: dict | None = None) -> Result:
         return run([str(BIN / "alembic"), *args], self.path, stdin, env)
 
@@ -195,6 +201,8 @@ def one_error_line(result: Result) -> str:
     return lines[0]
 
 
+# The settings a production run selects.
+PRODUCTION = {"FLASK_CONFIG": "production"}
 # The example app's revisions, base first.
 BASE, POSTS, HEAD = "747f7d2e75b9", "06bd3f51a453", "776f3cb23823"
 

@@ -149,6 +149,18 @@ class _ManagedServer:
             )
         _LIVE.add(self)
 
+    def _bootstrap(self, what: str, argv: Sequence[str], log_path: pathlib.Path, timeout: float, cwd=None) -> None:
+        """Run a one-off setup tool (install-db, initdb), its output in `log_path`; fail as a start would."""
+        with open(log_path, "ab") as log:
+            try:
+                result = subprocess.run(
+                    argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, timeout=timeout, cwd=cwd
+                )
+            except subprocess.TimeoutExpired:
+                raise ServerStartError(f"{what} timed out after {timeout:.0f}s.\n{self._log_tails()}") from None
+        if result.returncode != 0:
+            raise ServerStartError(f"{what} failed with code {result.returncode}.\n{self._log_tails()}")
+
     def _wait_ready(self, probe: Callable[[], bool], timeout: float) -> None:
         """Poll ``probe`` until it succeeds; raise if the process dies or time runs out."""
         assert self.process is not None
@@ -295,22 +307,7 @@ class MariaDB(_ManagedServer):
                 "FLUSH PRIVILEGES;\nCREATE USER root@'%';\nGRANT ALL PRIVILEGES ON *.* TO root@'%' WITH GRANT OPTION;\n"
             )
             argv.append(f"--extra-file={self.remote_root_sql}")
-        with open(self.install_log_path, "ab") as log:
-            try:
-                result = subprocess.run(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    timeout=timeout,
-                    check=False,
-                )
-            except subprocess.TimeoutExpired:
-                raise ServerStartError(
-                    f"mariadb-install-db timed out after {timeout:.0f}s.\n{self._log_tails()}"
-                ) from None
-        if result.returncode != 0:
-            raise ServerStartError(f"mariadb-install-db failed with code {result.returncode}.\n{self._log_tails()}")
+        self._bootstrap("mariadb-install-db", argv, self.install_log_path, timeout)
         self._initialised_marker.touch()
 
     def _socket_arg(self) -> str:
@@ -524,22 +521,12 @@ class PostgreSQL(_ManagedServer):
             "--auth=trust",
             "--no-sync",
         ]
-        with open(self.initdb_log_path, "ab") as log:
-            try:
-                result = subprocess.run(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    timeout=timeout,
-                    check=False,
-                    cwd=self.cluster_dir,  # initdb complains when it cannot read the caller's cwd
-                )
-            except subprocess.TimeoutExpired:
-                raise ServerStartError(f"initdb timed out after {timeout:.0f}s.\n{self._log_tails()}") from None
-        if result.returncode != 0:
+        try:
+            # cwd: initdb complains when it cannot read the caller's working directory.
+            self._bootstrap("initdb", argv, self.initdb_log_path, timeout, cwd=self.cluster_dir)
+        except ServerStartError:
             shutil.rmtree(self.datadir, ignore_errors=True)  # redone on the next start
-            raise ServerStartError(f"initdb failed with code {result.returncode}.\n{self._log_tails()}")
+            raise
         # Superuser without a password on loopback (the tests' admin); everyone else by password.
         (self.datadir / "pg_hba.conf").write_text(
             f"local all {self.SUPERUSER} trust\n"

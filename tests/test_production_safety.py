@@ -6,9 +6,18 @@ import subprocess
 import time
 
 import pexpect
-from helpers import BASE, BIN, HEAD, PASSWORD, STDIN_PASSWORD, environment, live_only, one_error_line, refused
-
-PRODUCTION = {"FLASK_CONFIG": "production"}
+from helpers import (
+    BASE,
+    BIN,
+    HEAD,
+    PASSWORD,
+    PRODUCTION,
+    STDIN_PASSWORD,
+    environment,
+    live_only,
+    one_error_line,
+    refused,
+)
 
 
 def test_upgrade_sql_prints_the_pending_range_and_changes_nothing(checkout, database):
@@ -71,14 +80,7 @@ def test_fab_upgrade_answered_no_at_a_terminal_changes_nothing(remote):
 
 def test_a_terminal_production_upgrade_shows_the_plan_before_asking(checkout, database):
     checkout.use_production(database)
-    child = pexpect.spawn(
-        str(BIN / "python"),
-        ["-m", "invoke", "db.upgrade"],
-        cwd=str(checkout.path),
-        env=environment(**PRODUCTION),
-        encoding="utf-8",
-        timeout=120,
-    )
+    child = checkout.spawn("db.upgrade", env=environment(**PRODUCTION))
     try:
         child.expect("Password for ")
         child.sendline(PASSWORD)
@@ -355,14 +357,7 @@ def test_ctrl_c_at_a_local_terminal_stops_between_revisions_and_frees_the_lock(c
     assert checkout.invoke("db.upgrade", "--yes", stdin=STDIN_PASSWORD, env=env).code == 0
     slow_revision(checkout, "slow00000001", HEAD, 4)
     checkout.add_revision("next00000001", "slow00000001", "op.create_table('next', sa.Column('id', sa.Integer))")
-    child = pexpect.spawn(
-        str(BIN / "python"),
-        ["-m", "invoke", "db.upgrade", "--yes"],
-        cwd=str(checkout.path),
-        env=environment(**env),
-        encoding="utf-8",
-        timeout=120,
-    )
+    child = checkout.spawn("db.upgrade", "--yes", env=environment(**env))
     try:
         child.expect("Password for ")
         child.sendline(PASSWORD)
