@@ -6,12 +6,13 @@ from __future__ import annotations
 import getpass
 import json
 import sys
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 from urllib.parse import quote, quote_plus
 
-from sqlalchemy.engine import URL, make_url
-
 from .errors import DeployError
+
+if TYPE_CHECKING:  # fab's laptop side asks for passwords without importing SQLAlchemy
+    from sqlalchemy.engine import URL
 
 MASK = "***"
 SHORT = 4
@@ -112,6 +113,8 @@ def mask(text: str) -> str:
 
 
 def _encodings(password: str) -> set[str]:
+    from sqlalchemy.engine import make_url
+
     # As SQLAlchemy renders it in a URL (str(engine.url) with the password shown).
     rendered = make_url("x://u:@h").set(password=password).render_as_string(hide_password=False)
     percent = {quote(password, safe=""), quote(password), quote_plus(password), rendered[len("x://u:") : -len("@h")]}

@@ -10,13 +10,19 @@ from invoke import Collection, task
 
 from . import commands, safety
 from .errors import DeployError, one_line_errors
+from .safety import GUARD_HELP
 from .safety.cancel import Cancellation
+from .status import await_go
 
-CONTROLLED = "used by fab: stdin stays open after the password; 'stop' or its end stops between revisions"
-GUARD_HELP = {
-    "no_backup": "outside development, skip the backup taken before the change (said loudly)",
-    "ignore_transactions": "go on although other transactions have been open a while (they may block us)",
-}
+CONVERSATION = (
+    "used by fab: print the status line first and go on only at the laptop's answer (the password follows "
+    "it on stdin, which stays open: 'stop' or its end stops between revisions)"
+)
+
+
+def agreed(opened: commands.Project, conversation: bool, target: str = "head", downgrade: bool = False) -> bool:
+    """Under fab (`conversation`): the laptop has seen the status and said go."""
+    return not conversation or await_go(commands.status(opened, target, downgrade))
 
 
 def project(c, **switches) -> commands.Project:
@@ -62,7 +68,7 @@ def revision(c, message, empty=False, base=None):
         "yes": "outside development, apply without asking [y/N] (for pipelines; fab passes it after asking you)",
         "allow_risky": "outside development, apply although the lint finds unreviewed risky operations",
         **GUARD_HELP,
-        "controlled": CONTROLLED,
+        "conversation": CONVERSATION,
     }
 )
 @one_line_errors
@@ -75,16 +81,22 @@ def upgrade(
     allow_risky=False,
     no_backup=False,
     ignore_transactions=False,
-    controlled=False,
+    conversation=False,
 ):
     """Upgrade the database to head, or to --to REV."""
     opened = project(c, allow_risky=allow_risky, no_backup=no_backup, ignore_transactions=ignore_transactions)
+    if conversation:
+        told = commands.status(opened, to)
+        if not await_go(told):
+            return
+        # The laptop approved the plan made against these heads: a checkout changed since is refused.
+        expect_head = expect_head or (told.heads[0] if len(told.heads) == 1 else None)
     if sql:
         print(commands.sql(opened, to))
         return
     # Outside development, the plan is shown and applied only when confirmed.
     confirm = None if opened.settings.name in c.config.db.reset_settings else partial(safety.confirm, "Apply?", yes)
-    cancellation = Cancellation(sys.stdin.fileno() if controlled else None)
+    cancellation = Cancellation(sys.stdin.fileno() if conversation else None)
     print(commands.upgrade(opened, to, expect_head, progress=print, confirm=confirm, cancellation=cancellation))
 
 
@@ -94,27 +106,36 @@ def upgrade(
         "confirmed": "do not ask for the database's name outside development (fab passes it after asking you)",
         "sql": "print the SQL the downgrade would run, from the database's revision; change nothing",
         **GUARD_HELP,
-        "controlled": CONTROLLED,
+        "conversation": CONVERSATION,
     }
 )
 @one_line_errors
-def downgrade(c, to="-1", confirmed=False, sql=False, no_backup=False, ignore_transactions=False, controlled=False):
+def downgrade(c, to="-1", confirmed=False, sql=False, no_backup=False, ignore_transactions=False, conversation=False):
     """Downgrade the database one revision, or to --to REV."""
     opened = project(c, no_backup=no_backup, ignore_transactions=ignore_transactions)
+    if not agreed(opened, conversation, to, downgrade=True):
+        return
     if sql:
         print(commands.sql(opened, to, downgrade=True))
         return
     # Outside development, a downgrade (which may drop data) wants the database's name typed.
     guarded = opened.settings.name not in c.config.db.reset_settings and not confirmed
-    cancellation = Cancellation(sys.stdin.fileno() if controlled else None)
+    cancellation = Cancellation(sys.stdin.fileno() if conversation else None)
     print(commands.downgrade(opened, to, confirm=guarded, progress=print, cancellation=cancellation))
 
 
-@task(help={"revision": "the revision the database's schema already matches (or head, or base)"})
+@task(
+    help={
+        "revision": "the revision the database's schema already matches (or head, or base)",
+        "conversation": CONVERSATION,
+    }
+)
 @one_line_errors
-def stamp(c, revision):
+def stamp(c, revision, conversation=False):
     """Record REVISION as the database's revision without running migrations."""
-    print(commands.stamp(project(c), revision))
+    opened = project(c)
+    if agreed(opened, conversation):
+        print(commands.stamp(opened, revision))
 
 
 @task
@@ -157,12 +178,15 @@ def status(c, to=None, json=False, downgrade=False):
         "backup": "the backup's file name, as db.backups lists it",
         "confirmed": "do not ask for the database's name (fab passes it after asking you)",
         "no_backup": GUARD_HELP["no_backup"],
+        "conversation": CONVERSATION,
     }
 )
 @one_line_errors
-def restore(c, backup, confirmed=False, no_backup=False):
+def restore(c, backup, confirmed=False, no_backup=False, conversation=False):
     """Make the database exactly as in BACKUP, after typing its name (a backup of it comes first)."""
-    print(commands.restore(project(c, no_backup=no_backup), backup, confirm=not confirmed, progress=print))
+    opened = project(c, no_backup=no_backup)
+    if agreed(opened, conversation):
+        print(commands.restore(opened, backup, confirm=not confirmed, progress=print))
 
 
 @task
@@ -223,19 +247,22 @@ def schema(c, diff=False):
 @task(
     help={
         "yes": "stamp the match without asking [y/N] (for pipelines)",
-        "report": "only report the match (last line `match: REV`) or the closest; stamp nothing (fab uses it)",
+        "report": "only report the match (last line `match: REV`) or the closest; stamp nothing",
+        "conversation": "used by fab: the report, then the status line; stamp the match at the laptop's answer",
     }
 )
 @one_line_errors
-def detect(c, yes=False, report=False):
+def detect(c, yes=False, report=False, conversation=False):
     """Find the revision whose schema an unstamped database has; stamp it after a [y/N]."""
     from . import workflow
 
     opened = project(c)
     found = workflow.detect(opened)
-    if report:
-        # Read-only, with the application's user: the laptop reads the report, asks, then stamps.
+    if report or conversation:
+        # Read with the application's user; under fab the laptop reads the report, asks, then says go.
         print(found.report())
+        if conversation and await_go(commands.status(opened)) and found.match is not None:
+            print(commands.stamp(opened, found.match))
         return
     print(found)
     if found.match is None:

@@ -1,19 +1,27 @@
-"""Where a database stands against the migrations: the one structure the server sends the laptop.
+"""Where a database stands against the migrations: the one structure the server sends the laptop,
+and the conversation it opens.
 
 The laptop and the server run different checkouts by design, so the JSON carries a protocol
 number and is read in exactly one place, `Status.from_json`, which says in one line when the two
-suites do not speak the same protocol."""
+suites do not speak the same protocol.
+
+One fab command is one server process: a task that writes, run with `--conversation`, prints its
+status as one line (STATUS_LINE + JSON) and waits for the laptop's answer on stdin: GO, then the
+password when the status says one is needed; anything else, or the end of stdin, stops it quietly."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from dataclasses import dataclass
 
 from .errors import DeployError
 
-# Bump when a field is added, removed or changes meaning.
-PROTOCOL = 3
+# Bump when a field is added, removed or changes meaning, or the conversation changes.
+PROTOCOL = 4
+STATUS_LINE = "deploy-status: "
+GO = "go"
 
 
 @dataclass(frozen=True)
@@ -78,3 +86,11 @@ class Status:
         lines += [f"  {revision}  {message}" for revision, message in self.pending]
         lines += [f"risk:       {risk}" for risk in self.risks]
         return "\n".join(lines)
+
+
+def await_go(status: Status) -> bool:
+    """The server's half of the conversation: tell the laptop `status`; whether it answers GO."""
+    from .credentials import next_line
+
+    print(STATUS_LINE + status.to_json(), flush=True)
+    return next_line(sys.stdin) == GO

@@ -9,7 +9,6 @@ import dataclasses
 import io
 import json
 import re
-import shlex
 import subprocess
 from urllib.parse import quote, quote_plus
 
@@ -20,8 +19,8 @@ from deploy import credentials, safety
 from deploy.commands import Migration, Reset
 from deploy.database import Peer
 from deploy.errors import DeployError
-from deploy.remote_tasks import command_line, how_it_ended, server_error
 from deploy.settings import unencoded_password
+from deploy.ssh import PREFLIGHT, command_line, how_it_ended, server_error
 from deploy.status import PROTOCOL, Status
 
 STATUS = Status(
@@ -79,18 +78,31 @@ def test_status_text_lists_the_pending_revisions_or_says_it_cannot_plan():
 
 
 @pytest.mark.parametrize("hostile", ["plain", "it's", "$(rm -rf /)", "a b;c", "--to=-1", "`x`"])
-def test_command_lines_quote_every_word(hostile):
-    line = command_line(["python", "-m", "invoke", "db.stamp", hostile], cwd=f"/srv/{hostile}", env={"X": hostile})
+def test_command_lines_quote_every_word(hostile, tmp_path):
+    app_dir = tmp_path / f"srv {hostile}".replace("/", "÷")
+    app_dir.mkdir()
+    # An interpreter that prints where it runs, its arguments and the environment variable given.
+    python = tmp_path / "python"
+    python.write_text('#!/bin/sh\nprintf \'%s\\n\' "$PWD" "$X" "$@"\n')
+    python.chmod(0o755)
+    line = command_line(["-m", "invoke", "db.stamp", hostile], str(app_dir), str(python), {"X": hostile})
     # A real shell reads back exactly the words given, and runs nothing else.
-    shell = subprocess.run(
-        ["bash", "-c", line.replace("python -m invoke", "printf '%s\\n'").replace("cd ", "echo ", 1)],
-        capture_output=True,
-        text=True,
-    )
-    words = shell.stdout.splitlines()
-    assert words == [f"/srv/{hostile}", "db.stamp", hostile]
-    assert line.startswith(f"cd {shlex.quote('/srv/' + hostile)} && X={shlex.quote(hostile)} ")
+    shell = subprocess.run(["bash", "-c", line], capture_output=True, text=True)
+    assert shell.stdout.splitlines() == [str(app_dir), hostile, "-m", "invoke", "db.stamp", hostile]
     assert line.endswith("; exit $?")
+
+
+def test_command_lines_check_the_server_is_set_up(tmp_path):
+    """The app_dir and interpreter checks cost no round trip: they are part of the one command line."""
+    for app_dir, python, missing in [
+        (tmp_path / "nowhere", "/bin/true", "app_dir"),
+        (tmp_path, tmp_path / "py", "python"),
+    ]:
+        shell = subprocess.run(
+            ["bash", "-c", command_line([], str(app_dir), str(python), {})], capture_output=True, text=True
+        )
+        assert shell.returncode == 1
+        assert shell.stderr.strip() == f"{PREFLIGHT}{missing}"
 
 
 @pytest.mark.parametrize(

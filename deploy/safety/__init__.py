@@ -12,7 +12,9 @@ Each guard that differs by database kind keeps one implementation per kind, in a
 SQLAlchemy's backend name ("mysql" for MariaDB/MySQL, "sqlite", ...), chosen by `for_dialect`.
 """
 
-from sqlalchemy.engine import URL
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from ..errors import DeployError
 from .refusals import (
@@ -25,7 +27,17 @@ from .refusals import (
     confirm_database,
 )
 
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
+
+# The guard switches' help, for `invoke db.*` and `fab ENV db.*` alike.
+GUARD_HELP = {
+    "no_backup": "outside development, skip the backup taken before the change (said loudly)",
+    "ignore_transactions": "go on although other transactions have been open a while (they may block us)",
+}
+
 __all__ = [
+    "GUARD_HELP",
     "check_expected_head",
     "check_on_this_machine",
     "check_resettable",

@@ -2,7 +2,7 @@
 
 Ctrl-C (SIGINT), SIGTERM and SIGHUP ask to stop after the revision in progress; a second Ctrl-C
 within a few seconds aborts it hard. Under fab, the server's standard input stays open after the
-password as a control channel: a `stop` or `abort` line from the laptop, and its end (the SSH
+laptop's go and the password as a control channel: a `stop` or `abort` line from the laptop, and its end (the SSH
 connection lost) asks to stop too."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 
 # A second Ctrl-C within this many seconds aborts the revision in progress.
@@ -80,44 +81,24 @@ class Cancellation:
             self.request("stopped from the laptop")
 
 
-class ControlChannel:
-    """The laptop's end: what fab streams to the server's stdin. The password line first, then it
-    stays open (never EOF) until the run ends, carrying `stop` or `abort` lines on Ctrl-C."""
-
-    def __init__(self, first_line: str) -> None:
-        self._pending = first_line
-        self._lock = threading.Lock()
-
-    def send(self, line: str) -> None:
-        with self._lock:
-            self._pending += line + "\n"
-
-    def read(self, size: int = 1) -> str | None:
-        # Invoke's stdin pump reads one character at a time; None means "nothing yet", not EOF.
-        with self._lock:
-            if not self._pending:
-                return None
-            data, self._pending = self._pending[:size], self._pending[size:]
-            return data
-
-
 @contextmanager
-def forwarding_interrupts(channel: ControlChannel):
+def forwarding_interrupts(send: Callable[[str], None]):
     """While the server migrates: Ctrl-C here asks it to stop after the revision in progress; a
-    second Ctrl-C within a few seconds asks it to abort that revision."""
+    second Ctrl-C within a few seconds asks it to abort that revision. `send` puts a line on the
+    server's stdin (ssh.Session.send)."""
     asked = [0.0]
 
     def interrupted(signum, frame):
         if asked[0] and time.monotonic() - asked[0] < ABORT_WINDOW:
-            channel.send(ABORT)
+            send(ABORT)
             print("asking the server to abort the revision in progress", file=sys.stderr)
             return
         asked[0] = time.monotonic()
-        channel.send(STOP)
+        send(STOP)
         print("asking the server to stop after the revision in progress; Ctrl-C again to abort it", file=sys.stderr)
 
     previous = signal.signal(signal.SIGINT, interrupted)
     try:
-        yield channel
+        yield
     finally:
         signal.signal(signal.SIGINT, previous)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import sys
-
-from sqlalchemy.engine import URL
+from typing import TYPE_CHECKING
 
 from ..credentials import ask, describe
-from ..database import Peer
 from ..errors import DeployError
+
+if TYPE_CHECKING:  # fab's laptop side imports these refusals without SQLAlchemy
+    from sqlalchemy.engine import URL
+
+    from ..database import Peer
 
 LOCAL_HOSTS = {None, "", "localhost", "127.0.0.1", "::1"}
 

@@ -1,0 +1,335 @@
+"""The SSH transport of `fab ENV db.*`: one connection, and one server process per fab command.
+
+The server's checkout runs its own `invoke db.*`; a command that writes holds a conversation with it
+on the same channel (status.py): the server says where its database stands, the laptop checks, asks
+and confirms, then answers `go` and the password, or nothing. Fabric's Connection makes the connection
+(ssh_config, keys, timeouts); the conversation is paramiko's channel, which Fabric's runners, made to
+run a command to its end, do not offer."""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import shlex
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from shlex import quote
+
+from fabric import Connection
+from invoke import Exit
+
+from .environments import Target
+from .errors import DEBUG, DeployError, debugging
+from .status import GO, STATUS_LINE, Status
+
+# Seconds to connect and to get the server's SSH banner, unless Fabric's timeouts.connect says otherwise.
+CONNECT_TIMEOUT = 10
+# What the command line's own checks print on stderr when the server is not set up.
+PREFLIGHT = "deploy-preflight: "
+# Invoke's words for a switch it does not know: a server whose suite predates the conversation.
+UNKNOWN_SWITCH = "No idea what '--conversation' is"
+
+
+class Server:
+    """One target's server: an SSH connection and its checkout's `invoke db.*`."""
+
+    def __init__(self, c, target: Target):
+        self.target = target
+        self.name = target.label
+        # Keys and ssh_config come from Fabric's own configuration. `fab` reads ssh_config before it
+        # merges fabric.yaml and -f files, so an ssh_config_path set there needs this second read.
+        if c.config.get("ssh_config_path"):
+            c.config.load_ssh_config()
+        self.timeout = timeout = c.config.timeouts.connect or CONNECT_TIMEOUT
+        try:
+            self.connection = Connection(target.host, config=c.config, connect_timeout=timeout)
+        except ValueError as exc:
+            where = f"environments.{target.environment}.host"
+            raise DeployError(f"{where} is not a host string (user@host:port): {exc}") from None
+        # A peer that accepts but never speaks SSH would otherwise hold us for paramiko's own 15 s and more.
+        self.connection.connect_kwargs.setdefault("banner_timeout", timeout)
+        self.connection.connect_kwargs.setdefault("auth_timeout", timeout)
+        self.where = f"{self.connection.user}@{self.connection.host}:{self.connection.port}"
+
+    def __enter__(self) -> Server:
+        import paramiko
+
+        # Paramiko's transport thread logs its tracebacks; with no handler, Python would print them.
+        logging.getLogger("paramiko").addHandler(logging.NullHandler())
+        self.verify_host_keys()
+        try:
+            self.connection.open()
+        except paramiko.AuthenticationException:
+            raise DeployError(f"SSH authentication to {self.where} was refused: check your key or ssh_config") from None
+        except paramiko.BadHostKeyException:
+            raise DeployError(f"the host key of {self.where} differs from known_hosts: stop and find out why") from None
+        except paramiko.SSHException as exc:
+            if "known_hosts" in str(exc):
+                raise DeployError(
+                    f"{self.where} is not in known_hosts: connect once with ssh, check the fingerprint, then retry"
+                ) from None
+            # Paramiko tells a silent or non-SSH peer only in words: no banner, or no session after the wait.
+            if "banner" in str(exc) or str(exc) == "No existing session":
+                raise DeployError(
+                    f"cannot reach {self.where}: no SSH server answered within {self.timeout:g} s "
+                    "(Fabric's timeouts.connect)"
+                ) from None
+            raise DeployError(f"cannot reach {self.where}: {exc}") from None
+        except (TimeoutError, OSError) as exc:
+            raise DeployError(f"cannot reach {self.where}: {exc}") from None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.connection.close()
+
+    def verify_host_keys(self) -> None:
+        """Only a known host gets the password: Fabric itself accepts any host key."""
+        import paramiko
+
+        client = self.connection.client
+        client.load_system_host_keys()
+        # ssh_config's UserKnownHostsFile, as OpenSSH would read it.
+        for path in self.connection.ssh_config.get("userknownhostsfile", "").split():
+            if os.path.exists(os.path.expanduser(path)):
+                client.load_host_keys(os.path.expanduser(path))
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+
+    def session(
+        self, task_args: list[str], hide: bool = False, conversation: bool = False, output: Output | None = None
+    ) -> Session:
+        """Start `invoke db.*` in the server's checkout, with this environment's settings. No pty: a pty
+        would echo the password, and nothing typed here reaches the server unless sent on purpose.
+        Its output is shown as it comes, unless `hide`, or until the status line of a `conversation`."""
+        environment = {
+            "FLASK_CONFIG": self.target.settings,
+            # The server's hints name the command typed here (`fab prod db.status`).
+            "INVOKE_DB_CALLER": self.target.caller,
+            **({DEBUG: "1"} if debugging() else {}),
+        }
+        channel = self.connection.client.get_transport().open_session()
+        line = command_line(["-m", "invoke", *task_args], self.target.app_dir, self.target.python, environment)
+        channel.exec_command(line)
+        talk = Session(self, channel, hide, output or Output())
+        if not conversation:
+            talk.close_stdin()  # nothing to say: a server command that reads stdin finds its end
+            talk.show_stderr()
+        return talk
+
+    def invoke(self, task_args: list[str], hide: bool = False) -> str:
+        """Run `invoke db.*` on the server to its end: its output shown, or returned when `hide`;
+        a failure ends here, in one line."""
+        return self.session(task_args, hide).finish()
+
+    @property
+    def status_hint(self) -> str:
+        return f": run `{self.target.caller} db.status` to see where the database is"
+
+    @contextmanager
+    def conversation(self, task_args: list[str], output: Output | None = None) -> Iterator[Session]:
+        """A task that writes, run with `--conversation`: its status is read before anything is asked."""
+        with self.session([*task_args, "--conversation"], conversation=True, output=output) as talk:
+            talk.read_status()
+            yield talk
+
+
+class Session:
+    """One server command on its own channel. Its stdout comes line by line until the status line
+    (a conversation), then as it comes; its stderr is held until then, and shown after; its stdin is
+    the laptop's to write: the answer, the password, `stop` and `abort`."""
+
+    def __init__(self, server: Server, channel, hide: bool, output: Output) -> None:
+        self.server = server
+        self.channel = channel
+        self.hide = hide
+        self.output = output
+        self.status: Status | None = None
+        self.before_status = ""  # what the server printed before its status line
+        self._stdout = b""
+        self._stderr = bytearray()
+        self._stderr_lock = threading.Lock()
+        self._stderr_shown = False
+        self._stderr_reader = threading.Thread(target=self._read_stderr, daemon=True)
+        self._stderr_reader.start()
+        # Lines sent from a signal handler go through a writer thread: the main thread may be inside
+        # paramiko holding the channel's lock when Ctrl-C comes.
+        self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        threading.Thread(target=self._write, daemon=True).start()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        # A refusal or Ctrl-C before `go`: the end of its stdin tells the server to stop, quietly.
+        self.close_stdin()
+        self.channel.close()
+
+    def close_stdin(self) -> None:
+        self._outbox.put(None)
+
+    # -- the conversation --------------------------------------------------------------------------
+
+    def read_status(self) -> Status:
+        """The server's status line (status.py); the lines before it are kept in `before_status`."""
+        before = []
+        for line in self._lines():
+            if line.startswith(STATUS_LINE):
+                self.before_status = "".join(before)
+                self.status = Status.from_json(line[len(STATUS_LINE) :], self.server.name)
+                self.show_stderr()
+                return self.status
+            before.append(line)
+        self.finish()  # it ended without a status: the failure is told there
+        raise DeployError(f"{self.server.name}: the server's command gave no status")
+
+    def go(self, password: str | None = None) -> None:
+        """Tell the server to go on, giving it the password (when its status says one is needed)."""
+        self.send(GO + ("\n" + password if password is not None else ""))
+
+    def send(self, line: str) -> None:
+        """A line on the server's stdin; safe to call from a signal handler."""
+        self._outbox.put((line + "\n").encode())
+
+    def finish(self) -> str:
+        """Wait for the command's end. Its output is shown as it comes (returned instead when `hide`);
+        a failure raises: one line, the server's own reason where it gave one."""
+        kept = self._relay_stdout()
+        self._stderr_reader.join()
+        exited = self.channel.recv_exit_status()
+        if exited == 0:
+            return kept
+        said = self.reason()
+        if said is None:
+            ended = how_it_ended(exited)
+            raise DeployError(f"{self.server.name}: the server's command {ended}{self.server.status_hint}")
+        if not self._stderr_shown:
+            raise DeployError(said)
+        raise Exit(code=exited)  # the server's `error:` line is on stderr already
+
+    def reason(self) -> str | None:
+        """The server's own one-line reason for a failure, if it gave one."""
+        return server_error(self._stderr.decode("utf-8", "replace"), self.server)
+
+    # -- the channel's streams ---------------------------------------------------------------------
+
+    def _lines(self) -> Iterator[str]:
+        while True:
+            while b"\n" in self._stdout:
+                line, self._stdout = self._stdout.split(b"\n", 1)
+                yield line.decode("utf-8", "replace") + "\n"
+            chunk = self.channel.recv(65536)
+            if not chunk:
+                return
+            self._stdout += chunk
+
+    def _relay_stdout(self) -> str:
+        kept = bytearray()
+        chunk, self._stdout = self._stdout, b""
+        while True:
+            if self.hide:
+                kept += chunk
+            elif chunk:
+                self.output.write(1, chunk)
+            chunk = self.channel.recv(65536)
+            if not chunk:
+                self.output.write(1, b"", final=True)
+                return kept.decode("utf-8", "replace")
+
+    def _read_stderr(self) -> None:
+        while chunk := self.channel.recv_stderr(65536):
+            with self._stderr_lock:
+                self._stderr += chunk
+                if self._stderr_shown:
+                    self.output.write(2, chunk)
+        with self._stderr_lock:
+            if self._stderr_shown:
+                self.output.write(2, b"", final=True)
+
+    def show_stderr(self) -> None:
+        """From the status on, the server's stderr (Alembic's progress, warnings) is the user's to see."""
+        if self.hide:
+            return
+        with self._stderr_lock:
+            self._stderr_shown = True
+            self.output.write(2, bytes(self._stderr))
+
+    def _write(self) -> None:
+        while (data := self._outbox.get()) is not None:
+            try:
+                self.channel.sendall(data)
+            except OSError:
+                return  # the channel is gone: the server is stopping anyway
+        if not self.channel.closed:
+            self.channel.shutdown_write()
+
+
+class Output:
+    """Where a server command's output goes: straight through, or, for one of several targets run at
+    once, line by line behind the target's name, so the lines of parallel runs stay whole."""
+
+    _lock = threading.Lock()
+
+    def __init__(self, prefix: str | None = None) -> None:
+        self.prefix = prefix.encode() + b" | " if prefix else b""
+        self._partial = {1: b"", 2: b""}
+
+    def write(self, fd: int, data: bytes, final: bool = False) -> None:
+        """`data` from the server's stdout (1) or stderr (2); `final`: the stream has ended."""
+        if self.prefix:
+            text = self._partial[fd] + data
+            if final:
+                complete, self._partial[fd] = text, b""
+            else:
+                complete, _, self._partial[fd] = text.rpartition(b"\n")
+            data = b"".join(self.prefix + line + b"\n" for line in complete.splitlines())
+        if data:
+            stream = sys.stdout if fd == 1 else sys.stderr
+            with self._lock:
+                stream.buffer.write(data)
+                stream.flush()
+
+
+def command_line(argv: list[str], app_dir: str, python: str, env: dict[str, str]) -> str:
+    """The one place the remote shell command line is built, every word quoted, from argument lists:
+    `python ARGV` in `app_dir`, after checking both exist (no round trip of their own).
+
+    `; exit $?` keeps the shell from exec'ing the command, so a killed process is reported as 128+N:
+    paramiko drops SSH's own exit-signal message."""
+    assignments = " ".join(f"{name}={quote(value)}" for name, value in env.items())
+    return (
+        f"cd {quote(app_dir)} 2>/dev/null || {{ echo {PREFLIGHT}app_dir >&2; exit 1; }}; "
+        f"test -x {quote(python)} || {{ echo {PREFLIGHT}python >&2; exit 1; }}; "
+        f"{assignments} {shlex.join([python, *argv])}; exit $?"
+    )
+
+
+def server_error(stderr: str, server: Server | None = None) -> str | None:
+    """Why the server's command failed, in one line: the command line's own checks, a suite too old
+    for the conversation, or the server's own reason (`error: ...`, plain `alembic`'s `FAILED: ...`)."""
+    if server is not None:
+        target = server.target
+        if PREFLIGHT + "app_dir" in stderr:
+            return f"app_dir {target.app_dir} does not exist on {server.where}"
+        if PREFLIGHT + "python" in stderr:
+            return f"no Python at {target.python} on {server.where}: set environments.{target.environment}.python"
+        if UNKNOWN_SWITCH in stderr:
+            return f"{server.name}: the server's suite is older than yours (no --conversation): deploy it first"
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    if lines and lines[-1].startswith(("error: ", "FAILED: ")):
+        said = lines[-1].split(": ", 1)[1]
+        return f"{server.name}: {said}" if server is not None else said
+    return None
+
+
+def how_it_ended(exited: int) -> str:
+    """What an exit status says: SSH reports none (-1) for a killed process or a lost connection,
+    a shell reports 128+N for one killed by signal N."""
+    if exited < 0:
+        return "ended without an exit status (killed by a signal, or the connection was lost)"
+    if 128 < exited < 128 + signal.NSIG:
+        number = exited - 128
+        return f"was killed by signal {number} ({signal.strsignal(number) or 'unknown'}; exit status {exited})"
+    return f"failed with exit status {exited} and no message"
