@@ -1,0 +1,192 @@
+"""Several targets at once: the status of each, and upgrades in parallel, a bounded number at a time.
+
+Each target is its own SSH session and server process (ssh.py), under its own migration lock on the
+server. The laptop asks once: one [y/N] for the whole plan, one password per distinct migration user."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+
+from invoke import Exit
+
+from . import credentials, safety
+from .environments import Target
+from .errors import DeployError
+from .safety.cancel import forwarding_interrupts
+from .ssh import Output, Server, Session
+from .status import Status
+
+
+@dataclass
+class Outcome:
+    """What happened to one target; `ok` False makes the fab command fail."""
+
+    target: Target
+    database: str = ""
+    current: str = ""
+    result: str = ""
+    ok: bool = True
+
+    def fail(self, reason: str) -> None:
+        self.result, self.ok = f"failed: {reason}", False
+
+
+@dataclass
+class Run:
+    """One target's conversation, open from its status until it is answered and finished."""
+
+    outcome: Outcome
+    stack: ExitStack = field(default_factory=ExitStack)
+    talk: Session | None = None
+    password: str | None = None
+
+    @property
+    def status(self) -> Status:
+        return self.talk.status
+
+    def close(self) -> None:
+        self.stack.close()
+        self.talk = None
+
+
+def table(outcomes: list[Outcome]) -> str:
+    """One row per target: name, database, revision, result."""
+    rows = [("target", "database", "revision", "result")]
+    rows += [(o.target.name, o.database or "-", o.current or "-", o.result) for o in outcomes]
+    widths = [max(len(row[column]) for row in rows) for column in range(3)]
+    padded = ([*(row[column].ljust(widths[column]) for column in range(3)), row[3]] for row in rows)
+    return "\n".join("  ".join(cells) for cells in padded)
+
+
+def statuses(c, targets: list[Target], concurrency: int) -> list[Outcome]:
+    """Each target's status, read in parallel with the application's user (no password)."""
+
+    def read(target: Target) -> Outcome:
+        outcome = Outcome(target)
+        try:
+            with Server(c, target) as server:
+                lines = server.invoke(["db.status", "--json"], hide=True).strip().splitlines()
+                state = Status.from_json(lines[-1] if lines else "", server.name)
+        except DeployError as exc:
+            outcome.fail(str(exc))
+            return outcome
+        outcome.database, outcome.current = state.database, ", ".join(state.current) or "not stamped"
+        if state.pending is None:
+            outcome.result = "pending unknown: several heads, or tables without alembic_version"
+        else:
+            outcome.result = f"{len(state.pending)} pending" if state.pending else "up to date"
+        return outcome
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        return list(pool.map(read, targets))
+
+
+def upgrade(c, targets: list[Target], concurrency: int, args: list[str], check, yes: bool) -> list[Outcome]:
+    """Upgrade every target: statuses read in parallel, `check(server, status)` refusing a target
+    (a DeployError), one [y/N], one password per migration user, then the runs, `concurrency` at a
+    time. A target that fails does not stop the others."""
+    runs = [Run(Outcome(target)) for target in targets]
+    try:
+        with ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(lambda run: _open(c, run, args, check), runs))
+        chosen = _deduplicated([run for run in runs if run.talk is not None])
+        for run in runs:
+            if run not in chosen:
+                run.close()  # its server process ends quietly: nothing to do there
+        if not chosen:
+            return [run.outcome for run in runs]
+        print(f"{len(chosen)} database{'s' * (len(chosen) > 1)} to upgrade:")
+        for run in chosen:
+            pending = run.status.pending
+            print(
+                f"  {run.outcome.target.name}: {run.outcome.database}, {run.outcome.current} -> {pending[-1][0]}, "
+                f"{len(pending)} pending"
+            )
+        safety.confirm("Apply?", yes)
+        _ask_passwords(chosen)
+        _apply(chosen, concurrency)
+        return [run.outcome for run in runs]
+    finally:
+        for run in runs:
+            run.close()
+
+
+def _open(c, run: Run, args: list[str], check) -> None:
+    outcome = run.outcome
+    try:
+        server = run.stack.enter_context(Server(c, outcome.target))
+        run.talk = run.stack.enter_context(server.conversation(args, Output(outcome.target.name)))
+        state = run.status
+        outcome.database, outcome.current = state.database, ", ".join(state.current) or "base"
+        check(server, state)
+        if not state.pending:
+            outcome.result = "up to date"
+            run.close()
+    except (DeployError, Exit) as exc:
+        outcome.fail(str(exc) if isinstance(exc, DeployError) else "the server's command failed")
+        run.close()
+
+
+def _deduplicated(runs: list[Run]) -> list[Run]:
+    """Where two hosts reach one database, it is upgraded once."""
+    first: dict[str, Run] = {}
+    for run in runs:
+        if run.outcome.database in first:
+            run.outcome.result = f"same database as {first[run.outcome.database].outcome.target.name}"
+        else:
+            first[run.outcome.database] = run
+    return list(first.values())
+
+
+def _ask_passwords(runs: list[Run]) -> None:
+    """One prompt per migration user (user@host:port), whatever the number of its databases."""
+    users: dict[str, list[Run]] = {}
+    for run in runs:
+        if run.status.needs_password:
+            user = run.status.migration_user.rsplit("/", 1)[0]
+            users.setdefault(user, []).append(run)
+    for user, sharing in users.items():
+        password = credentials.read_password(f"Password for {user} ({len(sharing)} of the databases): ")
+        for run in sharing:
+            run.password = password
+
+
+def _apply(runs: list[Run], concurrency: int) -> None:
+    """Say go to each, `concurrency` at a time; Ctrl-C asks the running ones to stop between
+    revisions and starts no more."""
+    stopping = threading.Event()
+    running: set[Session] = set()
+    lock = threading.Lock()
+
+    def send_all(line: str) -> None:
+        stopping.set()
+        with lock:
+            for talk in running:
+                talk.send(line)
+
+    def run_one(run: Run) -> None:
+        outcome = run.outcome
+        with lock:
+            if stopping.is_set():
+                outcome.fail("not started: stopped by Ctrl-C")
+                return
+            running.add(run.talk)
+        try:
+            run.talk.go(run.password)
+            run.talk.finish()
+            outcome.result = f"upgraded to {run.status.pending[-1][0]}"
+        except DeployError as exc:
+            outcome.fail(str(exc))
+        except Exit:
+            outcome.fail(run.talk.reason() or "the server's command failed")
+        finally:
+            with lock:
+                running.discard(run.talk)
+
+    with forwarding_interrupts(send_all), ThreadPoolExecutor(concurrency) as pool:
+        futures: list[Future] = [pool.submit(run_one, run) for run in runs]
+        for future in futures:
+            future.result()

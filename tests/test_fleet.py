@@ -1,0 +1,148 @@
+"""A fleet: one environment, several real MariaDB databases (one per tenant's settings) on two host
+aliases of the loopback sshd, so each database is reached twice and must be migrated once."""
+
+from __future__ import annotations
+
+import io
+import re
+from datetime import datetime
+
+import pexpect
+import pytest
+from helpers import BIN, HEAD, PASSWORD, Checkout, Database, Remote, make_database, refused
+
+TENANTS = ("tenant_a", "tenant_b", "tenant_c")
+SLOW = "f1ee70000001"
+OTHER_PASSWORD = "other pw:/@%"
+
+
+@pytest.fixture
+def fleet(tmp_path, mariadb, sshd) -> tuple[Remote, dict[str, Database]]:
+    """tenant_a and tenant_b share one migration user; tenant_c has its own, with another password."""
+    shared = make_database(mariadb)
+    databases = {
+        "tenant_a": shared,
+        "tenant_b": make_database(mariadb),
+        "tenant_c": make_database(mariadb, OTHER_PASSWORD),
+    }
+    b = databases["tenant_b"]
+    mariadb.execute(f"GRANT ALL PRIVILEGES ON `{b.name}`.* TO %s@'%%'", (shared.migration_user,))
+    databases["tenant_b"] = Database(mariadb, b.name, b.app_user, shared.migration_user)
+    server = Checkout(tmp_path / "server")
+    # Every tenant runs the production config class; its instance/<tenant>.cfg names its database.
+    ini = server.path / "alembic.ini"
+    ini.write_text(ini.read_text().replace("exampleapp.config:configs", "exampleapp.config:ProductionConfig"))
+    for name, database in databases.items():
+        server.write_settings(
+            name, SQLALCHEMY_DATABASE_URI=database.app_url, SQLALCHEMY_ALEMBIC_URI=database.migration_url
+        )
+    (server.path / "invoke.yaml").write_text("db:\n  safety:\n    lock_wait: 1\n")
+    local = Checkout(tmp_path / "local")
+    # fabric.yaml declares the environment (which gives it a task); the -f file says where it is.
+    with (local.path / "fabric.yaml").open("a") as declared:
+        declared.write("  tenants: {}\n")
+    remote = Remote(local, server, shared, sshd, tmp_path / "fab.yaml")
+    hosts = [f"{sshd.user}@{alias}:{sshd.port}" for alias in ("127.0.0.1", "localhost")]
+    tenants = {"hosts": hosts, "app_dir": str(server.path), "python": str(BIN / "python"), "settings": list(TENANTS)}
+    remote.configure(fabric={"environments": {"tenants": {**tenants, "concurrency": 2}}})
+    # The second alias is a host of its own to SSH: its key must be known under that name too.
+    with (remote.config.parent / "known_hosts").open("a") as known:
+        known.write(sshd.known_hosts_line().replace("[127.0.0.1]", "[localhost]") + "\n")
+    return remote, databases
+
+
+def add_slow_revision(remote: Remote) -> None:
+    """A revision that records when it ran in its own database, to see how many ran at once."""
+    remote.add_revision(
+        SLOW,
+        "op.execute('CREATE TABLE ran (started DATETIME(6), ended DATETIME(6))')\n    "
+        "op.execute('INSERT INTO ran SELECT NOW(6), NULL')\n    "
+        "op.execute('DO SLEEP(2)')\n    "
+        "op.execute('UPDATE ran SET ended = NOW(6)')",
+    )
+
+
+def most_at_once(databases) -> int:
+    windows = [database.query("SELECT started, ended FROM ran")[0] for database in databases]
+    moments: list[tuple[datetime, int]] = [(start, 1) for start, _ in windows] + [(end, -1) for _, end in windows]
+    running = most = 0
+    for _, step in sorted(moments):
+        running += step
+        most = max(most, running)
+    return most
+
+
+def test_a_fleet_is_upgraded_in_parallel_once_per_database_with_one_password_per_user(fleet):
+    remote, databases = fleet
+    status = remote.fab("tenants", "db.status")
+    assert status.code == 0, status.output
+    rows = status.out.splitlines()[1:]
+    assert len(rows) == 6 and all("3 pending" in row for row in rows), status.out
+
+    add_slow_revision(remote)
+    transcript = io.StringIO()
+    child = remote.spawn("tenants", "db.upgrade", "--allow-risky", dimensions=(50, 250))
+    child.logfile_read = transcript
+    try:
+        child.expect_exact("Apply? [y/N] ")
+        child.sendline("y")
+        prompts = []
+        for _ in range(2):
+            child.expect(r"Password for (\S+) \((\d) of the databases\): ")
+            prompts.append((child.match.group(1), child.match.group(2)))
+            user = prompts[-1][0].split("@")[0]
+            child.sendline(OTHER_PASSWORD if user == databases["tenant_c"].migration_user else PASSWORD)
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    output = transcript.getvalue()
+    assert child.exitstatus == 0, output
+    # One prompt per migration user: tenant_a's user serves two databases.
+    assert sorted((user.split("@")[0], count) for user, count in prompts) == sorted(
+        [(databases["tenant_a"].migration_user, "2"), (databases["tenant_c"].migration_user, "1")]
+    ), prompts
+    assert output.count("Password for") == 2
+    assert PASSWORD not in output and OTHER_PASSWORD not in output
+    for database in databases.values():
+        assert database.version() == SLOW
+    # Each database once, whichever host reached it first; the other host's target says so.
+    assert output.count("same database as") == 3, output
+    assert len(re.findall(r"upgraded to " + SLOW, output)) == 3, output
+    # Three databases with concurrency 2: two ran together, never three.
+    assert most_at_once(databases.values()) == 2
+    # The live progress names its target on every line.
+    assert re.search(r"^127\.0\.0\.1:\d+/tenant_\w \| .*Running upgrade", output, re.M) or re.search(
+        r"^localhost:\d+/tenant_\w \| .*Running upgrade", output, re.M
+    ), output
+
+
+def test_a_failing_target_does_not_stop_the_others(fleet):
+    remote, databases = fleet
+    held = databases["tenant_b"]
+    # Another migration holds tenant_b's lock all along (a session of its own, as ours would).
+    locker = held.server.admin(database=held.name)
+    try:
+        with locker.cursor() as cursor:
+            cursor.execute("SELECT GET_LOCK(%s, 0)", (f"migration-lock:{held.name}",))
+        result = remote.fab("tenants", "db.upgrade", "--yes", stdin=f"{PASSWORD}\n{OTHER_PASSWORD}\n")
+    finally:
+        locker.close()
+    line = refused(result, "targets failed", "tenant_b")
+    assert "1 of 6" in line or "2 of 6" in line, line
+    assert "another migration holds the lock" in result.output
+    assert held.version() is None
+    assert databases["tenant_a"].version() == HEAD and databases["tenant_c"].version() == HEAD
+    # The next run finishes the job, and only asks for what is left.
+    again = remote.fab("tenants", "db.upgrade", "--yes", stdin=f"{PASSWORD}\n")
+    assert again.code == 0, again.output
+    assert held.version() == HEAD
+    assert again.output.count("up to date") >= 2, again.output
+
+
+def test_commands_for_one_database_want_one_target(fleet):
+    remote, databases = fleet
+    refused(remote.fab("tenants", "db.downgrade", "--to=-1"), "tenants has 6 targets", "--only")
+    refused(remote.fab("tenants", "--only", "nowhere", "db.status"), "tenants has no target nowhere")
+    only = remote.fab("tenants", "--only", f"127.0.0.1:{remote.sshd.port}/tenant_c", "db.status")
+    assert only.code == 0, only.output
+    assert databases["tenant_c"].name in only.out and databases["tenant_a"].name not in only.out
