@@ -28,6 +28,9 @@ from .status import GO, STATUS_LINE, Status
 
 # Seconds to connect and to get the server's SSH banner, unless Fabric's timeouts.connect says otherwise.
 CONNECT_TIMEOUT = 10
+# SSH handshakes at once from this process: OpenSSH's MaxStartups (default 10:30:100) starts dropping
+# connections past 10 unauthenticated ones, as a fleet of one host's tenants would open.
+HANDSHAKES = threading.BoundedSemaphore(8)
 # What the command line's own checks print on stderr when the server is not set up.
 PREFLIGHT = "deploy-preflight: "
 # Invoke's words for a switch it does not know: a server whose suite predates the conversation.
@@ -62,7 +65,8 @@ class Server:
         logging.getLogger("paramiko").addHandler(logging.NullHandler())
         self.verify_host_keys()
         try:
-            self.connection.open()
+            with HANDSHAKES:
+                self.connection.open()
         except paramiko.AuthenticationException:
             raise DeployError(f"SSH authentication to {self.where} was refused: check your key or ssh_config") from None
         except paramiko.BadHostKeyException:
