@@ -46,7 +46,7 @@ def fleet_done(outcomes) -> None:
 def refuse_unsafe(server: Server, state: Status, expected_head: str | None = None) -> None:
     where = f"{server.name}'s database {state.database}"
     stamped = bool(state.current)
-    safety.check_stamped(where, state.unstamped_tables, stamped, state.base, f"fab {server.name} db.stamp")
+    safety.check_stamped(where, state.unstamped_tables, stamped, state.base, f"{server.target.caller} db.stamp")
     safety.check_single_head(tuple(state.heads))
     if expected_head:
         safety.check_expected_head(tuple(state.heads), expected_head)
@@ -145,7 +145,7 @@ def upgrade(c, to=None, sql=False, yes=False, allow_risky=False, no_backup=False
             refuse_unsafe(server, state, expected and expected.result())
             current = ", ".join(state.current) or "base"
             if state.target_behind:
-                back = f"fab {server.name} db.downgrade --to={to}"
+                back = f"{server.target.caller} db.downgrade --to={to}"
                 raise DeployError(f"{to} is behind {current}: to go back, run `{back}`")
             if not state.pending:
                 print(f"{server.name}: {state.database} is already at {current}: nothing to do")

@@ -209,3 +209,47 @@ def test_results_say_what_happened():
     assert "via 127.0.0.1:3306:" in str(Reset("root@localhost/blog", "127.0.0.1:3306", 4, "c"))
     assert str(Migration("db", 0, "c (add tags)")) == "db is already at c (add tags): nothing to do"
     assert str(Migration("db", 2, "c (add tags)")) == "db is now at c (add tags)"
+
+
+# -- environments and their targets ------------------------------------------------------------------
+
+
+def selected(env: dict, only: str | None = None):
+    from invoke import Config
+
+    from deploy.environments import ONLY, SELECTED, selected_targets
+
+    config = Config(
+        {"environments": {"tenants": env}, SELECTED: "tenants", ONLY: only, "db": {"environment_tasks": []}}
+    )
+    return selected_targets(config)
+
+
+def test_a_fleet_is_every_host_with_every_settings_name():
+    found, concurrency = selected({"hosts": ["d@a:22", "d@b:22"], "app_dir": "/srv/x", "settings": ["acme", "globex"]})
+    assert [target.name for target in found] == ["a:22/acme", "a:22/globex", "b:22/acme", "b:22/globex"]
+    assert concurrency == 4
+    assert found[1].label == "tenants/a:22/globex" and found[1].caller == "fab tenants --only a:22/globex"
+    assert found[1].python == "/srv/x/.venv/bin/python" and found[1].settings == "globex"
+    one, _ = selected({"host": "d@a", "app_dir": "/srv/x"})
+    assert [(target.name, target.label, target.caller, target.settings) for target in one] == [
+        ("", "tenants", "fab tenants", "production")
+    ]
+    narrowed, _ = selected({"hosts": ["a", "b"], "app_dir": "/x", "concurrency": 1}, only="b")
+    assert [target.host for target in narrowed] == ["b"]
+
+
+@pytest.mark.parametrize(
+    ("env", "only", "message"),
+    [
+        ({"hosts": ["a", "a"], "app_dir": "/x"}, None, "hosts in fabric.yaml names one twice"),
+        ({"hosts": [], "app_dir": "/x"}, None, "environments.tenants.host is not set"),
+        ({"hosts": ["a", "b"], "app_dir": "/x", "concurrency": 0}, None, "concurrency must be a whole number"),
+        ({"hosts": ["a", "b"], "app_dir": "/x"}, "c", "tenants has no target c (its targets: a, b)"),
+        ({"host": "a", "app_dir": "/x"}, "a", "it has only one"),
+        ({"host": "a", "settings": [3], "app_dir": "/x"}, None, "settings in fabric.yaml must be a name"),
+    ],
+)
+def test_a_wrong_fleet_is_one_line(env, only, message):
+    with pytest.raises(DeployError, match=re.escape(message)):
+        selected(env, only)
