@@ -166,15 +166,38 @@ def alembic_errors() -> Iterator[None]:
 CONNECTION, TARGET_METADATA, AUTOGENERATE = "connection", "target_metadata", "autogenerate"
 
 
-def run(command, config: Config, connection: Connection | None, *args, models=None, **kwargs):
-    """Call an alembic.command function on our connection; env.py takes it from the attributes."""
-    scripts(config)  # a broken script fails here in one line, not inside the command
+def hand_over(config: Config, connection: Connection | None, models=None, autogenerate: bool = False) -> None:
+    """What env.py (deploy.alembic_env) takes from the attributes: our connection, and the models."""
     config.attributes[CONNECTION] = connection
     # None tells env.py not to import the models: only autogenerate needs them.
     config.attributes[TARGET_METADATA] = models
-    config.attributes[AUTOGENERATE] = bool(kwargs.get("autogenerate"))
+    config.attributes[AUTOGENERATE] = autogenerate
+
+
+def run(command, config: Config, connection: Connection | None, *args, models=None, **kwargs):
+    """Call an alembic.command function on our connection; env.py takes it from the attributes."""
+    scripts(config)  # a broken script fails here in one line, not inside the command
+    hand_over(config, connection, models, bool(kwargs.get("autogenerate")))
     with alembic_errors():
         return command(config, *args, **kwargs)
+
+
+def migrate(config: Config, connection: Connection, destination: str, downgrade: bool = False) -> None:
+    """`alembic upgrade/downgrade DESTINATION` on our connection, as alembic.command runs it, but on
+    the scripts loaded once: the command would parse every revision file again for each of the
+    revisions we run one at a time."""
+    from alembic.runtime.environment import EnvironmentContext
+
+    directory = scripts(config)
+    planned = directory._downgrade_revs if downgrade else directory._upgrade_revs
+    hand_over(config, connection)
+    with (
+        alembic_errors(),
+        EnvironmentContext(
+            config, directory, fn=lambda current, context: planned(destination, current), destination_rev=destination
+        ),
+    ):
+        directory.run_env()
 
 
 def run_captured(command, config: Config, *args, **kwargs) -> str:

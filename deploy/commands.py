@@ -289,9 +289,8 @@ def run_steps(project, connection, url, steps, target, downgrade, cancellation, 
         # target names where to stop, so the rest runs in one call.
         destination = (step.down_revision or "base") if downgrade else step.revision
         merge = isinstance(destination, tuple)
-        run_to = command.downgrade if downgrade else command.upgrade
         try:
-            alembic_ops.run(run_to, project.alembic, connection, target if merge else destination)
+            alembic_ops.migrate(project.alembic, connection, target if merge else destination, downgrade)
             connection.commit()
         except KeyboardInterrupt:
             raise DeployError(

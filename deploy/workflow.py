@@ -250,7 +250,7 @@ def quiet() -> Iterator[None]:
 
 
 def migrate_to(config, connection: Connection, target: str, downgrade: bool = False) -> None:
-    alembic_ops.run(command.downgrade if downgrade else command.upgrade, config, connection, target)
+    alembic_ops.migrate(config, connection, target, downgrade)
     connection.commit()
 
 

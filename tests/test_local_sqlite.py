@@ -308,3 +308,22 @@ def test_a_reader_that_goes_away_gets_no_traceback(checkout):
     err = process.stderr.read().decode()
     assert process.wait(timeout=60) == 141, err
     assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_an_upgrade_reads_the_scripts_once_however_many_revisions_it_runs(checkout, tmp_path):
+    """Revisions run one Alembic call each (to stop between them), but the scripts are parsed once:
+    parsing every file again per revision made long histories quadratic."""
+    assert checkout.invoke("db.reset").code == 0
+    loads = tmp_path / "loads"
+    down = checkout.head()
+    for n in range(6):
+        revision = f"5c1e0000000{n}"
+        script = checkout.add_revision(revision, down)
+        if n == 0:  # counts each time Alembic parses this file
+            script.write_text(script.read_text() + f"\nopen({str(loads)!r}, 'a').write('.')\n")
+        down = revision
+    result = checkout.invoke("db.upgrade")
+    assert result.code == 0, result.output
+    assert version(checkout) == [down]
+    assert result.err.count("Running upgrade") == 6
+    assert loads.read_text() == ".", loads.read_text()
