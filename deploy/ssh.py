@@ -261,13 +261,12 @@ class Session:
             self.output.write(2, bytes(self._stderr))
 
     def _write(self) -> None:
-        while (data := self._outbox.get()) is not None:
-            try:
+        try:
+            while (data := self._outbox.get()) is not None:
                 self.channel.sendall(data)
-            except OSError:
-                return  # the channel is gone: the server is stopping anyway
-        if not self.channel.closed:
             self.channel.shutdown_write()
+        except Exception:  # the channel is gone (closed here, or the connection lost): nothing to tell
+            return
 
 
 class Output:
