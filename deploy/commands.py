@@ -483,7 +483,9 @@ def status(project: Project, target: str = "head", downgrade: bool = False) -> S
         target_behind=pending is not None and alembic_ops.target_behind(config, found, target, pending, downgrade),
         unstamped_tables=[] if found else tables,
         base=alembic_ops.base(config),
-        last_run=str(last) if (last := runlog.last_run(project.settings.instance_path)) else None,
+        last_run=str(last)
+        if (last := runlog.last_run(project.settings.instance_path, describe(migration_url)))
+        else None,
         risks=findings,
     )
 

@@ -16,7 +16,7 @@ from . import credentials, safety
 from .environments import Target
 from .errors import DeployError
 from .safety.cancel import forwarding_interrupts
-from .ssh import Output, Server, Session
+from .ssh import Server, Session
 from .status import Status
 
 
@@ -61,72 +61,106 @@ def table(outcomes: list[Outcome]) -> str:
     return "\n".join("  ".join(cells) for cells in padded)
 
 
+def by_host(targets: list[Target]) -> list[list[Target]]:
+    """The targets one server process serves: those on one host (forking.py forks it per target)."""
+    groups: dict[str, list[Target]] = {}
+    for target in targets:
+        groups.setdefault(target.host, []).append(target)
+    return list(groups.values())
+
+
 def statuses(c, targets: list[Target], concurrency: int) -> list[Outcome]:
     """Each target's status, read in parallel with the application's user (no password)."""
+    outcomes = {target: Outcome(target) for target in targets}
 
-    def read(target: Target) -> Outcome:
-        outcome = Outcome(target)
+    def read(group: list[Target]) -> None:
         try:
-            with Server(c, target) as server:
-                lines = server.invoke(["db.status", "--json"], hide=True).strip().splitlines()
-                state = Status.from_json(lines[-1] if lines else "", server.name)
+            with Server(c, group[0]) as server:
+                for talk in server.fleet_sessions(["db.status", "--json"], group, hide=True):
+                    outcome = outcomes[talk.server.target]
+                    try:
+                        lines = talk.finish().strip().splitlines()
+                        described(outcome, Status.from_json(lines[-1] if lines else "", talk.server.name))
+                    except DeployError as exc:
+                        outcome.fail(str(exc))
         except DeployError as exc:
-            outcome.fail(str(exc))
-            return outcome
-        outcome.database, outcome.current = state.database, ", ".join(state.current) or "not stamped"
-        if state.pending is None:
-            outcome.result = "pending unknown: several heads, or tables without alembic_version"
-        else:
-            outcome.result = f"{len(state.pending)} pending" if state.pending else "up to date"
-        return outcome
+            for target in group:
+                outcomes[target].fail(str(exc))
 
     with ThreadPoolExecutor(concurrency) as pool:
-        return list(pool.map(read, targets))
+        list(pool.map(read, by_host(targets)))
+    return list(outcomes.values())
+
+
+def described(outcome: Outcome, state: Status) -> None:
+    outcome.database, outcome.current = state.database, ", ".join(state.current) or "not stamped"
+    if state.pending is None:
+        outcome.result = "pending unknown: several heads, or tables without alembic_version"
+    else:
+        outcome.result = f"{len(state.pending)} pending" if state.pending else "up to date"
 
 
 def upgrade(c, targets: list[Target], concurrency: int, args: list[str], check, yes: bool) -> list[Outcome]:
     """Upgrade every target: statuses read in parallel, `check(server, status)` refusing a target
     (a DeployError), one [y/N], one password per migration user, then the runs, `concurrency` at a
     time. A target that fails does not stop the others."""
-    runs = [Run(Outcome(target)) for target in targets]
-    try:
-        with ThreadPoolExecutor(concurrency) as pool:
-            list(pool.map(lambda run: _open(c, run, args, check), runs))
-        chosen = _deduplicated([run for run in runs if run.talk is not None])
-        for run in runs:
-            if run not in chosen:
-                run.close()  # its server process ends quietly: nothing to do there
-        if not chosen:
-            return [run.outcome for run in runs]
-        print(f"{len(chosen)} database{'s' * (len(chosen) > 1)} to upgrade:")
-        for run in chosen:
-            pending = run.status.pending
-            print(
-                f"  {run.outcome.target.name}: {run.outcome.database}, {run.outcome.current} -> {pending[-1][0]}, "
-                f"{len(pending)} pending"
-            )
-        safety.confirm("Apply?", yes)
-        _ask_passwords(chosen)
-        _apply(chosen, concurrency)
-        return [run.outcome for run in runs]
-    finally:
-        for run in runs:
-            run.close()
+    runs = {target: Run(Outcome(target)) for target in targets}
+    with ExitStack() as connections:
+        lock = threading.Lock()
+
+        def open_host(group: list[Target]) -> None:
+            try:
+                server = Server(c, group[0])
+                server.__enter__()
+                with lock:
+                    connections.push(server.__exit__)
+                talks = server.fleet_sessions([*args, "--conversation"], group)
+            except DeployError as exc:
+                for target in group:
+                    runs[target].outcome.fail(str(exc))
+                return
+            for talk in talks:
+                _begin(runs[talk.server.target], talk, check)
+
+        try:
+            with ThreadPoolExecutor(concurrency) as pool:
+                list(pool.map(open_host, by_host(targets)))
+            chosen = _deduplicated([run for run in runs.values() if run.talk is not None])
+            for run in runs.values():
+                if run not in chosen:
+                    run.close()  # its server process ends quietly: nothing to do there
+            if chosen:
+                _confirm_and_apply(chosen, concurrency, yes)
+        finally:
+            for run in runs.values():
+                run.close()
+    return [run.outcome for run in runs.values()]
 
 
-def _open(c, run: Run, args: list[str], check) -> None:
+def _confirm_and_apply(chosen: list[Run], concurrency: int, yes: bool) -> None:
+    print(f"{len(chosen)} database{'s' * (len(chosen) > 1)} to upgrade:")
+    for run in chosen:
+        outcome, pending = run.outcome, run.status.pending
+        plan = f"{outcome.current} -> {pending[-1][0]}, {len(pending)} pending"
+        print(f"  {outcome.target.name}: {outcome.database}, {plan}")
+    safety.confirm("Apply?", yes)
+    _ask_passwords(chosen)
+    _apply(chosen, concurrency)
+
+
+def _begin(run: Run, talk: Session, check) -> None:
+    """The target's status, and the laptop's checks of it; a refused target's process ends here."""
     outcome = run.outcome
     try:
-        server = run.stack.enter_context(Server(c, outcome.target))
-        run.talk = run.stack.enter_context(server.conversation(args, Output(outcome.target.name)))
-        state = run.status
+        run.talk = run.stack.enter_context(talk)
+        state = talk.read_status()
         outcome.database, outcome.current = state.database, ", ".join(state.current) or "base"
-        check(server, state)
+        check(talk.server, state)
         if not state.pending:
             outcome.result = "up to date"
             run.close()
     except (DeployError, Exit) as exc:
-        outcome.fail(str(exc) if isinstance(exc, DeployError) else "the server's command failed")
+        outcome.fail(str(exc) if isinstance(exc, DeployError) else talk.reason() or "the server's command failed")
         run.close()
 
 

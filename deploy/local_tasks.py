@@ -8,12 +8,13 @@ from pathlib import Path
 
 from invoke import Collection, task
 
-from . import commands, safety
+from . import commands, forking, safety
 from .errors import DeployError, one_line_errors
 from .safety import GUARD_HELP
 from .safety.cancel import Cancellation
 from .status import await_go
 
+FLEET = "used by fab: run for each of these targets ([settings, caller] pairs, JSON) at once, forked"
 CONVERSATION = (
     "used by fab: print the status line first and go on only at the laptop's answer (the password follows "
     "it on stdin, which stays open: 'stop' or its end stops between revisions)"
@@ -69,6 +70,7 @@ def revision(c, message, empty=False, base=None):
         "allow_risky": "outside development, apply although the lint finds unreviewed risky operations",
         **GUARD_HELP,
         "conversation": CONVERSATION,
+        "fleet": FLEET,
     }
 )
 @one_line_errors
@@ -82,8 +84,12 @@ def upgrade(
     no_backup=False,
     ignore_transactions=False,
     conversation=False,
+    fleet=None,
 ):
     """Upgrade the database to head, or to --to REV."""
+    if fleet:
+        switches = (to, expect_head, sql, yes, allow_risky, no_backup, ignore_transactions, conversation)
+        forking.run_each(c, fleet, lambda: upgrade.body(c, *switches))
     opened = project(c, allow_risky=allow_risky, no_backup=no_backup, ignore_transactions=ignore_transactions)
     if conversation:
         told = commands.status(opened, to)
@@ -164,11 +170,14 @@ def heads(c):
         "to": "target revision (default: head; with --downgrade: -1)",
         "json": "print machine-readable JSON",
         "downgrade": "list what a downgrade to --to would undo instead",
+        "fleet": FLEET,
     }
 )
 @one_line_errors
-def status(c, to=None, json=False, downgrade=False):
+def status(c, to=None, json=False, downgrade=False, fleet=None):
     """Show head, current revision and the pending revisions."""
+    if fleet:
+        forking.run_each(c, fleet, lambda: status.body(c, to, json, downgrade))
     found = commands.status(project(c), to or ("-1" if downgrade else "head"), downgrade)
     print(found.to_json() if json else found)
 

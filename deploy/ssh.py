@@ -8,6 +8,8 @@ run a command to its end, do not offer."""
 
 from __future__ import annotations
 
+import copy
+import json
 import logging
 import os
 import queue
@@ -108,6 +110,29 @@ class Server:
         """Start `invoke db.*` in the server's checkout, with this environment's settings. No pty: a pty
         would echo the password, and nothing typed here reaches the server unless sent on purpose.
         Its output is shown as it comes, unless `hide`, or until the status line of a `conversation`."""
+        talk = Session(self, self._start(task_args), hide, output or Output())
+        if not conversation:
+            talk.close_stdin()  # nothing to say: a server command that reads stdin finds its end
+            talk.show_stderr()
+        return talk
+
+    def fleet_sessions(self, task_args: list[str], targets: list[Target], hide: bool = False) -> list[Session]:
+        """`invoke db.*` for several targets of this host at once, in one server process that forks
+        a child per target (forking.py): a session each, over this one channel."""
+        pairs = json.dumps([[target.settings, target.caller] for target in targets])
+        mux = Multiplexed(self._start([*task_args, f"--fleet={pairs}"]), len(targets))
+        return [
+            Session(self.for_target(target), channel, hide, Output(target.name))
+            for target, channel in zip(targets, mux.channels, strict=True)
+        ]
+
+    def for_target(self, target: Target) -> Server:
+        """This connection, speaking for another target on the same host."""
+        view = copy.copy(self)
+        view.target, view.name = target, target.label
+        return view
+
+    def _start(self, task_args: list[str]):
         environment = {
             "FLASK_CONFIG": self.target.settings,
             # The server's hints name the command typed here (`fab prod db.status`).
@@ -115,13 +140,10 @@ class Server:
             **({DEBUG: "1"} if debugging() else {}),
         }
         channel = self.connection.client.get_transport().open_session()
-        line = command_line(["-m", "invoke", *task_args], self.target.app_dir, self.target.python, environment)
-        channel.exec_command(line)
-        talk = Session(self, channel, hide, output or Output())
-        if not conversation:
-            talk.close_stdin()  # nothing to say: a server command that reads stdin finds its end
-            talk.show_stderr()
-        return talk
+        channel.exec_command(
+            command_line(["-m", "invoke", *task_args], self.target.app_dir, self.target.python, environment)
+        )
+        return channel
 
     def invoke(self, task_args: list[str], hide: bool = False) -> str:
         """Run `invoke db.*` on the server to its end: its output shown, or returned when `hide`;
@@ -267,6 +289,89 @@ class Session:
             self.channel.shutdown_write()
         except Exception:  # the channel is gone (closed here, or the connection lost): nothing to tell
             return
+
+
+class Multiplexed:
+    """The laptop's half of forking.py: the one channel of a forked fleet, and a channel-like view
+    of it per target, for a Session to read and write as if it were the target's own."""
+
+    def __init__(self, channel, count: int) -> None:
+        self.channel = channel
+        self.channels = [VirtualChannel(self, number) for number in range(count)]
+        self._lock = threading.Lock()
+        self._stderr = bytearray()  # the forking process's own: a failure before any child, told to each
+        self._stderr_reader = threading.Thread(target=self._read_stderr, daemon=True)
+        self._stderr_reader.start()
+        threading.Thread(target=self._demultiplex, daemon=True).start()
+
+    def send(self, line: str) -> None:
+        try:
+            with self._lock:
+                self.channel.sendall((line + "\n").encode())
+        except Exception:
+            pass  # the channel is gone: nothing to tell
+
+    def _read_stderr(self) -> None:
+        while chunk := self.channel.recv_stderr(65536):
+            self._stderr += chunk
+
+    def _demultiplex(self) -> None:
+        pending = b""
+        while chunk := self.channel.recv(65536):
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                number, kind, payload = line.decode("ascii", "replace").split(" ", 2)
+                channel = self.channels[int(number)]
+                if kind == "x":
+                    channel.end(int(payload))
+                else:
+                    (channel.stdout if kind == "o" else channel.stderr).put(bytes.fromhex(payload))
+        self._stderr_reader.join()
+        code = self.channel.recv_exit_status()
+        for channel in self.channels:  # those that never ended on their own end with the process
+            channel.end(code or -1, bytes(self._stderr))
+
+
+class VirtualChannel:
+    """One target's streams within a Multiplexed channel, with the paramiko Channel calls Session makes."""
+
+    def __init__(self, mux: Multiplexed, number: int) -> None:
+        self.mux = mux
+        self.number = number
+        self.stdout: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+        self.stderr: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+        self.closed = False
+        self._code = -1
+        self._ended = threading.Event()
+
+    def recv(self, size: int) -> bytes:
+        return self.stdout.get()
+
+    def recv_stderr(self, size: int) -> bytes:
+        return self.stderr.get()
+
+    def sendall(self, data: bytes) -> None:
+        self.mux.send(f"{self.number} d {data.hex()}")
+
+    def shutdown_write(self) -> None:
+        self.mux.send(f"{self.number} c")
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.shutdown_write()
+
+    def recv_exit_status(self) -> int:
+        self._ended.wait()
+        return self._code
+
+    def end(self, code: int, stderr: bytes = b"") -> None:
+        if not self._ended.is_set():
+            self._code = code
+            self.stderr.put(stderr)
+            self.stdout.put(b"")
+            self.stderr.put(b"")
+            self._ended.set()
 
 
 class Output:

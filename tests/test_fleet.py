@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import io
 import re
+import subprocess
+import time
 from datetime import datetime
 
 import pexpect
 import pytest
-from helpers import BIN, HEAD, PASSWORD, Checkout, Database, Remote, make_database, refused
+from helpers import BIN, HEAD, PASSWORD, Checkout, Database, Remote, environment, make_database, refused
 
 TENANTS = ("tenant_a", "tenant_b", "tenant_c")
 SLOW = "f1ee70000001"
@@ -146,3 +148,58 @@ def test_commands_for_one_database_want_one_target(fleet):
     only = remote.fab("tenants", "--only", f"127.0.0.1:{remote.sshd.port}/tenant_c", "db.status")
     assert only.code == 0, only.output
     assert databases["tenant_c"].name in only.out and databases["tenant_a"].name not in only.out
+
+
+def sleeping(databases) -> bool:
+    """A slow revision still runs somewhere, or a run still holds its lock."""
+    query = "SELECT COUNT(*) FROM information_schema.processlist WHERE info LIKE 'DO SLEEP%'"
+    held = "SELECT IS_FREE_LOCK('migration-lock:{}') = 0"
+    return any(
+        database.query(query)[0][0] or database.query(held.format(database.name))[0][0]
+        for database in databases.values()
+    )
+
+
+def test_a_lost_connection_stops_every_target_between_revisions(fleet):
+    """The laptop vanishes while the fleet migrates: each database finishes its revision in progress,
+    starts no other, and frees its lock; the run log of each tells its own run."""
+    remote, databases = fleet
+    assert remote.fab("tenants", "db.upgrade", "--yes", stdin=f"{PASSWORD}\n{OTHER_PASSWORD}\n").code == 0
+    add_slow_revision(remote)
+    after = "af7e20000002"
+    for checkout in (remote.local, remote.server):
+        checkout.add_revision(after, SLOW, upgrade="op.create_table('after_slow', sa.Column('id', sa.Integer))")
+    laptop = subprocess.Popen(
+        [*remote.argv, "tenants", "db.upgrade", "--yes", "--allow-risky"],
+        cwd=remote.local.path,
+        env=environment(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        laptop.stdin.write(f"{PASSWORD}\n{OTHER_PASSWORD}\n".encode())
+        laptop.stdin.flush()
+        deadline = time.monotonic() + 60
+        while not any("ran" in database.tables() for database in databases.values()):
+            assert time.monotonic() < deadline, "no slow revision started"
+            time.sleep(0.1)
+        laptop.kill()
+    finally:
+        laptop.wait(timeout=30)
+    # Each child finishes its revision in progress, records the stop, and ends.
+    log = remote.server.path / "instance" / "migration-runs.jsonl"
+    deadline = time.monotonic() + 60
+    while '"outcome": "stopped' not in (log.read_text() if log.exists() else "") or sleeping(databases):
+        assert time.monotonic() < deadline, log.read_text() if log.exists() else "no run log"
+        time.sleep(0.2)
+    versions = {database.version() for database in databases.values()}
+    assert versions <= {HEAD, SLOW}, versions  # a revision boundary everywhere, none past the slow one
+    assert all("after_slow" not in database.tables() for database in databases.values())
+    status = remote.fab("tenants", "--only", f"127.0.0.1:{remote.sshd.port}/tenant_a", "db.status")
+    if databases["tenant_a"].version() == SLOW:
+        assert "the SSH connection was lost" in status.out, status.out
+    # Every lock went with its run: the next upgrade finishes the job.
+    again = remote.fab("tenants", "db.upgrade", "--yes", "--allow-risky", stdin=f"{PASSWORD}\n{OTHER_PASSWORD}\n")
+    assert again.code == 0, again.output
+    assert {database.version() for database in databases.values()} == {after}

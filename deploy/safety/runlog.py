@@ -89,8 +89,9 @@ def recorded(instance_path: Path, command: str, database: str, start: str, targe
         _append(path, run)
 
 
-def last_run(instance_path: Path) -> Run | None:
-    """The newest run, with its outcome when it has one."""
+def last_run(instance_path: Path, database: str | None = None) -> Run | None:
+    """The newest run (on `database`, as described in the log: tenants of a fleet share a checkout),
+    with its outcome when it has one."""
     runs: dict[str, Run] = {}
     try:
         lines = (instance_path / FILE).read_text().splitlines()
@@ -101,7 +102,8 @@ def last_run(instance_path: Path) -> Run | None:
             run = Run(**json.loads(line))
         except (ValueError, TypeError):
             continue  # a line cut short by a crash
-        runs[run.id] = run  # the end line replaces the start line
+        if database is None or run.database == database:
+            runs[run.id] = run  # the end line replaces the start line
     return list(runs.values())[-1] if runs else None
 
 
