@@ -193,6 +193,9 @@ def _explain_postgresql(orig: BaseException, url: URL, where: str) -> str:
     state = _sqlstate(orig)
     if state in PG_ACCESS_DENIED:
         return f"access denied for {where}: wrong user or password"
+    if state in PG_CANNOT_CONNECT and getattr(orig, "sqlstate", None):
+        # The server ended a session it had (pg_terminate_backend, a shutdown): it answered, so it ran.
+        return f"the database server ended the connection to {where} ({_pg_detail(orig)})"
     if state in PG_CANNOT_CONNECT:
         return f"cannot reach the database server for {where}: is it running? ({_pg_detail(orig)})"
     if state == PG_UNKNOWN_DATABASE:
