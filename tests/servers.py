@@ -540,11 +540,14 @@ class PostgreSQL(_ManagedServer):
             shutil.rmtree(self.datadir, ignore_errors=True)  # redone on the next start
             raise
         # Superuser without a password on loopback (the tests' admin); everyone else by password.
+        # On another address (a network namespace of its own), clients come from elsewhere: as MariaDB's
+        # root there, the superuser is trusted from any address, which only the veth pair reaches.
+        clients = "127.0.0.1/32" if self.host == LOCALHOST else "0.0.0.0/0"
         (self.datadir / "pg_hba.conf").write_text(
             f"local all {self.SUPERUSER} trust\n"
-            f"host all {self.SUPERUSER} 127.0.0.1/32 trust\n"
+            f"host all {self.SUPERUSER} {clients} trust\n"
             "local all all scram-sha-256\n"
-            "host all all 127.0.0.1/32 scram-sha-256\n"
+            f"host all all {clients} scram-sha-256\n"
         )
 
     def _accepts_superuser(self) -> bool:

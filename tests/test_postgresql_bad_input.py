@@ -19,6 +19,7 @@ from helpers import (
     one_error_line,
     refused,
 )
+from netns import OtherHost
 from servers import PostgreSQL
 from test_bad_input import HOSTILE_PASSWORD, LEAKY, NOT_UTF8, password_fragments
 
@@ -182,3 +183,49 @@ def test_a_german_servers_statement_errors_keep_their_code_and_its_words(checkou
     line = one_error_line(checkout.invoke("db.upgrade", "--yes", "--no-backup", env=PRODUCTION))
     assert f"failed: {database.app_user} lacks a privilege on " in line
     assert "Eigentümer der Tabelle posts" in line  # the server's own words, in its language
+
+
+def test_a_session_ended_mid_revision_over_fab_is_one_line_saying_where_the_database_is(pg_remote):
+    """The server ends the migration's session in the middle of a revision (an administrator's
+    pg_terminate_backend): one line naming the revision, the server's reason, and the database's revision
+    read again on a new connection; the revision's transaction went with the session."""
+    pg_remote.upgrade()
+    end_session = "op.get_bind().exec_driver_sql('SELECT pg_terminate_backend(pg_backend_pid())')"
+    pg_remote.add_revision(
+        "lost00000001", "op.create_table('doomed', sa.Column('id', sa.Integer))\n    " + live_only(end_session)
+    )
+    refused(
+        pg_remote.fab("prod", "db.upgrade", "--yes", stdin=STDIN_PASSWORD),
+        "revision lost00000001 (lost00000001) failed: the database server ended the connection to ",
+        "(terminating connection due to administrator command)",
+        f"the database is at {HEAD} (add tags)",
+        "rolled back whole",
+    )
+    assert pg_remote.database.version() == HEAD and "doomed" not in pg_remote.database.tables()
+
+
+# -- db.reset judges where the connection really goes -----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def other_pg_host(tmp_path_factory):
+    """A PostgreSQL on "another machine": a network namespace of this module's own, over a veth pair."""
+    with OtherHost(tmp_path_factory.mktemp("other-pg-host")) as other:
+        server = other.postgresql()
+        database = make_pg_database(server)
+        database.query(f'CREATE TABLE keep (id int PRIMARY KEY); ALTER TABLE keep OWNER TO "{database.migration_user}"')
+        yield other, server, database
+
+
+@pytest.mark.parametrize("key", ["host", "hostaddr"])
+def test_reset_refuses_a_postgresql_connection_that_goes_to_another_machine(checkout, other_pg_host, key):
+    """The URL says localhost; libpq's own parameters in the engine options say otherwise."""
+    other, server, database = other_pg_host
+    url = f"postgresql+psycopg://{database.migration_user}:{quote(PASSWORD, safe='')}@localhost/{database.name}"
+    path = checkout.write_settings("development", SQLALCHEMY_DATABASE_URI=url)
+    options = {"connect_args": {key: other.address, "port": server.port}}
+    path.write_text(path.read_text() + f"SQLALCHEMY_ENGINE_OPTIONS = {options!r}\n")
+    line = one_error_line(checkout.invoke("db.reset", "--force"))
+    assert f"the connection went to {other.address}:{server.port}, not this machine" in line
+    assert PASSWORD not in line and quote(PASSWORD, safe="") not in line
+    assert database.tables() == {"keep"}
