@@ -245,6 +245,17 @@ def live_only(code: str) -> str:
     return "if not op.get_context().as_sql:\n        " + code.replace("\n    ", "\n        ")
 
 
+def held_until(release: Path, limit: float = 120) -> str:
+    """Code for a test revision's upgrade body (wrap it in live_only) that waits until `release` exists,
+    at most `limit` s: a slow revision that the test ends once it has seen what it wanted, where a fixed
+    sleep would race a loaded machine."""
+    return (
+        f"deadline = __import__('time').monotonic() + {limit}\n    "
+        f"while not __import__('os').path.exists({str(release)!r}) and __import__('time').monotonic() < deadline:\n"
+        "        __import__('time').sleep(0.05)"
+    )
+
+
 def files_containing(root: Path, secret: str) -> list[Path]:
     needle = secret.encode()
     found = []
