@@ -301,3 +301,35 @@ def test_two_fab_upgrades_at_once_on_postgresql_the_second_names_the_first(pg_re
     refused(second, "another migration holds the lock", "backend pid ", pg_remote.database.migration_user)
     assert first.returncode == 0, out.decode()
     assert pg_remote.database.version() == "slow00000001"
+
+
+def test_a_lost_ssh_connection_finishes_the_postgresql_revision_and_stops_before_the_next(pg_remote, tmp_path):
+    pg_remote.upgrade()
+    release = tmp_path / "release"
+    held_revision(pg_remote, SLOW, release)
+    for checkout in (pg_remote.local, pg_remote.server):
+        checkout.add_revision(AFTER, SLOW, upgrade="op.create_table('after_slow', sa.Column('id', sa.Integer))")
+    laptop = fab_upgrade_in_the_background(pg_remote)
+    try:
+        wait_until_running(pg_remote.database, SLOW)
+        laptop.kill()  # the laptop vanishes mid-revision: its SSH connection drops with it
+        laptop.wait(timeout=30)
+        time.sleep(1)  # the server sees its control channel end; then the revision may finish
+    finally:
+        release.touch()
+        laptop.wait(timeout=30)
+    log = pg_remote.server.path / "instance" / "migration-runs.jsonl"
+    deadline = time.monotonic() + 60
+    while '"outcome": "stopped' not in (log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline, log.read_text() if log.exists() else "no run log"
+        time.sleep(0.2)
+    assert pg_remote.database.version() == SLOW and "after_slow" not in pg_remote.database.tables()
+    # The server-side run ends (its log is written under the lock, just before the release), its lock with it.
+    deadline = time.monotonic() + 10
+    while advisory_locks(pg_remote.database):
+        assert time.monotonic() < deadline, "the lock outlived the run"
+        time.sleep(0.1)
+    status = pg_remote.fab("prod", "db.status")
+    assert "stopped after 1 of 2 (the SSH connection was lost)" in status.out, status.output
+    pg_remote.upgrade()
+    assert pg_remote.database.version() == AFTER
