@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from helpers import Checkout, Database, Remote, make_database
-from servers import MariaDB, SSHServer
+from helpers import Checkout, Database, PgDatabase, Remote, make_database, make_pg_database
+from servers import MariaDB, PostgreSQL, SSHServer
 
 
 @pytest.fixture(scope="session")
@@ -14,6 +14,21 @@ def mariadb(tmp_path_factory):
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgresql(tmp_path_factory):
+    """One throwaway PostgreSQL for the session (initdb into a temporary directory, a free loopback port);
+    tests get their own database and roles."""
+    server = PostgreSQL(tmp_path_factory.mktemp("postgresql"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_database(postgresql) -> PgDatabase:
+    return make_pg_database(postgresql)
 
 
 @pytest.fixture
@@ -39,5 +54,15 @@ def remote(tmp_path, database, sshd) -> Remote:
     server = Checkout(tmp_path / "server")
     server.use_production(database)
     remote = Remote(Checkout(tmp_path / "local"), server, database, sshd, tmp_path / "fab.yaml")
+    remote.configure()
+    return remote
+
+
+@pytest.fixture
+def pg_remote(tmp_path, pg_database, sshd) -> Remote:
+    """As `remote`, the server checkout's production settings pointing at a PostgreSQL database."""
+    server = Checkout(tmp_path / "server")
+    server.use_production(pg_database)
+    remote = Remote(Checkout(tmp_path / "local"), server, pg_database, sshd, tmp_path / "fab.yaml")
     remote.configure()
     return remote

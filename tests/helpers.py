@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pexpect
-from servers import MariaDB, SSHServer
+from servers import MariaDB, PostgreSQL, SSHServer
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -111,6 +111,72 @@ def make_database(server: MariaDB, password: str = PASSWORD, process: bool = Tru
     return database
 
 
+@dataclass
+class PgDatabase:
+    """A PostgreSQL database as in production: owned by the migration role (whose password is typed),
+    the app role only reads and writes rows. The same questions as Database answers, so Remote takes it."""
+
+    server: PostgreSQL
+    name: str
+    app_user: str
+    migration_user: str
+
+    @property
+    def app_url(self) -> str:
+        return f"postgresql+psycopg://{self.app_user}:{APP_PASSWORD}@127.0.0.1:{self.server.port}/{self.name}"
+
+    @property
+    def migration_url(self) -> str:
+        """The production convention: a user and an empty password, asked for at run time."""
+        return f"postgresql+psycopg://{self.migration_user}:@127.0.0.1:{self.server.port}/{self.name}"
+
+    def query(self, statement: str, args=None) -> tuple:
+        return self.server.execute(statement, args, database=self.name)
+
+    def tables(self) -> set[str]:
+        return {row[0] for row in self.query("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+
+    def version(self) -> str | None:
+        if "alembic_version" not in self.tables():
+            return None
+        rows = self.query("SELECT version_num FROM alembic_version")
+        return rows[0][0] if rows else None
+
+    def schema(self) -> dict:
+        """Everything reflection sees, table by table: what a half-applied revision would change."""
+        from sqlalchemy import create_engine, inspect
+
+        engine = create_engine(self.app_url)
+        try:
+            with engine.connect() as connection:
+                found = inspect(connection)
+                return {
+                    table: (
+                        [(c["name"], str(c["type"]), c["nullable"], c["default"]) for c in found.get_columns(table)],
+                        found.get_pk_constraint(table),
+                        sorted(found.get_foreign_keys(table), key=str),
+                        sorted(found.get_indexes(table), key=str),
+                        sorted(found.get_unique_constraints(table), key=str),
+                        sorted(found.get_check_constraints(table), key=str),
+                    )
+                    for table in found.get_table_names()
+                }
+        finally:
+            engine.dispose()
+
+
+def make_pg_database(server: PostgreSQL, password: str = PASSWORD) -> PgDatabase:
+    """A database owned by its migration role, an app role with rows only, and pg_read_all_stats for the
+    migration role (as MariaDB's PROCESS: to see the application's open transactions)."""
+    n = next(_names)
+    database = PgDatabase(server, f"blog{n}", f"app{n}", f"migrator{n}")
+    server.create_user(database.migration_user, password)
+    server.create_database(database.name, owner=database.migration_user)
+    server.create_user(database.app_user, APP_PASSWORD, "SELECT, INSERT, UPDATE, DELETE", database.name)
+    server.execute(f'GRANT pg_read_all_stats TO "{database.migration_user}"')
+    return database
+
+
 class Checkout:
     """A copy of this repository to run the tools in, so tests never touch the real one."""
 
@@ -179,6 +245,17 @@ def live_only(code: str) -> str:
     return "if not op.get_context().as_sql:\n        " + code.replace("\n    ", "\n        ")
 
 
+def held_until(release: Path, limit: float = 120) -> str:
+    """Code for a test revision's upgrade body (wrap it in live_only) that waits until `release` exists,
+    at most `limit` s: a slow revision that the test ends once it has seen what it wanted, where a fixed
+    sleep would race a loaded machine."""
+    return (
+        f"deadline = __import__('time').monotonic() + {limit}\n    "
+        f"while not __import__('os').path.exists({str(release)!r}) and __import__('time').monotonic() < deadline:\n"
+        "        __import__('time').sleep(0.05)"
+    )
+
+
 def files_containing(root: Path, secret: str) -> list[Path]:
     needle = secret.encode()
     found = []
@@ -232,7 +309,7 @@ class Remote:
 
     local: Checkout
     server: Checkout
-    database: Database
+    database: Database | PgDatabase
     sshd: SSHServer
     config: Path
 

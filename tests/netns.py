@@ -21,7 +21,7 @@ import subprocess
 from types import TracebackType
 from typing import Self
 
-from servers import MariaDB, ServerStartError
+from servers import MariaDB, PostgreSQL, ServerStartError
 
 IP = shutil.which("ip") or "/usr/sbin/ip"
 
@@ -72,7 +72,7 @@ class OtherHost:
         self.veth = ""  # our end; its peer inside is named veth[:-1] + "n"
         self.host_address = ""
         self.address = ""
-        self.servers: list[MariaDB] = []
+        self.servers: list[MariaDB | PostgreSQL] = []
 
     @property
     def argv_prefix(self) -> list[str]:
@@ -131,6 +131,15 @@ class OtherHost:
             raise RuntimeError(f"{self!r} is not started")
         server = MariaDB(self.base_dir / name, host=self.address, argv_prefix=self.argv_prefix)
         # Before start(), so that close() also stops a server that fails to become ready.
+        self.servers.append(server)
+        server.start(timeout)
+        return server
+
+    def postgresql(self, name: str = "postgresql", timeout: float = 60) -> PostgreSQL:
+        """Start a throwaway PostgreSQL inside, on ``address`` port 5432, with data under ``base_dir / name``."""
+        if not self.namespace:
+            raise RuntimeError(f"{self!r} is not started")
+        server = PostgreSQL(self.base_dir / name, host=self.address, argv_prefix=self.argv_prefix)
         self.servers.append(server)
         server.start(timeout)
         return server

@@ -3,7 +3,7 @@
 # Installs what is missing with apt (sudo when not root): mariadb-server, mariadb-client (the backups'
 # dump and load tools), postgresql (initdb, postgres, pg_dump and pg_restore; its own service is never
 # used), openssh-server, iproute2 (a second host in a network namespace), git (the
-# branch workflow), python3-venv; then the Python packages into .venv. The tests start their own
+# branch workflow), locales (localedef, for a PostgreSQL speaking German), python3-venv; then the Python packages into .venv. The tests start their own
 # servers on loopback and in namespaces of their own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +15,8 @@ compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql
 [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
 command -v ip >/dev/null || missing+=(iproute2)
 command -v git >/dev/null || missing+=(git)
+# localedef and its sources: a PostgreSQL that answers in German, compiled into its own directory.
+{ command -v localedef >/dev/null && [ -e /usr/share/i18n/locales/de_DE ]; } || missing+=(locales)
 python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
     sudo=""

@@ -140,12 +140,12 @@ class _ManagedServer:
             return self.port
         return free_port()
 
-    def _spawn(self, argv: Sequence[str], log_path: pathlib.Path) -> None:
+    def _spawn(self, argv: Sequence[str], log_path: pathlib.Path, env: dict[str, str] | None = None) -> None:
         if self.is_running():
             raise RuntimeError(f"{self.name} is already running (pid {self.pid})")
         with open(log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [*self.argv_prefix, *argv], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+                [*self.argv_prefix, *argv], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env
             )
         _LIVE.add(self)
 
@@ -465,7 +465,16 @@ class PostgreSQL(_ManagedServer):
         "logging_collector=off",
     )
 
-    def __init__(self, base_dir: pathlib.Path, host: str = LOCALHOST, argv_prefix: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        base_dir: pathlib.Path,
+        host: str = LOCALHOST,
+        argv_prefix: Sequence[str] = (),
+        lc_messages: str | None = None,
+    ) -> None:
+        """``lc_messages``: the language of the server's messages, e.g. ``de_DE.UTF-8``, for a server
+        that does not speak English; compiled with localedef into the cluster's directory when the
+        machine lacks it (see _messages_locale)."""
         bin_dir = _postgresql_bin()
         if bin_dir is None:
             raise ServerStartError("PostgreSQL is not installed: no /usr/lib/postgresql/*/bin/initdb")
@@ -498,6 +507,9 @@ class PostgreSQL(_ManagedServer):
         self.datadir = self.cluster_dir / "data"
         # The socket sits in the data directory (0700): no one else's socket directory is touched.
         self.socket_dir = self.datadir
+        self.lc_messages = lc_messages
+        # glibc looks for locales here first (LOCPATH) when the machine has not installed lc_messages.
+        self.locale_dir = self.cluster_dir / "locales"
 
     def _log_paths(self) -> Sequence[pathlib.Path]:
         return (self.initdb_log_path, self.log_path)
@@ -528,11 +540,14 @@ class PostgreSQL(_ManagedServer):
             shutil.rmtree(self.datadir, ignore_errors=True)  # redone on the next start
             raise
         # Superuser without a password on loopback (the tests' admin); everyone else by password.
+        # On another address (a network namespace of its own), clients come from elsewhere: as MariaDB's
+        # root there, the superuser is trusted from any address, which only the veth pair reaches.
+        clients = "127.0.0.1/32" if self.host == LOCALHOST else "0.0.0.0/0"
         (self.datadir / "pg_hba.conf").write_text(
             f"local all {self.SUPERUSER} trust\n"
-            f"host all {self.SUPERUSER} 127.0.0.1/32 trust\n"
+            f"host all {self.SUPERUSER} {clients} trust\n"
             "local all all scram-sha-256\n"
-            "host all all 127.0.0.1/32 scram-sha-256\n"
+            f"host all all {clients} scram-sha-256\n"
         )
 
     def _accepts_superuser(self) -> bool:
@@ -554,11 +569,48 @@ class PostgreSQL(_ManagedServer):
             f"unix_socket_directories={self.socket_dir}",
             *self._TUNING,
         ]
+        env = None
+        if self.lc_messages:
+            settings.append(f"lc_messages={self.lc_messages}")
+            env = self._messages_locale(timeout)
         argv = [str(self.bin_dir / "postgres"), "-D", str(self.datadir)]
         for setting in settings:
             argv += ["-c", setting]
-        self._spawn(argv, self.log_path)
+        self._spawn(argv, self.log_path, env)
         self._wait_ready(self._accepts_superuser, timeout - (time.monotonic() - started))
+
+    def _messages_locale(self, timeout: float) -> dict[str, str] | None:
+        """The server's environment for lc_messages: none needed when the machine has the locale;
+        else the locale is compiled (localedef, from the `locales` package's sources) into the
+        cluster's own directory and named by LOCPATH, which glibc reads first. Nothing outside the
+        cluster's directory is written; the server's messages come from PostgreSQL's own catalogs
+        (/usr/share/locale/<lang>/LC_MESSAGES/postgres-<major>.mo)."""
+        assert self.lc_messages
+        installed = subprocess.run(["locale", "-a"], capture_output=True, text=True, check=False).stdout.split()
+        wanted = {self.lc_messages, self.lc_messages.replace("UTF-8", "utf8")}
+        if wanted & set(installed):
+            return None
+        source, _, charmap = self.lc_messages.partition(".")
+        localedef = shutil.which("localedef")
+        if not localedef or not pathlib.Path("/usr/share/i18n/locales", source).exists():
+            raise ServerStartError(
+                f"lc_messages={self.lc_messages}: not installed (locale -a), and no localedef or "
+                f"/usr/share/i18n/locales/{source} to build it (Debian's `locales` package)"
+            )
+        language = source.split("_")[0]
+        catalog = glob.glob(f"/usr/share/locale/{language}/LC_MESSAGES/postgres-*.mo")
+        if not catalog:
+            raise ServerStartError(
+                f"PostgreSQL has no {language} messages: no /usr/share/locale/{language}/LC_MESSAGES/postgres-*.mo"
+            )
+        target = self.locale_dir / self.lc_messages
+        if not target.exists():
+            self.locale_dir.mkdir(mode=0o755, exist_ok=True)
+            argv = [localedef, "-i", source, "-c", "-f", charmap or "UTF-8", str(target)]
+            self._bootstrap("localedef", argv, self.initdb_log_path, timeout)
+            for path in [self.locale_dir, *self.locale_dir.rglob("*")]:
+                path.chmod(0o755 if path.is_dir() else 0o644)  # the server's user reads them
+        return {**os.environ, "LOCPATH": str(self.locale_dir)}
 
     def _signal_and_wait(self, sig: int, timeout: float) -> None:
         # postgres reads SIGTERM as "smart" shutdown, which waits for every client to leave;

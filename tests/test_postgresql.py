@@ -1,106 +1,43 @@
 """`invoke db.*` against a real PostgreSQL set up as in production: the app role may only read and
 write rows, migrations run as the role that owns the database, whose password is typed (here: piped).
 
-One throwaway server for the module (started here, not in conftest); each test gets its own database."""
+One throwaway server for the session (conftest's `postgresql`); each test gets its own database and roles."""
 
 from __future__ import annotations
 
 import gzip
-import itertools
 import subprocess
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
+import pexpect
 import psycopg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from helpers import APP_PASSWORD, HEAD, PASSWORD, POSTS, PRODUCTION, files_containing, one_error_line
+from helpers import (
+    APP_PASSWORD,
+    HEAD,
+    PASSWORD,
+    POSTS,
+    PRODUCTION,
+    PgDatabase,
+    files_containing,
+    one_error_line,
+)
+from helpers import make_pg_database as make_database
 from servers import PostgreSQL
-from sqlalchemy import create_engine, inspect, make_url
+from sqlalchemy import create_engine, make_url
 
 from deploy.safety.lock import migration_lock
 from exampleapp.models import db as models
 
-_names = itertools.count(1)
-
-
-@pytest.fixture(scope="module")
-def postgresql(tmp_path_factory):
-    server = PostgreSQL(tmp_path_factory.mktemp("postgresql"))
-    server.start()
-    yield server
-    server.stop()
-
-
-@dataclass
-class PgDatabase:
-    """A database owned by the migration role; the app role only reads and writes rows."""
-
-    server: PostgreSQL
-    name: str
-    app_user: str
-    migration_user: str
-
-    @property
-    def app_url(self) -> str:
-        return f"postgresql+psycopg://{self.app_user}:{APP_PASSWORD}@127.0.0.1:{self.server.port}/{self.name}"
-
-    @property
-    def migration_url(self) -> str:
-        """The production convention: a user and an empty password, asked for at run time."""
-        return f"postgresql+psycopg://{self.migration_user}:@127.0.0.1:{self.server.port}/{self.name}"
-
-    def query(self, statement: str, args=None) -> tuple:
-        return self.server.execute(statement, args, database=self.name)
-
-    def tables(self) -> set[str]:
-        return {row[0] for row in self.query("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
-
-    def version(self) -> str | None:
-        if "alembic_version" not in self.tables():
-            return None
-        rows = self.query("SELECT version_num FROM alembic_version")
-        return rows[0][0] if rows else None
-
-    def schema(self) -> dict:
-        """Everything reflection sees, table by table: what a half-applied revision would change."""
-        engine = create_engine(self.app_url)
-        try:
-            with engine.connect() as connection:
-                found = inspect(connection)
-                return {
-                    table: (
-                        [(c["name"], str(c["type"]), c["nullable"], c["default"]) for c in found.get_columns(table)],
-                        found.get_pk_constraint(table),
-                        sorted(found.get_foreign_keys(table), key=str),
-                        sorted(found.get_indexes(table), key=str),
-                        sorted(found.get_unique_constraints(table), key=str),
-                        sorted(found.get_check_constraints(table), key=str),
-                    )
-                    for table in found.get_table_names()
-                }
-        finally:
-            engine.dispose()
-
-
-def make_database(server: PostgreSQL, password: str = PASSWORD) -> PgDatabase:
-    n = next(_names)
-    database = PgDatabase(server, f"blog{n}", f"app{n}", f"migrator{n}")
-    server.create_user(database.migration_user, password)
-    server.create_database(database.name, owner=database.migration_user)
-    server.create_user(database.app_user, APP_PASSWORD, "SELECT, INSERT, UPDATE, DELETE", database.name)
-    # As MariaDB's PROCESS: to see the application's open transactions (they would block our ALTERs).
-    server.execute(f'GRANT pg_read_all_stats TO "{database.migration_user}"')
-    return database
-
 
 @pytest.fixture
-def database(postgresql) -> PgDatabase:
-    return make_database(postgresql)
+def database(pg_database) -> PgDatabase:
+    return pg_database
 
 
 @pytest.fixture
@@ -483,3 +420,52 @@ def test_the_guard_keeps_sqlalchemys_own_savepoints_and_restores_the_session(dat
         assert not connection.engine.dialect.dispatch.do_execute
         assert connection.exec_driver_sql("SHOW lock_timeout").scalar() == "0"
     assert database.query("SELECT id FROM kept") == ((1,),)
+
+
+def test_upgrade_sql_prints_postgresqls_sql_for_the_pending_range_and_changes_nothing(production, database):
+    ok(production.invoke("db.stamp", POSTS, stdin=PASSWORD + "\n", env=PRODUCTION))
+    before = database.schema(), database.version()
+    # No stdin at all: a dry run asks for no password and no confirmation.
+    result = ok(production.invoke("db.upgrade", "--sql", env=PRODUCTION))
+    assert "CREATE TABLE tags (\n    id SERIAL NOT NULL" in result.out and "CREATE TABLE users" not in result.out
+    assert f"UPDATE alembic_version SET version_num='{HEAD}'" in result.out
+    assert "BEGIN;" in result.out and "COMMIT;" in result.out  # transactional DDL, in the script too
+    assert (database.schema(), database.version()) == before
+
+
+def test_ctrl_c_at_a_local_terminal_stops_between_postgresql_revisions_and_frees_the_lock(
+    production, database, tmp_path
+):
+    from helpers import environment, held_until, live_only
+
+    ok(upgrade(production))
+    release = tmp_path / "release"
+    name = "'revision slow00000001 running'"
+    production.add_revision(
+        "slow00000001",
+        HEAD,
+        "op.create_table('slow_started', sa.Column('id', sa.Integer))\n    "
+        + live_only(f'op.get_bind().exec_driver_sql("SET application_name = {name}")\n    ' + held_until(release)),
+    )
+    production.add_revision("next00000001", "slow00000001", "op.create_table('next', sa.Column('id', sa.Integer))")
+    child = production.spawn("db.upgrade", "--yes", env=environment(**PRODUCTION))
+    try:
+        child.expect("Password for ")
+        child.sendline(PASSWORD)
+        deadline = time.monotonic() + 60
+        while not database.query("SELECT 1 FROM pg_stat_activity WHERE application_name = %s", (name.strip("'"),)):
+            assert time.monotonic() < deadline, child.before
+            time.sleep(0.05)
+        child.sendintr()
+        time.sleep(0.5)
+        release.touch()
+        child.expect(pexpect.EOF)
+    finally:
+        release.touch()
+        child.close(force=True)
+    assert child.exitstatus == 1, child.before
+    assert "stopped (SIGINT received) after 1 of 2 revisions" in child.before
+    assert database.version() == "slow00000001" and "next" not in database.tables()
+    # The advisory lock went with the run: the next upgrade starts at once and goes on.
+    ok(upgrade(production, env={"INVOKE_DB_SAFETY_LOCK_WAIT": "0"}))
+    assert database.version() == "next00000001"

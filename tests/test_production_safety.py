@@ -14,6 +14,7 @@ from helpers import (
     PRODUCTION,
     STDIN_PASSWORD,
     environment,
+    held_until,
     live_only,
     one_error_line,
     refused,
@@ -375,17 +376,20 @@ def test_ctrl_c_at_a_local_terminal_stops_between_revisions_and_frees_the_lock(c
     assert database.version() == "next00000001"
 
 
-def test_two_fab_upgrades_at_once_the_second_names_the_first(remote):
+def test_two_fab_upgrades_at_once_the_second_names_the_first(remote, tmp_path):
     # The server's own Invoke config sets the guards for fab runs: here a short wait for the lock.
     (remote.server.path / "invoke.yaml").write_text("db:\n  safety:\n    lock_wait: 1\n")
     remote.upgrade()
-    slow = live_only("__import__('time').sleep(6)")
+    # Held until the second is done: a fixed sleep lost the race to a loaded machine's slow second fab.
+    release = tmp_path / "release"
+    slow = live_only(held_until(release))
     remote.add_revision("slow00000001", f"op.create_table('slow_started', sa.Column('id', sa.Integer))\n    {slow}")
     first = fab_upgrade_in_the_background(remote)
     try:
         wait_for_table(remote.database, "slow_started")
         second = remote.fab("prod", "db.upgrade", "--yes", stdin=STDIN_PASSWORD)
     finally:
+        release.touch()
         out, _ = first.communicate(timeout=120)
     refused(second, "another migration holds the lock", remote.database.migration_user)
     assert first.returncode == 0, out.decode()

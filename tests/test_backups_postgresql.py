@@ -1,0 +1,161 @@
+"""deploy.safety.backups against the throwaway PostgreSQL, as test_backups.py does on MariaDB: a restore
+brings back exactly what was backed up (objects made since go), damaged and failed backups are refused
+in one line. (The password's way to pg_dump and pg_restore is in test_postgresql.py.)"""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+
+import pytest
+from helpers import PASSWORD, PgDatabase, make_pg_database
+from sqlalchemy.engine import make_url
+
+from deploy.errors import DeployError
+from deploy.safety import backups
+
+# Quotes, backslashes, control characters, non-ASCII and SQL that must stay data (PostgreSQL's text
+# holds no NUL: that one is MariaDB's alone).
+ODD = 'O\'Brien "q" back\\slash \nnew\ttab ünïcødé 🎉 %s; -- DROP TABLE authors'
+
+
+def url_of(database: PgDatabase, password: str = PASSWORD):
+    return make_url(database.migration_url).set(password=password)
+
+
+def as_owner(database: PgDatabase, statement: str, args=None) -> None:
+    """Run as the migration role, so that what it makes is its own (as a migration's would be)."""
+    import psycopg
+
+    with psycopg.connect(
+        host="127.0.0.1",
+        port=database.server.port,
+        dbname=database.name,
+        user=database.migration_user,
+        password=PASSWORD,
+        autocommit=True,
+    ) as connection:
+        connection.execute(statement, args)
+
+
+def blog(database: PgDatabase) -> None:
+    as_owner(
+        database,
+        "CREATE TYPE mood AS ENUM ('happy', 'sad');"
+        "CREATE TABLE authors (id serial PRIMARY KEY, name text NOT NULL, feeling mood);"
+        "CREATE TABLE posts (id serial PRIMARY KEY, author_id int NOT NULL REFERENCES authors (id),"
+        " title varchar(200), body bytea);"
+        "CREATE VIEW titles AS SELECT title FROM posts;"
+        "CREATE TABLE alembic_version (version_num varchar(32) NOT NULL PRIMARY KEY);"
+        "INSERT INTO alembic_version VALUES ('abc123')",
+    )
+    as_owner(database, "INSERT INTO authors (name, feeling) VALUES (%s, 'happy'), ('plain', NULL)", (ODD,))
+    as_owner(database, "INSERT INTO posts (author_id, title, body) VALUES (1, %s, %s)", (ODD, bytes(range(256))))
+
+
+def snapshot(database: PgDatabase) -> dict:
+    """Every relation and type in public: its kind, its definition as reflection, views and sequences
+    see it, and its rows."""
+    found = {}
+    for name, kind in database.query(
+        "SELECT c.relname, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'v', 'S')"
+    ):
+        if kind == "v":
+            found[name] = (kind, database.query(f"SELECT pg_get_viewdef('{name}'::regclass)"))
+        elif kind == "S":
+            found[name] = (kind, database.query(f"SELECT last_value, is_called FROM {name}"))
+        else:
+            found[name] = (kind, database.query(f"SELECT * FROM {name} ORDER BY 1"))
+    found["types"] = database.query(
+        "SELECT t.typname, array_agg(e.enumlabel ORDER BY e.enumsortorder) FROM pg_type t "
+        "JOIN pg_enum e ON e.enumtypid = t.oid GROUP BY t.typname ORDER BY 1"
+    )
+    found["schema"] = database.schema()
+    return found
+
+
+def test_a_postgresql_restore_brings_back_exactly_the_database_backed_up(postgresql, tmp_path):
+    database = make_pg_database(postgresql)
+    blog(database)
+    before = snapshot(database)
+    backup = backups.take(url_of(database), tmp_path / "backups", "abc123", keep=3)
+    assert (backup.revision, backup.name) == ("abc123", database.name)
+    assert backup.path.name.endswith(".pgdump.gz") and backups.verify(backup.path) == backup
+    assert PASSWORD not in backup.database and database.migration_user in backup.database
+
+    as_owner(
+        database,
+        "UPDATE authors SET name = 'changed' WHERE id = 2;"
+        "INSERT INTO authors (name) VALUES ('newcomer');"
+        "DROP VIEW titles; DROP TABLE posts;"
+        # Newer than the backup: a table holding a foreign key to one the restore recreates, a view on
+        # it, a type and a sequence of their own. A restore that kept them would not be the backup.
+        "CREATE TYPE colour AS ENUM ('red');"
+        "CREATE TABLE comments (id int PRIMARY KEY, author_id int REFERENCES authors (id), tint colour);"
+        "INSERT INTO comments VALUES (1, 1, 'red');"
+        "CREATE VIEW newest AS SELECT max(id) AS id FROM authors;"
+        "CREATE SEQUENCE tickets;"
+        "ALTER TYPE mood ADD VALUE 'meh';"
+        "UPDATE alembic_version SET version_num = 'def456'",
+    )
+    assert snapshot(database) != before
+
+    assert backups.restore(url_of(database), backup.path) == backup
+    assert snapshot(database) == before
+    assert database.version() == "abc123"
+    assert database.query("SELECT name FROM authors WHERE id = 1") == ((ODD,),)
+    assert database.query("SELECT body FROM posts") == ((bytes(range(256)),),)
+    # The serial goes on after the restored rows, not from 1.
+    as_owner(database, "INSERT INTO authors (name) VALUES ('next')")
+    assert database.query("SELECT max(id) FROM authors") == ((3,),)
+
+
+def test_damaged_postgresql_backups_are_refused_before_anything_changes(pg_database, tmp_path):
+    blog(pg_database)
+    good = backups.take(url_of(pg_database), tmp_path / "backups", "abc123", keep=3)
+    as_owner(pg_database, "CREATE TABLE newer (id int PRIMARY KEY)")  # a restore would drop it
+    after = snapshot(pg_database)
+    data = good.path.read_bytes()
+    middle = len(data) // 2
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    cases = {}
+    for name, content in {
+        "truncated": data[:middle],
+        "corrupt": data[:middle] + bytes(byte ^ 0xFF for byte in data[middle : middle + 16]) + data[middle + 16 :],
+        "not-an-archive": gzip.compress(b"-- plain SQL, not pg_dump's custom format\nSELECT 1;\n"),
+    }.items():
+        cases[damaged / f"{pg_database.name}-{name}.pgdump.gz"] = content
+    for path, content in cases.items():
+        path.write_bytes(content)
+    # Cut beside its sidecar, whose recorded size gives it away first.
+    in_place = tmp_path / "in-place"
+    shutil.copytree(good.path.parent, in_place)
+    (in_place / good.path.name).write_bytes(data[:middle])
+
+    for path in [*cases, in_place / good.path.name]:
+        with pytest.raises(DeployError) as verified:
+            backups.verify(path)
+        message = str(verified.value)
+        assert f"{path} is not a usable backup" in message and "\n" not in message, message
+        with pytest.raises(DeployError, match="not a usable backup"):
+            backups.restore(url_of(pg_database), path)
+        assert snapshot(pg_database) == after
+    assert backups.verify(good.path) == good
+
+
+def test_a_failing_pg_dump_leaves_no_file_and_says_why_in_one_line(pg_database, tmp_path):
+    directory = tmp_path / "backups"
+    wrong_password = url_of(pg_database, PASSWORD + "x")
+    no_such_database = url_of(pg_database).set(database="nosuch")
+    for url, reason in (
+        (wrong_password, "password authentication failed"),
+        (no_such_database, 'database "nosuch" does not exist'),
+    ):
+        with pytest.raises(DeployError) as failed:
+            backups.take(url, directory, "abc123", keep=2)
+        message = str(failed.value)
+        assert message.startswith(f"backup of {pg_database.migration_user}@127.0.0.1:"), message
+        assert reason in message and "\n" not in message and PASSWORD not in message
+        assert list(directory.iterdir()) == []
