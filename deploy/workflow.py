@@ -121,13 +121,17 @@ def reflect(connection: Connection, database_name: str) -> Schema:
             (column["name"], str(column["type"]), bool(column["nullable"]), column.get("default"))
             for column in inspector.get_columns(name)
         )
+        # A unique constraint is also an index (PostgreSQL), or an index also reads as a unique
+        # constraint (MariaDB): each is listed once.
         indexes = sorted(
             (str(index["name"]), tuple(map(str, index["column_names"])), bool(index["unique"]))
             for index in inspector.get_indexes(name)
+            if not index.get("duplicates_constraint")
         )
         unique = sorted(
             (str(constraint["name"]), tuple(constraint["column_names"]))
             for constraint in inspector.get_unique_constraints(name)
+            if not constraint.get("duplicates_index")
         )
         foreign_keys = sorted(
             (

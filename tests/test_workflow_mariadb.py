@@ -61,6 +61,8 @@ def test_schema_and_diff_read_a_production_mariadb_database(checkout, database):
     assert f"{database.app_user}@127.0.0.1:{database.server.port}/{database.name} ({HEAD}): 4 tables" in result.out
     assert "table users\n  id INTEGER NOT NULL PRIMARY KEY\n" in result.out
     assert "fk_post_tags_post_id_posts (post_id) -> posts(id) ON DELETE CASCADE" in result.out
+    # A unique constraint is an index too: listed once.
+    assert result.out.count("uq_users_email") == 1, result.out
     assert result.out.rstrip().endswith("the models match the database")
     plain = checkout.invoke("db.schema", env=PRODUCTION)
     assert plain.code == 0 and "the models" not in plain.out, plain.output

@@ -74,6 +74,8 @@ def test_schema_and_diff_read_a_production_postgresql_database(checkout, pg_data
     assert "table users\n  id INTEGER NOT NULL PRIMARY KEY DEFAULT nextval('users_id_seq'::regclass)\n" in result.out
     assert "  status VARCHAR(20) NOT NULL DEFAULT 'draft'::character varying\n" in result.out
     assert "fk_post_tags_post_id_posts (post_id) -> posts(id) ON DELETE CASCADE" in result.out
+    # A unique constraint is an index too: listed once.
+    assert result.out.count("uq_users_email") == 1, result.out
     assert result.out.rstrip().endswith("the models match the database")
     plain = checkout.invoke("db.schema", env=PRODUCTION)
     assert plain.code == 0 and "the models" not in plain.out, plain.output
