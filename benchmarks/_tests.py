@@ -10,7 +10,7 @@ TESTS = Path(__file__).resolve().parent.parent / "tests"
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
-from helpers import COPY_IGNORE, REPO, Checkout, Remote, make_database  # noqa: E402
+from helpers import COPY_IGNORE, PASSWORD, REPO, Checkout, Remote, make_database  # noqa: E402
 from servers import MariaDB, SSHServer  # noqa: E402
 
-__all__ = ["COPY_IGNORE", "REPO", "Checkout", "MariaDB", "Remote", "SSHServer", "make_database"]
+__all__ = ["COPY_IGNORE", "PASSWORD", "REPO", "Checkout", "MariaDB", "Remote", "SSHServer", "make_database"]

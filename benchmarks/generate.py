@@ -31,7 +31,7 @@ def create_app(config_name=None):
     return app
 '''
 
-CONFIG = '''class Config:
+CONFIG = """class Config:
     SQLALCHEMY_TRACK_MODIFICATIONS = False
 
 
@@ -44,9 +44,9 @@ class ProductionConfig(Config):
 
 
 configs = {"development": DevelopmentConfig, "testing": DevelopmentConfig, "production": ProductionConfig}
-'''
+"""
 
-MODELS_HEAD = '''"""{models} generated models: each has a name (indexed), a note, and a parent (foreign key, indexed)."""
+MODELS_HEAD = '''"""{models} generated models: a name (indexed), a note, a parent (foreign key, indexed)."""
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import Column, ForeignKey, Integer, MetaData, String, Text
 
@@ -62,8 +62,8 @@ db = SQLAlchemy(metadata=MetaData(naming_convention=NAMING_CONVENTION))
 '''
 
 # The column db.revision's benchmark changes (String(100) -> String(120)): one altered column.
-NAME_COLUMN = '    name = Column(String(100), nullable=False, index=True)\n'
-CHANGED_NAME_COLUMN = '    name = Column(String(120), nullable=False, index=True)\n'
+NAME_COLUMN = "    name = Column(String(100), nullable=False, index=True)\n"
+CHANGED_NAME_COLUMN = "    name = Column(String(120), nullable=False, index=True)\n"
 
 REVISION = '''"""create {tables}
 

@@ -66,7 +66,7 @@ def profile(variant: Variant, top: int = 25) -> dict:
             entries.append((cumtime, tottime, calls, f"{_short(filename)}:{line}({function})"))
         entries.sort(reverse=True)
         fmt = [f"{cum:7.3f}s cum {tot:7.3f}s own {calls:7d}x  {where}" for cum, tot, calls, where in entries]
-        ours = [line for line, entry in zip(fmt, entries) if entry[3].startswith("deploy/")]
+        ours = [line for line, entry in zip(fmt, entries, strict=True) if entry[3].startswith("deploy/")]
         own = sorted(entries, key=lambda e: e[1], reverse=True)
         return {
             "argv": argv,

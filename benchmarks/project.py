@@ -65,7 +65,7 @@ else:
     run_migrations_online()
 '''
 
-PLAIN_RESET = '''"""db.reset's plain-Alembic equivalent, one process: drop every table, create_all, `alembic stamp head`."""
+PLAIN_RESET = '''"""db.reset's plain-Alembic equivalent, one process: drop every table, create_all, stamp head."""
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import MetaData, create_engine, pool
@@ -92,7 +92,7 @@ app = create_app()
 Migrate(app, db, directory="fm_migrations")
 '''
 
-FM_RESET = '''"""db.reset's Flask-Migrate equivalent, one process: drop every table, db.create_all(), flask_migrate.stamp()."""
+FM_RESET = '''"""db.reset's Flask-Migrate equivalent, one process: drop every table, create_all, stamp()."""
 from flask_migrate import stamp
 from sqlalchemy import MetaData
 

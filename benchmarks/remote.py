@@ -3,20 +3,21 @@ server checkout and MariaDB database (set up as the tests' Remote helper does).
 
 The baseline is OpenSSH's client with the same key and known_hosts, running
 `cd APP && PYTHON -m alembic -c plain.ini ...` on the server: plain Alembic (project.py's generic env.py),
-its URL, migration password included, in the throwaway plain.ini. `fab` gets the password as the suite
-does in pipelines: the first line of standard input.
+its URL, migration password included (percent-encoded), in the throwaway plain.ini. The password is the
+tests' own (tests/helpers.py PASSWORD: every URL- and shell-hostile character), as Remote expects.
+`fab` gets the password as the suite does in pipelines: the first line of standard input.
 """
 
 from __future__ import annotations
 
 import shlex
 from pathlib import Path
+from urllib.parse import quote
 
 from . import project as projects
-from ._tests import Checkout, Remote, SSHServer, make_database
+from ._tests import PASSWORD, Checkout, Remote, SSHServer, make_database
 from .measure import Row, Target, Variant, measure, progress
 
-PASSWORD = "bench-remote-pw"
 PENDING = 10
 
 
@@ -33,14 +34,13 @@ def remote_benchmarks(ctx) -> list[Row]:
     ctx.started.append(sshd)
     sshd.start()
     server_db = ctx.mariadb()
-    database = make_database(server_db, password=PASSWORD)
+    database = make_database(server_db)
     local, server = Checkout(base / "local"), Checkout(base / "server")
     server.use_production(database)
     remote = Remote(local, server, database, sshd, base / "fab.yaml")
     remote.configure(python=projects.PYTHON)
-    plain_url = (
-        f"mysql+pymysql://{database.migration_user}:{PASSWORD}@127.0.0.1:{server_db.port}/{database.name}"
-    )
+    where = f"127.0.0.1:{server_db.port}/{database.name}"
+    plain_url = f"mysql+pymysql://{database.migration_user}:{quote(PASSWORD, safe='')}@{where}"
     plain = projects.Project(server.path, "example", 4, 3, "mariadb", plain_url)
     projects.add_baselines(plain)  # plain.ini (+ an unused fm_app.py) in the server's checkout
 
@@ -54,7 +54,8 @@ def remote_benchmarks(ctx) -> list[Row]:
     known_hosts = base / "known_hosts"  # Remote.configure wrote it
 
     def ssh(alembic_args: str) -> Variant:
-        command = f"cd {shlex.quote(str(server.path))} && {shlex.quote(projects.PYTHON)} -m alembic -c plain.ini {alembic_args}"
+        python = shlex.quote(projects.PYTHON)
+        command = f"cd {shlex.quote(str(server.path))} && {python} -m alembic -c plain.ini {alembic_args}"
         argv = [
             "ssh", "-F", "/dev/null", "-i", str(sshd.client_key), "-o", "IdentitiesOnly=yes",
             "-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
