@@ -68,6 +68,14 @@ def profile(variant: Variant, top: int = 25) -> dict:
         fmt = [f"{cum:7.3f}s cum {tot:7.3f}s own {calls:7d}x  {where}" for cum, tot, calls, where in entries]
         ours = [line for line, entry in zip(fmt, entries, strict=True) if entry[3].startswith("deploy/")]
         own = sorted(entries, key=lambda e: e[1], reverse=True)
+        # Who calls the costliest functions (by own time): a built-in's cost is read from its callers.
+        callers = {}
+        by_own = sorted(stats.stats.items(), key=lambda item: item[1][2], reverse=True)[:8]
+        for (filename, line, function), (_cc, _calls, _tot, _cum, called_by) in by_own:
+            ranked = sorted(called_by.items(), key=lambda item: item[1][3], reverse=True)[:4]
+            callers[f"{_short(filename)}:{line}({function})"] = [
+                f"{ct:7.3f}s {nc:6d}x  {_short(cf)}:{cl}({cfn})" for (cf, cl, cfn), (_c, nc, _t, ct) in ranked
+            ]
         return {
             "argv": argv,
             "wall_profiled_s": round(wall, 3),
@@ -75,5 +83,6 @@ def profile(variant: Variant, top: int = 25) -> dict:
             "top_cumulative": fmt[:top],
             "deploy_cumulative": ours[:15],
             "top_own_time": [f"{tot:7.3f}s own {calls:7d}x  {where}" for _, tot, calls, where in own[:12]],
+            "callers_of_top_own_time": callers,
             "slowest_imports": _importtime(done.stderr.decode(errors="replace"), 20),
         }

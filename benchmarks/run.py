@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import signal
@@ -226,13 +227,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a smoke run: 2 repetitions, a 30-model app")
     parser.add_argument("--only", action="append", choices=[g.__name__ for g in GROUPS], help="run only these groups")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder (default: benchmarks/results)")
+    parser.add_argument(
+        "--tmp",
+        type=Path,
+        default=Path("/dev/shm") if Path("/dev/shm").is_dir() and os.access("/dev/shm", os.W_OK) else None,
+        help="where the apps, databases and servers live (default: /dev/shm, a tmpfs, when there is one: "
+        "the tools are measured, not the disk's fsyncs; SQLite commits every DDL statement)",
+    )
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
     groups = [g for g in GROUPS if not args.only or g.__name__ in args.only]
 
     signal.signal(signal.SIGTERM, _interrupt)
     started = time.time()
-    scratch = Path(tempfile.mkdtemp(prefix="bench-"))
+    scratch = Path(tempfile.mkdtemp(prefix="bench-", dir=args.tmp))
     ctx = Context(plan, scratch)
     rows: list[Row] = []
     try:
@@ -251,7 +259,9 @@ def main(argv: list[str] | None = None) -> int:
         "plan": plan.__dict__,
         "groups": [g.__name__ for g in groups],
         "python": platform.python_version(),
-        "machine": f"{platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores",
+        "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores",
+        "scratch": str(scratch.parent),
+        "load_average_at_end": os.getloadavg(),
         "duration_s": round(time.time() - started, 1),
     }
     table = report.table(rows)
