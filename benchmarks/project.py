@@ -110,10 +110,29 @@ EXAMPLE_COLUMN = "    name: Mapped[str] = mapped_column(String(50), unique=True)
 EXAMPLE_CHANGED = "    name: Mapped[str] = mapped_column(String(60), unique=True)\n"
 
 
+# The library as the generated apps import it: a byte-compiled copy of this checkout's deploy/, as pip
+# would install it (prepare_library). The example app's copy has its own deploy/ beside it.
+LIB: Path | None = None
+# Not passed on: the settings switch (set per tool), and PYTHONDONTWRITEBYTECODE (a developer's shell
+# may set it; without bytecode caches every cold run would compile the models and revisions again).
+DROPPED = ("FLASK_CONFIG", "FLASK_APP", "DATABASE_URL", "PYTHONDONTWRITEBYTECODE", "PYTHONPATH")
+
+
+def prepare_library(scratch: Path) -> None:
+    global LIB
+    LIB = scratch / "lib"
+    shutil.copytree(REPO / "deploy", LIB / "deploy", ignore=shutil.ignore_patterns("__pycache__"))
+    compile_tree(LIB)
+
+
+def compile_tree(path: Path) -> None:
+    """Bytecode caches, as an installed package and an app that has run once have them."""
+    subprocess.run([PYTHON, "-m", "compileall", "-q", str(path)], check=True, stdout=subprocess.DEVNULL)
+
+
 def env(**extra: str) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if k not in ("FLASK_CONFIG", "FLASK_APP", "DATABASE_URL")}
-    # The library from this checkout, not installed: the generated apps import it like the example does.
-    return {**base, "FLASK_CONFIG": "development", "PYTHONPATH": str(REPO), **extra}
+    base = {k: v for k, v in os.environ.items() if k not in DROPPED}
+    return {**base, "FLASK_CONFIG": "development", **({"PYTHONPATH": str(LIB)} if LIB else {}), **extra}
 
 
 def check_run(argv: list[str], cwd: Path, stdin: str | None = None) -> str:
@@ -293,6 +312,7 @@ def _finish(project: Project) -> None:
     else:
         (instance / "development.cfg").write_text(f"SQLALCHEMY_DATABASE_URI = {project.url!r}\n")
     add_baselines(project)
+    compile_tree(project.path)
 
 
 def mariadb_url(server) -> str:

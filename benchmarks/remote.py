@@ -43,6 +43,8 @@ def remote_benchmarks(ctx) -> list[Row]:
     plain_url = f"mysql+pymysql://{database.migration_user}:{quote(PASSWORD, safe='')}@{where}"
     plain = projects.Project(server.path, "example", 4, 3, "mariadb", plain_url)
     projects.add_baselines(plain)  # plain.ini (+ an unused fm_app.py) in the server's checkout
+    for checkout in (local, server):
+        projects.compile_tree(checkout.path)
 
     env = projects.env()
     env.pop("FLASK_CONFIG")  # fab picks production on the server itself
