@@ -87,10 +87,33 @@ def plot(rows: list[Row], path: Path) -> None:
                     ax.plot(xs, ys, styles[backend], marker="o", color=colour, label=f"{tool} ({backend})")
         ax.set_title(command)
         ax.set_xscale("log")
-        ax.set_xlabel("models (revisions ≈ 2/3 of models; example: 4 tables, 3 revisions)")
+        ax.set_xlabel("models (log)")
         ax.set_ylabel("median s (cold process)")
         ax.grid(True, alpha=0.3)
     axes[0][0].legend(fontsize=7)
+    fig.suptitle(
+        "Median of cold runs against the app's size: example (4 tables, 3 revisions), generated 30/100/300 models "
+        "with 20/70/200 revisions; solid SQLite, dashed MariaDB (300 models only)",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def replot(json_path: Path) -> None:
+    """Redraw the PNG beside a results JSON: `python -m benchmarks.report benchmarks/results/latest.json`."""
+    import json
+
+    data = json.loads(json_path.read_text())
+    rows = [
+        Row(r["group"], r["command"], r["backend"], r["app"], r["models"], r["revisions"], r["times"], r["baseline"])
+        for r in data["rows"]
+    ]
+    plot(rows, json_path.with_suffix(".png"))
+
+
+if __name__ == "__main__":
+    import sys
+
+    replot(Path(sys.argv[1]))
