@@ -1,0 +1,134 @@
+"""Cold runs, timed round-robin, and the rows they make."""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+TOOLS = ("ours", "alembic", "flask-migrate")
+
+
+def progress(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Variant:
+    """One tool's way of doing the work: a fresh Python each run."""
+
+    argv: list[str]
+    cwd: Path
+    env: dict[str, str]
+    stdin: str | None = None
+    prepare: Callable[[], None] | None = None  # untimed, before each run
+    after: Callable[[], None] | None = None  # untimed, after each run
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+def run_once(variant: Variant) -> float:
+    if variant.prepare:
+        variant.prepare()
+    started = time.perf_counter()
+    done = subprocess.run(
+        variant.argv,
+        cwd=variant.cwd,
+        env=variant.env,
+        input=variant.stdin.encode() if variant.stdin is not None else None,
+        stdin=subprocess.DEVNULL if variant.stdin is None else None,
+        capture_output=True,
+        timeout=900,
+    )
+    elapsed = time.perf_counter() - started
+    if variant.after:
+        variant.after()
+    if done.returncode != 0:
+        output = (done.stdout + done.stderr).decode(errors="replace")[-3000:]
+        raise BenchError(f"{' '.join(variant.argv)} exited {done.returncode} in {variant.cwd}:\n{output}")
+    return elapsed
+
+
+def measure(label: str, variants: dict[str, Variant], reps: int, warmup: bool = False) -> dict[str, list[float]]:
+    """`reps` timed runs of each variant, interleaved (round-robin, order rotated every repetition) so
+    that the machine's noise falls on all of them alike; an untimed warm-up round first if asked."""
+    names = list(variants)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for rep in range(-1 if warmup else 0, reps):
+        shift = rep % len(names)
+        for name in names[shift:] + names[:shift]:
+            elapsed = run_once(variants[name])
+            if rep >= 0:
+                times[name].append(elapsed)
+        if rep >= 0:
+            shown = "  ".join(f"{name} {times[name][-1]:.2f}s" for name in names)
+            progress(f"{label}: {rep + 1}/{reps}  {shown}")
+    return times
+
+
+@dataclass
+class Target:
+    name: str  # e.g. "<=1.1x alembic"
+    value: float | None
+    limit: float
+    unit: str = "x"  # "x" ratio, "s" difference in seconds
+
+    @property
+    def met(self) -> bool | None:
+        return None if self.value is None else self.value <= self.limit
+
+    def text(self) -> str:
+        if self.value is None:
+            return f"{self.name}: n/a"
+        shown = f"{self.value:.2f}{self.unit}" if self.unit == "x" else f"{self.value:+.2f}s"
+        return f"{self.name}: {shown} {'met' if self.met else 'MISSED'}"
+
+
+@dataclass
+class Row:
+    group: str  # local | remote | derived
+    command: str
+    backend: str
+    app: str
+    models: int | None
+    revisions: int | None
+    times: dict[str, list[float]]
+    baseline: str = "alembic"  # what the "alembic" column is: alembic CLI, or plain ssh + alembic
+    note: str = ""
+    targets: list[Target] = field(default_factory=list)
+    argv: dict[str, list[str]] = field(default_factory=dict)
+
+    def median(self, tool: str) -> float | None:
+        values = self.times.get(tool)
+        return statistics.median(values) if values else None
+
+    def ratio(self, tool: str) -> float | None:
+        ours, other = self.median("ours"), self.median(tool)
+        return ours / other if ours is not None and other else None
+
+    def as_dict(self) -> dict:
+        return {
+            "group": self.group,
+            "command": self.command,
+            "backend": self.backend,
+            "app": self.app,
+            "models": self.models,
+            "revisions": self.revisions,
+            "baseline": self.baseline,
+            "note": self.note,
+            "times": self.times,
+            "median": {tool: self.median(tool) for tool in self.times},
+            "ours/alembic": self.ratio("alembic"),
+            "ours/flask-migrate": self.ratio("flask-migrate"),
+            "targets": [
+                {"target": t.name, "value": t.value, "limit": t.limit, "unit": t.unit, "met": t.met}
+                for t in self.targets
+            ],
+            "argv": self.argv,
+        }
