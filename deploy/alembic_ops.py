@@ -186,18 +186,24 @@ def migrate(config: Config, connection: Connection, destination: str, downgrade:
     """`alembic upgrade/downgrade DESTINATION` on our connection, as alembic.command runs it, but on
     the scripts loaded once: the command would parse every revision file again for each of the
     revisions we run one at a time."""
-    from alembic.runtime.environment import EnvironmentContext
-
     directory = scripts(config)
     planned = directory._downgrade_revs if downgrade else directory._upgrade_revs
+    _run_env(config, connection, destination, lambda current, context: planned(destination, current))
+
+
+def stamp(config: Config, connection: Connection, revision: str) -> None:
+    """`alembic stamp REVISION` on our connection, on the scripts loaded once (so db.reset reads the
+    history once, however long it is)."""
+    directory = scripts(config)
+    _run_env(config, connection, (revision,), lambda current, context: directory._stamp_revs((revision,), current))
+
+
+def _run_env(config: Config, connection: Connection, destination, steps) -> None:
+    from alembic.runtime.environment import EnvironmentContext
+
     hand_over(config, connection)
-    with (
-        alembic_errors(),
-        EnvironmentContext(
-            config, directory, fn=lambda current, context: planned(destination, current), destination_rev=destination
-        ),
-    ):
-        directory.run_env()
+    with alembic_errors(), EnvironmentContext(config, scripts(config), fn=steps, destination_rev=destination):
+        scripts(config).run_env()
 
 
 def run_captured(command, config: Config, *args, **kwargs) -> str:

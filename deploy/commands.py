@@ -141,7 +141,7 @@ def reset(project: Project, allowed_settings: list[str], force: bool = False) ->
         existing.drop_all(connection)
         models.create_all(connection)
         connection.commit()
-        alembic_ops.run(command.stamp, project.alembic, connection, "head")
+        alembic_ops.stamp(project.alembic, connection, "head")
         connection.commit()
     via = peer.address if peer is not None else None
     return Reset(describe(url), via, len(models.tables), alembic_ops.label(project.alembic, head))
@@ -389,7 +389,7 @@ def stamp(project: Project, revision: str) -> str:
     url = project.migration_url_with_password()
     log = runlog.recorded(project.settings.instance_path, "db.stamp", describe(url), "?", revision)
     with project.connect(url, create=True) as connection, translate_errors(url), project.lock(url), log:
-        alembic_ops.run(command.stamp, project.alembic, connection, revision)
+        alembic_ops.stamp(project.alembic, connection, revision)
         connection.commit()
         now = alembic_ops.current_heads(connection)
     return f"{describe(url)} is stamped at {alembic_ops.label(project.alembic, current_of(now))}"

@@ -310,7 +310,7 @@ def test_a_reader_that_goes_away_gets_no_traceback(checkout):
     assert "Traceback" not in err and "BrokenPipe" not in err, err
 
 
-def test_an_upgrade_reads_the_scripts_once_however_many_revisions_it_runs(checkout, tmp_path):
+def test_commands_read_the_scripts_once_however_many_revisions_they_run(checkout, tmp_path):
     """Revisions run one Alembic call each (to stop between them), but the scripts are parsed once:
     parsing every file again per revision made long histories quadratic."""
     assert checkout.invoke("db.reset").code == 0
@@ -327,3 +327,8 @@ def test_an_upgrade_reads_the_scripts_once_however_many_revisions_it_runs(checko
     assert version(checkout) == [down]
     assert result.err.count("Running upgrade") == 6
     assert loads.read_text() == ".", loads.read_text()
+    # db.reset and db.stamp, which run no revision, read the history once too.
+    for command in (("db.reset",), ("db.stamp", "head")):
+        loads.unlink()
+        assert checkout.invoke(*command).code == 0
+        assert loads.read_text() == ".", (command, loads.read_text())
