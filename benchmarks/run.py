@@ -1,8 +1,6 @@
 """`python -m benchmarks [--quick]`: the benchmark of issue 10 (see the README, "Benchmarks").
 
-GROUPS lists the benchmark groups; each takes the run's Context and returns its rows. The fleet
-benchmark (16 MariaDB databases upgraded in parallel in at most 2x the wall time of one) goes there
-once the fleet feature exists.
+GROUPS lists the benchmark groups; each takes the run's Context and returns its rows.
 """
 
 from __future__ import annotations
@@ -222,9 +220,14 @@ def remote_ssh(ctx: Context) -> list[Row]:
     return remote_benchmarks(ctx)
 
 
-# The benchmark groups, run in this order. Add the fleet benchmark here once `fab` has a fleet:
-# def fleet(ctx) -> list[Row]: 16 databases upgraded in parallel, target <= 2x the wall time of one.
-GROUPS = [local_sqlite, local_mariadb, remote_ssh]
+def fleet(ctx: Context) -> list[Row]:
+    from .fleet import fleet_benchmarks
+
+    return fleet_benchmarks(ctx)
+
+
+# The benchmark groups, run in this order.
+GROUPS = [local_sqlite, local_mariadb, remote_ssh, fleet]
 
 
 # -- main ------------------------------------------------------------------------------------------

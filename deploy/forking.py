@@ -39,14 +39,21 @@ def targets(fleet: str) -> list[tuple[str, str]]:
         raise DeployError("--fleet takes a JSON list of [settings, caller] pairs (fab passes it)") from None
 
 
-def run_each(c, fleet: str, task: Callable[[], None]) -> None:
+def run_each(c, fleet: str, task: Callable[[], None], warm_up: Callable[[str], None] | None = None) -> None:
     """Run `task` once per target of `fleet`, in forked children, relaying their streams; returns
-    (by Exit 0) when every child has ended."""
+    (by Exit 0) when every child has ended. `warm_up(settings)`, run here first, imports what every
+    child would otherwise import for itself (the app's settings, the database driver)."""
     children: dict[int, Child] = {}
+    pairs = targets(fleet)
+    if warm_up is not None and pairs:
+        try:
+            warm_up(pairs[0][0])
+        except DeployError:
+            pass  # the children say what is wrong, each for its own target
     selector = selectors.DefaultSelector()
     sys.stdout.flush()
     sys.stderr.flush()
-    for number, (settings, caller) in enumerate(targets(fleet)):
+    for number, (settings, caller) in enumerate(pairs):
         stdin_r, stdin_w = os.pipe()
         stdout_r, stdout_w = os.pipe()
         stderr_r, stderr_w = os.pipe()

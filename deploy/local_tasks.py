@@ -26,6 +26,14 @@ def agreed(opened: commands.Project, conversation: bool, target: str = "head", d
     return not conversation or await_go(commands.status(opened, target, downgrade))
 
 
+def warm_up(c, settings: str) -> None:
+    """Before a fleet's children fork: import the app's settings and the database's driver once."""
+    from sqlalchemy import create_engine
+
+    opened = commands.Project.open(Path(c.config.db.alembic_ini), settings)
+    create_engine(opened.settings.database_url).dispose()
+
+
 def project(c, **switches) -> commands.Project:
     """The checkout's project; `switches` (no_backup, ...) are this run's Guards switches."""
     opened = commands.Project.open(Path(c.config.db.alembic_ini), caller=c.config.db.caller)
@@ -89,7 +97,7 @@ def upgrade(
     """Upgrade the database to head, or to --to REV."""
     if fleet:
         switches = (to, expect_head, sql, yes, allow_risky, no_backup, ignore_transactions, conversation)
-        forking.run_each(c, fleet, lambda: upgrade.body(c, *switches))
+        forking.run_each(c, fleet, lambda: upgrade.body(c, *switches), partial(warm_up, c))
     opened = project(c, allow_risky=allow_risky, no_backup=no_backup, ignore_transactions=ignore_transactions)
     if conversation:
         told = commands.status(opened, to)
@@ -177,7 +185,7 @@ def heads(c):
 def status(c, to=None, json=False, downgrade=False, fleet=None):
     """Show head, current revision and the pending revisions."""
     if fleet:
-        forking.run_each(c, fleet, lambda: status.body(c, to, json, downgrade))
+        forking.run_each(c, fleet, lambda: status.body(c, to, json, downgrade), partial(warm_up, c))
     found = commands.status(project(c), to or ("-1" if downgrade else "head"), downgrade)
     print(found.to_json() if json else found)
 
