@@ -26,8 +26,10 @@ log = logging.getLogger("alembic.env")
 def run_migrations() -> None:
     """Run whatever Alembic command called env.py, online or offline; refusals are one `FAILED:` line."""
     config = context.config
-    if config.config_file_name is not None:
+    # Once per Config: the tasks run env.py once per revision, to stop between revisions.
+    if config.config_file_name is not None and not config.attributes.get("logging_configured"):
         fileConfig(config.config_file_name, disable_existing_loggers=False)
+        config.attributes["logging_configured"] = True
     try:
         if context.is_offline_mode():
             _run_offline(config)
