@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import queue
+import re
 import shlex
 import signal
 import sys
@@ -35,8 +36,8 @@ CONNECT_TIMEOUT = 10
 HANDSHAKES = threading.BoundedSemaphore(8)
 # What the command line's own checks print on stderr when the server is not set up.
 PREFLIGHT = "deploy-preflight: "
-# Invoke's words for a switch it does not know: a server whose suite predates the conversation.
-UNKNOWN_SWITCH = "No idea what '--conversation' is"
+# Invoke's words for a switch it does not know (`--conversation`, `--fleet`): an older suite on the server.
+UNKNOWN_SWITCH = re.compile(r"No idea what '(--[a-z-]+)' is")
 
 
 class Server:
@@ -423,8 +424,8 @@ def server_error(stderr: str, server: Server | None = None) -> str | None:
             return f"app_dir {target.app_dir} does not exist on {server.where}"
         if PREFLIGHT + "python" in stderr:
             return f"no Python at {target.python} on {server.where}: set environments.{target.environment}.python"
-        if UNKNOWN_SWITCH in stderr:
-            return f"{server.name}: the server's suite is older than yours (no --conversation): deploy it first"
+        if unknown := UNKNOWN_SWITCH.search(stderr):
+            return f"{server.name}: the server's suite is older than yours (no {unknown[1]}): deploy it first"
     lines = [line for line in stderr.splitlines() if line.strip()]
     if lines and lines[-1].startswith(("error: ", "FAILED: ")):
         said = lines[-1].split(": ", 1)[1]

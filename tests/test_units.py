@@ -124,6 +124,17 @@ def test_the_servers_own_reason_is_its_last_error_line():
     assert server_error("Segmentation fault\n") is None
 
 
+def test_an_older_suite_on_the_server_is_named_by_the_switch_it_lacks():
+    from types import SimpleNamespace
+
+    target = SimpleNamespace(app_dir="/srv/app", python="/srv/app/.venv/bin/python", environment="prod")
+    server = SimpleNamespace(name="prod", where="deploy@db1:22", target=target)
+    for switch in ("--conversation", "--fleet"):
+        said = server_error(f"No idea what '{switch}' is!\n", server)
+        assert said == f"prod: the server's suite is older than yours (no {switch}): deploy it first"
+    assert server_error(f"{PREFLIGHT}app_dir\n", server) == "app_dir /srv/app does not exist on deploy@db1:22"
+
+
 # -- passwords ---------------------------------------------------------------------------------------
 
 SECRET = "r00t@pw:/%#?' x+y"
