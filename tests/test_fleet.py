@@ -1,5 +1,5 @@
-"""A fleet: one environment, several real MariaDB databases (one per tenant's settings) on two host
-aliases of the loopback sshd, so each database is reached twice and must be migrated once."""
+"""A fleet: one environment, several real MariaDB (or PostgreSQL) databases, one per tenant's settings,
+on two host aliases of the loopback sshd, so each database is reached twice and must be migrated once."""
 
 from __future__ import annotations
 
@@ -11,25 +11,26 @@ from datetime import datetime
 
 import pexpect
 import pytest
-from helpers import BIN, HEAD, PASSWORD, Checkout, Database, Remote, environment, make_database, refused
+from helpers import (
+    BIN,
+    HEAD,
+    PASSWORD,
+    Checkout,
+    Database,
+    Remote,
+    environment,
+    make_database,
+    make_pg_database,
+    refused,
+)
 
 TENANTS = ("tenant_a", "tenant_b", "tenant_c")
 SLOW = "f1ee70000001"
 OTHER_PASSWORD = "other pw:/@%"
 
 
-@pytest.fixture
-def fleet(tmp_path, mariadb, sshd) -> tuple[Remote, dict[str, Database]]:
-    """tenant_a and tenant_b share one migration user; tenant_c has its own, with another password."""
-    shared = make_database(mariadb)
-    databases = {
-        "tenant_a": shared,
-        "tenant_b": make_database(mariadb),
-        "tenant_c": make_database(mariadb, OTHER_PASSWORD),
-    }
-    b = databases["tenant_b"]
-    mariadb.execute(f"GRANT ALL PRIVILEGES ON `{b.name}`.* TO %s@'%%'", (shared.migration_user,))
-    databases["tenant_b"] = Database(mariadb, b.name, b.app_user, shared.migration_user)
+def fleet_remote(tmp_path, sshd, databases: dict, aliases: tuple[str, ...] = ("127.0.0.1",)) -> Remote:
+    """The `tenants` environment: every tenant's settings on every host alias of the sshd, two at a time."""
     server = Checkout(tmp_path / "server")
     # Every tenant runs the production config class; its instance/<tenant>.cfg names its database.
     ini = server.path / "alembic.ini"
@@ -43,14 +44,31 @@ def fleet(tmp_path, mariadb, sshd) -> tuple[Remote, dict[str, Database]]:
     # fabric.yaml declares the environment (which gives it a task); the -f file says where it is.
     with (local.path / "fabric.yaml").open("a") as declared:
         declared.write("  tenants: {}\n")
-    remote = Remote(local, server, shared, sshd, tmp_path / "fab.yaml")
-    hosts = [f"{sshd.user}@{alias}:{sshd.port}" for alias in ("127.0.0.1", "localhost")]
-    tenants = {"hosts": hosts, "app_dir": str(server.path), "python": str(BIN / "python"), "settings": list(TENANTS)}
+    remote = Remote(local, server, next(iter(databases.values())), sshd, tmp_path / "fab.yaml")
+    hosts = [f"{sshd.user}@{alias}:{sshd.port}" for alias in aliases]
+    tenants = {"hosts": hosts, "app_dir": str(server.path), "python": str(BIN / "python"), "settings": list(databases)}
     remote.configure(fabric={"environments": {"tenants": {**tenants, "concurrency": 2}}})
-    # The second alias is a host of its own to SSH: its key must be known under that name too.
+    # Each alias is a host of its own to SSH: its key must be known under that name too.
     with (remote.config.parent / "known_hosts").open("a") as known:
-        known.write(sshd.known_hosts_line().replace("[127.0.0.1]", "[localhost]") + "\n")
-    return remote, databases
+        for alias in aliases[1:]:
+            known.write(sshd.known_hosts_line().replace("[127.0.0.1]", f"[{alias}]") + "\n")
+    return remote
+
+
+@pytest.fixture
+def fleet(tmp_path, mariadb, sshd) -> tuple[Remote, dict[str, Database]]:
+    """Two host aliases; tenant_a and tenant_b share one migration user; tenant_c has its own, with
+    another password."""
+    shared = make_database(mariadb)
+    databases = {
+        "tenant_a": shared,
+        "tenant_b": make_database(mariadb),
+        "tenant_c": make_database(mariadb, OTHER_PASSWORD),
+    }
+    b = databases["tenant_b"]
+    mariadb.execute(f"GRANT ALL PRIVILEGES ON `{b.name}`.* TO %s@'%%'", (shared.migration_user,))
+    databases["tenant_b"] = Database(mariadb, b.name, b.app_user, shared.migration_user)
+    return fleet_remote(tmp_path, sshd, databases, ("127.0.0.1", "localhost")), databases
 
 
 def add_slow_revision(remote: Remote) -> None:
@@ -203,3 +221,17 @@ def test_a_lost_connection_stops_every_target_between_revisions(fleet):
     again = remote.fab("tenants", "db.upgrade", "--yes", "--allow-risky", stdin=f"{PASSWORD}\n{OTHER_PASSWORD}\n")
     assert again.code == 0, again.output
     assert {database.version() for database in databases.values()} == {after}
+
+
+def test_a_postgresql_fleet_is_upgraded_in_parallel_and_a_failing_target_is_told(tmp_path, postgresql, sshd):
+    """As on MariaDB: each tenant's own database and migration role, one prompt per role; the role
+    whose password is typed wrong fails its target alone."""
+    databases = {name: make_pg_database(postgresql) for name in TENANTS}
+    remote = fleet_remote(tmp_path, sshd, databases)
+    status = remote.fab("tenants", "db.status")
+    assert status.code == 0 and status.out.count("3 pending") == 3, status.output
+    result = remote.fab("tenants", "db.upgrade", "--yes", stdin=f"{PASSWORD}\n{PASSWORD}\nnot the password\n")
+    refused(result, "1 of 3 targets failed: tenant_c")
+    assert "tenant_c" in result.out and "wrong user or password" in result.out, result.out
+    assert [databases[name].version() for name in TENANTS] == [HEAD, HEAD, None]
+    assert result.out.count("upgraded to") == 2
