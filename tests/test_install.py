@@ -101,7 +101,7 @@ def venv(tmp_path_factory) -> Venv:
     venv = Venv(root / "venv")
     subprocess.run([sys.executable, "-m", "venv", str(venv.path)], check=True)
     # Flask-Migrate only makes the app's history, as the user's project had it before init.
-    venv.ok("pip", "install", "-q", f"{source}[mysql]", "Flask-Migrate", *APP_PINS, cwd=root)
+    venv.ok("pip", "install", "-q", f"{source}[mysql,postgresql]", "Flask-Migrate", *APP_PINS, cwd=root)
     return venv
 
 
@@ -219,6 +219,22 @@ def test_taking_over_a_flask_migrate_project(venv, flask_migrate_app, tmp_path, 
     assert PASSWORD not in upgrade.output
     assert database.version() == head
     assert "tag" in {row[0] for row in database.query("SHOW COLUMNS FROM note")}
+
+
+def test_the_postgresql_extra_migrates_a_postgresql_production_database(venv, tmp_path, pg_database):
+    """`pip install flask-schema-deploy[postgresql]` brings psycopg: the installed suite upgrades a
+    PostgreSQL database with the password typed (here piped), its backup by pg_dump included."""
+    project = write_app(tmp_path / "project")
+    venv.init_ok(project)
+    venv.ok("invoke", "db.revision", "-m", "create notes", cwd=project)
+    (project / "instance" / "production.cfg").write_text(
+        f"SQLALCHEMY_DATABASE_URI = {pg_database.app_url!r}\nSQLALCHEMY_ALEMBIC_URI = {pg_database.migration_url!r}\n"
+    )
+    production = {"DATABASE_URL": "", "FLASK_CONFIG": "production"}
+    result = run([venv.bin("invoke"), "db.upgrade", "--yes"], project, STDIN_PASSWORD, env=production)
+    assert result.code == 0, result.output
+    assert "backup:" in result.out and PASSWORD not in result.output
+    assert pg_database.version() == revisions(project)[-1]
 
 
 def own_deploy_package(project: Path) -> tuple[list[str], str]:
