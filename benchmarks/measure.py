@@ -33,12 +33,14 @@ class BenchError(RuntimeError):
     pass
 
 
-def run_once(variant: Variant) -> float:
+def run_timed(variant: Variant, argv: list[str] | None = None) -> tuple[float, subprocess.CompletedProcess]:
+    """One run of `variant` (or of `argv` in its place, as profiling runs it), timed, its prepare and
+    after hooks around it, untimed."""
     if variant.prepare:
         variant.prepare()
     started = time.perf_counter()
     done = subprocess.run(
-        variant.argv,
+        argv or variant.argv,
         cwd=variant.cwd,
         env=variant.env,
         input=variant.stdin.encode() if variant.stdin is not None else None,
@@ -49,6 +51,11 @@ def run_once(variant: Variant) -> float:
     elapsed = time.perf_counter() - started
     if variant.after:
         variant.after()
+    return elapsed, done
+
+
+def run_once(variant: Variant) -> float:
+    elapsed, done = run_timed(variant)
     if done.returncode != 0:
         output = (done.stdout + done.stderr).decode(errors="replace")[-3000:]
         raise BenchError(f"{' '.join(variant.argv)} exited {done.returncode} in {variant.cwd}:\n{output}")

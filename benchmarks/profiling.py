@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import pstats
 import re
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from .measure import Variant
+from .measure import Variant, run_timed
 
 SITE = re.compile(r".*/(site-packages|lib/python3\.\d+)/")
 
@@ -43,21 +41,7 @@ def profile(variant: Variant, top: int = 25) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-prof-") as scratch:
         out = Path(scratch) / "run.prof"
         profiled = [sys.executable, "-X", "importtime", "-m", "cProfile", "-o", str(out), *rest]
-        if variant.prepare:
-            variant.prepare()
-        started = time.perf_counter()
-        done = subprocess.run(
-            profiled,
-            cwd=variant.cwd,
-            env=variant.env,
-            input=variant.stdin.encode() if variant.stdin is not None else None,
-            stdin=subprocess.DEVNULL if variant.stdin is None else None,
-            capture_output=True,
-            timeout=900,
-        )
-        wall = time.perf_counter() - started
-        if variant.after:
-            variant.after()
+        wall, done = run_timed(variant, profiled)
         if not out.exists():
             return {"argv": argv, "error": done.stderr.decode(errors="replace")[-2000:]}
         stats = pstats.Stats(str(out))
