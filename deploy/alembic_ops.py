@@ -201,9 +201,10 @@ def stamp(config: Config, connection: Connection, revision: str) -> None:
 def _run_env(config: Config, connection: Connection, destination, steps) -> None:
     from alembic.runtime.environment import EnvironmentContext
 
+    directory = scripts(config)
     hand_over(config, connection)
-    with alembic_errors(), EnvironmentContext(config, scripts(config), fn=steps, destination_rev=destination):
-        scripts(config).run_env()
+    with alembic_errors(), EnvironmentContext(config, directory, fn=steps, destination_rev=destination):
+        directory.run_env()
 
 
 def run_captured(command, config: Config, *args, **kwargs) -> str:
