@@ -49,8 +49,8 @@ def sshd(tmp_path_factory):
     server.stop()
 
 
-@pytest.fixture
-def remote(tmp_path, database, sshd) -> Remote:
+def production_remote(tmp_path, database, sshd) -> Remote:
+    """A laptop checkout and a server checkout whose production settings point at `database`."""
     server = Checkout(tmp_path / "server")
     server.use_production(database)
     remote = Remote(Checkout(tmp_path / "local"), server, database, sshd, tmp_path / "fab.yaml")
@@ -59,10 +59,11 @@ def remote(tmp_path, database, sshd) -> Remote:
 
 
 @pytest.fixture
+def remote(tmp_path, database, sshd) -> Remote:
+    return production_remote(tmp_path, database, sshd)
+
+
+@pytest.fixture
 def pg_remote(tmp_path, pg_database, sshd) -> Remote:
     """As `remote`, the server checkout's production settings pointing at a PostgreSQL database."""
-    server = Checkout(tmp_path / "server")
-    server.use_production(pg_database)
-    remote = Remote(Checkout(tmp_path / "local"), server, pg_database, sshd, tmp_path / "fab.yaml")
-    remote.configure()
-    return remote
+    return production_remote(tmp_path, pg_database, sshd)
