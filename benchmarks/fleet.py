@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from . import project as projects
-from ._tests import PASSWORD, Checkout, Remote, SSHServer, make_database
+from ._tests import PASSWORD, Checkout, Remote, make_database
 from .measure import Row, Target, Variant, measure, progress
 
 TENANTS = 16
@@ -29,9 +29,7 @@ def busy_seconds() -> float:
 def fleet_benchmarks(ctx) -> list[Row]:
     base: Path = ctx.scratch / "fleet"
     base.mkdir()
-    sshd = SSHServer(base / "sshd")
-    ctx.started.append(sshd)
-    sshd.start()
+    sshd = ctx.sshd(base)
     server_db = ctx.mariadb()
     # One migration user for all, as a tenant fleet on one server has: one password prompt.
     databases = [make_database(server_db) for _ in range(TENANTS + 1)]

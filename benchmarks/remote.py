@@ -15,7 +15,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from . import project as projects
-from ._tests import PASSWORD, Checkout, Remote, SSHServer, make_database
+from ._tests import PASSWORD, Checkout, Remote, make_database
 from .measure import Row, Target, Variant, measure, progress
 
 PENDING = 10
@@ -30,9 +30,7 @@ def _pending_revision(i: int) -> str:
 def remote_benchmarks(ctx) -> list[Row]:
     base: Path = ctx.scratch / "remote"
     base.mkdir()
-    sshd = SSHServer(base / "sshd")
-    ctx.started.append(sshd)
-    sshd.start()
+    sshd = ctx.sshd(base)
     server_db = ctx.mariadb()
     database = make_database(server_db)
     local, server = Checkout(base / "local"), Checkout(base / "server")

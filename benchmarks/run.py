@@ -20,7 +20,7 @@ from pathlib import Path
 
 from . import project as projects
 from . import report
-from ._tests import REPO, MariaDB
+from ._tests import REPO, MariaDB, SSHServer
 from .measure import TOOLS, Row, Target, Variant, measure, progress
 from .profiling import profile
 
@@ -64,6 +64,13 @@ class Context:
             server.start()
             self._mariadb = server
         return self._mariadb
+
+    def sshd(self, base: Path) -> SSHServer:
+        """A throwaway sshd (tests/servers.py) in `base`, stopped at the end."""
+        server = SSHServer(base / "sshd")
+        self.started.append(server)
+        server.start()
+        return server
 
     def profile_misses(self, row: Row, variants: dict[str, Variant]) -> None:
         """For a missed target: one profiled run of ours and of the baseline it was measured against."""
