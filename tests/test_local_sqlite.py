@@ -1,10 +1,16 @@
 """`invoke db.*` on the SQLite development database, as a developer runs it."""
 
+import os
 import subprocess
 import sys
 
 import pytest
 from helpers import BASE, HEAD, POSTS, one_error_line, sqlite, tables, version
+from sqlalchemy import make_url
+
+from deploy.errors import DeployError
+from deploy.safety import lock
+from deploy.safety.lock import migration_lock
 
 
 def test_reset_builds_the_models_and_stamps_head(checkout):
@@ -332,3 +338,43 @@ def test_commands_read_the_scripts_once_however_many_revisions_they_run(checkout
         loads.unlink()
         assert checkout.invoke(*command).code == 0
         assert loads.read_text() == ".", (command, loads.read_text())
+
+
+def test_the_migration_lock_leaves_no_file_in_the_working_tree(checkout):
+    """A database at the project's root, as many apps keep it: `git status` must show nothing new but
+    it (instance/, where the run log goes, is out of version control)."""
+    database = checkout.path / "app.db"
+    checkout.write_settings("development", SQLALCHEMY_DATABASE_URI=f"sqlite:///{database}")
+    before = set(checkout.path.rglob("*"))
+    result = checkout.invoke("db.upgrade")
+    assert result.code == 0, result.output
+    new = set(checkout.path.rglob("*")) - before
+    assert {path for path in new if not path.is_relative_to(checkout.path / "instance")} == {database}
+
+
+def test_every_path_to_a_sqlite_database_finds_its_one_lock(tmp_path, monkeypatch):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    with migration_lock(make_url(f"sqlite:///{tmp_path}/data/app.db"), None, wait=0):
+        for same in ("sqlite:///data/app.db", f"sqlite:///{tmp_path}/link/app.db", "sqlite:///link/../data/app.db"):
+            with pytest.raises(DeployError, match="another migration holds the lock"):
+                with migration_lock(make_url(same), None, wait=0):
+                    pass
+        with migration_lock(make_url("sqlite:///data/other.db"), None, wait=0):
+            pass  # another database: another lock
+    assert sorted(path.name for path in tmp_path.rglob("*")) == ["data", "link"]
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o755], ids=["writable-by-all", "not-a-folder"])
+def test_a_lock_folder_others_could_have_made_is_refused(tmp_path, monkeypatch, mode):
+    monkeypatch.setattr(lock, "LOCK_FOLDER_ROOT", tmp_path)
+    folder = tmp_path / f"flask-schema-deploy-{os.geteuid()}"
+    if mode == 0o777:
+        folder.mkdir()
+        folder.chmod(mode)
+    else:
+        folder.symlink_to(tmp_path)
+    with pytest.raises(DeployError, match="is not a folder of this user's alone: remove it"):
+        with migration_lock(make_url(f"sqlite:///{tmp_path}/app.db"), None, wait=0):
+            pass

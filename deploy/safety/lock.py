@@ -1,7 +1,8 @@
 """One migration at a time per database: a lock that a second run waits for, then names the holder of.
 
 MariaDB/MySQL: GET_LOCK on a connection of its own; PostgreSQL: a session-level advisory lock
-(pg_try_advisory_lock, polled) on a connection of its own; SQLite: flock on a file beside the database.
+(pg_try_advisory_lock, polled) on a connection of its own; SQLite: flock on a lock file named after the
+database's absolute path, in a folder of the user's own under /tmp, out of the project's working tree.
 Either way, a process that dies loses its lock: the server ends its session, the kernel drops its flock.
 """
 
@@ -13,9 +14,11 @@ import json
 import os
 import pwd
 import socket
+import stat
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from sqlalchemy import text
 from sqlalchemy.engine import URL
@@ -30,6 +33,8 @@ DEFAULT_WAIT = 10.0
 LOCK_NAME_PREFIX = "migration-lock:"
 GET_LOCK_NAME_MAX = 64  # bytes; MySQL refuses longer names (MariaDB does not, but the server may be MySQL)
 LOCK_FILE_SUFFIX = ".migration-lock"
+# A fixed folder, not $TMPDIR: two shells (or cron) with different TMPDIRs must find the same lock.
+LOCK_FOLDER_ROOT = Path("/tmp")
 POLL = 0.1
 # An idle lock connection must outlive the longest migration: the server's default wait_timeout (8 h)
 # would end the session, and with it the lock, in the middle of one.
@@ -117,10 +122,9 @@ def file_lock(url: URL, engine_options: dict | None, wait: float) -> Iterator[No
     if database is None:  # in memory: no other process can see it
         yield
         return
-    path = database.with_name(database.name + LOCK_FILE_SUFFIX)
+    path = lock_file(database)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     except OSError as exc:
         raise DeployError(f"cannot open the migration lock file {path}: {exc.strerror}") from None
     try:
@@ -135,6 +139,31 @@ def file_lock(url: URL, engine_options: dict | None, wait: float) -> Iterator[No
             fcntl.flock(descriptor, fcntl.LOCK_UN)
     finally:
         os.close(descriptor)
+
+
+def lock_file(database: Path) -> Path:
+    """The lock file of a SQLite database: never beside it (a database in the checkout would leave an
+    untracked file in `git status`), but in this user's lock folder, named after the database's
+    absolute path, so that every process of the user that opens this database, by any path, finds it."""
+    absolute = database.expanduser().resolve()
+    digest = hashlib.sha256(os.fsencode(absolute)).hexdigest()[:16]
+    return lock_folder() / f"{absolute.name}-{digest}{LOCK_FILE_SUFFIX}"
+
+
+def lock_folder() -> Path:
+    """/tmp/flask-schema-deploy-<uid>, this user's alone: made 0700, and refused if anyone else could
+    have made or changed it (a folder of another user's would let them hold or fake our locks)."""
+    folder = LOCK_FOLDER_ROOT / f"flask-schema-deploy-{os.geteuid()}"
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        found = os.lstat(folder)
+    except OSError as exc:
+        raise DeployError(f"cannot make the migration lock folder {folder}: {exc.strerror}") from None
+    if not stat.S_ISDIR(found.st_mode) or found.st_uid != os.geteuid() or found.st_mode & 0o022:
+        raise DeployError(
+            f"the migration lock folder {folder} is not a folder of this user's alone: remove it, then try again"
+        )
+    return folder
 
 
 def flock_within(descriptor: int, wait: float) -> bool:
