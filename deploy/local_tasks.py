@@ -8,7 +8,7 @@ from pathlib import Path
 
 from invoke import Collection, task
 
-from . import commands, forking, safety
+from . import commands, forking, safety, task_config
 from .errors import DeployError, one_line_errors
 from .safety import GUARD_HELP
 from .safety.cancel import Cancellation
@@ -36,9 +36,10 @@ def warm_up(c, settings: str) -> None:
 
 def project(c, **switches) -> commands.Project:
     """The checkout's project; `switches` (no_backup, ...) are this run's Guards switches."""
+    configured = task_config.read(c.config)
     opened = commands.Project.open(Path(c.config.db.alembic_ini), caller=c.config.db.caller)
-    production = opened.settings.name not in c.config.db.reset_settings
-    opened.guards = commands.Guards(**c.config.db.safety, production=production, **switches)
+    production = opened.settings.name not in configured.reset_settings
+    opened.guards = commands.Guards(**configured.safety, production=production, **switches)
     return opened
 
 
@@ -46,7 +47,7 @@ def project(c, **switches) -> commands.Project:
 @one_line_errors
 def reset(c, force=False):
     """Drop every table, create the models' tables, stamp head (development databases only)."""
-    print(commands.reset(project(c), list(c.config.db.reset_settings), force))
+    print(commands.reset(project(c), task_config.read(c.config).reset_settings, force))
 
 
 @task(
@@ -109,7 +110,7 @@ def upgrade(
         print(commands.sql(opened, to))
         return
     # Outside development, the plan is shown and applied only when confirmed.
-    confirm = None if opened.settings.name in c.config.db.reset_settings else partial(safety.confirm, "Apply?", yes)
+    confirm = None if not opened.guards.production else partial(safety.confirm, "Apply?", yes)
     cancellation = Cancellation(sys.stdin.fileno() if conversation else None)
     print(commands.upgrade(opened, to, expect_head, progress=print, confirm=confirm, cancellation=cancellation))
 
@@ -133,7 +134,7 @@ def downgrade(c, to="-1", confirmed=False, sql=False, no_backup=False, ignore_tr
         print(commands.sql(opened, to, downgrade=True))
         return
     # Outside development, a downgrade (which may drop data) wants the database's name typed.
-    guarded = opened.settings.name not in c.config.db.reset_settings and not confirmed
+    guarded = opened.guards.production and not confirmed
     cancellation = Cancellation(sys.stdin.fileno() if conversation else None)
     print(commands.downgrade(opened, to, confirm=guarded, progress=print, cancellation=cancellation))
 
@@ -312,25 +313,5 @@ def db_tasks(tasks_file: str) -> Collection:
         schema,
         detect,
     )
-    db.configure(
-        {
-            "db": {
-                "alembic_ini": str(project_dir / "alembic.ini"),
-                # Settings names db.reset may drop tables under; production is never one of them.
-                "reset_settings": ["development", "testing"],
-                # What hints tell the user to type before `db.*`; `fab` sets INVOKE_DB_CALLER on the server.
-                "caller": "invoke",
-                # Production safety (README, "Production safety"): invoke.yaml or INVOKE_DB_SAFETY_* override them.
-                "safety": {
-                    "lock_wait": 10.0,
-                    "lock_wait_timeout": 2.0,
-                    "retries": 5,
-                    "retry_pause": 3.0,
-                    "open_transactions_after": 10.0,
-                    "backups_kept": 10,
-                    "backup_dir": None,
-                },
-            }
-        }
-    )
+    db.configure({"db": task_config.invoke_defaults(str(project_dir / "alembic.ini"))})
     return db

@@ -55,6 +55,34 @@ def test_expected_failures_are_one_line(checkout, args, env, expected):
     assert expected in one_error_line(checkout.invoke(*args, env=env))
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("INVOKE_DB_SAFETY_LOCK_WAIT", "abc", "expects a number of seconds"),
+        ("INVOKE_DB_SAFETY_RETRY_PAUSE", "-3", "expects a number of seconds"),
+        ("INVOKE_DB_SAFETY_RETRIES", "five", "expects a whole number"),
+        ("INVOKE_DB_RESET_SETTINGS", "production", "expects a list of settings names"),
+    ],
+)
+def test_a_wrong_value_in_invokes_environment_config_is_one_line_naming_the_variable(
+    checkout, variable, value, expected
+):
+    """Invoke casts its INVOKE_DB_* variables before any task runs: a bad one must still be one line."""
+    assert checkout.invoke("db.upgrade").code == 0
+    line = one_error_line(checkout.invoke("db.reset", env={variable: value}))
+    assert line.startswith(f"error: {variable}={value!r}: {expected}")
+    assert "posts" in tables(checkout)  # nothing was dropped
+
+
+def test_a_wrong_key_or_value_in_invoke_yaml_is_one_line_naming_the_key(checkout):
+    (checkout.path / "invoke.yaml").write_text("db:\n  safety:\n    lock_wiat: 30\n")
+    assert "db.safety.lock_wiat is not a setting" in one_error_line(checkout.invoke("db.status"))
+    (checkout.path / "invoke.yaml").write_text("db:\n  reset_settings: development\n")
+    assert "db.reset_settings 'development' in Invoke's config (invoke.yaml): expects a list" in (
+        one_error_line(checkout.invoke("db.status"))
+    )
+
+
 # -- 1. db.reset judges where the connection really goes --------------------------------------
 
 

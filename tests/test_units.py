@@ -264,3 +264,20 @@ def test_a_fleet_is_every_host_with_every_settings_name():
 def test_a_wrong_fleet_is_one_line(env, only, message):
     with pytest.raises(DeployError, match=re.escape(message)):
         selected(env, only)
+
+
+# -- the tasks' own settings (Invoke's config) ----------------------------------------------------------
+
+
+def test_invokes_environment_config_reaches_the_guards_as_numbers(monkeypatch):
+    from invoke import Config
+
+    from deploy import task_config
+
+    monkeypatch.setenv("INVOKE_DB_SAFETY_LOCK_WAIT", "30")
+    monkeypatch.setenv("INVOKE_DB_SAFETY_RETRIES", "2")
+    config = Config(defaults={"db": task_config.invoke_defaults("alembic.ini")})
+    config.load_shell_env()
+    found = task_config.read(config)
+    assert found.safety == {"lock_wait": 30.0, "retries": 2}
+    assert found.reset_settings == ["development", "testing"]
