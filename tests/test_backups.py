@@ -7,6 +7,7 @@ import shutil
 import sqlite3
 import time
 from contextlib import closing
+from pathlib import Path
 
 import pytest
 from helpers import PASSWORD, Database, ProcSampler, files_containing, make_database
@@ -19,6 +20,7 @@ from deploy.safety import backups
 ODD = 'O\'Brien "q" back\\slash \0 nul\nnew\ttab ünïcødé 🎉 %s; -- DROP TABLE authors'
 # What an option file could misread: its comment and quote characters, escapes, edge spaces.
 HOSTILE = " a\\b\"c #d;e'f\tg\\ "
+TRUNCATED = "it is truncated (the compressed data ends early)"
 
 
 def url_of(database: Database, password: str = PASSWORD):
@@ -97,24 +99,30 @@ def test_damaged_backups_are_refused_before_anything_changes(mariadb, tmp_path):
         "corrupt": data[:middle] + bytes(byte ^ 0xFF for byte in data[middle : middle + 16]) + data[middle + 16 :],
         "unfinished": gzip.compress(text[: text.rindex(b"-- Dump completed")]),
     }
-    reasons = {"truncated": "truncated", "corrupt": "corrupt", "unfinished": "completion marker"}
+    reasons = {
+        "truncated": TRUNCATED,
+        "corrupt": "its compressed data is corrupt",
+        "unfinished": "the dump lacks its completion marker",
+    }
     cases = {}
-    for name, content in files.items():
-        (damaged / f"{name}.sql.gz").write_bytes(content)
-        cases[damaged / f"{name}.sql.gz"] = reasons[name]
+    for number, (name, content) in enumerate(files.items()):
+        # Named apart from their reasons: the file's name is part of the message.
+        (damaged / f"case{number}.sql.gz").write_bytes(content)
+        cases[damaged / f"case{number}.sql.gz"] = reasons[name]
     # Cut beside its sidecar, whose recorded size gives it away first.
     in_place = tmp_path / "in-place"
     shutil.copytree(good.path.parent, in_place)
     (in_place / good.path.name).write_bytes(data[:middle])
-    cases[in_place / good.path.name] = "recorded"
+    cases[in_place / good.path.name] = f"it is {middle} bytes, not the {len(data)} recorded"
 
     for path, reason in cases.items():
         with pytest.raises(DeployError) as verified:
             backups.verify(path)
         message = str(verified.value)
-        assert f"{path} is not a usable backup" in message and "\n" not in message
+        assert message.startswith(f"{path} is not a usable backup: ") and "\n" not in message
+        said = message.removeprefix(f"{path} is not a usable backup: ")
         # Flipped bytes may also read as a stream that ends early: either way it is refused.
-        assert reason in message or (reason == "corrupt" and "truncated" in message), message
+        assert said.startswith(reason) or (reason.endswith("corrupt") and said == TRUNCATED), message
         with pytest.raises(DeployError, match="not a usable backup"):
             backups.restore(url_of(database), path)
         assert snapshot(database) == after
@@ -228,3 +236,67 @@ def test_sqlite_backup_and_restore(tmp_path):
         assert list(db.iterdump()) == before
     with pytest.raises(DeployError, match="not a backup of a mysql database"):
         backups.restore(make_url("mysql+pymysql://u:p@127.0.0.1:1/db"), backup.path)
+
+
+def test_a_truncated_sqlite_backup_is_refused_for_what_it_is(tmp_path):
+    """SQLite files have no completion marker: the gzip stream's end and the header's size must tell."""
+    path = tmp_path / "app.db"
+    with closing(sqlite3.connect(path)) as db:
+        db.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+        db.executemany("INSERT INTO notes (body) VALUES (?)", ((f"{n:08x}" * 40,) for n in range(4000)))
+        db.commit()
+    backup = backups.take(make_url(f"sqlite:///{path}"), tmp_path / "backups", "abc123", keep=1)
+    data, raw = backup.path.read_bytes(), path.read_bytes()
+    assert len(raw) > 1_000_000
+    cases = {
+        # Half the compressed stream.
+        "case1.sqlite.gz": (data[: len(data) // 2], TRUNCATED),
+        # A whole gzip stream of half the database: only its header's page count gives it away.
+        "case2.sqlite.gz": (gzip.compress(raw[: len(raw) // 2]), backups.SQLITE.incomplete),
+    }
+    for name, (content, reason) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(DeployError) as verified:
+            backups.verify(tmp_path / name)
+        assert str(verified.value) == f"{tmp_path / name} is not a usable backup: {reason}"
+    assert backups.verify(backup.path) == backup
+
+
+def break_one_statement(backup: backups.Backup, statement: bytes, into: Path) -> Path:
+    """The backup with `statement` garbled: still a whole gzip stream, the dump's marker at its end."""
+    text = gzip.decompress(backup.path.read_bytes())
+    assert text.count(statement) == 1
+    into.write_bytes(gzip.compress(text.replace(statement, statement.replace(b"INTO", b"INTO BROKEN"))))
+    return into
+
+
+def test_a_restore_that_fails_part_way_puts_the_database_back_as_it_was(mariadb, tmp_path):
+    database = make_database(mariadb)
+    blog(database)
+    good = backups.take(url_of(database), tmp_path / "backups", "abc123", keep=3)
+    # The tables are dropped and authors loaded before the broken statement is reached.
+    broken = break_one_statement(good, b"INSERT INTO `posts`", tmp_path / "backups" / "broken.sql.gz")
+    execute(database, "CREATE TABLE newer (id INT PRIMARY KEY)", "INSERT INTO newer VALUES (7)")
+    execute(database, "UPDATE alembic_version SET version_num = 'def456'")
+    before = snapshot(database)
+    assert backups.verify(broken)  # it passes every check a file can have
+
+    with pytest.raises(DeployError) as failed:
+        backups.restore(url_of(database), broken)
+    message = str(failed.value)
+    assert message.startswith(f"restore of {database.migration_user}@127.0.0.1:{mariadb.port}/{database.name} failed: ")
+    # The client's own error line, not the dashes it prints around the statement.
+    assert "ERROR 1064 (42000) at line" in message and "error in your SQL syntax" in message and "---" not in message
+    assert message.endswith("; the database is as it was before the restore (put back from a backup taken just before)")
+    assert "\n" not in message and PASSWORD not in message
+    assert snapshot(database) == before
+    # The backup taken for the way back is gone again: the directory holds what it held.
+    assert sorted(path.name for path in broken.parent.iterdir()) == sorted(
+        [good.path.name, good.path.name + ".json", broken.name]
+    )
+
+    # A backup the caller took first is the way back, and stays.
+    taken = backups.take(url_of(database), tmp_path / "backups", "def456", keep=3)
+    with pytest.raises(DeployError, match=f"as it was before the restore \\(put back from {taken.path.name}\\)$"):
+        backups.restore(url_of(database), broken, before=taken)
+    assert snapshot(database) == before and backups.verify(taken.path) == taken

@@ -34,6 +34,7 @@ from . import for_dialect
 
 CHUNK = 256 * 1024
 PROGRESS_SECONDS = 0.5
+HEAD = 1024
 TAIL = 4096
 DUMP_FLAGS = (
     "--single-transaction",  # a consistent InnoDB snapshot, without locking the application out
@@ -46,6 +47,9 @@ DUMP_FLAGS = (
 # The client tools' own global option files; the user's ~/.my.cnf is left out on purpose (below).
 GLOBAL_OPTION_FILES = ("/etc/my.cnf", "/etc/mysql/my.cnf")
 SSL_OPTIONS = ("ssl_ca", "ssl_cert", "ssl_key", "ssl_capath", "ssl_cipher")
+# The client tools read an option file in pieces of 4094 bytes: the rest of a longer line is read as a
+# line of its own (an option they name in their error).
+OPTION_LINE_BYTES = 4094
 
 
 @dataclass(frozen=True)
@@ -116,10 +120,18 @@ def _run(programs: tuple[str, ...], url: URL, args: list[str], meter: _Meter, fe
     tool's only option file (--defaults-extra-file would let a [client] password in ~/.my.cnf win);
     the global ones are included first, so their settings still apply."""
     program = _program(*programs)
+    password_line = f"password={_option_value(url.password or '')}"
+    if len(password_line.encode()) > OPTION_LINE_BYTES:
+        # The tool would read the rest of the line as options of its own, and name them in its error.
+        raise DeployError(
+            f"the password is too long for {Path(program).name} (its option files hold lines of at most "
+            f"{OPTION_LINE_BYTES} bytes, `password=`, quotes and escapes included): nothing was sent; give "
+            f"{url.username or 'the user'} a shorter password"
+        )
     includes = "".join(f"!include {name}\n" for name in GLOBAL_OPTION_FILES if os.access(name, os.R_OK))
     read, write = os.pipe()
-    with os.fdopen(write, "w") as options:  # a few hundred bytes: the pipe's buffer holds them
-        options.write(f"{includes}[client]\npassword={_option_value(url.password or '')}\n")
+    with os.fdopen(write, "w", encoding="utf-8") as options:  # at most a few kB: the pipe's buffer (64 kB) holds them
+        options.write(f"{includes}[client]\n{password_line}\n")
     argv = [program, f"--defaults-file=/dev/fd/{read}", *_connection_args(url), *args]
     still_open = [read]
 
@@ -170,9 +182,23 @@ def _pump(argv: list[str], meter: _Meter, feed=None, sink=None, pass_fds=(), env
             process.wait()
         if process.returncode != 0:
             errors.seek(0)
-            lines = errors.read().decode(errors="replace").strip().splitlines()
-            detail = lines[0] if lines else f"{Path(program).name} exited with status {process.returncode}"
-            raise DeployError(mask(detail))
+            detail = _error_line(errors.read().decode(errors="replace"))
+            raise DeployError(mask(detail or f"{Path(program).name} exited with status {process.returncode}"))
+
+
+def _error_line(text: str) -> str | None:
+    """The line of a tool's stderr that says what went wrong.
+
+    The mariadb client first echoes the failing statement between lines of dashes (a piece of the
+    dump: data, not the reason): those blocks are skipped, and a line naming an error is preferred."""
+    lines, echoed = [], False
+    for line in map(str.strip, text.splitlines()):
+        if line and set(line) == {"-"}:
+            echoed = not echoed
+        elif line and not echoed:
+            lines.append(line)
+    errors = [line for line in lines if re.match(r"ERROR\b", line) or re.search(r"\berror\b", line, re.IGNORECASE)]
+    return (errors or lines or [None])[0]
 
 
 def _mysql_dump(url: URL, write: Callable[[bytes], object], meter: _Meter) -> None:
@@ -200,14 +226,17 @@ def _mysql_load(url: URL, path: Path, meter: _Meter) -> None:
             while chunk := dump.read(CHUNK):
                 yield chunk
 
-    try:
-        _run(("mariadb", "mysql"), url, [f"--database={url.database}"], meter, feed=feed())
-    except DeployError as exc:
-        raise DeployError(f"restore of {describe(url)} failed, it may be left partly restored: {exc}") from None
+    _run(("mariadb", "mysql"), url, [f"--database={url.database}"], meter, feed=feed())
 
 
-def _mysql_complete(head: bytes, tail: bytes) -> bool:
+def _mysql_complete(head: bytes, tail: bytes, size: int) -> bool:
     return tail.rstrip().rsplit(b"\n", 1)[-1].startswith(b"-- Dump completed")
+
+
+def _mysql_named(path: Path, head: bytes) -> str | None:
+    # The dump's header: "-- Host: 127.0.0.1    Database: blog"
+    found = re.search(rb"^-- Host: .*?\sDatabase: (.+?)\s*$", head, re.MULTILINE)
+    return found[1].decode(errors="replace") if found else None
 
 
 # -- PostgreSQL --------------------------------------------------------------------------------------
@@ -312,18 +341,39 @@ PG_OBJECTS = """
 """
 
 
-def _pg_load(url: URL, path: Path, meter: _Meter) -> None:
+def _pg_named(path: Path, head: bytes) -> str | None:
+    """The archive's database, from its header (pg_dump's ReadHead): PGDMP, version (3 bytes), int
+    and offset sizes, format; the compression (a byte from 1.15, an int before); 7 ints of time; the
+    name. An int is a sign byte and `int size` bytes, little-endian; a string its length, then it."""
     try:
-        with connect(url) as connection, translate_errors(url):
-            quote = connection.dialect.identifier_preparer.quote
-            for kind, schema, name in connection.exec_driver_sql(PG_OBJECTS).all():
-                # CASCADE: a view or foreign key of another dropped object; IF EXISTS: gone with one.
-                connection.exec_driver_sql(f"DROP {kind} IF EXISTS {quote(schema)}.{quote(name)} CASCADE")
-            connection.commit()
-        # One transaction: should the load fail, what it loaded so far is rolled back.
-        _pg_run("pg_restore", url, list(PG_RESTORE_FLAGS), meter, feed=_gunzipped(path))
-    except DeployError as exc:
-        raise DeployError(f"restore of {describe(url)} failed, it may be left partly restored: {exc}") from None
+        major, minor, int_size = head[5], head[6], head[8]
+        at = 11 if (major, minor) >= (1, 15) else 10 + 1 + int_size
+
+        def integer() -> int:
+            nonlocal at
+            value = int.from_bytes(head[at + 1 : at + 1 + int_size], "little")
+            at += 1 + int_size
+            return -value if head[at - 1 - int_size] else value
+
+        for _ in range(7 if (major, minor) >= (1, 4) else 0):
+            integer()
+        length = integer()
+        name = head[at : at + length]
+    except IndexError:
+        return None
+    return name.decode(errors="replace") if head.startswith(b"PGDMP") and 0 < length == len(name) else None
+
+
+def _pg_load(url: URL, path: Path, meter: _Meter) -> None:
+    with connect(url) as connection, translate_errors(url):
+        quote = connection.dialect.identifier_preparer.quote
+        for kind, schema, name in connection.exec_driver_sql(PG_OBJECTS).all():
+            # CASCADE: a view or foreign key of another dropped object; IF EXISTS: gone with one.
+            connection.exec_driver_sql(f"DROP {kind} IF EXISTS {quote(schema)}.{quote(name)} CASCADE")
+        connection.commit()
+    # One transaction: should the load fail, what it loaded is rolled back (the drops above are not:
+    # restore puts the database back from the backup taken first).
+    _pg_run("pg_restore", url, list(PG_RESTORE_FLAGS), meter, feed=_gunzipped(path))
 
 
 # -- SQLite ------------------------------------------------------------------------------------------
@@ -362,12 +412,21 @@ def _sqlite_load(url: URL, path: Path, meter: _Meter) -> None:
             copy.deserialize(data)
             copy.backup(live)
     except sqlite3.Error as exc:
-        raise DeployError(f"restore of {describe(url)} failed: {exc}") from None
+        raise DeployError(str(exc)) from None
     meter.add(len(data))
 
 
-def _sqlite_complete(head: bytes, tail: bytes) -> bool:
-    return head.startswith(b"SQLite format 3\0")
+def _sqlite_complete(head: bytes, tail: bytes, size: int) -> bool:
+    """A database file, as long as its header says: page size times page count (when the header's
+    count is valid: it was written by the version counted at offset 92)."""
+    if not head.startswith(b"SQLite format 3\0") or len(head) < 100:
+        return False
+    page_size = int.from_bytes(head[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages, changed, valid_for = (int.from_bytes(head[at : at + 4], "big") for at in (28, 24, 92))
+    if pages and changed == valid_for:
+        return size == page_size * pages
+    return page_size > 0 and size % page_size == 0
 
 
 @dataclass(frozen=True)
@@ -376,9 +435,11 @@ class _Kind:
     name: Callable[[URL], str]
     dump: Callable[[URL, Callable[[bytes], object], _Meter], None]
     load: Callable[[URL, Path, _Meter], None]
-    complete: Callable[[bytes, bytes], bool]  # (head, tail) of the uncompressed dump
+    complete: Callable[[bytes, bytes, int], bool]  # (head, tail, size) of the uncompressed dump
     incomplete: str
     readable: Callable[[Path], str | None] = lambda path: None  # a deeper check, by the kind's own tool
+    # The name of the database dumped, as the file itself says (for a file without its note).
+    named: Callable[[Path, bytes], str | None] = lambda path, head: None
 
 
 MYSQL = _Kind(
@@ -388,6 +449,7 @@ MYSQL = _Kind(
     _mysql_load,
     _mysql_complete,
     "the dump lacks its completion marker (-- Dump completed): it was cut short",
+    named=_mysql_named,
 )
 SQLITE = _Kind(
     ".sqlite.gz",
@@ -395,16 +457,17 @@ SQLITE = _Kind(
     _sqlite_dump,
     _sqlite_load,
     _sqlite_complete,
-    "it holds no SQLite database",
+    "it holds no whole SQLite database (not the size its header records)",
 )
 POSTGRESQL = _Kind(
     ".pgdump.gz",
     lambda url: url.database or "",
     _pg_dump,
     _pg_load,
-    lambda head, tail: head.startswith(b"PGDMP"),
+    lambda head, tail, size: head.startswith(b"PGDMP"),
     "it holds no pg_dump archive",
     _pg_readable,
+    _pg_named,
 )
 KINDS = {"mysql": MYSQL, "mariadb": MYSQL, "postgresql": POSTGRESQL, "sqlite": SQLITE}
 
@@ -436,18 +499,20 @@ def _read_sidecar(path: Path) -> Backup | None:
 def _damage(path: Path, kind: _Kind) -> str | None:
     """What is wrong with the file, read end to end, or None."""
     head = tail = b""
+    size = 0
     try:
         with gzip.open(path) as stream:
             while chunk := stream.read(CHUNK):
-                head = head or chunk[:64]
+                head = head or chunk[:HEAD]
                 tail = (tail + chunk[-TAIL:])[-TAIL:]
+                size += len(chunk)
     except EOFError:
         return "it is truncated (the compressed data ends early)"
     except (gzip.BadGzipFile, zlib.error) as exc:
         return f"its compressed data is corrupt ({exc})"
     except OSError as exc:
         return f"cannot read it: {exc.strerror}"
-    return kind.readable(path) if kind.complete(head, tail) else kind.incomplete
+    return kind.readable(path) if kind.complete(head, tail, size) else kind.incomplete
 
 
 def _kind_of(path: Path) -> _Kind:
@@ -468,12 +533,47 @@ def verify(path: str | os.PathLike) -> Backup:
     except OSError:
         raise DeployError(f"no backup at {path}") from None
     size = status.st_size
-    # A file without its sidecar: what the file itself can tell.
-    backup = _read_sidecar(path) or Backup(path, "", "", None, datetime.fromtimestamp(status.st_mtime, UTC), size)
-    problem = f"it is {size} bytes, not the {backup.size} recorded" if size != backup.size else _damage(path, kind)
-    if problem:
+    backup = _read_sidecar(path)
+    problem = f"it is {size} bytes, not the {backup.size} recorded" if backup and size != backup.size else None
+    if problem := problem or _damage(path, kind):
         raise DeployError(f"{path} is not a usable backup: {problem}")
+    if backup is None:  # a file without its note: what the file itself can tell
+        with gzip.open(path) as stream:
+            name = kind.named(path, stream.read(HEAD)) or ""
+        backup = Backup(path, "", name, None, datetime.fromtimestamp(status.st_mtime, UTC), size)
     return backup
+
+
+def check_source(backup: Backup, url: URL, from_database: str | None = None) -> str | None:
+    """Refuse a backup of another database than the URL's (by its note, or the file's own header),
+    unless `from_database` is the operator's word that it is one of that database. The other
+    database's name when it is one (the confirmation names it), else None."""
+    kind = for_dialect(KINDS, url, "restore")
+    here, source = kind.name(url), backup.name or from_database
+    recorded_server = _server(backup.database, backup.name)
+    elsewhere = recorded_server is not None and recorded_server != _server(describe(url), here)
+    if source in (None, here) and not elsewhere:
+        if from_database not in (None, here):
+            raise DeployError(
+                f"{backup.path.name} is a backup of {here} itself, not of {from_database}: nothing changed"
+            )
+        return None
+    theirs = backup.database or source
+    if from_database is None:
+        raise DeployError(
+            f"{backup.path.name} is a backup of {theirs}, not of {describe(url)}: to replace {here} with "
+            f"it all the same, add --from-database {source}; nothing changed"
+        )
+    if from_database != source:
+        raise DeployError(f"{backup.path.name} is a backup of {theirs}, not of {from_database}: nothing changed")
+    return source
+
+
+def _server(description: str, name: str) -> str | None:
+    """host:port of a `describe` text of the database `name`; None for SQLite or when not recorded."""
+    if not description.endswith(f"/{name}") or description.startswith("SQLite "):
+        return None
+    return description[: -len(name) - 1].rpartition("@")[2]
 
 
 def list_backups(directory: str | os.PathLike, database: str | URL | None = None) -> list[Backup]:
@@ -497,15 +597,22 @@ def take(url: URL, directory: str | os.PathLike, revision: str | None, keep: int
     """A verified, compressed backup of the URL's database in `directory`; then only the newest `keep` stay.
 
     `progress(bytes)` is called every PROGRESS_SECONDS while the dump runs (bytes of uncompressed dump)."""
-    kind = for_dialect(KINDS, url, "backup")
     if keep < 1:
         raise DeployError("keep at least one backup")
+    backup = _write(url, Path(directory), revision, progress)
+    for old in list_backups(directory, backup.name)[keep:]:
+        _remove(old)
+    return backup
+
+
+def _write(url: URL, directory: Path, revision: str | None, progress=None, label: str = "base") -> Backup:
+    """A verified backup in `directory`, its file named after the revision (or `label`); no retention."""
+    kind = for_dialect(KINDS, url, "backup")
     name = kind.name(url)
     if not name:
         raise DeployError(f"{describe(url)} names no database to back up")
-    directory = Path(directory)
     started = datetime.now(UTC)
-    path = directory / f"{_safe(name)}-{started:%Y%m%dT%H%M%S.%fZ}-{_safe(revision or 'base')}{kind.suffix}"
+    path = directory / f"{_safe(name)}-{started:%Y%m%dT%H%M%S.%fZ}-{_safe(revision or label)}{kind.suffix}"
     partial = path.with_name(f".{path.name}.partial")
     try:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)  # backups hold all the data: owner only
@@ -529,20 +636,49 @@ def take(url: URL, directory: str | os.PathLike, revision: str | None, keep: int
         raise
     with suppress(OSError):  # the file itself is synced; the directory entry is best effort
         _sync_directory(directory)
-    for old in list_backups(directory, name)[keep:]:
-        old.path.unlink(missing_ok=True)
-        _sidecar(old.path).unlink(missing_ok=True)
     return backup
 
 
-def restore(url: URL, path: str | os.PathLike, progress=None) -> Backup:
+def _remove(backup: Backup) -> None:
+    backup.path.unlink(missing_ok=True)
+    _sidecar(backup.path).unlink(missing_ok=True)
+
+
+def restore(url: URL, path: str | os.PathLike, progress=None, before: Backup | None = None) -> Backup:
     """Make the URL's database exactly the backup's, after verifying the file (refused: nothing changes).
 
+    All or nothing: should the load fail (or Ctrl-C stop it), the database is put back as it was from
+    `before`, a backup of it just taken; without one, a backup is taken here first and removed after.
     `progress(bytes)` as for `take`. Asking the user to confirm is the caller's job."""
     kind = for_dialect(KINDS, url, "restore")
     backup = verify(path)
     if _kind_of(backup.path) is not kind:
         raise DeployError(f"{backup.path} is not a backup of a {url.get_backend_name()} database")
     remember(url.password)
-    kind.load(url, backup.path, _Meter(progress))
+    fallback = before or _write(url, backup.path.parent, None, label="before-restore")
+    try:
+        kind.load(url, backup.path, _Meter(progress))
+    except (DeployError, KeyboardInterrupt) as exc:
+        reason = str(exc) if isinstance(exc, DeployError) else "stopped by Ctrl-C"
+        raise _put_back(url, kind, fallback, reason, kept=before is not None) from None
+    if before is None:
+        _remove(fallback)
     return backup
+
+
+def _put_back(url: URL, kind: _Kind, fallback: Backup, reason: str, kept: bool) -> DeployError:
+    """After a failed load: the database as it was, loaded from `fallback`; the error to raise."""
+    failed = f"restore of {describe(url)} failed: {reason}"
+    try:
+        kind.load(url, fallback.path, _Meter(None))
+    except (DeployError, KeyboardInterrupt) as exc:
+        again = str(exc) if isinstance(exc, DeployError) else "stopped by Ctrl-C"
+        # The backup of how it was stays, whoever took it: it is the way back.
+        return DeployError(
+            f"{failed}; putting the database back as it was failed too ({again}): it may be left partly "
+            f"restored; restore {fallback.path.name} (in {fallback.path.parent}) once the cause is fixed"
+        )
+    if not kept:
+        _remove(fallback)
+    source = fallback.path.name if kept else "a backup taken just before"
+    return DeployError(f"{failed}; the database is as it was before the restore (put back from {source})")
