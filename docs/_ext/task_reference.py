@@ -21,12 +21,23 @@ from invoke.parser import ParserContext
 ROOT = Path(__file__).resolve().parents[2]
 # Inline code in docstrings and help is written `like this`, as in the rest of the project.
 CODE = re.compile(r"`([^`]+)`")
+# Where the tasks, their help and the environments come from: a change there rebuilds the page.
+SOURCES = (
+    "tasks.py",
+    "fabfile.py",
+    "fabric.yaml",
+    "deploy/local_tasks.py",
+    "deploy/remote_tasks.py",
+    "deploy/safety/__init__.py",
+    "deploy/scaffold.py",
+)
 
 
 def text_with_code(text: str) -> list[nodes.Node]:
     """`text` as inline nodes, its backquoted spans as literals."""
     parts = CODE.split(" ".join(text.split()))
-    return [nodes.literal(part, part) if odd else nodes.Text(part) for odd, part in enumerate(parts) if part or not odd]
+    # re.split puts the backquoted spans at the odd places.
+    return [nodes.literal(part, part) if index % 2 else nodes.Text(part) for index, part in enumerate(parts) if part]
 
 
 def namespace(filename: str):
@@ -82,13 +93,12 @@ def task_section(program: str, name: str, task) -> nodes.section:
     positional = [argument.upper() for argument in task.positional]
     title = f"{program} {name}"
     node = section(program, name, title)
-    usage = " ".join([title, *positional, "[options]"])
+    pairs = ParserContext(name=name, args=task.get_arguments()).help_tuples()
+    usage = " ".join([title, *positional, *(["[options]"] if len(pairs) > len(positional) else [])])
     node += nodes.paragraph("", "", nodes.Text("Usage: "), nodes.literal(usage, usage))
     doc = inspect.getdoc(task.body) or ""
     for paragraph in filter(None, doc.split("\n\n")):
         node += nodes.paragraph("", "", *text_with_code(paragraph))
-    context = ParserContext(name=name, args=task.get_arguments())
-    pairs = context.help_tuples()
     if pairs:
         node += options_list(pairs)
     else:
@@ -104,18 +114,19 @@ def init_section() -> nodes.section:
     (subcommands,) = [action for action in top._actions if isinstance(action, argparse._SubParsersAction)]
     init = subcommands.choices["init"]
     node = section("python -m deploy", "init", "python -m deploy init")
-    usage = "python -m deploy init --app MODULE:OBJECT [--dir PATH]"
-    node += nodes.paragraph("", "", nodes.Text("Usage: "), nodes.literal(usage, usage))
-    for paragraph in filter(None, (init.description or "").split("\n\n")):
-        node += nodes.paragraph("", "", *text_with_code(paragraph))
-    pairs = []
+    pairs, usage = [], ["python -m deploy init"]
     for action in init._actions:
         if isinstance(action, argparse._HelpAction):
             continue
-        flags = ", ".join(action.option_strings)
-        if action.nargs != 0:
-            flags += f" {action.metavar or action.dest.upper()}"
-        pairs.append((flags, action.help + (" (required)" if action.required else "")))
+        value = f" {action.metavar or action.dest.upper()}" if action.nargs != 0 else ""
+        spelled = f"{action.option_strings[-1]}{value}"
+        usage.append(spelled if action.required else f"[{spelled}]")
+        required = " (required)" if action.required else ""
+        pairs.append((", ".join(action.option_strings) + value, action.help + required))
+    usage = " ".join(usage)
+    node += nodes.paragraph("", "", nodes.Text("Usage: "), nodes.literal(usage, usage))
+    for paragraph in filter(None, (init.description or "").split("\n\n")):
+        node += nodes.paragraph("", "", *text_with_code(paragraph))
     node += options_list(pairs)
     return node
 
@@ -130,9 +141,8 @@ class TaskReference(Directive):
     def run(self):
         which = directives.choice(self.arguments[0], ("invoke", "fab", "init"))
         env = self.state.document.settings.env
-        for module in ("tasks.py", "fabfile.py", "fabric.yaml", "deploy/local_tasks.py", "deploy/remote_tasks.py",
-                       "deploy/safety/__init__.py", "deploy/scaffold.py"):
-            env.note_dependency(str(ROOT / module))
+        for source in SOURCES:
+            env.note_dependency(str(ROOT / source))
         if which == "init":
             return [init_section()]
         entries = invoke_entries() if which == "invoke" else fab_entries()
