@@ -13,6 +13,17 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 README_MAX_LINES = 200
+PAGES = (
+    "index",
+    "tutorial",
+    "adoption",
+    "configuration",
+    "production",
+    "safety",
+    "troubleshooting",
+    "commands",
+    "benchmarks",
+)
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +61,7 @@ def long_flags(task) -> list[str]:
 
 
 def test_the_site_builds_without_warnings(site):
-    for page in ("index", "tutorial", "adoption", "configuration", "production", "safety", "troubleshooting",
-                 "commands", "benchmarks"):
+    for page in PAGES:
         assert (site / f"{page}.html").is_file(), page
     assert (site / "_images" / "latest.png").is_file()
 
