@@ -300,3 +300,35 @@ def test_a_restore_that_fails_part_way_puts_the_database_back_as_it_was(mariadb,
     with pytest.raises(DeployError, match=f"as it was before the restore \\(put back from {taken.path.name}\\)$"):
         backups.restore(url_of(database), broken, before=taken)
     assert snapshot(database) == before and backups.verify(taken.path) == taken
+
+
+def test_a_password_too_long_for_the_tools_is_refused_before_anything_is_sent(mariadb, tmp_path):
+    """The MariaDB tools read their option file in pieces of 4094 bytes and would take the rest of the
+    password line for options, named in their error. The longest that fits works; longer is refused."""
+    room = backups.OPTION_LINE_BYTES - len('password=""')
+    longest = ('"' + "w/rd%:" * room)[: room - 1]  # the quote is written escaped: two bytes
+    database = make_database(mariadb, password=longest)
+    blog(database)
+    before = snapshot(database)
+    good = backups.take(url_of(database, longest), tmp_path / "backups", "abc123", keep=3)
+    execute(database, "DROP TABLE posts")
+    backups.restore(url_of(database, longest), good.path)
+    assert snapshot(database) == before
+
+    for extra in ("w", "w/rd%:" * 200):
+        too_long = longest + extra
+        database = make_database(mariadb, password=too_long)
+        blog(database)
+        before = snapshot(database)
+        url = url_of(database, too_long)
+        for attempt, args in ((backups.take, (tmp_path / "backups", "abc123", 3)), (backups.restore, (good.path,))):
+            with pytest.raises(DeployError) as refused:
+                attempt(url, *args)
+            message = str(refused.value)
+            assert message == (
+                f"backup of {database.migration_user}@127.0.0.1:{mariadb.port}/{database.name} failed: the password "
+                "is too long for mariadb-dump (its option files hold lines of at most 4094 bytes, `password=`, "
+                f"quotes and escapes included): nothing was sent; give {database.migration_user} a shorter password"
+            )
+            assert snapshot(database) == before
+        assert len(list((tmp_path / "backups").iterdir())) == 2  # the good one and its note
