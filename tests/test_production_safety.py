@@ -11,6 +11,7 @@ from helpers import (
     BIN,
     HEAD,
     PASSWORD,
+    POSTS,
     PRODUCTION,
     STDIN_PASSWORD,
     environment,
@@ -394,3 +395,36 @@ def test_two_fab_upgrades_at_once_the_second_names_the_first(remote, tmp_path):
     refused(second, "another migration holds the lock", remote.database.migration_user)
     assert first.returncode == 0, out.decode()
     assert remote.database.version() == "slow00000001"
+
+
+# -- the typed confirmation ------------------------------------------------------------------------
+
+
+def test_the_typed_name_confirms_only_when_exact_at_a_real_terminal(checkout, database):
+    env = production_with(checkout, database)
+    assert checkout.invoke("db.upgrade", "--yes", stdin=STDIN_PASSWORD, env=env).code == 0
+    prompt = f"Type the database name ({database.name}) to confirm: "
+    # Near misses, not unrelated words: another case, and a stray space on either side.
+    for answer in (database.name.upper(), f" {database.name}", f"{database.name} "):
+        child = checkout.spawn("db.downgrade", env=environment(**env))
+        try:
+            child.expect_exact(prompt)
+            child.sendline(answer)
+            # Accepted, it would ask for the password next: fail at once rather than wait for an end.
+            accepted = child.expect([pexpect.EOF, "Password for "]) == 1
+        finally:
+            child.close(force=True)
+        assert not accepted, f"{answer!r} was taken for {database.name!r}"
+        assert child.exitstatus == 1 and "not confirmed: nothing changed" in child.before, (answer, child.before)
+        assert database.version() == HEAD
+    child = checkout.spawn("db.downgrade", env=environment(**env))
+    try:
+        child.expect_exact(prompt)
+        child.sendline(database.name)
+        child.expect("Password for ")
+        child.sendline(PASSWORD)
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0, child.before
+    assert database.version() == POSTS

@@ -46,8 +46,10 @@ def check_stamped(where: str, tables: list[str], stamped: bool, base: str | None
 def confirm_database(name: str) -> None:
     """Typing the database's name is the last step before an irreversible change.
 
-    At a terminal it is asked for; otherwise it is the first line of standard input."""
-    if ask(f"Type the database name ({name}) to confirm: ").strip() != name:
+    At a terminal it is asked for; otherwise it is the first line of standard input. Only the exact
+    name confirms: a stray space or another case is a different name (MariaDB's names are case-sensitive
+    on Linux), and a prompt that forgives typos stops being a check."""
+    if ask(f"Type the database name ({name}) to confirm: ") != name:
         raise DeployError("not confirmed: nothing changed")
 
 
