@@ -283,13 +283,13 @@ def test_a_restore_that_fails_part_way_puts_the_database_back_as_it_was(mariadb,
 
     with pytest.raises(DeployError) as failed:
         backups.restore(url_of(database), broken)
+    assert snapshot(database) == before  # as it was
     message = str(failed.value)
     assert message.startswith(f"restore of {database.migration_user}@127.0.0.1:{mariadb.port}/{database.name} failed: ")
     # The client's own error line, not the dashes it prints around the statement.
     assert "ERROR 1064 (42000) at line" in message and "error in your SQL syntax" in message and "---" not in message
     assert message.endswith("; the database is as it was before the restore (put back from a backup taken just before)")
     assert "\n" not in message and PASSWORD not in message
-    assert snapshot(database) == before
     # The backup taken for the way back is gone again: the directory holds what it held.
     assert sorted(path.name for path in broken.parent.iterdir()) == sorted(
         [good.path.name, good.path.name + ".json", broken.name]

@@ -23,7 +23,7 @@ def url_of(database: PgDatabase, password: str = PASSWORD):
     return make_url(database.migration_url).set(password=password)
 
 
-def as_owner(database: PgDatabase, statement: str, args=None) -> None:
+def as_owner(database: PgDatabase, statement: str, args=None, password: str = PASSWORD) -> None:
     """Run as the migration role, so that what it makes is its own (as a migration's would be)."""
     import psycopg
 
@@ -32,13 +32,13 @@ def as_owner(database: PgDatabase, statement: str, args=None) -> None:
         port=database.server.port,
         dbname=database.name,
         user=database.migration_user,
-        password=PASSWORD,
+        password=password,
         autocommit=True,
     ) as connection:
         connection.execute(statement, args)
 
 
-def blog(database: PgDatabase) -> None:
+def blog(database: PgDatabase, password: str = PASSWORD) -> None:
     as_owner(
         database,
         "CREATE TYPE mood AS ENUM ('happy', 'sad');"
@@ -48,9 +48,12 @@ def blog(database: PgDatabase) -> None:
         "CREATE VIEW titles AS SELECT title FROM posts;"
         "CREATE TABLE alembic_version (version_num varchar(32) NOT NULL PRIMARY KEY);"
         "INSERT INTO alembic_version VALUES ('abc123')",
+        password=password,
     )
-    as_owner(database, "INSERT INTO authors (name, feeling) VALUES (%s, 'happy'), ('plain', NULL)", (ODD,))
-    as_owner(database, "INSERT INTO posts (author_id, title, body) VALUES (1, %s, %s)", (ODD, bytes(range(256))))
+    as_owner(database, "INSERT INTO authors (name, feeling) VALUES (%s, 'happy'), ('plain', NULL)", (ODD,), password)
+    as_owner(
+        database, "INSERT INTO posts (author_id, title, body) VALUES (1, %s, %s)", (ODD, bytes(range(256))), password
+    )
 
 
 def snapshot(database: PgDatabase) -> dict:
@@ -159,3 +162,42 @@ def test_a_failing_pg_dump_leaves_no_file_and_says_why_in_one_line(pg_database, 
         assert message.startswith(f"backup of {pg_database.migration_user}@127.0.0.1:"), message
         assert reason in message and "\n" not in message and PASSWORD not in message
         assert list(directory.iterdir()) == []
+
+
+def test_a_postgresql_restore_that_fails_part_way_puts_the_database_back_as_it_was(pg_database, tmp_path):
+    blog(pg_database)
+    good = backups.take(url_of(pg_database), tmp_path / "backups", "abc123", keep=3)
+    # One statement garbled in place (the archive's strings keep their lengths): pg_restore reads the
+    # archive through, but the server refuses the statement, after the restore dropped every table.
+    archive = gzip.decompress(good.path.read_bytes())
+    assert archive.count(b"CREATE TABLE public.posts") == 1
+    broken = tmp_path / "backups" / "broken.pgdump.gz"
+    broken.write_bytes(gzip.compress(archive.replace(b"CREATE TABLE public.posts", b"CREATE TABLX public.posts")))
+    assert backups.verify(broken)
+    as_owner(pg_database, "CREATE TABLE newer (id int PRIMARY KEY); INSERT INTO newer VALUES (7)")
+    as_owner(pg_database, "UPDATE alembic_version SET version_num = 'def456'")
+    before = snapshot(pg_database)
+
+    with pytest.raises(DeployError) as failed:
+        backups.restore(url_of(pg_database), broken)
+    assert snapshot(pg_database) == before  # as it was
+    message = str(failed.value)
+    where = f"{pg_database.migration_user}@127.0.0.1:{pg_database.server.port}/{pg_database.name}"
+    assert message.startswith(f"restore of {where} failed: pg_restore: error: "), message
+    assert 'syntax error at or near "TABLX"' in message and "\n" not in message and PASSWORD not in message
+    assert message.endswith("; the database is as it was before the restore (put back from a backup taken just before)")
+    assert sorted(path.name for path in broken.parent.iterdir()) == sorted(
+        [good.path.name, good.path.name + ".json", broken.name]
+    )
+
+
+def test_a_long_password_reaches_pg_dump_and_pg_restore_whole(postgresql, tmp_path):
+    """libpq reads a password file's lines at any length: a password of kilobytes works."""
+    long = "w/rd%:" * 1000
+    database = make_pg_database(postgresql, password=long)
+    blog(database, long)
+    before = snapshot(database)
+    backup = backups.take(url_of(database, long), tmp_path / "backups", "abc123", keep=1)
+    as_owner(database, "DROP VIEW titles; DROP TABLE posts", password=long)
+    backups.restore(url_of(database, long), backup.path)
+    assert snapshot(database) == before
