@@ -12,6 +12,9 @@ from .errors import DeployError
 SELECTED = "deploy_environment"
 ONLY = "deploy_only"
 DEFAULT_CONCURRENCY = 4
+# Without `python`, the server's interpreter is the first of these virtual environments in app_dir:
+# Flask's tutorial and many apps use venv/, others .venv/.
+VIRTUALENVS = (".venv", "venv")
 
 
 @dataclass(frozen=True)
@@ -22,7 +25,7 @@ class Target:
     name: str  # within the environment; "" when the environment has only this target
     host: str
     app_dir: str
-    python: str
+    pythons: tuple[str, ...]  # the interpreter (`python`), or those tried in order when it is not set
     settings: str
 
     @property
@@ -73,7 +76,10 @@ def targets(name: str, env: Mapping) -> list[Target]:
         raise DeployError(f"environments.{name}.app_dir is not set in fabric.yaml")
     settings = _names(env, "settings") or ["production"]
     app_dir = env["app_dir"]
-    python = env.get("python") or f"{app_dir.rstrip('/')}/.venv/bin/python"
+    python = env.get("python")
+    if python is not None and not isinstance(python, str):
+        raise DeployError(f"environments.{name}.python must be the path of the server's interpreter")
+    pythons = (python,) if python else tuple(f"{app_dir.rstrip('/')}/{venv}/bin/python" for venv in VIRTUALENVS)
 
     def target_name(host: str, setting: str) -> str:
         short_host = host.split("@")[-1]
@@ -82,7 +88,7 @@ def targets(name: str, env: Mapping) -> list[Target]:
         return short_host if len(hosts) > 1 else setting if len(settings) > 1 else ""
 
     return [
-        Target(name, target_name(host, setting), host, app_dir, python, setting)
+        Target(name, target_name(host, setting), host, app_dir, pythons, setting)
         for host in hosts
         for setting in settings
     ]

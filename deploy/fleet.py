@@ -5,10 +5,12 @@ server. The laptop asks once: one [y/N] for the whole plan, one password per dis
 
 from __future__ import annotations
 
+import queue
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from invoke import Exit
 
@@ -18,6 +20,8 @@ from .errors import DeployError
 from .safety.cancel import forwarding_interrupts
 from .ssh import Server, Session
 from .status import Status
+
+Item = TypeVar("Item")
 
 
 @dataclass
@@ -61,6 +65,38 @@ def table(outcomes: list[Outcome]) -> str:
     return "\n".join("  ".join(cells) for cells in padded)
 
 
+def each(work: Callable[[Item], None], items: Iterable[Item], concurrency: int) -> None:
+    """`work(item)` for every item, `concurrency` at a time. The threads are daemons and this wait is
+    one Ctrl-C ends: a server that never answers cannot hold the laptop (its connection, and the
+    server's command with it, end with this process)."""
+    todo: queue.SimpleQueue[Item] = queue.SimpleQueue()
+    for item in items:
+        todo.put(item)
+    failures: list[BaseException] = []
+    finished = threading.Semaphore(0)
+
+    def worker() -> None:
+        try:
+            while True:
+                try:
+                    item = todo.get_nowait()
+                except queue.Empty:
+                    return
+                work(item)
+        except BaseException as exc:  # a bug: raised again here, as the work's own error
+            failures.append(exc)
+        finally:
+            finished.release()
+
+    workers = min(concurrency, todo.qsize())
+    for _ in range(workers):
+        threading.Thread(target=worker, daemon=True).start()
+    for _ in range(workers):
+        finished.acquire()
+    if failures:
+        raise failures[0]
+
+
 def by_host(targets: list[Target]) -> list[list[Target]]:
     """The targets one server process serves: those on one host (forking.py forks it per target)."""
     groups: dict[str, list[Target]] = {}
@@ -87,8 +123,7 @@ def statuses(c, targets: list[Target], concurrency: int) -> list[Outcome]:
             for target in group:
                 outcomes[target].fail(str(exc))
 
-    with ThreadPoolExecutor(concurrency) as pool:
-        list(pool.map(read, by_host(targets)))
+    each(read, by_host(targets), concurrency)
     return list(outcomes.values())
 
 
@@ -123,8 +158,7 @@ def upgrade(c, targets: list[Target], concurrency: int, args: list[str], check, 
                 _begin(runs[talk.server.target], talk, check)
 
         try:
-            with ThreadPoolExecutor(concurrency) as pool:
-                list(pool.map(open_host, by_host(targets)))
+            each(open_host, by_host(targets), concurrency)
             chosen = _deduplicated([run for run in runs.values() if run.talk is not None])
             for run in runs.values():
                 if run not in chosen:
@@ -220,7 +254,5 @@ def _apply(runs: list[Run], concurrency: int) -> None:
             with lock:
                 running.discard(run.talk)
 
-    with forwarding_interrupts(send_all), ThreadPoolExecutor(concurrency) as pool:
-        futures: list[Future] = [pool.submit(run_one, run) for run in runs]
-        for future in futures:
-            future.result()
+    with forwarding_interrupts(send_all):
+        each(run_one, runs, concurrency)

@@ -34,8 +34,6 @@ CONNECT_TIMEOUT = 10
 # SSH handshakes at once from this process: OpenSSH's MaxStartups (default 10:30:100) starts dropping
 # connections past 10 unauthenticated ones, as a fleet of one host's tenants would open.
 HANDSHAKES = threading.BoundedSemaphore(8)
-# What the command line's own checks print on stderr when the server is not set up.
-PREFLIGHT = "deploy-preflight: "
 # Invoke's words for a switch it does not know (`--conversation`, `--fleet`): an older suite on the server.
 UNKNOWN_SWITCH = re.compile(r"No idea what '(--[a-z-]+)' is")
 
@@ -141,8 +139,10 @@ class Server:
             **({DEBUG: "1"} if debugging() else {}),
         }
         channel = self.connection.client.get_transport().open_session()
+        target = self.target
+        argv = ["-m", "invoke", *task_args]
         channel.exec_command(
-            command_line(["-m", "invoke", *task_args], self.target.app_dir, self.target.python, environment)
+            command_line(argv, target.app_dir, target.pythons, environment, self.where, target.environment)
         )
         return channel
 
@@ -232,9 +232,9 @@ class Session:
         if said is None:
             ended = how_it_ended(exited)
             raise DeployError(f"{self.server.name}: the server's command {ended}{self.server.status_hint}")
-        if not self._stderr_shown:
-            raise DeployError(said)
-        raise Exit(code=exited)  # the server's `error:` line is on stderr already
+        if self._stderr_shown and own_error(self._stderr.decode("utf-8", "replace")) is not None:
+            raise Exit(code=exited)  # the server's `error:` line is on stderr already
+        raise DeployError(said)
 
     def reason(self) -> str | None:
         """The server's own one-line reason for a failure, if it gave one."""
@@ -317,20 +317,56 @@ class Multiplexed:
             self._stderr += chunk
 
     def _demultiplex(self) -> None:
-        pending = b""
-        while chunk := self.channel.recv(65536):
-            *lines, pending = (pending + chunk).split(b"\n")
-            for line in lines:
-                number, kind, payload = line.decode("ascii", "replace").split(" ", 2)
-                channel = self.channels[int(number)]
-                if kind == "x":
-                    channel.end(int(payload))
-                else:
-                    (channel.stdout if kind == "o" else channel.stderr).put(bytes.fromhex(payload))
-        self._stderr_reader.join()
-        code = self.channel.recv_exit_status()
-        for channel in self.channels:  # those that never ended on their own end with the process
-            channel.end(code or -1, bytes(self._stderr))
+        code = -1
+        try:
+            pending = b""
+            while chunk := self.channel.recv(65536):
+                *lines, pending = (pending + chunk).split(b"\n")
+                for line in lines:
+                    self._deliver(line)
+            self._stderr_reader.join()
+            code = self.channel.recv_exit_status()
+        finally:
+            for channel in self.channels:  # those that never ended on their own end with the process
+                channel.end(code or -1, bytes(self._stderr))
+
+    def _deliver(self, line: bytes) -> None:
+        """One tagged line to its target; anything else (a line the server printed before forking)
+        is the forking process's own output, told with its failure."""
+        number, kind, payload = (line.decode("ascii", "replace").split(" ", 2) + ["", ""])[:3]
+        channel = self.channels[int(number)] if number.isdigit() and int(number) < len(self.channels) else None
+        try:
+            if channel is not None and kind == "x":
+                channel.end(int(payload))
+                return
+            if channel is not None and kind in ("o", "e"):
+                (channel.stdout if kind == "o" else channel.stderr).put(bytes.fromhex(payload))
+                return
+        except ValueError:
+            pass
+        self._stderr += line + b"\n"
+
+
+class Stream:
+    """One stream of a VirtualChannel, read as a socket is: its chunks, then b"" for good once it ended."""
+
+    def __init__(self) -> None:
+        self._chunks: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+        self._ended = False
+
+    def put(self, chunk: bytes) -> None:
+        if chunk:  # an empty chunk would read as the end
+            self._chunks.put(chunk)
+
+    def end(self) -> None:
+        self._chunks.put(b"")
+
+    def get(self) -> bytes:
+        if self._ended:
+            return b""
+        chunk = self._chunks.get()
+        self._ended = not chunk
+        return chunk
 
 
 class VirtualChannel:
@@ -339,11 +375,12 @@ class VirtualChannel:
     def __init__(self, mux: Multiplexed, number: int) -> None:
         self.mux = mux
         self.number = number
-        self.stdout: queue.SimpleQueue[bytes] = queue.SimpleQueue()
-        self.stderr: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+        self.stdout = Stream()
+        self.stderr = Stream()
         self.closed = False
         self._code = -1
         self._ended = threading.Event()
+        self._end_lock = threading.Lock()
 
     def recv(self, size: int) -> bytes:
         return self.stdout.get()
@@ -367,11 +404,14 @@ class VirtualChannel:
         return self._code
 
     def end(self, code: int, stderr: bytes = b"") -> None:
-        if not self._ended.is_set():
+        """The target's process ended (told once by the server, or again when the channel ends)."""
+        with self._end_lock:
+            if self._ended.is_set():
+                return
             self._code = code
             self.stderr.put(stderr)
-            self.stdout.put(b"")
-            self.stderr.put(b"")
+            self.stdout.end()
+            self.stderr.end()
             self._ended.set()
 
 
@@ -401,36 +441,57 @@ class Output:
                 stream.flush()
 
 
-def command_line(argv: list[str], app_dir: str, python: str, env: dict[str, str]) -> str:
+def command_line(
+    argv: list[str],
+    app_dir: str,
+    pythons: str | tuple[str, ...],
+    env: dict[str, str],
+    where: str = "the server",
+    environment: str = "ENV",
+) -> str:
     """The one place the remote shell command line is built, every word quoted, from argument lists:
-    `python ARGV` in `app_dir`, after checking both exist (no round trip of their own).
+    `python ARGV` in `app_dir`, after checking both exist (no round trip of their own). A check that
+    fails says so as the server's tasks do, in one `error:` line on stderr. Of several interpreters,
+    the first that exists runs, and says which on stderr.
 
     `; exit $?` keeps the shell from exec'ing the command, so a killed process is reported as 128+N:
     paramiko drops SSH's own exit-signal message."""
+    pythons = (pythons,) if isinstance(pythons, str) else pythons
     assignments = " ".join(f"{name}={quote(value)}" for name, value in env.items())
+    no_app_dir = f"error: app_dir {app_dir} does not exist on {where}"
+    no_python = f"error: no Python at {' or '.join(pythons)} on {where}: set environments.{environment}.python"
+    chosen = "printf '%s\\n' \"python: $deploy_python\" >&2; " if len(pythons) > 1 else ""
     return (
-        f"cd {quote(app_dir)} 2>/dev/null || {{ echo {PREFLIGHT}app_dir >&2; exit 1; }}; "
-        f"test -x {quote(python)} || {{ echo {PREFLIGHT}python >&2; exit 1; }}; "
-        f"{assignments} {shlex.join([python, *argv])}; exit $?"
+        f"cd {quote(app_dir)} 2>/dev/null || {{ {_say(no_app_dir)}; exit 1; }}; "
+        f"for deploy_python in {' '.join(map(quote, pythons))} ''; do test -x \"$deploy_python\" && break; done; "
+        f'test -n "$deploy_python" || {{ {_say(no_python)}; exit 1; }}; {chosen}'
+        f'{assignments} "$deploy_python" {shlex.join(argv)}; exit $?'
     )
 
 
-def server_error(stderr: str, server: Server | None = None) -> str | None:
-    """Why the server's command failed, in one line: the command line's own checks, a suite too old
-    for the conversation, or the server's own reason (`error: ...`, plain `alembic`'s `FAILED: ...`)."""
-    if server is not None:
-        target = server.target
-        if PREFLIGHT + "app_dir" in stderr:
-            return f"app_dir {target.app_dir} does not exist on {server.where}"
-        if PREFLIGHT + "python" in stderr:
-            return f"no Python at {target.python} on {server.where}: set environments.{target.environment}.python"
-        if unknown := UNKNOWN_SWITCH.search(stderr):
-            return f"{server.name}: the server's suite is older than yours (no {unknown[1]}): deploy it first"
+def _say(line: str) -> str:
+    """Shell words printing `line` on stderr, as it is (`echo` would read backslashes in some shells)."""
+    return f"printf '%s\\n' {quote(line)} >&2"
+
+
+def own_error(stderr: str) -> str | None:
+    """The last line of stderr, when it is the server's own one-line reason: a task's `error: ...`,
+    the command line's checks' too, or plain `alembic`'s `FAILED: ...`."""
     lines = [line for line in stderr.splitlines() if line.strip()]
     if lines and lines[-1].startswith(("error: ", "FAILED: ")):
-        said = lines[-1].split(": ", 1)[1]
-        return f"{server.name}: {said}" if server is not None else said
+        return lines[-1].split(": ", 1)[1]
     return None
+
+
+def server_error(stderr: str, server: Server | None = None) -> str | None:
+    """Why the server's command failed, in one line: a suite too old for the conversation, or the
+    server's own reason (own_error)."""
+    if server is not None and (unknown := UNKNOWN_SWITCH.search(stderr)):
+        return f"{server.name}: the server's suite is older than yours (no {unknown[1]}): deploy it first"
+    said = own_error(stderr)
+    if said is not None and server is not None:
+        return f"{server.name}: {said}"
+    return said
 
 
 def how_it_ended(exited: int) -> str:

@@ -12,13 +12,16 @@ from datetime import datetime
 import pexpect
 import pytest
 from helpers import (
+    APP_PASSWORD,
     BIN,
     HEAD,
     PASSWORD,
     Checkout,
     Database,
     Remote,
+    Result,
     environment,
+    held_until,
     make_database,
     make_pg_database,
     refused,
@@ -235,3 +238,94 @@ def test_a_postgresql_fleet_is_upgraded_in_parallel_and_a_failing_target_is_told
     assert "tenant_c" in result.out and "wrong user or password" in result.out, result.out
     assert [databases[name].version() for name in TENANTS] == [HEAD, HEAD, None]
     assert result.out.count("upgraded to") == 2
+
+
+# A hang detector, not a speed limit: a run that has not ended by then never will.
+HANG = 120
+
+
+def fab_or_hang(remote: Remote, *args: str, stdin: str) -> Result:
+    """`fab ARGS` without a terminal, failing the test if it hangs."""
+    try:
+        done = subprocess.run(
+            [*remote.argv, *args],
+            cwd=remote.local.path,
+            input=stdin.encode(),
+            capture_output=True,
+            env=environment(),
+            timeout=HANG,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"`fab {' '.join(args)}` still ran after {HANG} s: it hangs")
+    return Result(done.returncode, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace"))
+
+
+def test_targets_that_fail_before_their_status_are_named_and_the_others_upgrade(tmp_path, mariadb, sshd):
+    """A wrong application password, a missing database, a missing settings file: each fails before
+    its server process says where its database stands; the fleet upgrade still ends, the healthy
+    target upgraded, each broken one named with its own reason."""
+    names = ("tenant_a", "tenant_b", "tenant_c", "tenant_d")
+    databases = {name: make_database(mariadb) for name in names}
+    remote = fleet_remote(tmp_path, sshd, databases)
+    wrong = databases["tenant_b"]
+    remote.server.write_settings(
+        "tenant_b",
+        SQLALCHEMY_DATABASE_URI=wrong.app_url.replace(f":{APP_PASSWORD}@", ":not-the-app-pw@"),
+        SQLALCHEMY_ALEMBIC_URI=wrong.migration_url,
+    )
+    (remote.server.path / "instance" / "tenant_c.cfg").unlink()
+    mariadb.execute(f"DROP DATABASE `{databases['tenant_d'].name}`")
+    result = fab_or_hang(remote, "tenants", "db.upgrade", "--yes", stdin=f"{PASSWORD}\n")
+    refused(result, "3 of 4 targets failed: tenant_b, tenant_c, tenant_d")
+    rows = {line.split()[0]: line for line in result.out.splitlines() if line.startswith("tenant_")}
+    assert "wrong user or password" in rows["tenant_b"], result.out
+    assert "tenant_c.cfg is missing" in rows["tenant_c"], result.out
+    assert f"database '{databases['tenant_d'].name}' does not exist" in rows["tenant_d"], result.out
+    assert f"upgraded to {HEAD}" in rows["tenant_a"], result.out
+    assert databases["tenant_a"].version() == HEAD
+    assert [databases[name].version() for name in ("tenant_b", "tenant_c")] == [None, None]
+
+
+def test_a_server_line_outside_the_fleet_protocol_does_not_hold_the_fleet(tmp_path, mariadb, sshd):
+    """Settings that print as they load: the line the server prints before it forks its children is
+    not one of theirs; every target's status still comes, and the command ends."""
+    databases = {name: make_database(mariadb) for name in TENANTS}
+    remote = fleet_remote(tmp_path, sshd, databases)
+    chatty = remote.server.path / "instance" / "tenant_a.cfg"
+    chatty.write_text("print('loading the tenant_a settings')\n" + chatty.read_text())
+    result = fab_or_hang(remote, "tenants", "db.status", stdin="")
+    assert result.code == 0, result.output
+    assert result.out.count("3 pending") == 3, result.out
+
+
+def test_ctrl_c_ends_a_fleet_upgrade_whose_target_never_answers(tmp_path, mariadb, sshd):
+    """A target whose server process is stuck before its status (its settings wait on something):
+    Ctrl-C on the laptop ends the command at once, nothing asked and nothing changed."""
+    databases = {name: make_database(mariadb) for name in TENANTS}
+    remote = fleet_remote(tmp_path, sshd, databases)
+    reached, release = tmp_path / "reached", tmp_path / "release"
+    stuck = remote.server.path / "instance" / "tenant_b.cfg"
+    stuck.write_text(
+        f"import os, time\nopen({str(reached)!r}, 'w').close()\n"
+        + held_until(release).replace("\n    ", "\n")
+        + "\n"
+        + stuck.read_text()
+    )
+    child = remote.spawn("tenants", "db.upgrade")
+    try:
+        deadline = time.monotonic() + HANG
+        while not reached.exists():
+            assert time.monotonic() < deadline and child.isalive(), child.before
+            time.sleep(0.1)
+        child.sendintr()
+        index = child.expect([pexpect.EOF, pexpect.TIMEOUT], timeout=HANG)
+        output = child.before
+        child.close(force=True)
+        assert index == 0, f"still running {HANG} s after Ctrl-C: {output}"
+    finally:
+        release.touch()
+        child.close(force=True)
+    assert child.exitstatus == 130, output
+    assert "interrupted" in output and "Traceback" not in output, output
+    assert "Password" not in output and "Apply?" not in output, output
+    assert all(database.version() is None for database in databases.values())

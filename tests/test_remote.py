@@ -13,6 +13,7 @@ from pathlib import Path
 import pexpect
 import pytest
 from helpers import (
+    BIN,
     PASSWORD,
     STDIN_PASSWORD,
     ProcSampler,
@@ -185,6 +186,45 @@ def test_refuses_a_broken_environment(remote, tmp_path, environment):
     settings, fragments = environment(remote, tmp_path)
     remote.configure(**settings)
     remote.refuses(*fragments)
+
+
+def unset_python(remote) -> None:
+    """The environment without `python` (null over fabric.yaml's): the interpreter is looked for in app_dir."""
+    settings = json.loads(remote.config.read_text())
+    settings["environments"]["prod"]["python"] = None
+    remote.config.write_text(json.dumps(settings))
+
+
+@pytest.mark.parametrize(
+    "command",
+    [("db.status",), ("db.backups",), ("db.schema",), ("db.lint",), ("db.upgrade",), ("db.downgrade", "--to=-1")],
+)
+def test_every_command_says_what_the_server_lacks(remote, tmp_path, command):
+    """Read-only or not, every command gives the same one line for a server that is not set up."""
+    remote.configure(app_dir=str(tmp_path / "nowhere"))
+    remote.refuses("app_dir", str(tmp_path / "nowhere"), "does not exist", args=("prod", *command))
+    remote.configure(python=str(tmp_path / "nowhere" / "python"))
+    remote.refuses(
+        "no Python at", str(tmp_path / "nowhere" / "python"), "environments.prod.python", args=("prod", *command)
+    )
+    unset_python(remote)
+    tried = [f"{remote.server.path}/{venv}/bin/python" for venv in (".venv", "venv")]
+    remote.refuses(f"no Python at {tried[0]} or {tried[1]}", args=("prod", *command))
+
+
+def test_without_python_set_the_servers_venv_or_dotvenv_runs_and_is_named(remote):
+    """Flask apps keep their virtual environment in venv/ as often as in .venv/: either is found."""
+    unset_python(remote)
+    for venv in ("venv", ".venv"):
+        python = remote.server.path / venv / "bin" / "python"
+        python.parent.mkdir(parents=True)
+        python.write_text(f'#!/bin/sh\nexec {BIN / "python"} "$@"\n')
+        python.chmod(0o755)
+        status = remote.fab("prod", "db.status")
+        assert status.code == 0, status.output
+        assert f"python: {python}\n" in status.err, status.err
+    upgraded = remote.upgrade()  # .venv is tried first
+    assert f"python: {remote.server.path}/.venv/bin/python\n" in upgraded.err, upgraded.err
 
 
 def test_refuses_a_server_without_its_settings_file(remote):

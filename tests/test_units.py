@@ -20,7 +20,7 @@ from deploy.commands import Migration, Reset
 from deploy.database import Peer
 from deploy.errors import DeployError
 from deploy.settings import unencoded_password
-from deploy.ssh import PREFLIGHT, command_line, how_it_ended, server_error
+from deploy.ssh import command_line, how_it_ended, server_error
 from deploy.status import PROTOCOL, Status
 
 STATUS = Status(
@@ -93,16 +93,32 @@ def test_command_lines_quote_every_word(hostile, tmp_path):
 
 
 def test_command_lines_check_the_server_is_set_up(tmp_path):
-    """The app_dir and interpreter checks cost no round trip: they are part of the one command line."""
-    for app_dir, python, missing in [
-        (tmp_path / "nowhere", "/bin/true", "app_dir"),
-        (tmp_path, tmp_path / "py", "python"),
+    """The app_dir and interpreter checks cost no round trip: they are part of the one command line,
+    and fail as the server's tasks do, in one `error:` line."""
+    where = "deploy@db1:22"
+    for app_dir, pythons, said in [
+        (tmp_path / "nowhere", ("/bin/true",), f"app_dir {tmp_path / 'nowhere'} does not exist on {where}"),
+        (tmp_path, (f"{tmp_path}/py",), f"no Python at {tmp_path}/py on {where}: set environments.prod.python"),
+        (tmp_path, ("/x/.venv/bin/python", "/x/venv/bin/python"), "no Python at /x/.venv/bin/python or /x/venv"),
     ]:
-        shell = subprocess.run(
-            ["bash", "-c", command_line([], str(app_dir), str(python), {})], capture_output=True, text=True
-        )
+        line = command_line([], str(app_dir), pythons, {}, where, "prod")
+        shell = subprocess.run(["bash", "-c", line], capture_output=True, text=True)
         assert shell.returncode == 1
-        assert shell.stderr.strip() == f"{PREFLIGHT}{missing}"
+        assert shell.stderr.startswith(f"error: {said}") and shell.stderr.count("\n") == 1, shell.stderr
+
+
+def test_command_lines_run_the_first_interpreter_that_exists_and_say_which(tmp_path):
+    """Without `python` set, .venv then venv, tried in the one command line."""
+    venv = tmp_path / "venv" / "bin"
+    venv.mkdir(parents=True)
+    (venv / "python").write_text('#!/bin/sh\necho "ran $0 $*"\n')
+    (venv / "python").chmod(0o755)
+    pythons = (f"{tmp_path}/.venv/bin/python", f"{venv}/python")
+    line = command_line(["-V"], str(tmp_path), pythons, {})
+    shell = subprocess.run(["bash", "-c", line], capture_output=True, text=True)
+    assert shell.returncode == 0, shell.stderr
+    assert shell.stdout == f"ran {venv}/python -V\n"
+    assert shell.stderr == f"python: {venv}/python\n"
 
 
 @pytest.mark.parametrize(
@@ -132,7 +148,6 @@ def test_an_older_suite_on_the_server_is_named_by_the_switch_it_lacks():
     for switch in ("--conversation", "--fleet"):
         said = server_error(f"No idea what '{switch}' is!\n", server)
         assert said == f"prod: the server's suite is older than yours (no {switch}): deploy it first"
-    assert server_error(f"{PREFLIGHT}app_dir\n", server) == "app_dir /srv/app does not exist on deploy@db1:22"
 
 
 # -- passwords ---------------------------------------------------------------------------------------
@@ -241,7 +256,8 @@ def test_a_fleet_is_every_host_with_every_settings_name():
     assert [target.name for target in found] == ["a:22/acme", "a:22/globex", "b:22/acme", "b:22/globex"]
     assert concurrency == 4
     assert found[1].label == "tenants/a:22/globex" and found[1].caller == "fab tenants --only a:22/globex"
-    assert found[1].python == "/srv/x/.venv/bin/python" and found[1].settings == "globex"
+    assert found[1].pythons == ("/srv/x/.venv/bin/python", "/srv/x/venv/bin/python")
+    assert found[1].settings == "globex"
     one, _ = selected({"host": "d@a", "app_dir": "/srv/x"})
     assert [(target.name, target.label, target.caller, target.settings) for target in one] == [
         ("", "tenants", "fab tenants", "production")
