@@ -16,6 +16,7 @@ from .database import application_tables, explain, translate_errors
 from .errors import DeployError
 from .safety import backups, diagnosis, lint, lock, runlog, timeouts
 from .safety.cancel import Cancellation
+from .safety.refusals import confirm_restore_from
 from .settings import Settings
 from .status import Status
 
@@ -395,20 +396,30 @@ def stamp(project: Project, revision: str) -> str:
     return f"{describe(url)} is stamped at {alembic_ops.label(project.alembic, current_of(now))}"
 
 
-def restore(project: Project, name: str, confirm: bool = False, progress=None) -> str:
+def restore(
+    project: Project, name: str, confirm: bool = False, progress=None, from_database=None, agreed=None
+) -> str | None:
     """Make the database exactly as in backup `name` (a file in the backup directory), alembic_version
-    included, after a backup of how it is now; `confirm`: have the database's name typed first."""
+    included, after a backup of how it is now; `confirm`: have the database's name typed first.
+    A backup of another database only with `from_database`, its name; `agreed()` (fab's go) comes
+    after the file's checks: None when it says no."""
     path = project.backup_dir / name
-    backups.verify(path)  # a damaged file is refused before any question
-    if confirm:
+    # A damaged file, or one of another database, is refused before any question.
+    source = backups.check_source(backups.verify(path), project.settings.migration_url, from_database)
+    if agreed is not None and not agreed():
+        return None
+    if confirm and source is not None:
+        confirm_restore_from(project.settings.migration_url.database or "", source)
+    elif confirm:
         safety.confirm_database(project.settings.migration_url.database or "")
     url = project.migration_url_with_password()
     with project.lock(url):
         with project.connect(url) as connection, translate_errors(url):
             current = alembic_ops.current_heads(connection)
-        take_backup(project, url, current, progress)
+        taken = take_backup(project, url, current, progress)
         with runlog.recorded(project.settings.instance_path, "db.restore", describe(url), "?", name):
-            restored = backups.restore(url, path)
+            # Should the load fail, the database is put back from the backup just taken.
+            restored = backups.restore(url, path, before=taken)
         with project.connect(url) as connection, translate_errors(url):
             now = alembic_ops.label(project.alembic, current_of(alembic_ops.current_heads(connection)))
     return f"{describe(url)} is restored from {restored.path.name}: it is at {now}"

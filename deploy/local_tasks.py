@@ -10,7 +10,7 @@ from invoke import Collection, task
 
 from . import commands, forking, safety, task_config
 from .errors import DeployError, one_line_errors
-from .safety import GUARD_HELP
+from .safety import FROM_DATABASE, GUARD_HELP
 from .safety.cancel import Cancellation
 from .status import await_go
 
@@ -196,15 +196,17 @@ def status(c, to=None, json=False, downgrade=False, fleet=None):
         "backup": "the backup's file name, as db.backups lists it",
         "confirmed": "do not ask for the database's name (fab passes it after asking you)",
         "no_backup": GUARD_HELP["no_backup"],
+        "from_database": FROM_DATABASE,
         "conversation": CONVERSATION,
     }
 )
 @one_line_errors
-def restore(c, backup, confirmed=False, no_backup=False, conversation=False):
+def restore(c, backup, confirmed=False, no_backup=False, from_database=None, conversation=False):
     """Make the database exactly as in BACKUP, after typing its name (a backup of it comes first)."""
     opened = project(c, no_backup=no_backup)
-    if agreed(opened, conversation):
-        print(commands.restore(opened, backup, confirm=not confirmed, progress=print))
+    go = partial(agreed, opened, conversation)
+    if said := commands.restore(opened, backup, not confirmed, print, from_database, go):
+        print(said)
 
 
 @task

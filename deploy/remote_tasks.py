@@ -14,8 +14,9 @@ from invoke import Collection
 from . import credentials, safety
 from .environments import ONLY, SELECTED, Target, selected_targets
 from .errors import DeployError, one_line_errors
-from .safety import GUARD_HELP
+from .safety import FROM_DATABASE, GUARD_HELP
 from .safety.cancel import forwarding_interrupts
+from .safety.refusals import confirm_restore_from
 from .ssh import Server, Session
 from .status import Status
 
@@ -232,15 +233,25 @@ def downgrade(c, to, sql=False, no_backup=False, ignore_transactions=False):
         go_ahead(server, talk, controlled=True)
 
 
-@task(help={"backup": "the backup's file name, as `fab ENV db.backups` lists it", "no_backup": GUARD_HELP["no_backup"]})
+@task(
+    help={
+        "backup": "the backup's file name, as `fab ENV db.backups` lists it",
+        "no_backup": GUARD_HELP["no_backup"],
+        "from_database": FROM_DATABASE,
+    }
+)
 @one_line_errors
-def restore(c, backup, no_backup=False):
+def restore(c, backup, no_backup=False, from_database=None):
     """Restore the environment's database from BACKUP (on the server), after typing its name."""
     args = ["db.restore", backup, "--confirmed", *guard_switches(no_backup)]
+    args += ["--from-database", from_database] if from_database else []
     with Server(c, one_target(c)) as server, server.conversation(args) as talk:
         state = talk.status
         print(f"{server.name}: restore {state.migration_user} from {backup}, replacing all it holds now")
-        safety.confirm_database(state.database_name)
+        if from_database:
+            confirm_restore_from(state.database_name, from_database)
+        else:
+            safety.confirm_database(state.database_name)
         go_ahead(server, talk)
 
 

@@ -53,6 +53,13 @@ def confirm_database(name: str) -> None:
         raise DeployError("not confirmed: nothing changed")
 
 
+def confirm_restore_from(name: str, source: str) -> None:
+    """Replacing database `name` with a backup of another database, `source`: the question names
+    both, and only the exact name of the database replaced confirms."""
+    if ask(f"Replace {name} with the backup of {source}? Type the database name ({name}) to confirm: ") != name:
+        raise DeployError("not confirmed: nothing changed")
+
+
 def confirm(question: str, yes: bool) -> None:
     """[y/N] before a production change; `yes` (--yes) answers for pipelines. Without a terminal
     and without --yes the answer is no: a piped first line is the password, never an answer."""

@@ -1,0 +1,71 @@
+"""db.restore of another database's backup, through `invoke` and through `fab`: refused before any
+question unless the operator names that database (--from-database), and then the typed confirmation
+names both. Real MariaDB, real sshd; the backups are the suite's own."""
+
+from __future__ import annotations
+
+from helpers import HEAD, PASSWORD, PRODUCTION, STDIN_PASSWORD, Database, make_database, one_error_line, refused
+from test_backups import url_of
+
+from deploy.safety import backups
+
+
+def another_database_with_a_row(database: Database, directory) -> tuple[Database, backups.Backup]:
+    """A second database: a copy of `database` (migrated to HEAD) holding one user of its own, and its
+    backup in `directory`, as a fleet's tenants sharing one backup directory leave them."""
+    other = make_database(database.server)
+    copy = backups.take(url_of(database), directory.parent / "copy", HEAD, keep=1)
+    backups.restore(url_of(other), copy.path)
+    other.query("INSERT INTO users (id, email, name) VALUES (7, 'other@example.com', 'Other')")
+    return other, backups.take(url_of(other), directory, HEAD, keep=3)
+
+
+def test_invoke_restores_another_databases_backup_only_when_told_and_confirmed_by_both_names(checkout, database):
+    checkout.use_production(database)
+    assert checkout.invoke("db.upgrade", "--yes", stdin=STDIN_PASSWORD, env=PRODUCTION).code == 0
+    other, theirs = another_database_with_a_row(database, checkout.path / "instance" / "backups")
+    name = theirs.path.name
+    answers = f"{database.name}\n{PASSWORD}\n"
+
+    plain = checkout.invoke("db.restore", name, stdin=answers, env=PRODUCTION)
+    line = one_error_line(plain)
+    assert line == (
+        f"error: {name} is a backup of {other.migration_user}@127.0.0.1:{database.server.port}/{other.name}, not of "
+        f"{database.migration_user}@127.0.0.1:{database.server.port}/{database.name}: to replace {database.name} "
+        f"with it all the same, add --from-database {other.name}; nothing changed"
+    )
+    assert "Type the database name" not in plain.out  # refused before any question
+    told = ("db.restore", name, "--from-database", other.name)
+    assert "not confirmed" in one_error_line(checkout.invoke(*told, stdin=f" {answers}", env=PRODUCTION))
+    assert database.query("SELECT id FROM users") == ()
+
+    restored = checkout.invoke(*told, stdin=answers, env=PRODUCTION)
+    assert restored.code == 0, restored.output
+    assert f"Replace {database.name} with the backup of {other.name}? Type the database name ({database.name})" in (
+        restored.out
+    )
+    assert database.query("SELECT id, email FROM users") == ((7, "other@example.com"),)
+    assert PASSWORD not in restored.output
+
+
+def test_fab_restores_another_databases_backup_only_when_told_and_confirmed_by_both_names(remote):
+    remote.upgrade()
+    database = remote.database
+    other, theirs = another_database_with_a_row(database, remote.server.path / "instance" / "backups")
+    name = theirs.path.name
+
+    refused(
+        remote.fab("prod", "db.restore", name, stdin=f"{database.name}\n{PASSWORD}\n"),
+        f"{name} is a backup of {other.migration_user}@127.0.0.1:",
+        f"add --from-database {other.name}; nothing changed",
+    )
+    told = ("prod", "db.restore", name, "--from-database", other.name)
+    refused(remote.fab(*told, stdin=f"{other.name}\n{PASSWORD}\n"), "not confirmed")
+    assert database.query("SELECT id FROM users") == ()
+
+    restored = remote.fab(*told, stdin=f"{database.name}\n{PASSWORD}\n")
+    assert restored.code == 0, restored.output
+    assert f"Replace {database.name} with the backup of {other.name}? Type the database name ({database.name})" in (
+        restored.out
+    )
+    assert database.query("SELECT id, email FROM users") == ((7, "other@example.com"),)
