@@ -332,3 +332,38 @@ def test_a_password_too_long_for_the_tools_is_refused_before_anything_is_sent(ma
             )
             assert snapshot(database) == before
         assert len(list((tmp_path / "backups").iterdir())) == 2  # the good one and its note
+
+
+def test_a_backup_of_another_database_is_refused_unless_the_operator_names_it(mariadb, tmp_path):
+    one, other = make_database(mariadb), make_database(mariadb)
+    blog(one)
+    backup = backups.verify(backups.take(url_of(one), tmp_path / "backups", "abc123", keep=1).path)
+    where = f"127.0.0.1:{mariadb.port}"
+    assert backups.check_source(backup, url_of(one)) is None
+
+    def refusal(url, from_database=None, of=backup) -> str:
+        with pytest.raises(DeployError) as refused:
+            backups.check_source(of, url, from_database)
+        return str(refused.value)
+
+    assert refusal(url_of(other)) == (
+        f"{backup.path.name} is a backup of {one.migration_user}@{where}/{one.name}, not of "
+        f"{other.migration_user}@{where}/{other.name}: to replace {other.name} with it all the same, "
+        f"add --from-database {one.name}; nothing changed"
+    )
+    assert backups.check_source(backup, url_of(other), one.name) == one.name
+    assert refusal(url_of(other), other.name).endswith(f", not of {other.name}: nothing changed")
+    assert refusal(url_of(one), other.name).endswith(
+        f"is a backup of {one.name} itself, not of {other.name}: nothing changed"
+    )
+    # The same name on another server is another database.
+    elsewhere = url_of(one).set(host="localhost")
+    assert refusal(elsewhere).endswith(f"add --from-database {one.name}; nothing changed")
+    assert backups.check_source(backup, elsewhere, one.name) == one.name
+
+    # A file without its note: the dump's own header names the database.
+    backup.path.with_name(backup.path.name + ".json").unlink()
+    bare = backups.verify(backup.path)
+    assert (bare.name, bare.database) == (one.name, "")
+    assert refusal(url_of(other), of=bare).startswith(f"{backup.path.name} is a backup of {one.name}, not of ")
+    assert backups.check_source(bare, url_of(one)) is None

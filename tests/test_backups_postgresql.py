@@ -201,3 +201,14 @@ def test_a_long_password_reaches_pg_dump_and_pg_restore_whole(postgresql, tmp_pa
     as_owner(database, "DROP VIEW titles; DROP TABLE posts", password=long)
     backups.restore(url_of(database, long), backup.path)
     assert snapshot(database) == before
+
+
+def test_a_postgresql_archive_without_its_note_names_its_database(pg_database, postgresql, tmp_path):
+    backup = backups.take(url_of(pg_database), tmp_path / "backups", "abc123", keep=1)
+    backup.path.with_name(backup.path.name + ".json").unlink()
+    bare = backups.verify(backup.path)
+    assert bare.name == pg_database.name
+    other = make_pg_database(postgresql)
+    with pytest.raises(DeployError, match=f"is a backup of {pg_database.name}, not of .*--from-database"):
+        backups.check_source(bare, url_of(other))
+    assert backups.check_source(bare, url_of(other), pg_database.name) == pg_database.name

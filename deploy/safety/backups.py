@@ -347,7 +347,7 @@ def _pg_named(path: Path, head: bytes) -> str | None:
     name. An int is a sign byte and `int size` bytes, little-endian; a string its length, then it."""
     try:
         major, minor, int_size = head[5], head[6], head[8]
-        at = 11 if (major, minor) >= (1, 15) else 10 + 1 + int_size
+        at = 12 if (major, minor) >= (1, 15) else 11 + 1 + int_size
 
         def integer() -> int:
             nonlocal at
