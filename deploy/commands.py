@@ -144,7 +144,7 @@ def reset(project: Project, allowed_settings: list[str], force: bool = False) ->
         connection.commit()
         alembic_ops.stamp(project.alembic, connection, "head")
         connection.commit()
-    via = peer.address if peer is not None else None
+    via = f"{peer.address}, as {peer.proof}" if peer is not None else None
     return Reset(describe(url), via, len(models.tables), alembic_ops.label(project.alembic, head))
 
 

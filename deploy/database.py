@@ -9,6 +9,7 @@ import os
 import re
 import select
 import socket
+import struct
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -244,10 +245,19 @@ class Peer:
 
     address: str
     local: bool
+    # Local: the proof that the server runs on this machine; not local: why none could be given.
+    proof: str = ""
+
+
+# A port forward (ssh -L, socat) listens on this machine and relays to a server elsewhere: the socket's
+# address proves nothing. The server says which process serves this connection, and this machine's
+# kernel must show that very process holding the connection's other end.
+SERVER_PROGRAMS = {"postgresql": {"postgres", "postmaster"}, "mysql": {"mariadbd", "mysqld"}}
 
 
 def peer(connection: Connection) -> Peer:
-    """The other end of the connection's socket: a Unix socket, or an IP address and port."""
+    """The other end of the connection's socket (a Unix socket, or an IP address and port), and whether
+    the database server itself, a process of this machine, holds it."""
     driver_connection = connection.connection.dbapi_connection
     # psycopg and most drivers expose fileno(); PyMySQL keeps its socket in _sock.
     driver_socket = getattr(driver_connection, "_sock", None)
@@ -256,11 +266,178 @@ def peer(connection: Connection) -> Peer:
         raise DeployError(f"cannot tell where the {connection.dialect.driver} connection goes: refusing")
     with socket.socket(fileno=os.dup(fileno())) as sock:
         if sock.family == socket.AF_UNIX:
-            return Peer(f"Unix socket {sock.getpeername() or '(unnamed)'}", local=True)
-        host, port = sock.getpeername()[:2]
-    address = ipaddress.ip_address(host)
-    loopback = address.is_loopback or bool(getattr(address, "ipv4_mapped", None) and address.ipv4_mapped.is_loopback)
-    return Peer(f"[{host}]:{port}" if address.version == 6 else f"{host}:{port}", local=loopback)
+            address = f"Unix socket {sock.getpeername() or '(unnamed)'}"
+            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            holder: _Holder = _UnixHolder(struct.unpack("3i", creds)[0])
+        else:
+            host, port = sock.getpeername()[:2]
+            mine = sock.getsockname()[:2]
+            address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            ip = ipaddress.ip_address(host)
+            mapped = getattr(ip, "ipv4_mapped", None)
+            if not (ip.is_loopback or (mapped is not None and mapped.is_loopback)):
+                return Peer(address, local=False)
+            holder = _TcpHolder((host, port), mine)
+    try:
+        served_by = _server_process(connection)
+    except LookupError as exc:
+        return Peer(address, False, str(exc))
+    except Exception as exc:  # the server would not say (privileges, a server of another kind)
+        return Peer(address, False, f"the server would not say which process serves it ({type(exc).__name__})")
+    if served_by is None:
+        return Peer(address, False, f"a {connection.dialect.name} server cannot say which process it is")
+    proven, proof = holder.proof(served_by, SERVER_PROGRAMS.get(connection.dialect.name, set()))
+    return Peer(address, proven, proof)
+
+
+def _server_process(connection: Connection) -> int | None:
+    """The pid, in the server's own machine, of the process that serves this connection."""
+    name = connection.dialect.name
+    if name == "postgresql":
+        (pid,) = connection.exec_driver_sql("SELECT pg_backend_pid()").one()
+        connection.rollback()
+        return int(pid)
+    if name == "mysql":  # MariaDB too: one process, a thread per connection; its pid file is on its machine
+        pid_file, datadir = connection.exec_driver_sql("SELECT @@pid_file, @@datadir").one()
+        connection.rollback()
+        path = Path(datadir or "/", pid_file or "")
+        try:
+            return int(path.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            raise LookupError(f"no readable pid file {path} on this machine") from None
+    return None
+
+
+class _Holder:
+    def proof(self, pid: int, programs: set[str]) -> tuple[bool, str]:
+        """Whether the server's process `pid` (one of `programs`) holds the other end, and how that is known."""
+        raise NotImplementedError
+
+
+def _program(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return None
+
+
+@dataclass(frozen=True)
+class _UnixHolder(_Holder):
+    """A Unix socket's other end: the kernel names the process that listens on it (SO_PEERCRED)."""
+
+    listener: int
+
+    def proof(self, pid: int, programs: set[str]) -> tuple[bool, str]:
+        # PostgreSQL's backends are forked by the process that listens (the postmaster).
+        candidates = {pid, _parent(pid)}
+        if self.listener in candidates and _program(self.listener) in programs:
+            return True, f"the server's process {self.listener} ({_program(self.listener)}) listens on this socket"
+        return False, f"the socket is held by process {self.listener}, not by the server's own ({pid})"
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+@dataclass(frozen=True)
+class _TcpHolder(_Holder):
+    """A loopback TCP connection's other end: this machine's socket table names its inode, and the
+    server's process must hold that socket."""
+
+    theirs: tuple[str, int]
+    mine: tuple[str, int]
+
+    def proof(self, pid: int, programs: set[str]) -> tuple[bool, str]:
+        program = _program(pid)
+        if program not in programs:
+            return False, (
+                f"the server's process ({pid} on its machine) is no {' or '.join(sorted(programs))} process "
+                "on this machine"
+            )
+        inode = _tcp_inode(self.theirs, self.mine)
+        if inode is None:
+            return False, "this machine's socket table has no other end of the connection"
+        try:
+            held = any(
+                os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inode}]" for fd in os.listdir(f"/proc/{pid}/fd")
+            )
+        except OSError:
+            # Another user's server: its descriptors are hidden, but the socket's owner is not.
+            owner, server_user = _tcp_owner(inode), _uid(pid)
+            if owner is not None and owner == server_user and owner != os.geteuid():
+                return True, (
+                    f"the server's process {pid} ({program}) runs as the user (uid {owner}) who holds the other "
+                    "end of this connection"
+                )
+            return False, f"the other end of this connection is not held by the server's process {pid} ({program})"
+        if held:
+            return True, f"the server's process {pid} ({program}) holds the other end of this connection"
+        return False, f"the other end of this connection is held by another process than the server's {pid} ({program})"
+
+
+def _tcp_table() -> list[list[str]]:
+    rows = []
+    for name in ("tcp", "tcp6"):
+        try:
+            rows += [line.split() for line in Path(f"/proc/net/{name}").read_text().splitlines()[1:]]
+        except OSError:
+            continue
+    return rows
+
+
+def _endpoint(text: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
+    """/proc/net/tcp's `HEX:PORT`: the address in the kernel's byte order, 32 bits at a time."""
+    hexaddr, hexport = text.split(":")
+    words = bytes.fromhex(hexaddr)
+    raw = b"".join(words[i : i + 4][::-1] for i in range(0, len(words), 4))
+    address = ipaddress.ip_address(raw)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address, int(hexport, 16)
+
+
+def _normal(endpoint: tuple[str, int]) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
+    address = ipaddress.ip_address(endpoint[0].split("%")[0])
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address, int(endpoint[1])
+
+
+def _tcp_row(theirs: tuple[str, int], mine: tuple[str, int]) -> list[str] | None:
+    """The socket table's row of the other end: its local address is our peer, its remote one is us."""
+    local, remote = _normal(theirs), _normal(mine)
+    for row in _tcp_table():
+        try:
+            if _endpoint(row[1]) == local and _endpoint(row[2]) == remote:
+                return row
+        except (ValueError, IndexError):
+            continue
+    return None
+
+
+def _tcp_inode(theirs: tuple[str, int], mine: tuple[str, int]) -> int | None:
+    row = _tcp_row(theirs, mine)
+    return int(row[9]) if row is not None and row[9] != "0" else None
+
+
+def _tcp_owner(inode: int) -> int | None:
+    for row in _tcp_table():
+        if len(row) > 9 and row[9] == str(inode):
+            return int(row[7])
+    return None
+
+
+def _uid(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("Uid:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def application_tables(connection: Connection) -> list[str]:

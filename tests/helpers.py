@@ -7,6 +7,7 @@ import itertools
 import json
 import os
 import shutil
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -435,3 +436,52 @@ def new_files_containing(directory: Path, secret: str, since: float) -> list[Pat
         except OSError:  # vanished meanwhile
             pass
     return found
+
+
+class PortForward(threading.Thread):
+    """What `ssh -L` or socat does: listens on 127.0.0.1 (`port`) and relays each connection to `target`.
+
+    A server behind it looks local by its socket address alone. Use as a context manager."""
+
+    def __init__(self, target: tuple[str, int]):
+        super().__init__(daemon=True)
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sockets: list[socket.socket] = []
+        self.closed = False
+
+    def run(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:  # closed
+                return
+            upstream = socket.create_connection(self.target, timeout=30)
+            upstream.settimeout(None)
+            self.sockets += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+            sink.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def __enter__(self) -> PortForward:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept()
+        except OSError:
+            pass
+        self.listener.close()
+        for sock in self.sockets:
+            sock.close()
+        self.join(timeout=10)

@@ -19,6 +19,7 @@ from helpers import (
     PASSWORD,
     STDIN_PASSWORD,
     Checkout,
+    PortForward,
     Remote,
     live_only,
     make_database,
@@ -120,13 +121,27 @@ def test_reset_refuses_a_connection_that_goes_to_another_machine(checkout, other
     assert server.execute("SHOW TABLES FROM blog") == (("keep",),)
 
 
+def test_reset_refuses_a_server_behind_a_loopback_port_forward(checkout, other_host):
+    """ssh -L or socat: the socket goes to 127.0.0.1, the server is on another machine."""
+    other, server = other_host
+    with PortForward((other.address, server.port)) as forward:
+        checkout.write_settings(
+            "development", SQLALCHEMY_DATABASE_URI=f"mysql+pymysql://dev:dev-pw@127.0.0.1:{forward.port}/blog"
+        )
+        line = one_error_line(checkout.invoke("db.reset", "--force"))
+    assert f"the connection goes to 127.0.0.1:{forward.port}, but " in line
+    assert "a port forward to another machine looks the same" in line
+    assert server.execute("SHOW TABLES FROM blog") == (("keep",),)
+
+
 def test_reset_of_a_local_mariadb_reports_the_address_used(checkout, database):
     checkout.write_settings(
         "development", SQLALCHEMY_DATABASE_URI=database.app_url, SQLALCHEMY_ALEMBIC_URI=database.migration_url
     )
     result = checkout.invoke("db.reset", "--force", stdin=STDIN_PASSWORD)
     assert result.code == 0, result.output
-    assert f"via 127.0.0.1:{database.server.port}:" in result.out
+    proof = f"the server's process {database.server.pid} (mariadbd) holds the other end of this connection"
+    assert f"via 127.0.0.1:{database.server.port}, as {proof}:" in result.out
 
 
 # -- 2. unencoded URLs ---------------------------------------------------------------------------

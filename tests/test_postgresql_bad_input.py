@@ -14,6 +14,7 @@ from helpers import (
     PASSWORD,
     PRODUCTION,
     STDIN_PASSWORD,
+    PortForward,
     live_only,
     make_pg_database,
     one_error_line,
@@ -229,3 +230,25 @@ def test_reset_refuses_a_postgresql_connection_that_goes_to_another_machine(chec
     assert f"the connection went to {other.address}:{server.port}, not this machine" in line
     assert PASSWORD not in line and quote(PASSWORD, safe="") not in line
     assert database.tables() == {"keep"}
+
+
+def test_reset_refuses_a_postgresql_server_behind_a_loopback_port_forward(checkout, other_pg_host):
+    """ssh -L or socat: the socket goes to 127.0.0.1, the server is on another machine."""
+    other, server, database = other_pg_host
+    with PortForward((other.address, server.port)) as forward:
+        credentials = f"{database.migration_user}:{quote(PASSWORD, safe='')}"
+        url = f"postgresql+psycopg://{credentials}@127.0.0.1:{forward.port}/{database.name}"
+        checkout.write_settings("development", SQLALCHEMY_DATABASE_URI=url)
+        line = one_error_line(checkout.invoke("db.reset", "--force"))
+    assert f"the connection goes to 127.0.0.1:{forward.port}, but " in line
+    assert "a port forward to another machine looks the same" in line
+    assert PASSWORD not in line
+    assert database.tables() == {"keep"}
+
+
+def test_reset_of_a_local_postgresql_says_how_it_knows_the_server_is_here(checkout, pg_database):
+    checkout.write_settings("development", SQLALCHEMY_DATABASE_URI=pg_database.migration_url)
+    result = checkout.invoke("db.reset", "--force", stdin=STDIN_PASSWORD)
+    assert result.code == 0, result.output
+    assert f"via 127.0.0.1:{pg_database.server.port}, as the server's process " in result.out
+    assert "(postgres) holds the other end of this connection:" in result.out

@@ -91,5 +91,10 @@ def check_resettable(settings_name: str, allowed: list[str], url: URL, force: bo
 def check_on_this_machine(url: URL, peer: Peer) -> None:
     """Judged on the open connection: the URL's host is one of several sources a driver reads
     (engine options' connect_args, option files, the query string)."""
+    if not peer.local and peer.proof:  # this machine's address, but its server is not shown to be here
+        raise DeployError(
+            f"db.reset refuses {describe(url)}: the connection goes to {peer.address}, but {peer.proof} "
+            "(a port forward to another machine looks the same)"
+        )
     if not peer.local:
         raise DeployError(f"db.reset refuses {describe(url)}: the connection went to {peer.address}, not this machine")
