@@ -86,6 +86,11 @@ class Server:
             raise DeployError(f"cannot reach {self.where}: {exc}") from None
         except (TimeoutError, OSError) as exc:
             raise DeployError(f"cannot reach {self.where}: {exc}") from None
+        try:
+            self.refuse_revoked_key()
+        except DeployError:
+            self.connection.close()
+            raise
         return self
 
     def __exit__(self, *exc) -> None:
@@ -96,12 +101,19 @@ class Server:
         import paramiko
 
         client = self.connection.client
-        client.load_system_host_keys()
-        # ssh_config's UserKnownHostsFile, as OpenSSH would read it.
-        for path in self.connection.ssh_config.get("userknownhostsfile", "").split():
-            if os.path.exists(os.path.expanduser(path)):
-                client.load_host_keys(os.path.expanduser(path))
+        # ~/.ssh/known_hosts, and ssh_config's UserKnownHostsFile, as OpenSSH would read it.
+        paths = ["~/.ssh/known_hosts", *self.connection.ssh_config.get("userknownhostsfile", "").split()]
+        self.revoked: list[tuple[str, str]] = []  # the @revoked lines, and where
+        for path in paths:
+            self.revoked += load_known_hosts(client.get_host_keys(), os.path.expanduser(path))
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
+
+    def refuse_revoked_key(self) -> None:
+        """Paramiko reads no @revoked line: its key is refused here, before any command is started."""
+        key = self.connection.client.get_transport().get_remote_server_key()
+        for where, line in self.revoked:
+            if line.split()[1:3] == [key.get_name(), key.get_base64()]:
+                raise DeployError(f"the host key of {self.where} is marked @revoked in {where}: stop and find out why")
 
     def session(
         self, task_args: list[str], hide: bool = False, conversation: bool = False, output: Output | None = None
@@ -161,6 +173,52 @@ class Server:
         with self.session([*task_args, "--conversation"], conversation=True, output=output) as talk:
             talk.read_status()
             yield talk
+
+
+# The known_hosts lines already warned about, so a fleet's hosts do not repeat the warning.
+_SKIPPED_LINES: set[tuple[str, int]] = set()
+
+
+def load_known_hosts(keys, path: str) -> list[tuple[str, str]]:
+    """The entries of a known_hosts file into paramiko's HostKeys `keys`; returns its @revoked lines
+    (`FILE, line N`, the line's words after the marker). A line that is not an entry is skipped with a
+    warning naming the file and line, as OpenSSH does: paramiko would stop at the first one, whichever
+    host it names."""
+    from paramiko.hostkeys import HostKeyEntry, HostKeys
+
+    revoked: list[tuple[str, str]] = []
+    try:
+        with open(path, "rb") as file:
+            lines = file.read().splitlines()
+    except FileNotFoundError:
+        return revoked
+    except OSError as exc:
+        raise DeployError(f"cannot read {path}: {exc.strerror}") from None
+    for number, raw in enumerate(lines, 1):
+        line = raw.decode("utf-8", "replace").strip()
+        if not line or line.startswith("#"):
+            continue
+        marker, _, rest = line.partition(" ")
+        if marker == "@revoked":
+            revoked.append((f"{path}, line {number}", rest.strip()))
+            continue
+        try:
+            entry = HostKeyEntry.from_line(line, number)
+            # A hashed name's salt is decoded only when a host is looked up: check it now.
+            for name in entry.hostnames if entry is not None else ():
+                if name.startswith("|1|"):
+                    HostKeys.hash_host("", name)
+        except Exception:  # paramiko's InvalidHostKey, SSHException, binascii's and others
+            entry = None
+        if entry is None:
+            if (path, number) not in _SKIPPED_LINES:
+                _SKIPPED_LINES.add((path, number))
+                what = f"{marker} is not supported" if marker.startswith("@") else "not a known_hosts entry"
+                print(f"warning: {path}, line {number}: {what}, skipped", file=sys.stderr)
+            continue
+        for name in entry.hostnames:
+            keys.add(name, entry.key.get_name(), entry.key)
+    return revoked
 
 
 class Session:

@@ -227,6 +227,36 @@ def test_without_python_set_the_servers_venv_or_dotvenv_runs_and_is_named(remote
     assert f"python: {remote.server.path}/.venv/bin/python\n" in upgraded.err, upgraded.err
 
 
+KNOWN_HOSTS_NOISE = [
+    b"otherhost ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI",  # cut short: not base64
+    b"otherhost ssh-rsa",  # no key
+    b"|1|bad|salt ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ4bQ4XDWn3iEwbmvbqUm2nVDdnVYYkF08RsvYbvbq4+",  # hashed, bad salt
+    b"\xff\xfe ssh-ed25519 \xff",  # not UTF-8
+]
+
+
+def test_malformed_known_hosts_lines_are_skipped_with_a_warning(remote):
+    """As OpenSSH: each bad line is named and skipped, whichever host it is for; the good ones verify."""
+    known_hosts = remote.config.parent / "known_hosts"
+    good = remote.sshd.known_hosts_line().encode()
+    known_hosts.write_bytes(b"\n".join([b"# comment", *KNOWN_HOSTS_NOISE[:2], good, *KNOWN_HOSTS_NOISE[2:]]) + b"\n")
+    result = remote.fab("prod", "db.status")
+    assert result.code == 0, result.output
+    assert "Traceback" not in result.output
+    warnings = [line for line in result.err.splitlines() if line.startswith("warning: ")]
+    assert warnings == [f"warning: {known_hosts}, line {n}: not a known_hosts entry, skipped" for n in (2, 3, 5, 6)]
+    # Without its good line, the host is unknown: the bad lines verify nothing.
+    known_hosts.write_bytes(b"\n".join([*KNOWN_HOSTS_NOISE, good.replace(b"[127.0.0.1]", b"[elsewhere]")]) + b"\n")
+    remote.refuses("not in known_hosts", args=("prod", "db.status"))
+
+
+def test_a_host_key_marked_revoked_is_refused(remote):
+    known_hosts = remote.config.parent / "known_hosts"
+    with known_hosts.open("a") as known:
+        known.write("@revoked * " + remote.sshd.known_hosts_line().split(" ", 1)[1] + "\n")
+    remote.refuses("marked @revoked", f"{known_hosts}, line 2", args=("prod", "db.status"))
+
+
 def test_refuses_a_server_without_its_settings_file(remote):
     (remote.server.path / "instance" / "production.cfg").unlink()
     remote.refuses("production.cfg")
