@@ -267,14 +267,15 @@ def check_risks(project: Project, url: URL, revisions: list[str], progress) -> N
         progress(f"warning: {finding}")
 
 
-def take_backup(project: Project, url: URL, current: tuple[str, ...], progress) -> backups.Backup | None:
-    """A verified backup before a production change, or a loud line saying there is none."""
+def take_backup(project: Project, url: URL, current: tuple[str, ...], progress, spare=None) -> backups.Backup | None:
+    """A verified backup before a production change, or a loud line saying there is none; retention
+    leaves `spare` (a backup about to be restored) alone."""
     if not project.guards.backup:
         if progress is not None and project.guards.production:  # --no-backup said so
             progress(f"warning: --no-backup: no backup of {describe(url)} is taken; db.restore cannot undo this run")
         return None
     shown = (lambda done: progress(f"  backup: {done // 1_000_000} MB")) if progress is not None else None
-    taken = backups.take(url, project.backup_dir, current_of(current), project.guards.backups_kept, shown)
+    taken = backups.take(url, project.backup_dir, current_of(current), project.guards.backups_kept, shown, spare)
     if progress is not None:
         progress(f"backup: {taken.path} ({taken.size} bytes, verified)")
     return taken
@@ -416,7 +417,7 @@ def restore(
     with project.lock(url):
         with project.connect(url) as connection, translate_errors(url):
             current = alembic_ops.current_heads(connection)
-        taken = take_backup(project, url, current, progress)
+        taken = take_backup(project, url, current, progress, spare=path)
         with runlog.recorded(project.settings.instance_path, "db.restore", describe(url), "?", name):
             # Should the load fail, the database is put back from the backup just taken.
             restored = backups.restore(url, path, before=taken)

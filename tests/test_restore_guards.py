@@ -69,3 +69,18 @@ def test_fab_restores_another_databases_backup_only_when_told_and_confirmed_by_b
         restored.out
     )
     assert database.query("SELECT id, email FROM users") == ((7, "other@example.com"),)
+
+
+def test_restoring_the_oldest_backup_kept_does_not_lose_it_to_the_backup_taken_first(checkout, database):
+    """The backup taken before a restore counts against `backups_kept`: the one being restored stays."""
+    checkout.use_production(database)
+    env = {**PRODUCTION, "INVOKE_DB_SAFETY_BACKUPS_KEPT": "1"}
+    assert checkout.invoke("db.upgrade", "--yes", stdin=STDIN_PASSWORD, env=env).code == 0
+    checkout.add_revision("notes0000001", HEAD, "op.create_table('notes', sa.Column('id', sa.Integer))")
+    assert checkout.invoke("db.upgrade", "--yes", stdin=STDIN_PASSWORD, env=env).code == 0
+    [kept] = (checkout.path / "instance" / "backups").glob("*.sql.gz")  # of HEAD, before notes
+
+    restored = checkout.invoke("db.restore", kept.name, stdin=f"{database.name}\n{PASSWORD}\n", env=env)
+    assert restored.code == 0, restored.output
+    assert database.version() == HEAD and "notes" not in database.tables()
+    assert kept.is_file()

@@ -593,15 +593,18 @@ def _sync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def take(url: URL, directory: str | os.PathLike, revision: str | None, keep: int, progress=None) -> Backup:
-    """A verified, compressed backup of the URL's database in `directory`; then only the newest `keep` stay.
+def take(url: URL, directory: str | os.PathLike, revision: str | None, keep: int, progress=None, spare=None) -> Backup:
+    """A verified, compressed backup of the URL's database in `directory`; then only the newest `keep`
+    stay, and `spare` (the path of a backup about to be restored).
 
     `progress(bytes)` is called every PROGRESS_SECONDS while the dump runs (bytes of uncompressed dump)."""
     if keep < 1:
         raise DeployError("keep at least one backup")
     backup = _write(url, Path(directory), revision, progress)
+    spared = Path(spare).resolve() if spare is not None else None
     for old in list_backups(directory, backup.name)[keep:]:
-        _remove(old)
+        if old.path.resolve() != spared:
+            _remove(old)
     return backup
 
 
