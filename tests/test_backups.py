@@ -367,3 +367,44 @@ def test_a_backup_of_another_database_is_refused_unless_the_operator_names_it(ma
     assert (bare.name, bare.database) == (one.name, "")
     assert refusal(url_of(other), of=bare).startswith(f"{backup.path.name} is a backup of {one.name}, not of ")
     assert backups.check_source(bare, url_of(one)) is None
+
+
+def sqlite_database(path: Path) -> bytes:
+    """A SQLite file of several pages, with a row per page or so; its bytes."""
+    with closing(sqlite3.connect(path)) as db:
+        db.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+        db.executemany("INSERT INTO notes (body) VALUES (?)", ((f"{n:04x}" * 200,) for n in range(50)))
+        db.commit()
+    return path.read_bytes()
+
+
+def test_a_sqlite_backup_whose_pages_are_damaged_is_refused_before_anything_changes(tmp_path):
+    raw = sqlite_database(tmp_path / "app.db")
+    page = int.from_bytes(raw[16:18], "big")
+    # Page 2, the table's root: its b-tree header overwritten; the file's header and size still right.
+    damaged = raw[:page] + b"\xee" * 16 + raw[page + 16 :]
+    path = tmp_path / "case.sqlite.gz"
+    path.write_bytes(gzip.compress(damaged))
+    before = (tmp_path / "app.db").read_bytes()
+    with pytest.raises(DeployError) as refused:
+        backups.restore(make_url(f"sqlite:///{tmp_path / 'app.db'}"), path)
+    assert str(refused.value).startswith(f"{path} is not a usable backup: SQLite finds the database in it damaged (")
+    assert (tmp_path / "app.db").read_bytes() == before
+
+
+def test_a_sqlite_restore_is_one_transaction_and_may_create_the_file(tmp_path):
+    sqlite_database(tmp_path / "app.db")
+    backup = backups.take(make_url(f"sqlite:///{tmp_path / 'app.db'}"), tmp_path / "backups", "abc123", keep=1)
+    # A checkout whose database does not exist yet: nothing to back up first, and the restore makes it.
+    fresh = tmp_path / "fresh" / "app.db"
+    backups.restore(make_url(f"sqlite:///{fresh}"), backup.path)
+    with closing(sqlite3.connect(fresh)) as restored, closing(sqlite3.connect(tmp_path / "app.db")) as original:
+        assert list(restored.iterdump()) == list(original.iterdump())
+    # A load SQLite refuses leaves nothing half done, and says so.
+    (tmp_path / "directory.db").mkdir()
+    with pytest.raises(DeployError) as failed:
+        backups.restore(make_url(f"sqlite:///{tmp_path / 'directory.db'}"), backup.path)
+    assert str(failed.value) == (
+        f"restore of SQLite {tmp_path / 'directory.db'} failed: unable to open database file; "
+        "the database is as it was before the restore (it is loaded in one transaction)"
+    )

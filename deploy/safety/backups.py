@@ -416,6 +416,19 @@ def _sqlite_load(url: URL, path: Path, meter: _Meter) -> None:
     meter.add(len(data))
 
 
+def _sqlite_readable(path: Path) -> str | None:
+    """What SQLite's quick_check finds wrong in the database the file holds (its pages read through)."""
+    with gzip.open(path) as dump:
+        data = dump.read()
+    try:
+        with closing(sqlite3.connect(":memory:")) as copy:
+            copy.deserialize(data)
+            found = [row[0] for row in copy.execute("PRAGMA quick_check(1)")]
+    except sqlite3.Error as exc:
+        return f"SQLite cannot read the database in it ({exc})"
+    return None if found == ["ok"] else f"SQLite finds the database in it damaged ({found[0] if found else '?'})"
+
+
 def _sqlite_complete(head: bytes, tail: bytes, size: int) -> bool:
     """A database file, as long as its header says: page size times page count (when the header's
     count is valid: it was written by the version counted at offset 92)."""
@@ -440,6 +453,8 @@ class _Kind:
     readable: Callable[[Path], str | None] = lambda path: None  # a deeper check, by the kind's own tool
     # The name of the database dumped, as the file itself says (for a file without its note).
     named: Callable[[Path, bytes], str | None] = lambda path, head: None
+    # The load is one transaction: a failed one leaves the database as it was, with no backup to put back.
+    atomic: bool = False
 
 
 MYSQL = _Kind(
@@ -458,6 +473,8 @@ SQLITE = _Kind(
     _sqlite_load,
     _sqlite_complete,
     "it holds no whole SQLite database (not the size its header records)",
+    _sqlite_readable,
+    atomic=True,  # the backup API copies every page in one step, one write transaction
 )
 POSTGRESQL = _Kind(
     ".pgdump.gz",
@@ -651,13 +668,23 @@ def restore(url: URL, path: str | os.PathLike, progress=None, before: Backup | N
     """Make the URL's database exactly the backup's, after verifying the file (refused: nothing changes).
 
     All or nothing: should the load fail (or Ctrl-C stop it), the database is put back as it was from
-    `before`, a backup of it just taken; without one, a backup is taken here first and removed after.
+    `before`, a backup of it just taken; without one, a backup is taken here first and removed after
+    (SQLite needs none: its load is one transaction).
     `progress(bytes)` as for `take`. Asking the user to confirm is the caller's job."""
     kind = for_dialect(KINDS, url, "restore")
     backup = verify(path)
     if _kind_of(backup.path) is not kind:
         raise DeployError(f"{backup.path} is not a backup of a {url.get_backend_name()} database")
     remember(url.password)
+    if kind.atomic:
+        try:
+            kind.load(url, backup.path, _Meter(progress))
+        except DeployError as exc:
+            raise DeployError(
+                f"restore of {describe(url)} failed: {exc}; the database is as it was before the restore "
+                "(it is loaded in one transaction)"
+            ) from None
+        return backup
     fallback = before or _write(url, backup.path.parent, None, label="before-restore")
     try:
         kind.load(url, backup.path, _Meter(progress))
