@@ -240,6 +240,25 @@ def test_a_postgresql_fleet_is_upgraded_in_parallel_and_a_failing_target_is_told
     assert result.out.count("upgraded to") == 2
 
 
+def test_one_user_name_on_two_servers_is_two_passwords(tmp_path, mariadb, postgresql, sshd):
+    """The same migration user name on two database servers is two users: one prompt each, and
+    neither server is sent the other's password."""
+    on_postgresql = make_pg_database(postgresql, PASSWORD)
+    mariadb_database = make_database(mariadb, OTHER_PASSWORD)
+    same_name = on_postgresql.migration_user
+    mariadb.create_user(same_name, OTHER_PASSWORD, "ALL PRIVILEGES", mariadb_database.name)
+    mariadb.execute("GRANT PROCESS ON *.* TO %s@'%%'", (same_name,))
+    databases = {
+        "tenant_a": on_postgresql,
+        "tenant_b": Database(mariadb, mariadb_database.name, mariadb_database.app_user, same_name),
+    }
+    remote = fleet_remote(tmp_path, sshd, databases)
+    # Without a terminal, one line of standard input per prompt, in the order asked: tenant_a's first.
+    result = remote.fab("tenants", "db.upgrade", "--yes", stdin=f"{PASSWORD}\n{OTHER_PASSWORD}\n")
+    assert result.code == 0, result.output
+    assert [database.version() for database in databases.values()] == [HEAD, HEAD]
+
+
 # A hang detector, not a speed limit: a run that has not ended by then never will.
 HANG = 120
 

@@ -134,9 +134,10 @@ def test_refuses_several_heads_on_the_server(remote):
 def test_refuses_a_server_behind_the_local_checkout_unless_given_a_target(remote):
     server_head = remote.server.head()
     remote.local.add_revision("10ca10000001", server_head)
-    remote.refuses("deploy", server_head, "10ca10000001")
+    differ = f"the server's migrations end at {server_head} but yours end at 10ca10000001: deploy the code first"
+    remote.refuses(differ)
     # `--to=head` is the default spelled out, not a way round the check.
-    remote.refuses("deploy", args=("prod", "db.upgrade", "--to=head"))
+    remote.refuses(differ, args=("prod", "db.upgrade", "--to=head"))
     remote.upgrade(f"--to={server_head}")
     assert remote.database.version() == server_head
     base = remote.server.revisions()[0]
