@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import getpass
 import json
+import re
 import sys
 from typing import TYPE_CHECKING, TextIO
 from urllib.parse import quote, quote_plus
 
-from .errors import DeployError
+from .errors import RELAYED, DeployError, plain
 
 if TYPE_CHECKING:  # fab's laptop side asks for passwords without importing SQLAlchemy
     from sqlalchemy.engine import URL
@@ -110,6 +111,15 @@ def mask(text: str) -> str:
         # A password of a few letters is masked where a URL holds it, not inside every word.
         text = text.replace(form, MASK) if len(form) >= SHORT else text.replace(f":{form}@", f":{MASK}@")
     return text
+
+
+def mask_message(text: str) -> str:
+    """A message for output, without its marks: where it marks what it relays (errors.relayed), only
+    that is masked, the suite's own wording never; a message that marks nothing is masked whole."""
+    if RELAYED[0] not in text:
+        return mask(text)
+    pieces = re.split(f"{re.escape(RELAYED[0])}(.*?){re.escape(RELAYED[1])}", text, flags=re.DOTALL)
+    return plain("".join(mask(piece) if index % 2 else piece for index, piece in enumerate(pieces)))
 
 
 def _encodings(password: str) -> set[str]:

@@ -22,7 +22,7 @@ from sqlalchemy.exc import DBAPIError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from .credentials import describe, remember
-from .errors import DeployError
+from .errors import DeployError, own, relayed
 
 VERSION_TABLE = "alembic_version"
 
@@ -157,9 +157,9 @@ def _pg_detail(orig: BaseException) -> str:
     (the severity word is the server's lc_messages' too: "FATAL", "ВАЖНО"...)."""
     line = (str(orig).splitlines() or [type(orig).__name__])[0]
     if "FATAL:" in line:
-        return line.rpartition("FATAL:")[2].strip()
+        return relayed(line.rpartition("FATAL:")[2].strip())
     server_said = re.search(r" failed: [^\s:]+:  (.*)", line)
-    return server_said.group(1).strip() if server_said else line
+    return relayed(server_said.group(1).strip() if server_said else line)
 
 
 def sqlite_path(url: URL) -> Path | None:
@@ -169,11 +169,16 @@ def sqlite_path(url: URL) -> Path | None:
 
 
 def explain(exc: BaseException, url: URL) -> str:
-    """One line for a database failure; built from error codes, never from the URL's password."""
+    """One line for a database failure; built from error codes, never from the URL's password. The
+    driver's and the server's words in it are marked relayed: masking touches them alone."""
     orig = getattr(exc, "orig", None) or exc
     where = describe(url)
     if url.get_backend_name() == "postgresql":
-        return _explain_postgresql(orig, url, where)
+        return own(_explain_postgresql(orig, url, where))
+    return own(_explain_mysql(orig, url, where))
+
+
+def _explain_mysql(orig: BaseException, url: URL, where: str) -> str:
     code = orig.args[0] if orig.args and isinstance(orig.args[0], int) else None
     if code in ACCESS_DENIED:
         return f"access denied for {where}: wrong user or password"
@@ -184,9 +189,9 @@ def explain(exc: BaseException, url: URL) -> str:
     if code == UNKNOWN_DATABASE:
         return f"database {url.database!r} does not exist on the server ({where})"
     if code in PRIVILEGE_MISSING:
-        return f"{url.username} lacks a privilege on {where}: {orig.args[1]}"
+        return f"{url.username} lacks a privilege on {where}: {relayed(str(orig.args[1]))}"
     detail = str(orig.args[1] if code is not None and len(orig.args) > 1 else orig).splitlines()
-    return f"database error on {where}: {detail[0] if detail else type(orig).__name__}"
+    return f"database error on {where}: {relayed(detail[0]) if detail else type(orig).__name__}"
 
 
 def _explain_postgresql(orig: BaseException, url: URL, where: str) -> str:
@@ -232,7 +237,8 @@ def connect(url: URL, options: dict | None = None, create: bool = False, hint: s
             raise DeployError(explain(exc, url)) from None
         except Exception as exc:
             # Bad driver options (URL query, engine options): the driver says which, never the password.
-            raise DeployError(f"cannot connect to {describe(url)}: {type(exc).__name__}: {exc}") from None
+            said = relayed(f"{type(exc).__name__}: {exc}")
+            raise DeployError(own(f"cannot connect to {describe(url)}: {said}")) from None
         with connection:
             yield connection
     finally:

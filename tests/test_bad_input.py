@@ -369,6 +369,27 @@ def test_a_migration_error_quoting_the_password_is_masked(checkout, database, le
     assert database.version() == HEAD
 
 
+def test_a_password_that_is_a_word_of_the_suites_own_message_leaves_the_message_whole(checkout, database):
+    """Masking is for what is relayed: an application password `wrong` (and wrong) leaves "wrong user
+    or password" whole."""
+    env = production(checkout, database, SQLALCHEMY_DATABASE_URI=database.app_url.replace(APP_PASSWORD, "wrong"))
+    line = one_error_line(checkout.invoke("db.status", env=env))
+    where = f"{database.app_user}@127.0.0.1:{database.server.port}/{database.name}"
+    assert line == f"error: access denied for {where}: wrong user or password"
+
+
+def test_the_servers_words_relayed_in_the_suites_message_are_still_masked(checkout, database):
+    env = production(checkout, database)
+    # PyMySQL formats the statement with %: a password's % is doubled to reach the server as one.
+    table = "op.get_bind().engine.url.password.replace('%', '%%')"
+    query = f"op.get_bind().exec_driver_sql('SELECT 1 FROM `' + {table} + '`')"
+    checkout.add_revision("leaky0000002", HEAD, upgrade=live_only(query))
+    line = one_error_line(checkout.invoke("db.upgrade", "--yes", stdin=STDIN_PASSWORD, env=env))
+    assert f"database error on {database.migration_user}@127.0.0.1:" in line and "***" in line
+    for fragment in password_fragments(PASSWORD):
+        assert fragment not in line
+
+
 def test_a_migration_error_quoting_the_password_is_masked_over_fab(remote):
     remote.add_revision("leaky0000001", upgrade=live_only(f"raise RuntimeError('connected as ' + {LEAKY['raw']})"))
     line = refused(remote.fab("prod", "db.upgrade", "--yes", stdin=STDIN_PASSWORD), "connected as ***")

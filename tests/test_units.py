@@ -297,3 +297,14 @@ def test_invokes_environment_config_reaches_the_guards_as_numbers(monkeypatch):
     found = task_config.read(config)
     assert found.safety == {"lock_wait": 30.0, "retries": 2}
     assert found.reset_settings == ["development", "testing"]
+
+
+def test_masking_touches_what_a_message_relays_never_the_suites_own_words(monkeypatch):
+    from deploy.errors import own, relayed
+
+    monkeypatch.setattr(credentials, "_known_passwords", {"wrong"})
+    marked = own(f"access denied for app@db: wrong user or password ({relayed('server said: wrong')})")
+    assert DeployError(marked).marked == marked and "\x02" not in str(DeployError(marked))
+    assert credentials.mask_message(marked) == "access denied for app@db: wrong user or password (server said: ***)"
+    # A message that marks nothing may relay anything: all of it is masked.
+    assert credentials.mask_message("the tool said: wrong") == "the tool said: ***"
