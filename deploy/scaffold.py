@@ -1,9 +1,11 @@
 """`python -m deploy init --app MODULE:OBJECT`: set a Flask project up for `invoke db.*` and `fab ENV db.*`.
 
 Run at the project's root, it writes what is missing and prints one line per action; a file that
-exists is never overwritten. A Flask-Migrate (or plain Alembic) migrations folder is taken over: its
-revisions and script template stay, its env.py moves aside, and the settings of Flask-Migrate's
-migrations/alembic.ini move to the root alembic.ini.
+exists is never overwritten. It loads the app once, as `flask --app` and every later command will: a
+factory that needs an argument gets the settings name, and the config object the app uses, when init
+can find it, becomes flask_config. A Flask-Migrate (or plain Alembic) migrations folder is taken
+over: its revisions and script template stay, its env.py moves aside (`flask db` keeps working), and
+the settings of Flask-Migrate's migrations/alembic.ini move to the root alembic.ini.
 """
 
 from __future__ import annotations
@@ -11,14 +13,25 @@ from __future__ import annotations
 import argparse
 import ast
 import configparser
+import inspect
 import os
 import re
 import sys
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
 
 from .errors import DeployError
+from .settings import (
+    SETTINGS_PLACEHOLDER,
+    app_beside,
+    import_module_of,
+    load_settings,
+    locate,
+    metadata_of,
+    settings_name,
+)
 
 TEMPLATES = files(__package__) / "templates"
 # What marks an env.py as ours (its one import), and one as Flask-Migrate's (how it finds the db).
@@ -69,6 +82,7 @@ def main(argv: list[str] | None = None) -> None:
 def init(root: Path, app: str) -> None:
     """Set the project at `root` up with `app` as flask_app: every refusal comes before the first write."""
     project = Project.inspect(root.resolve(), app.strip())
+    project.load_app()
     try:
         project.write_alembic_ini()
         project.write_migrations()
@@ -88,6 +102,10 @@ class Project:
     # Where a foreign env.py (Flask-Migrate's, Alembic's) is moved to, if there is one.
     old_env: Path | None = None
     flask_migrate: bool = False
+    # The config object the app uses, as flask_config, when init found it.
+    flask_config: str | None = None
+    # What init worked out about the app, said once the files are written.
+    findings: list[str] = field(default_factory=list)
 
     @classmethod
     def inspect(cls, root: Path, app: str) -> Project:
@@ -113,6 +131,26 @@ class Project:
                 )
         return project
 
+    def load_app(self) -> None:
+        """Load the app as every later command will (refusing what cannot load); a factory that needs
+        an argument gets the settings name; then look for the config object it uses."""
+        name = settings_name()
+        given = self.app
+        self.app = loadable_app(self.root, given, name)
+        if self.app != given:
+            self.findings.append(
+                f"flask_app = {self.app}: {given} needs an argument, so it is given the settings name "
+                "({settings}: $FLASK_CONFIG, else development); `flask --app` takes the same form"
+            )
+        found = config_object_in_use(self.root, self.app, name)
+        if found is not None:
+            self.flask_config, what = found
+            self.findings.append(
+                f"flask_config = {self.flask_config}: the {what} {self.app} reads its settings from; "
+                "upgrade, current, status... now read it without importing the models or building the app "
+                "(remove the line if your factory changes the database settings itself)"
+            )
+
     def show(self, path: Path) -> str:
         """`path` as the user sees it from the project's root; folders end with a slash."""
         shown = path.relative_to(self.root).as_posix() if path.is_relative_to(self.root) else str(path)
@@ -134,20 +172,22 @@ class Project:
         old_ini = self.scripts / "alembic.ini"
         old = old_settings(old_ini, self.show(self.scripts).rstrip("/")) if old_ini.is_file() else {}
         carried = {key: value for key, value in old.items() if key not in REPLACED_KEYS}
-        if not self.write(ini, alembic_ini(self.app, carried, self.show(old_ini))):
+        if not self.write(ini, alembic_ini(self.app, self.flask_config, carried, self.show(old_ini))):
             self.check_existing_ini(ini)
         elif old:
             print(f"carried over from {self.show(old_ini)} to alembic.ini: {', '.join(carried) or 'nothing'}")
             if replaced := [key for key in old if key in REPLACED_KEYS]:
                 print(f"not carried over: {', '.join(replaced)} (alembic.ini sets its own; the URL is the app's)")
         if old_ini.is_file():
-            print(f"kept {self.show(old_ini)} (no longer used: alembic.ini at the root replaces it)")
+            print(f"kept {self.show(old_ini)} (`flask db` reads it; `invoke db.*` reads alembic.ini at the root)")
 
     def check_existing_ini(self, ini: Path) -> None:
         """The user's own alembic.ini stays as it is: say what it needs."""
         settings = read_ini(ini)
         if not settings.get("alembic", "flask_app", fallback=""):
             print(f"add to alembic.ini [alembic]: flask_app = {self.app}")
+        if self.flask_config and not settings.get("alembic", "flask_config", fallback=""):
+            print(f"add to alembic.ini [alembic]: flask_config = {self.flask_config}")
         if settings.get("alembic", "sqlalchemy.url", fallback=""):
             print("note: alembic.ini's sqlalchemy.url is no longer used: the URL comes from the Flask settings")
 
@@ -178,11 +218,16 @@ class Project:
             print(f"add to {name}: {line}")
 
     def advise(self) -> None:
+        for finding in self.findings:
+            print(f"note: {finding}")
         gitignore = self.root / ".gitignore"
         if not (gitignore.is_file() and re.search(r"^/?instance/?\s*$", text_of(gitignore), re.MULTILINE)):
             print("note: add `instance/` to .gitignore: instance/<settings>.cfg holds production's secrets")
         if self.flask_migrate:
-            print("note: `flask db` no longer runs these migrations: `invoke db.*` does (drop Flask-Migrate at will)")
+            print(
+                "note: `flask db` keeps working (the new env.py takes the app and db that `flask` loaded), "
+                "so the team can move to `invoke db.*` one person at a time; drop Flask-Migrate at will"
+            )
         print("next: `invoke db.current` shows the development database's revision; `invoke --list` the tasks")
 
 
@@ -227,13 +272,158 @@ def old_settings(old_ini: Path, scripts: str) -> dict[str, str]:
     }
 
 
-def alembic_ini(app: str, carried: dict[str, str], source: str) -> str:
+def alembic_ini(app: str, flask_config: str | None, carried: dict[str, str], source: str) -> str:
     block = ""
     if carried:
         lines = [f"{key} = {value}".replace("\n", "\n    ") for key, value in carried.items()]
         block = "\n".join(["", f"# From {source}, which this file replaces:", *lines, ""])
+    if flask_config:
+        config_line = f"# init found the one your app uses:\nflask_config = {flask_config}"
+    else:
+        config_line = "# flask_config = yourapp.config:configs"
     # ConfigParser reads '%' as interpolation: a literal one is doubled.
-    return fill(template("alembic.ini"), flask_app=app.replace("%", "%%"), carried_over=block)
+    return fill(
+        template("alembic.ini"),
+        flask_app=app.replace("%", "%%"),
+        flask_config=config_line.replace("%", "%%"),
+        carried_over=block,
+    )
+
+
+def loadable_app(root: Path, app: str, name: str) -> str:
+    """`app`, or the form of it that loads: a factory that needs one argument is given the settings
+    name. A DeployError, saying what to write, when neither loads."""
+    try:
+        locate(app, name, root)
+        return app
+    except DeployError as failure:
+        factory = factory_needing_arguments(root, app)
+        if factory is None:
+            raise DeployError(f"--app {app!r} does not load, as every command would load it: {failure}") from None
+        module, function, required = factory
+        with_settings = f"{module}:{function}('{SETTINGS_PLACEHOLDER}')"
+        if len(required) > 1:
+            raise DeployError(
+                f"--app {app!r}: {function}() needs arguments ({', '.join(required)}): give them as for "
+                f"`flask --app`, e.g. --app \"{module}:{function}('{SETTINGS_PLACEHOLDER}', ...)\" "
+                f"({SETTINGS_PLACEHOLDER} is the settings name)"
+            ) from None
+    try:
+        locate(with_settings, name, root)
+    except DeployError as failure:
+        raise DeployError(
+            f"--app {app!r}: {function}() needs its {required[0]}, and with the settings name "
+            f"({with_settings}) it does not load either: {failure}"
+        ) from None
+    return with_settings
+
+
+def factory_needing_arguments(root: Path, app: str) -> tuple[str, str, list[str]] | None:
+    """(module as written, factory, its required parameters) when `app` names, or its module holds,
+    an app factory that cannot be called without arguments; else None."""
+    from flask import Flask
+
+    try:
+        module_name, attribute = import_module_of(app, root)
+    except DeployError:
+        return None
+    module = sys.modules[module_name]
+    if not attribute:
+        if any(isinstance(getattr(module, known, None), Flask) for known in ("app", "application")):
+            return None
+        # Flask's own order: create_app, then make_app.
+        attribute = next((f for f in ("create_app", "make_app") if inspect.isfunction(getattr(module, f, None))), "")
+    function = getattr(module, attribute, None) if attribute.isidentifier() else None
+    if not inspect.isfunction(function):
+        return None
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    parameters = inspect.signature(function).parameters.values()
+    required = [p.name for p in parameters if p.default is p.empty and p.kind in positional]
+    return (app.partition(":")[0], attribute, required) if required else None
+
+
+def config_object_in_use(root: Path, app: str, name: str) -> tuple[str, str] | None:
+    """(flask_config, what it is) for the config object the app reads its settings from, when one is
+    found that gives the same database settings as the app itself: a class that its factory takes
+    by default, a dict of config classes by settings name, or a config class beside the app."""
+    target = locate(app, name, root)
+    flask_app = app_beside(app, root) if metadata_of(target) is not None else target
+    if flask_app is None:
+        return None
+    module_name, attribute = import_module_of(app, root)
+    module = sys.modules[module_name]
+    factory = getattr(module, attribute.partition("(")[0].strip(), None) if attribute else None
+    if factory is None and not attribute:
+        factory = next((getattr(module, f) for f in ("create_app", "make_app") if hasattr(module, f)), None)
+    namespace = vars(module)
+    candidates: list = []
+    if inspect.isfunction(factory):
+        namespace = factory.__globals__
+        candidates += [p.default for p in inspect.signature(factory).parameters.values() if inspect.isclass(p.default)]
+    candidates += [value for value in namespace.values() if is_config_dict(value, name)]
+    # A module-level app's config class, by Flask's naming habit (Config, DevelopmentConfig...).
+    candidates += [
+        value for value in namespace.values() if inspect.isclass(value) and value.__name__.endswith("Config")
+    ]
+    tried: set[int] = set()
+    for found in candidates:
+        if id(found) in tried:
+            continue
+        tried.add(id(found))
+        path = import_path(found)
+        if path and same_database_settings(root, app, path, name):
+            return path, "dict of config classes" if isinstance(found, Mapping) else "config class"
+    return None
+
+
+def is_config_dict(value, name: str) -> bool:
+    """A dict of config classes by settings name, as in Flask's docs, that has `name`."""
+    return (
+        isinstance(value, Mapping)
+        and name in value
+        and all(isinstance(key, str) and inspect.isclass(item) for key, item in value.items())
+    )
+
+
+def import_path(found) -> str | None:
+    """`module:name` that imports `found`: a class where it is defined; a dict from the module that
+    defines its classes when that module holds it (importing only the config module), else from any."""
+    if inspect.isclass(found):
+        module = sys.modules.get(found.__module__)
+        if found.__module__ != "__main__" and getattr(module, found.__qualname__, None) is found:
+            return f"{found.__module__}:{found.__qualname__}"
+        return None
+    holders = [
+        (module_name, attribute)
+        for module_name, module in list(sys.modules.items())
+        if module is not None and module_name != "__main__"
+        for attribute, value in list(getattr(module, "__dict__", {}).items())
+        if value is found and not attribute.startswith("_")
+    ]
+    homes = {item.__module__ for item in found.values()}
+    holders.sort(key=lambda holder: (holder[0] not in homes, holder[0].count("."), holder))
+    return f"{holders[0][0]}:{holders[0][1]}" if holders else None
+
+
+def same_database_settings(root: Path, app: str, flask_config: str, name: str) -> bool:
+    """Whether `flask_config` gives the migrations what the built app gives them: the database URLs,
+    engine options and instance folder."""
+
+    def seen(settings) -> tuple:
+        config = settings.config
+        return (
+            config.get("SQLALCHEMY_DATABASE_URI") or None,
+            config.get("SQLALCHEMY_ALEMBIC_URI") or None,
+            dict(config.get("SQLALCHEMY_ENGINE_OPTIONS") or {}),
+            settings.instance_path,
+        )
+
+    try:
+        by_app = seen(load_settings(None, app, name, root))
+        by_object = seen(load_settings(flask_config, app, name, root))
+    except DeployError:
+        return False
+    return by_app[0] is not None and by_app == by_object
 
 
 def tasks_lines(namespace: str | None, own_tasks: list[str]) -> list[str]:

@@ -138,7 +138,7 @@ def load_settings(config_objects: str | None, app: str, name: str, root: Path) -
         config.from_object(config_object(config_objects, name))
     else:
         target = locate(app, name, root)
-        flask_app = app_beside(app, root) if _metadata_of(target) is not None else target
+        flask_app = app_beside(app, root) if metadata_of(target) is not None else target
         instance_path = Path(flask_app.instance_path) if flask_app is not None else root / "instance"
         config = Config(str(instance_path), flask_app.config if flask_app is not None else None)
     settings_file = instance_path / f"{name}.cfg"
@@ -166,7 +166,7 @@ def config_object(path: str, name: str) -> Any:
 def load_metadata(app: str, name: str, root: Path):
     """The MetaData of every model: from a Flask-SQLAlchemy `db` or MetaData, or from the app's."""
     target = locate(app, name, root)
-    found = _metadata_of(target)
+    found = metadata_of(target)
     if found is None:
         extension = target.extensions.get("sqlalchemy")
         if extension is None:
@@ -184,10 +184,10 @@ def locate(spec: str, name: str, root: Path) -> Any:
     Cached: one app per process and settings, however many times settings and models are asked for."""
     from flask.cli import NoAppException, locate_app
 
-    module_name, attribute = _module_of(spec.replace(SETTINGS_PLACEHOLDER, name), root)
+    module_name, attribute = import_module_of(spec.replace(SETTINGS_PLACEHOLDER, name), root)
     if attribute.isidentifier():
         found = getattr(sys.modules[module_name], attribute, None)
-        if _metadata_of(found) is not None:
+        if metadata_of(found) is not None:
             return found
     try:
         return locate_app(module_name, attribute or None)
@@ -206,14 +206,14 @@ def app_beside(spec: str, root: Path):
     """The Flask app in the module of a flask_app that names a `db`, as `flask` would find it there."""
     from flask.cli import NoAppException, find_best_app
 
-    module_name, _ = _module_of(spec, root)
+    module_name, _ = import_module_of(spec, root)
     try:
         return find_best_app(sys.modules[module_name])
     except NoAppException:
         return None
 
 
-def _module_of(spec: str, root: Path) -> tuple[str, str]:
+def import_module_of(spec: str, root: Path) -> tuple[str, str]:
     """Import the module part of `spec` (a dotted name or a file, relative to the project), as flask does."""
     from flask.cli import prepare_import
 
@@ -223,7 +223,7 @@ def _module_of(spec: str, root: Path) -> tuple[str, str]:
     return module_name, attribute
 
 
-def _metadata_of(target):
+def metadata_of(target):
     from sqlalchemy import MetaData
 
     if isinstance(target, MetaData):

@@ -17,6 +17,7 @@ from types import SimpleNamespace
 import pytest
 from alembic.script import ScriptDirectory
 from helpers import COPY_IGNORE, PASSWORD, REPO, STDIN_PASSWORD, Remote, Result, make_database, one_error_line, run
+from migration_tests import BUILT_IN, PYTEST_ALEMBIC, passed, run_migration_tests
 
 # Miguel Grinberg's microblog pins these.
 APP_PINS = ["alembic==1.12.1", "blinker==1.7.0", "Flask==3.0.0", "SQLAlchemy==2.0.23", "Flask-SQLAlchemy==3.1.1"]
@@ -64,6 +65,52 @@ BODY = "    body: so.Mapped[str | None] = so.mapped_column(sa.Text)\n"
 TAG = "    tag: so.Mapped[str | None] = so.mapped_column(sa.String(30))\n"
 # A setting a Flask-Migrate user may have made in migrations/alembic.ini: init carries it over.
 FILE_TEMPLATE = "file_template = %%(year)d_%%(rev)s_%%(slug)s"
+# The pytest a team on these pins runs pytest-alembic 0.13 with.
+APP_PYTEST = "pytest==8.4.2"
+
+# An app shaped like Flasky: a factory taking the settings name, a config dict in config.py at the root.
+FLASKY_APP = """from flask import Flask
+from flask_sqlalchemy import SQLAlchemy
+
+from config import config
+
+db = SQLAlchemy()
+
+
+def create_app(config_name):
+    app = Flask(__name__)
+    app.config.from_object(config[config_name])
+    db.init_app(app)
+    from app import models  # noqa: F401
+    return app
+"""
+FLASKY_CONFIG = """import os
+
+basedir = os.path.abspath(os.path.dirname(__file__))
+
+
+class Config:
+    SQLALCHEMY_TRACK_MODIFICATIONS = False
+
+
+class DevelopmentConfig(Config):
+    SQLALCHEMY_DATABASE_URI = "sqlite:///" + os.path.join(basedir, "data-dev.sqlite")
+
+
+class ProductionConfig(Config):
+    SQLALCHEMY_DATABASE_URI = os.environ.get("DATABASE_URL") or "sqlite:///" + os.path.join(basedir, "data.sqlite")
+
+
+config = {"development": DevelopmentConfig, "production": ProductionConfig, "default": DevelopmentConfig}
+"""
+FLASKY_MODELS = """from app import db
+
+
+class Role(db.Model):
+    __tablename__ = "roles"
+    id = db.Column(db.Integer, primary_key=True)
+    name = db.Column(db.String(64), unique=True)
+"""
 
 
 @dataclass
@@ -73,12 +120,12 @@ class Venv:
     def bin(self, name: str) -> str:
         return str(self.path / "bin" / name)
 
-    def run(self, tool: str, *args: str, cwd: Path, stdin: str | None = None) -> Result:
+    def run(self, tool: str, *args: str, cwd: Path, stdin: str | None = None, env: dict | None = None) -> Result:
         # DATABASE_URL, as a developer's shell might have it, must not move the app's database.
-        return run([self.bin(tool), *args], cwd, stdin, env={"DATABASE_URL": ""})
+        return run([self.bin(tool), *args], cwd, stdin, env={"DATABASE_URL": "", **(env or {})})
 
-    def ok(self, tool: str, *args: str, cwd: Path, stdin: str | None = None) -> Result:
-        result = self.run(tool, *args, cwd=cwd, stdin=stdin)
+    def ok(self, tool: str, *args: str, cwd: Path, stdin: str | None = None, env: dict | None = None) -> Result:
+        result = self.run(tool, *args, cwd=cwd, stdin=stdin, env=env)
         assert result.code == 0, result.output
         return result
 
@@ -112,6 +159,19 @@ def write_app(project: Path, *columns: str) -> Path:
     (package / "config.py").write_text(CONFIG)
     (package / "models.py").write_text(MODELS + "".join(columns))
     return project
+
+
+def write_flasky(project: Path, factory: str = FLASKY_APP) -> Path:
+    (project / "app").mkdir(parents=True, exist_ok=True)
+    (project / "app" / "__init__.py").write_text(factory)
+    (project / "app" / "models.py").write_text(FLASKY_MODELS)
+    (project / "config.py").write_text(FLASKY_CONFIG)
+    return project
+
+
+def imported_by(result: Result) -> set[str]:
+    """The modules a command run with PYTHONPROFILEIMPORTTIME=1 imported."""
+    return {line.split("|")[-1].strip() for line in result.err.splitlines() if line.startswith("import time:")}
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +225,7 @@ def test_taking_over_a_flask_migrate_project(venv, flask_migrate_app, tmp_path, 
     for line in [
         "wrote alembic.ini",
         "carried over from migrations/alembic.ini to alembic.ini: file_template",
-        "kept migrations/alembic.ini (no longer used: alembic.ini at the root replaces it)",
+        "kept migrations/alembic.ini (`flask db` reads it; `invoke db.*` reads alembic.ini at the root)",
         "moved migrations/env.py -> migrations/env.py.flask-migrate",
         "wrote migrations/env.py",
         "kept migrations/script.py.mako (exists)",
@@ -175,10 +235,14 @@ def test_taking_over_a_flask_migrate_project(venv, flask_migrate_app, tmp_path, 
         "wrote fabric.yaml",
     ]:
         assert line in result.out.splitlines(), result.out
-    assert "`flask db` no longer runs these migrations" in result.out
+    assert "`flask db` keeps working" in result.out
     assert "extensions['migrate']" in (project / "migrations" / "env.py.flask-migrate").read_text()
     assert contents(project / "migrations" / "versions") == versions
-    assert "flask_app = notebook:create_app" in (project / "alembic.ini").read_text()
+    ini = (project / "alembic.ini").read_text().splitlines()
+    # The default config class of create_app(config_class=Config) is found: the fast path is the default.
+    assert {"flask_app = notebook:create_app", "flask_config = notebook.config:Config"} <= set(ini)
+    found = "note: flask_config = notebook.config:Config: the config class"
+    assert any(line.startswith(found) for line in result.out.splitlines()), result.out
 
     # Flask-Migrate left the development database at its second revision: the history goes on from there.
     assert venv.ok("invoke", "db.current", cwd=project).out.startswith(history[1])
@@ -221,6 +285,59 @@ def test_taking_over_a_flask_migrate_project(venv, flask_migrate_app, tmp_path, 
     assert "tag" in {row[0] for row in database.query("SHOW COLUMNS FROM note")}
 
 
+def test_flask_db_keeps_working_beside_the_tasks_after_the_takeover(venv, flask_migrate_app, tmp_path):
+    """A team moves over one person at a time: Flask-Migrate's CLI and the tasks share one history."""
+    project = tmp_path / "project"
+    shutil.copytree(flask_migrate_app, project)
+    history = revisions(project)
+    venv.init_ok(project)
+    flask = ["--app", "notebook", "db"]
+    assert history[1] in venv.ok("flask", *flask, "current", cwd=project).out
+    write_app(project, BODY, TAG)
+    venv.ok("flask", *flask, "migrate", "-m", "add tags", cwd=project)
+    head = revisions(project)[-1]
+    assert revisions(project) == [*history, head]
+    (written,) = (project / "migrations" / "versions").glob("*add_tags.py")
+    assert "batch_op.add_column(sa.Column('tag'" in written.read_text()
+    venv.ok("flask", *flask, "upgrade", cwd=project)
+    assert "tag" in columns(project)
+    assert venv.ok("invoke", "db.current", cwd=project).out.startswith(head)
+    venv.ok("invoke", "db.downgrade", cwd=project)
+    assert history[1] in venv.ok("flask", *flask, "current", cwd=project).out
+    assert "tag" not in columns(project)
+
+
+def test_pytest_alembics_built_in_tests_pass_on_a_taken_over_app(venv, flask_migrate_app, tmp_path):
+    """The migration tests a Flask-Migrate team runs in CI (pytest-alembic, pytest 8) keep passing."""
+    project = tmp_path / "project"
+    shutil.copytree(flask_migrate_app, project)
+    venv.init_ok(project)
+    venv.ok("pip", "install", "-q", APP_PYTEST, PYTEST_ALEMBIC, cwd=project)
+    result = run_migration_tests(venv.bin("python"), project, env={"DATABASE_URL": ""})
+    assert passed(result) == BUILT_IN, result.output
+
+
+def test_init_gives_a_factory_that_needs_the_settings_name_its_argument(venv, tmp_path):
+    """create_app(config_name) and a config dict, as in Flasky: init writes the flask_app that loads
+    and the config dict as flask_config; commands that need no models then neither import them nor
+    build the app."""
+    project = write_flasky(tmp_path / "flasky")
+    result = venv.ok("python", "-m", "deploy", "init", "--app", "app:create_app", cwd=project)
+    ini = (project / "alembic.ini").read_text().splitlines()
+    assert {"flask_app = app:create_app('{settings}')", "flask_config = config:config"} <= set(ini), result.out
+    notes = [line for line in result.out.splitlines() if line.startswith("note: flask_")]
+    assert notes[0].startswith("note: flask_app = app:create_app('{settings}'): app:create_app needs an argument")
+    assert notes[1].startswith("note: flask_config = config:config: the dict of config classes")
+    venv.ok("invoke", "db.revision", "-m", "create roles", cwd=project)
+    venv.ok("invoke", "db.upgrade", cwd=project)
+    current = venv.ok("invoke", "db.current", cwd=project, env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert current.out.startswith(revisions(project)[-1])
+    assert (project / "data-dev.sqlite").is_file()  # the config dict's URL, as the app itself has it
+    imported = imported_by(current)
+    assert "alembic" in imported  # the probe works...
+    assert not {"app.models", "flask_sqlalchemy"} & imported  # ...and neither the models nor the app were loaded
+
+
 def test_the_postgresql_extra_migrates_a_postgresql_production_database(venv, tmp_path, pg_database):
     """`pip install flask-schema-deploy[postgresql]` brings psycopg: the installed suite upgrades a
     PostgreSQL database with the password typed (here piped), its backup by pg_dump included."""
@@ -256,7 +373,23 @@ def not_a_directory(project: Path) -> tuple[list[str], str]:
     return ["--app", "notebook:create_app", "--dir", "nowhere"], "nowhere is not a directory"
 
 
-@pytest.mark.parametrize("case", [own_deploy_package, own_deploy_module, no_app, not_a_directory])
+def an_app_that_does_not_load(project: Path) -> tuple[list[str], str]:
+    return ["--app", "notebook:make_app"], "--app 'notebook:make_app' does not load, as every command would load it:"
+
+
+def a_factory_of_two_arguments(project: Path) -> tuple[list[str], str]:
+    write_flasky(project, FLASKY_APP.replace("def create_app(config_name):", "def create_app(config_name, region):"))
+    return ["--app", "app:create_app"], (
+        "--app 'app:create_app': create_app() needs arguments (config_name, region): give them as for "
+        "`flask --app`, e.g. --app \"app:create_app('{settings}', ...)\""
+    )
+
+
+REFUSALS = [own_deploy_package, own_deploy_module, no_app, not_a_directory]
+REFUSALS += [an_app_that_does_not_load, a_factory_of_two_arguments]
+
+
+@pytest.mark.parametrize("case", REFUSALS)
 def test_init_refuses_in_one_line_and_writes_nothing(venv, tmp_path, case):
     project = write_app(tmp_path / "project")
     args, fragment = case(project)
