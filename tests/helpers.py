@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pexpect
-from servers import MariaDB, PostgreSQL, SSHServer
+from servers import MariaDB, PostgreSQL, SSHServer, server_environment
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -43,8 +43,9 @@ class Result:
 def environment(**extra: str) -> dict[str, str]:
     """This process's environment for a tool under test, plus `extra`.
 
-    The settings switch comes from the test alone, never from the developer's shell."""
-    return {**{key: value for key, value in os.environ.items() if key != "FLASK_CONFIG"}, **extra}
+    The settings switch comes from the test alone, never from the developer's shell; so does the
+    locale, in which the tools (and the clients they run) word and encode their messages."""
+    return {**{key: value for key, value in server_environment().items() if key != "FLASK_CONFIG"}, **extra}
 
 
 def run(argv: list[str], cwd: Path, stdin: str | bytes | None = None, env: dict | None = None) -> Result:

@@ -14,6 +14,7 @@ Plain module: standard library plus PyMySQL and psycopg, no pytest imports.
 from __future__ import annotations
 
 import atexit
+import functools
 import glob
 import grp
 import os
@@ -46,6 +47,25 @@ SSHD_PRIVSEP_DIR = pathlib.Path("/run/sshd")
 
 # AF_UNIX socket paths are limited to 108 bytes including the NUL terminator.
 _MAX_UNIX_SOCKET_PATH = 107
+
+
+@functools.cache
+def utf8_locale() -> str:
+    """A UTF-8 locale every glibc machine of this kind has (C.UTF-8, glibc 2.35+ and Debian's), else C."""
+    try:
+        names = subprocess.run(["locale", "-a"], capture_output=True, text=True, check=False, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return "C"
+    return "C.UTF-8" if {"C.utf8", "C.UTF-8"} & set(names.split()) else "C"
+
+
+def server_environment(**extra: str) -> dict[str, str]:
+    """The environment of a server or its set-up tool: the caller's locale (LANG, LANGUAGE, LC_*) stays
+    behind. A server's language and encoding come from its own settings, never from whoever started the
+    tests: a caller's LANGUAGE overrides lc_messages, and a C locale turns translated words into `?`."""
+    kept = {name: value for name, value in os.environ.items() if name not in ("LANG", "LANGUAGE")}
+    kept = {name: value for name, value in kept.items() if not name.startswith("LC_")}
+    return {**kept, "LANG": utf8_locale(), **extra}
 
 
 def free_port() -> int:
@@ -145,7 +165,11 @@ class _ManagedServer:
             raise RuntimeError(f"{self.name} is already running (pid {self.pid})")
         with open(log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [*self.argv_prefix, *argv], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env
+                [*self.argv_prefix, *argv],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env or server_environment(),
             )
         _LIVE.add(self)
 
@@ -154,7 +178,13 @@ class _ManagedServer:
         with open(log_path, "ab") as log:
             try:
                 result = subprocess.run(
-                    argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, timeout=timeout, cwd=cwd
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    timeout=timeout,
+                    cwd=cwd,
+                    env=server_environment(),
                 )
             except subprocess.TimeoutExpired:
                 raise ServerStartError(f"{what} timed out after {timeout:.0f}s.\n{self._log_tails()}") from None
@@ -508,6 +538,7 @@ class PostgreSQL(_ManagedServer):
         # The socket sits in the data directory (0700): no one else's socket directory is touched.
         self.socket_dir = self.datadir
         self.lc_messages = lc_messages
+        self.ctype = utf8_locale()
         # glibc looks for locales here first (LOCPATH) when the machine has not installed lc_messages.
         self.locale_dir = self.cluster_dir / "locales"
 
@@ -529,7 +560,9 @@ class PostgreSQL(_ManagedServer):
             f"--pgdata={self.datadir}",
             f"--username={self.SUPERUSER}",
             "--encoding=UTF8",
-            "--no-locale",
+            # A UTF-8 ctype, whatever the caller's locale: a server's translated messages (lc_messages)
+            # are then UTF-8 in every session, as they are in production.
+            *(["--no-locale", f"--lc-ctype={self.ctype}"] if self.ctype != "C" else ["--no-locale"]),
             "--auth=trust",
             "--no-sync",
         ]
@@ -610,7 +643,7 @@ class PostgreSQL(_ManagedServer):
             self._bootstrap("localedef", argv, self.initdb_log_path, timeout)
             for path in [self.locale_dir, *self.locale_dir.rglob("*")]:
                 path.chmod(0o755 if path.is_dir() else 0o644)  # the server's user reads them
-        return {**os.environ, "LOCPATH": str(self.locale_dir)}
+        return server_environment(LOCPATH=str(self.locale_dir))
 
     def _signal_and_wait(self, sig: int, timeout: float) -> None:
         # postgres reads SIGTERM as "smart" shutdown, which waits for every client to leave;

@@ -8,9 +8,10 @@ import socket
 from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 import pymysql
 import pytest
-from servers import MariaDB, ServerStartError, SSHServer, free_port
+from servers import MariaDB, PostgreSQL, ServerStartError, SSHServer, free_port
 
 # Every character that breaks naive DSN/URL/shell/SQL quoting, plus a trailing space.
 ODD_PASSWORD = "p@ss:w/rd %x #y ?z 'q "
@@ -274,3 +275,29 @@ def test_sshd_kill_and_restart(sshd: SSHServer, tmp_path: pathlib.Path) -> None:
     assert sshd.known_hosts_line() == line  # same host key and port
     client = _ssh_connect(sshd, tmp_path)
     client.close()
+
+
+@pytest.mark.parametrize(
+    "caller_locale",
+    [{"LANGUAGE": "en"}, {"LC_ALL": "C"}, {"LANG": "C", "LC_MESSAGES": "C"}],
+    ids=["LANGUAGE", "LC_ALL", "LANG"],
+)
+def test_a_postgresql_speaks_its_own_lc_messages_whatever_the_callers_locale(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, caller_locale: dict[str, str]
+) -> None:
+    """The run must not depend on who starts it: a German server answers in German, umlauts intact."""
+    for name in ("LANG", "LANGUAGE", "LC_ALL", "LC_MESSAGES", "LC_CTYPE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in caller_locale.items():
+        monkeypatch.setenv(name, value)
+    with PostgreSQL(tmp_path / "de", lc_messages="de_DE.UTF-8") as server:
+        server.create_user("reader", APP_PASSWORD)
+        server.execute("CREATE TABLE posts (id int)")
+        with (
+            psycopg.connect(
+                host=server.host, port=server.port, user="reader", password=APP_PASSWORD, dbname="postgres"
+            ) as connection,
+            pytest.raises(psycopg.errors.InsufficientPrivilege) as refused,
+        ):
+            connection.execute("ALTER TABLE posts ADD COLUMN extra text")
+    assert "Eigentümer der Tabelle posts" in str(refused.value)
