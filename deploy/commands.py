@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -214,6 +215,9 @@ def migrate(
     safety.check_single_head(head_revisions)
     if expect_head:
         safety.check_expected_head(head_revisions, expect_head)
+    check_resolved(project)
+    if needs_password(project.settings.migration_url) and (there := already_there(project, target, downgrade)):
+        return there
     url = project.migration_url_with_password()
     guards = project.guards
     verb = "downgrade" if downgrade else "upgrade"
@@ -255,6 +259,44 @@ def migrate(
     return Migration(describe(url), len(steps), now)
 
 
+def already_there(project: Project, target: str, downgrade: bool) -> Migration | None:
+    """The database already at `target`, as the application's user reads it (as `fab` reads it):
+    then no password is asked for. None when there is work to do, or the read cannot tell."""
+    url = project.settings.database_url
+    with ExitStack() as stack:
+        try:
+            connection = stack.enter_context(project.connect(url))
+        except DeployError:
+            return None  # the migration user's connection says what is wrong, if anything
+        with translate_errors(url):
+            current = project.check_ready(connection)
+    steps = alembic_ops.plan(project.alembic, current, target, downgrade)
+    if steps or alembic_ops.target_behind(project.alembic, current, target, steps, downgrade):
+        return None
+    migration_url = project.settings.migration_url
+    return Migration(describe(migration_url), 0, alembic_ops.label(project.alembic, current_of(current)))
+
+
+def check_resolved(project: Project) -> None:
+    """Refuse to migrate on top of a revision a run left half applied, until a restore or a stamp
+    has said what the schema is: a downgrade would undo the revision before it and orphan the
+    leftovers, an upgrade would fail on them."""
+    database = describe(project.settings.migration_url)
+    run = runlog.unresolved(project.settings.instance_path, database)
+    if run is None:
+        return
+    left = run.left or {}
+    revision = left.get("revision", "?")
+    out = diagnosis.ways_out(
+        project.command, left.get("finished", revision), left.get("before", "?"), left.get("backup")
+    )
+    raise DeployError(
+        f"{database} has a revision left half applied by {run.command} ({run.user}@{run.host}, {run.started}): "
+        f"{left.get('summary', revision)}; nothing is migrated until that is resolved: {out} "
+        f"(the restore or the stamp resolves it)"
+    )
+
+
 def check_risks(project: Project, url: URL, revisions: list[str], progress) -> None:
     """Risky operations in what is about to run: refused in production, shown in development."""
     found = lint.lint(project.alembic, revisions, url.get_backend_name())
@@ -291,21 +333,15 @@ def run_steps(project, connection, url, steps, target, downgrade, cancellation, 
         # target names where to stop, so the rest runs in one call.
         destination = (step.down_revision or "base") if downgrade else step.revision
         merge = isinstance(destination, tuple)
+        trail = diagnosis.Trail()
         try:
-            alembic_ops.migrate(project.alembic, connection, target if merge else destination, downgrade)
+            with diagnosis.watching(connection) as trail:
+                alembic_ops.migrate(project.alembic, connection, target if merge else destination, downgrade)
             connection.commit()
         except KeyboardInterrupt:
-            raise DeployError(
-                f"aborted during revision {alembic_ops.label(project.alembic, step.revision)}: "
-                f"{half_applied(project, url, step.revision, backup)}"
-            ) from None
-        except timeouts.GaveWay as exc:
-            now = alembic_ops.label(project.alembic, current_of(alembic_ops.current_heads(connection)))
-            raise DeployError(f"{exc}; the database is at {now}") from None
-        except DeployError:
-            raise
+            raise migration_failed(project, connection, url, None, target, downgrade, backup, trail, step) from None
         except Exception as exc:
-            raise migration_failed(project, connection, url, exc, target, downgrade, backup) from None
+            raise migration_failed(project, connection, url, exc, target, downgrade, backup, trail, step) from None
         if merge:
             return len(steps)
         done += 1
@@ -332,56 +368,75 @@ def sql(project: Project, target: str, downgrade: bool = False) -> str:
     return alembic_ops.run_captured(command_function, project.alembic, f"{start}:{end or 'base'}", sql=True)
 
 
-def half_applied(project: Project, url: URL, revision: str, backup: backups.Backup | None) -> str:
-    """What a cut-off revision left behind, read from the live schema, and the ways out."""
-    ways_out = f"finish it by hand and `{project.command('stamp')} {revision}`"
-    if backup is not None:
-        ways_out = f"restore the backup just taken (`{project.command('restore')} {backup.path.name}`) or {ways_out}"
-    try:
-        # A fresh connection: the failed one may be dead, or inside an aborted transaction.
-        with project.connect(url) as fresh:
-            found = diagnosis.diagnose(fresh, project.alembic, revision)
-    except Exception:
-        return f"it may be half applied; `{project.command('status')}` shows where the database is; {ways_out}"
-    if not found.half_applied:
-        return f"{found.summary()}"
-    return f"{found.summary()}; ways out: {ways_out}"
-
-
 def migration_failed(
     project: Project,
     connection: Connection,
     url: URL,
-    exc: Exception,
+    exc: Exception | None,
     target: str,
     downgrade: bool,
-    backup: backups.Backup | None = None,
+    backup: backups.Backup | None,
+    trail: diagnosis.Trail,
+    step,
 ) -> DeployError:
-    """Name the revision that failed, the one the database is left at, and what the failed one left behind."""
-    if hasattr(exc, "orig"):
-        reason = explain(exc, url)
+    """Name the revision that failed (`exc`) or was aborted (None), the one the database is left at,
+    what the failed one left behind, as the run followed it, and the ways out."""
+    if exc is None:
+        what = "was aborted"
+    elif hasattr(exc, "orig"):
+        what = f"failed: {explain(exc, url)}"
+    elif isinstance(exc, DeployError):
+        what = f"failed: {exc}"
     else:
-        reason = " ".join([type(exc).__name__ + ":", *str(exc).splitlines()[:1]])
+        what = f"failed: {' '.join([type(exc).__name__ + ':', *str(exc).splitlines()[:1]])}"
+    transactional = alembic_ops.transactional_ddl(connection)
     try:
-        connection.rollback()
-        now = alembic_ops.current_heads(connection)
-        failed = alembic_ops.plan(project.alembic, now, target, downgrade)[0].revision
+        if exc is None:  # the connection may be cut off mid-statement: read on a fresh one
+            with project.connect(url) as fresh:
+                now = alembic_ops.current_heads(fresh)
+        else:
+            connection.rollback()
+            now = alembic_ops.current_heads(connection)
+        failed = alembic_ops.plan(project.alembic, now, target, downgrade)[0]
     except Exception:
+        now, failed = None, step
+    label = alembic_ops.label(project.alembic, failed.revision)
+    if now is None:
+        where = f"where the database is cannot be read: run `{project.command('status')}`"
+    else:
+        where = f"the database is at {alembic_ops.label(project.alembic, current_of(now))}"
+    head = f"revision {label} {what}; {where}"
+    if transactional:
         return DeployError(
-            f"a migration failed ({reason}); run `{project.command('status')}` to see where the database is"
-        )
-    # Without transactional DDL (MariaDB, MySQL, SQLite), a failed revision may have left some of its work.
-    if alembic_ops.transactional_ddl(connection):
-        left = (
-            "; it was rolled back whole, none of it is in the live schema"
+            f"{head}; it was rolled back whole, none of it is in the live schema"
             " (but for what an autocommit_block in it committed on its own)"
         )
-    else:
-        left = f"; {half_applied(project, url, failed, backup)}"
-    return DeployError(
-        f"revision {alembic_ops.label(project.alembic, failed)} failed: {reason}; "
-        f"the database is at {alembic_ops.label(project.alembic, current_of(now))}{left}"
-    )
+    # Without transactional DDL (MariaDB, MySQL, SQLite), a failed revision may have left some of its work.
+    planned = None
+    if not downgrade:  # the lint reads upgrade() offline: the operations after the failing one are named
+        try:
+            planned = [
+                lint.name(op) for op in lint.operations(project.alembic, failed.revision, url.get_backend_name())
+            ]
+        except DeployError:
+            planned = None
+    left = diagnosis.left_by(trail, failed.revision, planned, aborted=exc is None)
+    if not left.half_applied and now is not None:
+        return DeployError(
+            f"{head}; {left.summary()}: nothing of it is in the database; "
+            f"fix it, then run `{project.command('downgrade' if downgrade else 'upgrade')}` again"
+        )
+    down = failed.down_revision
+    finished = (target if isinstance(down, tuple) else down or "base") if downgrade else failed.revision
+    record = {
+        "revision": failed.revision,
+        "summary": left.summary(),
+        "finished": finished,
+        "before": current_of(now) or "base" if now is not None else "?",
+        "backup": backup.path.name if backup is not None else None,
+    }
+    out = diagnosis.ways_out(project.command, finished, record["before"], record["backup"])
+    return runlog.HalfApplied(f"{head}; {left.summary()}; {out}", record)
 
 
 def stamp(project: Project, revision: str) -> str:
@@ -495,11 +550,18 @@ def status(project: Project, target: str = "head", downgrade: bool = False) -> S
         target_behind=pending is not None and alembic_ops.target_behind(config, found, target, pending, downgrade),
         unstamped_tables=[] if found else tables,
         base=alembic_ops.base(config),
-        last_run=str(last)
-        if (last := runlog.last_run(project.settings.instance_path, describe(migration_url)))
-        else None,
+        last_run=last_run(project.settings.instance_path, describe(migration_url)),
         risks=findings,
     )
+
+
+def last_run(instance_path: Path, database: str) -> str | None:
+    """The last run on `database`, or the one that left a revision half applied while unresolved."""
+    pending = runlog.unresolved(instance_path, database)
+    if pending is not None:
+        return f"{pending}; unresolved: upgrades and downgrades refuse until a restore or a stamp"
+    last = runlog.last_run(instance_path, database)
+    return str(last) if last else None
 
 
 def current_of(heads: tuple[str, ...]) -> str | None:

@@ -100,6 +100,8 @@ def upgrade(
         switches = (to, expect_head, sql, yes, allow_risky, no_backup, ignore_transactions, conversation)
         forking.run_each(c, fleet, lambda: upgrade.body(c, *switches), partial(warm_up, c))
     opened = project(c, allow_risky=allow_risky, no_backup=no_backup, ignore_transactions=ignore_transactions)
+    if not sql:
+        commands.check_resolved(opened)  # before the status: under fab, the laptop relays the refusal
     if conversation:
         told = commands.status(opened, to)
         if not await_go(told):
@@ -128,6 +130,8 @@ def upgrade(
 def downgrade(c, to="-1", confirmed=False, sql=False, no_backup=False, ignore_transactions=False, conversation=False):
     """Downgrade the database one revision, or to --to REV."""
     opened = project(c, no_backup=no_backup, ignore_transactions=ignore_transactions)
+    if not sql:
+        commands.check_resolved(opened)  # before the status and the typed name
     if not agreed(opened, conversation, to, downgrade=True):
         return
     if sql:

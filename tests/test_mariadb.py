@@ -140,9 +140,131 @@ def test_failing_migration_on_mariadb_reports_where_it_stopped(production, datab
     line = one_error_line(upgrade(production, "--allow-risky"))
     assert "revision broken" in line and f"the database is at {HEAD} (add tags)" in line
     assert database.version() == HEAD
-    # What it left behind, from the live schema, and the ways out: the backup taken first, or by hand.
-    assert "create_table extra" in line and "in the live schema" in line
+    # What it left behind, as the run saw it, and the ways out: the backup taken first, or by hand.
+    assert "revision broken is half applied: 1 operation applied (create_table extra)" in line
+    assert "failed, so not applied: execute SELECT * FROM no_such_table" in line
     assert "`invoke db.restore " in line and "`invoke db.stamp broken`" in line
+    assert f"`invoke db.stamp {HEAD}`" in line  # or undo what it applied and record the revision before
+
+
+# -- a revision that fails part way ---------------------------------------------------------------
+
+TWO_COLUMNS = (
+    "op.add_column('posts', sa.Column('summary', sa.String(50))); "
+    "op.add_column('posts', sa.Column('legacy', sa.String(20)))"
+)
+
+
+def half_applied(production, database) -> str:
+    """A revision whose second add_column fails: its column existed before (added by hand, say).
+    The first column is applied, the second is not, and no column proves otherwise."""
+    assert upgrade(production).code == 0
+    database.query("ALTER TABLE posts ADD COLUMN legacy VARCHAR(20)")
+    production.add_revision("twocols", HEAD, upgrade=TWO_COLUMNS)
+    return one_error_line(upgrade(production))
+
+
+def test_a_revision_whose_failing_column_existed_before_is_half_applied_not_fully(production, database):
+    line = half_applied(production, database)
+    assert "revision twocols (twocols) failed: " in line and "Duplicate column name 'legacy'" in line
+    assert (
+        "revision twocols is half applied: 1 operation applied (add_column posts.summary); "
+        "failed, so not applied: add_column posts.legacy" in line
+    )
+    assert "fully applied" not in line
+    backup = sorted((production.path / "instance" / "backups").glob("*.sql.gz"))[-1].name
+    assert f"ways out: restore the backup taken before it (`invoke db.restore {backup}`)" in line
+    assert "`invoke db.stamp twocols`" in line and f"`invoke db.stamp {HEAD}`" in line
+    assert database.version() == HEAD
+
+
+def test_a_half_applied_revision_is_diagnosed_from_the_operation_that_raised(production, database):
+    # A batch block runs its operations when it ends; the one that fails names the others as never run.
+    assert upgrade(production).code == 0
+    production.add_revision(
+        "batched",
+        HEAD,
+        upgrade="op.create_table('notes', sa.Column('id', sa.Integer, primary_key=True))\n"
+        "    with op.batch_alter_table('posts') as batch_op:\n"
+        "        batch_op.drop_column('no_such_column')\n"
+        "        batch_op.add_column(sa.Column('later', sa.Integer))\n"
+        "    op.create_index('ix_notes_id', 'notes', ['id'])",
+    )
+    line = one_error_line(upgrade(production, "--allow-risky"))
+    assert (
+        "revision batched is half applied: 1 operation applied (create_table notes); "
+        "failed, so not applied: drop_column posts.no_such_column; "
+        "never ran: add_column posts.later, create_index notes.ix_notes_id;" in line
+    ), line
+
+
+def test_nothing_applied_says_so_with_its_way_out(production, database):
+    assert upgrade(production).code == 0
+    database.query("ALTER TABLE posts ADD COLUMN summary VARCHAR(50)")
+    production.add_revision("twocols", HEAD, upgrade=TWO_COLUMNS)
+    line = one_error_line(upgrade(production))
+    assert (
+        "revision twocols is not applied: 0 operations applied; failed, so not applied: add_column posts.summary"
+        in line
+    )
+    assert "never ran: add_column posts.legacy" in line
+    assert "nothing of it is in the database; fix it, then run `invoke db.upgrade` again" in line
+    # Nothing half done: the next upgrade is not refused, it fails the same way.
+    again = one_error_line(upgrade(production))
+    assert "Duplicate column name 'summary'" in again and "left half applied" not in again
+
+
+def test_a_half_applied_revision_blocks_upgrade_and_downgrade_until_resolved(production, database):
+    half_applied(production, database)
+    env = {"FLASK_CONFIG": "production"}
+    # Refused before any question: no name, no password, nothing changed.
+    for args in (("db.upgrade", "--yes"), ("db.downgrade",), ("db.downgrade", "--confirmed")):
+        line = one_error_line(production.invoke(*args, env=env))
+        assert "has a revision left half applied by db.upgrade" in line, line
+        assert "revision twocols is half applied: 1 operation applied (add_column posts.summary)" in line
+        assert "nothing is migrated until that is resolved: ways out: restore the backup" in line
+        assert "(the restore or the stamp resolves it)" in line
+    assert database.version() == HEAD and "summary" in columns(database, "posts")
+    status = production.invoke("db.status", env=env)
+    assert "unresolved: upgrades and downgrades refuse until a restore or a stamp" in status.out, status.output
+    # --sql changes nothing: it still shows what finishing by hand would run.
+    assert "ALTER TABLE posts ADD COLUMN legacy" in production.invoke("db.upgrade", "--sql", env=env).out
+    # Undone by hand, then recorded: the stamp resolves it, and the fixed revision goes through.
+    database.query("ALTER TABLE posts DROP COLUMN summary")
+    stamped = production.invoke("db.stamp", HEAD, stdin=PASSWORD + "\n", env=env)
+    assert stamped.code == 0, stamped.output
+    production.add_revision("twocols", HEAD, upgrade="op.add_column('posts', sa.Column('summary', sa.String(50)))")
+    result = upgrade(production)
+    assert result.code == 0, result.output
+    assert database.version() == "twocols"
+
+
+def test_a_restore_resolves_a_half_applied_revision(production, database):
+    line = half_applied(production, database)
+    backup = line.split("`invoke db.restore ", 1)[1].split("`", 1)[0]
+    env = {"FLASK_CONFIG": "production"}
+    restored = production.invoke("db.restore", backup, stdin=f"{database.name}\n{PASSWORD}\n", env=env)
+    assert restored.code == 0, restored.output
+    assert "summary" not in columns(database, "posts")
+    assert "unresolved" not in production.invoke("db.status", env=env).out
+    production.add_revision("twocols", HEAD, upgrade="op.add_column('posts', sa.Column('summary', sa.String(50)))")
+    assert upgrade(production).code == 0
+    assert database.version() == "twocols"
+
+
+def test_an_upgrade_with_nothing_to_do_asks_no_password(production, database):
+    assert upgrade(production).code == 0
+    # No standard input at all: the status is read with the application's user first, as fab does.
+    result = production.invoke("db.upgrade", env={"FLASK_CONFIG": "production"})
+    assert result.code == 0, result.output
+    assert (
+        f"{database.migration_user}@127.0.0.1:{database.server.port}/{database.name} is already at {HEAD}" in result.out
+    )
+    assert "nothing to do" in result.out and "Password" not in result.output
+
+
+def columns(database, table: str) -> set[str]:
+    return {row[0] for row in database.query(f"SHOW COLUMNS FROM {table}")}
 
 
 def test_a_production_downgrade_wants_the_database_name(production, database):

@@ -165,6 +165,11 @@ def test_a_revision_that_fails_part_way_leaves_the_schema_exactly_as_before(prod
 def test_the_failure_says_the_revision_was_rolled_back_whole(production, database):
     _, line = failed_part_way(production, database)
     assert "rolled back whole" in line
+    # Nothing was left half applied, so nothing waits to be resolved: the fixed revision goes through.
+    assert "unresolved" not in production.invoke("db.status", env={"FLASK_CONFIG": "production"}).out
+    production.add_revision("broken", HEAD, upgrade="op.add_column('posts', sa.Column('subtitle', sa.String(50)))")
+    ok(upgrade(production))
+    assert database.version() == "broken"
 
 
 def test_a_second_migration_is_refused_naming_the_holder(production, database):

@@ -428,3 +428,32 @@ def test_the_typed_name_confirms_only_when_exact_at_a_real_terminal(checkout, da
         child.close(force=True)
     assert child.exitstatus == 0, child.before
     assert database.version() == POSTS
+
+
+# -- a half-applied revision, through fab ----------------------------------------------------------
+
+
+def test_fab_relays_the_servers_refusal_to_migrate_over_a_half_applied_revision(remote):
+    remote.upgrade()
+    remote.database.query("ALTER TABLE posts ADD COLUMN legacy VARCHAR(20)")  # there before the revision
+    remote.add_revision(
+        "twocols00001",
+        "op.add_column('posts', sa.Column('summary', sa.String(50)))\n    "
+        "op.add_column('posts', sa.Column('legacy', sa.String(20)))",
+    )
+    failed = refused(remote.fab("prod", "db.upgrade", "--yes", stdin=STDIN_PASSWORD), "Duplicate column name")
+    assert "1 operation applied (add_column posts.summary); failed, so not applied: add_column posts.legacy" in failed
+    assert "`fab prod db.restore " in failed and "`fab prod db.stamp twocols00001`" in failed
+    # The server refuses before its status: no question is asked here, nothing changes there.
+    for args in (("prod", "db.upgrade", "--yes"), ("prod", "db.downgrade", "--to=-1")):
+        line = remote.refuses("has a revision left half applied by db.upgrade", args=args)
+        assert line.startswith("error: prod: ") and "`fab prod db.restore " in line
+        assert "`fab prod db.stamp twocols00001`" in line and f"`fab prod db.stamp {HEAD}`" in line
+    status = remote.fab("prod", "db.status")
+    assert "unresolved: upgrades and downgrades refuse until a restore or a stamp" in status.out, status.output
+    # Finished by hand, then recorded: the stamp resolves it.
+    remote.database.query("ALTER TABLE posts MODIFY legacy VARCHAR(20)")
+    stamped = remote.fab("prod", "db.stamp", "twocols00001", stdin=f"{remote.database.name}\n{PASSWORD}\n")
+    assert stamped.code == 0, stamped.output
+    assert "unresolved" not in remote.fab("prod", "db.status").out
+    assert "is already at twocols00001" in remote.upgrade().out

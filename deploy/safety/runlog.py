@@ -1,5 +1,8 @@
 """A small log of every run that changes a database, in the instance folder of the checkout it ran
-in, so an operator who lost the connection can see what happened (`db.status` shows the last run)."""
+in, so an operator who lost the connection can see what happened (`db.status` shows the last run).
+
+A run that left a revision half applied is kept as unresolved until a restore or a stamp of that
+database completes after it: until then upgrades and downgrades refuse (commands.check_resolved)."""
 
 from __future__ import annotations
 
@@ -13,9 +16,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from ..credentials import mask
+from ..errors import DeployError
 
 FILE = "migration-runs.jsonl"
 KEEP = 200  # runs kept; older ones are dropped when a run starts
+# The commands whose success resolves a half-applied revision: the operator says what the schema is.
+RESOLVING = ("db.restore", "db.stamp")
+
+
+class HalfApplied(DeployError):
+    """A run's failure that left a revision half applied; `left` is what the run log keeps of it:
+    revision, summary (diagnosis.Left.summary), finished and before (what to stamp after finishing
+    it or undoing it by hand), backup (the file taken before the run, or None)."""
+
+    def __init__(self, message: str, left: dict):
+        super().__init__(message)
+        self.left = left
 
 
 @dataclass
@@ -33,6 +49,7 @@ class Run:
     target: str
     outcome: str | None = None
     ended: str | None = None
+    left: dict | None = None  # HalfApplied.left, when the run left a revision half applied
 
     def in_progress(self) -> bool:
         """No outcome yet, and its process still alive on this host."""
@@ -82,6 +99,8 @@ def recorded(instance_path: Path, command: str, database: str, start: str, targe
         raise
     except Exception as exc:
         run.outcome = run.outcome or f"failed: {mask(str(exc))}"  # the file must never hold a password
+        if isinstance(exc, HalfApplied):
+            run.left = {key: mask(value) if isinstance(value, str) else value for key, value in exc.left.items()}
         raise
     finally:
         run.outcome = run.outcome or "done"
@@ -92,11 +111,29 @@ def recorded(instance_path: Path, command: str, database: str, start: str, targe
 def last_run(instance_path: Path, database: str | None = None) -> Run | None:
     """The newest run (on `database`, as described in the log: tenants of a fleet share a checkout),
     with its outcome when it has one."""
+    runs = _runs(instance_path, database)
+    return runs[-1] if runs else None
+
+
+def unresolved(instance_path: Path, database: str) -> Run | None:
+    """The newest run on `database` that left a revision half applied, unless a restore or a stamp
+    of it has completed since."""
+    found = None
+    for run in _runs(instance_path, database):
+        if run.left:
+            found = run
+        elif run.command in RESOLVING and run.outcome == "done":
+            found = None
+    return found
+
+
+def _runs(instance_path: Path, database: str | None) -> list[Run]:
+    """The runs, in the order they started, each as its last line has it."""
     runs: dict[str, Run] = {}
     try:
         lines = (instance_path / FILE).read_text().splitlines()
     except OSError:
-        return None
+        return []
     for line in lines:
         try:
             run = Run(**json.loads(line))
@@ -104,7 +141,7 @@ def last_run(instance_path: Path, database: str | None = None) -> Run | None:
             continue  # a line cut short by a crash
         if database is None or run.database == database:
             runs[run.id] = run  # the end line replaces the start line
-    return list(runs.values())[-1] if runs else None
+    return list(runs.values())
 
 
 def _append(path: Path, run: Run) -> None:
