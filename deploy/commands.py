@@ -422,10 +422,10 @@ def migration_failed(
             planned = None
     left = diagnosis.left_by(trail, failed.revision, planned, aborted=exc is None)
     if not left.half_applied and now is not None:
-        return DeployError(
-            f"{head}; {left.summary()}: nothing of it is in the database; "
-            f"fix it, then run `{project.command('downgrade' if downgrade else 'upgrade')}` again"
-        )
+        again = f"run `{project.command('downgrade' if downgrade else 'upgrade')}` again"
+        # A statement that gave way to the application is not the revision's fault: only try again.
+        way_out = again if isinstance(exc, timeouts.GaveWay) else f"fix it, then {again}"
+        return DeployError(f"{head}; {left.summary()}: nothing of it is in the database; {way_out}")
     down = failed.down_revision
     finished = (target if isinstance(down, tuple) else down or "base") if downgrade else failed.revision
     record = {

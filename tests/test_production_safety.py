@@ -457,3 +457,36 @@ def test_fab_relays_the_servers_refusal_to_migrate_over_a_half_applied_revision(
     assert stamped.code == 0, stamped.output
     assert "unresolved" not in remote.fab("prod", "db.status").out
     assert "is already at twocols00001" in remote.upgrade().out
+
+
+def test_an_aborted_revision_is_told_from_the_run_and_blocks_the_next_migration(checkout, database, tmp_path):
+    env = production_with(checkout, database)
+    assert checkout.invoke("db.upgrade", "--yes", stdin=STDIN_PASSWORD, env=env).code == 0
+    release = tmp_path / "release"
+    checkout.add_revision(
+        "slow00000001",
+        HEAD,
+        "op.create_table('slow_started', sa.Column('id', sa.Integer))\n    "
+        + live_only(held_until(release))
+        + "\n    op.create_table('after_slow', sa.Column('id', sa.Integer))",
+    )
+    child = checkout.spawn("db.upgrade", "--yes", env=environment(**env))
+    try:
+        child.expect("Password for ")
+        child.sendline(PASSWORD)
+        wait_for_table(database, "slow_started")
+        child.sendintr()
+        child.expect_exact("Ctrl-C again to abort it")
+        child.sendintr()  # the second: abort the revision in progress
+        child.expect(pexpect.EOF)
+    finally:
+        release.touch()
+        child.close(force=True)
+    output = " ".join(child.before.split())  # the terminal wraps the long line
+    assert child.exitstatus == 1, output
+    assert f"revision slow00000001 (slow00000001) was aborted; the database is at {HEAD}" in output
+    assert "1 operation applied (create_table slow_started); never ran: create_table after_slow" in output
+    assert "`invoke db.stamp slow00000001`" in output
+    line = one_error_line(checkout.invoke("db.upgrade", "--yes", env=env))
+    assert "has a revision left half applied by db.upgrade" in line and "nothing is migrated until" in line
+    assert database.version() == HEAD and "after_slow" not in database.tables()

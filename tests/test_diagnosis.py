@@ -1,0 +1,88 @@
+"""What a revision that failed part way left, told from the run (deploy.safety.diagnosis.watching and
+left_by), in-process against a real MariaDB: the rules an end-to-end run cannot single out."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from helpers import HEAD, PASSWORD, make_database
+from sqlalchemy.pool import NullPool
+
+from deploy import alembic_ops
+from deploy.errors import DeployError
+from deploy.safety import diagnosis, lint
+
+
+@pytest.fixture
+def connection(mariadb):
+    database = make_database(mariadb)
+    engine = sa.create_engine(sa.make_url(database.migration_url).set(password=PASSWORD), poolclass=NullPool)
+    with engine.connect() as opened:
+        yield opened
+    engine.dispose()
+
+
+def left_by_failure(checkout, connection, body: str) -> diagnosis.Left:
+    """Upgrade to the example's head, then run revision `failing` (upgrade() is `body`), which must fail."""
+    checkout.add_revision("failing", HEAD, body)
+    config = Config(str(checkout.path / "alembic.ini"))
+    alembic_ops.run(command.upgrade, config, connection, HEAD)
+    with pytest.raises(sa.exc.DBAPIError), diagnosis.watching(connection) as trail:
+        alembic_ops.migrate(config, connection, "failing")
+    connection.rollback()
+    try:
+        planned = [lint.name(operation) for operation in lint.operations(config, "failing", "mysql")]
+    except DeployError:
+        planned = None
+    return diagnosis.left_by(trail, "failing", planned)
+
+
+def test_data_changes_after_the_last_schema_change_are_not_called_applied(checkout, connection):
+    left = left_by_failure(
+        checkout,
+        connection,
+        "op.add_column('posts', sa.Column('summary', sa.String(50)))\n    "
+        "op.execute('UPDATE posts SET summary = title')\n    "
+        "op.execute('SELECT * FROM no_such_table')",
+    )
+    # The ALTER committed itself; the UPDATE after it was still open when the SELECT failed.
+    assert left.applied == ["add_column posts.summary"]
+    assert left.unknown == ["execute UPDATE posts SET summary = title (its data changes may have been rolled back)"]
+    assert left.failed == ["execute SELECT * FROM no_such_table"] and left.not_run == []
+    assert left.state == "may be half applied"
+
+
+def test_data_changes_a_later_schema_change_committed_are_applied(checkout, connection):
+    left = left_by_failure(
+        checkout,
+        connection,
+        "op.execute('UPDATE posts SET title = title')\n    "
+        "op.add_column('posts', sa.Column('summary', sa.String(50)))\n    "
+        "op.add_column('posts', sa.Column('title', sa.String(50)))",  # exists: fails
+    )
+    assert left.applied == ["execute UPDATE posts SET title = title", "add_column posts.summary"]
+    assert left.failed == ["add_column posts.title"] and left.unknown == [] and left.not_run == []
+    assert left.state == "is half applied"
+
+
+def test_changes_the_script_makes_on_the_connection_itself_cannot_be_told(checkout, connection):
+    left = left_by_failure(
+        checkout,
+        connection,
+        "op.get_bind().exec_driver_sql('CREATE TABLE side_table (id INT)')\n    "
+        "op.add_column('posts', sa.Column('title', sa.String(50)))",
+    )
+    assert left.applied == [] and left.failed == ["add_column posts.title"]
+    # Unreadable offline (the mock connection has no exec_driver_sql): what followed is not named.
+    assert left.not_run == ["the rest of the script, if any"]
+    assert left.unknown == ["1 change the script made on the connection itself"]
+    assert left.half_applied
+
+
+def test_the_watch_ends_with_the_block(checkout, connection):
+    invoke, flush = diagnosis.AbstractOperations.invoke, diagnosis.BatchOperationsImpl.flush
+    left_by_failure(checkout, connection, "op.execute('SELECT * FROM no_such_table')")
+    assert (diagnosis.AbstractOperations.invoke, diagnosis.BatchOperationsImpl.flush) == (invoke, flush)
+    assert len(connection.dispatch.after_cursor_execute) == 0
