@@ -4,7 +4,9 @@ A backup is `<name>-<UTC time>-<revision>.sql.gz` (MariaDB/MySQL: a mariadb-dump
 (PostgreSQL: a pg_dump custom-format archive) or `.sqlite.gz` (SQLite: a copy of the file) beside a
 sidecar `<that name>.json` holding the database (never the password), its name, the revision, the time
 and the size. A backup is kept only once it is verified (complete gzip stream, the dump's completion
-marker; a PostgreSQL archive read through by pg_restore), and only the newest `keep` of a database stay.
+marker; a PostgreSQL archive read through by pg_restore, a SQLite file by quick_check), and only the
+newest `keep` of a database stay. A restore is all or nothing: a failed load is undone from a backup
+of the database taken just before it, and a backup of another database is refused unless named.
 """
 
 from __future__ import annotations
@@ -130,7 +132,7 @@ def _run(programs: tuple[str, ...], url: URL, args: list[str], meter: _Meter, fe
         )
     includes = "".join(f"!include {name}\n" for name in GLOBAL_OPTION_FILES if os.access(name, os.R_OK))
     read, write = os.pipe()
-    with os.fdopen(write, "w", encoding="utf-8") as options:  # at most a few kB: the pipe's buffer (64 kB) holds them
+    with os.fdopen(write, "w", encoding="utf-8") as options:  # a few kB at most: the pipe's buffer holds them
         options.write(f"{includes}[client]\n{password_line}\n")
     argv = [program, f"--defaults-file=/dev/fd/{read}", *_connection_args(url), *args]
     still_open = [read]
@@ -197,7 +199,7 @@ def _error_line(text: str) -> str | None:
             echoed = not echoed
         elif line and not echoed:
             lines.append(line)
-    errors = [line for line in lines if re.match(r"ERROR\b", line) or re.search(r"\berror\b", line, re.IGNORECASE)]
+    errors = [line for line in lines if re.search(r"\berror\b", line, re.IGNORECASE)]
     return (errors or lines or [None])[0]
 
 
