@@ -109,7 +109,8 @@ class Server:
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
 
     def refuse_revoked_key(self) -> None:
-        """Paramiko reads no @revoked line: its key is refused here, before any command is started."""
+        """Paramiko reads no @revoked line: its key is refused here, before any command is started,
+        whichever hosts the line names (a revoked key is trusted nowhere)."""
         key = self.connection.client.get_transport().get_remote_server_key()
         for where, line in self.revoked:
             if line.split()[1:3] == [key.get_name(), key.get_base64()]:
@@ -192,15 +193,16 @@ def load_known_hosts(keys, path: str) -> list[tuple[str, str]]:
             lines = file.read().splitlines()
     except FileNotFoundError:
         return revoked
-    except OSError as exc:
-        raise DeployError(f"cannot read {path}: {exc.strerror}") from None
+    except OSError as exc:  # as OpenSSH: said, and the other files still verify
+        print(f"warning: cannot read {path}: {exc.strerror}, skipped", file=sys.stderr)
+        return revoked
     for number, raw in enumerate(lines, 1):
         line = raw.decode("utf-8", "replace").strip()
         if not line or line.startswith("#"):
             continue
-        marker, _, rest = line.partition(" ")
+        marker, *rest = line.split(None, 1)
         if marker == "@revoked":
-            revoked.append((f"{path}, line {number}", rest.strip()))
+            revoked.append((f"{path}, line {number}", "".join(rest)))
             continue
         try:
             entry = HostKeyEntry.from_line(line, number)

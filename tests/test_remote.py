@@ -246,6 +246,12 @@ def test_malformed_known_hosts_lines_are_skipped_with_a_warning(remote):
     assert "Traceback" not in result.output
     warnings = [line for line in result.err.splitlines() if line.startswith("warning: ")]
     assert warnings == [f"warning: {known_hosts}, line {n}: not a known_hosts entry, skipped" for n in (2, 3, 5, 6)]
+    # A file that cannot be read is named and skipped too; the next one verifies.
+    ssh_config = remote.config.parent / "ssh_config"
+    ssh_config.write_text(f"Host *\n    UserKnownHostsFile {remote.config.parent} {known_hosts}\n")
+    result = remote.fab("prod", "db.status")
+    assert result.code == 0, result.output
+    assert f"warning: cannot read {remote.config.parent}: Is a directory, skipped" in result.err, result.err
     # Without its good line, the host is unknown: the bad lines verify nothing.
     known_hosts.write_bytes(b"\n".join([*KNOWN_HOSTS_NOISE, good.replace(b"[127.0.0.1]", b"[elsewhere]")]) + b"\n")
     remote.refuses("not in known_hosts", args=("prod", "db.status"))
