@@ -4,6 +4,9 @@ names both. Real MariaDB, real sshd; the backups are the suite's own."""
 
 from __future__ import annotations
 
+import gzip
+import re
+
 from helpers import HEAD, PASSWORD, PRODUCTION, STDIN_PASSWORD, Database, make_database, one_error_line, refused
 from test_backups import url_of
 
@@ -84,3 +87,34 @@ def test_restoring_the_oldest_backup_kept_does_not_lose_it_to_the_backup_taken_f
     assert restored.code == 0, restored.output
     assert database.version() == HEAD and "notes" not in database.tables()
     assert kept.is_file()
+
+
+def test_invoke_restore_whose_load_fails_says_why_and_leaves_the_database_as_it_was(checkout, database):
+    checkout.use_production(database)
+    assert checkout.invoke("db.upgrade", "--yes", stdin=STDIN_PASSWORD, env=PRODUCTION).code == 0
+    checkout.add_revision("notes0000001", HEAD, "op.create_table('notes', sa.Column('id', sa.Integer))")
+    assert checkout.invoke("db.upgrade", "--yes", stdin=STDIN_PASSWORD, env=PRODUCTION).code == 0
+    directory = checkout.path / "instance" / "backups"
+    # The backup at HEAD, its last statement garbled: it passes every check a file can have, and the
+    # server refuses it after the restore has dropped and recreated every table.
+    text = gzip.decompress(next(directory.glob(f"*-{HEAD}.sql.gz")).read_bytes())
+    assert text.count(b"INSERT INTO `alembic_version`") == 1
+    broken = directory / "broken.sql.gz"
+    broken.write_bytes(gzip.compress(text.replace(b"INSERT INTO `alembic_version`", b"INSERT INTO BROKEN")))
+    database.query("INSERT INTO users (id, email, name) VALUES (1, 'a@example.com', 'Ann')")
+    tables = database.tables()
+
+    failed = checkout.invoke("db.restore", broken.name, stdin=f"{database.name}\n{PASSWORD}\n", env=PRODUCTION)
+    line = one_error_line(failed)
+    assert line.startswith(f"error: restore of {database.migration_user}@127.0.0.1:{database.server.port}/"), line
+    # The client's own error line, not the statement it echoes between dashes.
+    assert re.search(r"failed: ERROR \d+ \(\w+\) at line \d+: .*BROKEN", line) and "---" not in line, line
+    assert line.endswith(f"the database is as it was before the restore (put back from {newest(directory)})"), line
+    assert database.tables() == tables and database.version() == "notes0000001"
+    assert database.query("SELECT id, email FROM users") == ((1, "a@example.com"),)
+    assert "current:    notes0000001" in checkout.invoke("db.status", env=PRODUCTION).out
+
+
+def newest(directory) -> str:
+    """The newest backup's file name (the one a restore takes first)."""
+    return backups.list_backups(directory)[0].path.name
