@@ -133,7 +133,9 @@ def reset(project: Project, allowed_settings: list[str], force: bool = False) ->
     head = project.single_head()
     models = alembic_ops.metadata(project.alembic)
     url = project.migration_url_with_password()
-    with project.connect(url, create=True) as connection, translate_errors(url):
+    # Logged: a reset says what the schema is, so it resolves a revision a run left half applied.
+    log = runlog.recorded(project.settings.instance_path, "db.reset", describe(url), "?", "head")
+    with log, project.connect(url, create=True) as connection, translate_errors(url):
         peer = database.peer(connection) if database.sqlite_path(url) is None else None
         if peer is not None:
             safety.check_on_this_machine(url, peer)
@@ -287,14 +289,18 @@ def check_resolved(project: Project) -> None:
         return
     left = run.left or {}
     revision = left.get("revision", "?")
-    out = diagnosis.ways_out(
-        project.command, left.get("finished", revision), left.get("before", "?"), left.get("backup")
-    )
+    out = ways_out(project, left.get("finished", revision), left.get("before", "?"), left.get("backup"))
     raise DeployError(
         f"{database} has a revision left half applied by {run.command} ({run.user}@{run.host}, {run.started}): "
         f"{left.get('summary', revision)}; nothing is migrated until that is resolved: {out} "
-        f"(the restore or the stamp resolves it)"
+        f"(any of these resolves it)"
     )
+
+
+def ways_out(project: Project, finished: str, before: str, backup: str | None) -> str:
+    """The ways out of a half-applied revision, as the user runs them here; in development, a reset too."""
+    out = diagnosis.ways_out(project.command, finished, before, backup)
+    return out if project.guards.production else f"{out}; or start over: `{project.command('reset')}`"
 
 
 def check_risks(project: Project, url: URL, revisions: list[str], progress) -> None:
@@ -435,7 +441,7 @@ def migration_failed(
         "before": current_of(now) or "base" if now is not None else "?",
         "backup": backup.path.name if backup is not None else None,
     }
-    out = diagnosis.ways_out(project.command, finished, record["before"], record["backup"])
+    out = ways_out(project, finished, record["before"], record["backup"])
     return runlog.HalfApplied(f"{head}; {left.summary()}; {out}", record)
 
 

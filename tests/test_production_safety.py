@@ -490,3 +490,22 @@ def test_an_aborted_revision_is_told_from_the_run_and_blocks_the_next_migration(
     line = one_error_line(checkout.invoke("db.upgrade", "--yes", env=env))
     assert "has a revision left half applied by db.upgrade" in line and "nothing is migrated until" in line
     assert database.version() == HEAD and "after_slow" not in database.tables()
+
+
+def test_in_development_a_reset_resolves_a_half_applied_revision(checkout):
+    assert checkout.invoke("db.upgrade").code == 0
+    checkout.add_revision(
+        "broken000001",
+        HEAD,
+        "op.create_table('extra', sa.Column('id', sa.Integer))\n    op.execute('SELECT * FROM no_such_table')",
+    )
+    failed = one_error_line(checkout.invoke("db.upgrade"))
+    assert "revision broken000001 is half applied: 1 operation applied (create_table extra)" in failed
+    assert "or start over: `invoke db.reset`" in failed
+    line = one_error_line(checkout.invoke("db.upgrade"))
+    assert "has a revision left half applied" in line and "or start over: `invoke db.reset`" in line
+    reset = checkout.invoke("db.reset")
+    assert reset.code == 0, reset.output
+    assert "unresolved" not in checkout.invoke("db.status").out
+    checkout.add_revision("broken000001", HEAD, "op.create_table('extra', sa.Column('id', sa.Integer))")
+    assert "is already at broken000001" in checkout.invoke("db.upgrade").out  # the reset stamped the new head

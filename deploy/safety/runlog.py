@@ -1,8 +1,9 @@
 """A small log of every run that changes a database, in the instance folder of the checkout it ran
 in, so an operator who lost the connection can see what happened (`db.status` shows the last run).
 
-A run that left a revision half applied is kept as unresolved until a restore or a stamp of that
-database completes after it: until then upgrades and downgrades refuse (commands.check_resolved)."""
+A run that left a revision half applied is kept as unresolved until a restore, a stamp or (in
+development) a reset of that database completes after it: until then upgrades and downgrades
+refuse (commands.check_resolved)."""
 
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ from ..errors import DeployError
 
 FILE = "migration-runs.jsonl"
 KEEP = 200  # runs kept; older ones are dropped when a run starts
-# The commands whose success resolves a half-applied revision: the operator says what the schema is.
-RESOLVING = ("db.restore", "db.stamp")
+# The commands whose success resolves a half-applied revision: each says what the schema is.
+RESOLVING = ("db.restore", "db.stamp", "db.reset")
 
 
 class HalfApplied(DeployError):
@@ -116,8 +117,8 @@ def last_run(instance_path: Path, database: str | None = None) -> Run | None:
 
 
 def unresolved(instance_path: Path, database: str) -> Run | None:
-    """The newest run on `database` that left a revision half applied, unless a restore or a stamp
-    of it has completed since."""
+    """The newest run on `database` that left a revision half applied, unless a restore, a stamp or
+    a reset of it has completed since."""
     found = None
     for run in _runs(instance_path, database):
         if run.left:
