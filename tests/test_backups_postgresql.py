@@ -123,25 +123,34 @@ def test_damaged_postgresql_backups_are_refused_before_anything_changes(pg_datab
     middle = len(data) // 2
     damaged = tmp_path / "damaged"
     damaged.mkdir()
-    cases = {}
-    for name, content in {
-        "truncated": data[:middle],
-        "corrupt": data[:middle] + bytes(byte ^ 0xFF for byte in data[middle : middle + 16]) + data[middle + 16 :],
-        "not-an-archive": gzip.compress(b"-- plain SQL, not pg_dump's custom format\nSELECT 1;\n"),
-    }.items():
-        cases[damaged / f"{pg_database.name}-{name}.pgdump.gz"] = content
-    for path, content in cases.items():
+    truncated = "it is truncated (the compressed data ends early)"
+    cases = {
+        # Each with the start of what it must be refused for (the file's name is in the message too).
+        damaged / "case1.pgdump.gz": (data[:middle], (truncated,)),
+        damaged / "case2.pgdump.gz": (
+            data[:middle] + bytes(byte ^ 0xFF for byte in data[middle : middle + 16]) + data[middle + 16 :],
+            ("its compressed data is corrupt", truncated),  # flipped bytes may read as an early end
+        ),
+        damaged / "case3.pgdump.gz": (
+            gzip.compress(b"-- plain SQL, not pg_dump's custom format\nSELECT 1;\n"),
+            ("it holds no pg_dump archive",),
+        ),
+    }
+    for path, (content, _) in cases.items():
         path.write_bytes(content)
     # Cut beside its sidecar, whose recorded size gives it away first.
     in_place = tmp_path / "in-place"
     shutil.copytree(good.path.parent, in_place)
     (in_place / good.path.name).write_bytes(data[:middle])
+    reasons = {path: reasons for path, (_, reasons) in cases.items()}
+    reasons[in_place / good.path.name] = (f"it is {middle} bytes, not the {len(data)} recorded",)
 
-    for path in [*cases, in_place / good.path.name]:
+    for path, expected in reasons.items():
         with pytest.raises(DeployError) as verified:
             backups.verify(path)
         message = str(verified.value)
-        assert f"{path} is not a usable backup" in message and "\n" not in message, message
+        assert message.startswith(f"{path} is not a usable backup: ") and "\n" not in message, message
+        assert message.removeprefix(f"{path} is not a usable backup: ").startswith(expected), message
         with pytest.raises(DeployError, match="not a usable backup"):
             backups.restore(url_of(pg_database), path)
         assert snapshot(pg_database) == after
