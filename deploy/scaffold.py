@@ -312,8 +312,9 @@ def loadable_app(root: Path, app: str, name: str) -> str:
         locate(with_settings, name, root)
     except DeployError as failure:
         raise DeployError(
-            f"--app {app!r}: {function}() needs its {required[0]}, and with the settings name "
-            f"({with_settings}) it does not load either: {failure}"
+            f"--app {app!r}: {function}() needs its {required[0]}, and given the settings name {name!r} "
+            f"({with_settings}) it does not load either: {failure} (the settings name is $FLASK_CONFIG, "
+            "else development: set FLASK_CONFIG to one your app knows, then run init again)"
         ) from None
     return with_settings
 
@@ -345,7 +346,8 @@ def factory_needing_arguments(root: Path, app: str) -> tuple[str, str, list[str]
 def config_object_in_use(root: Path, app: str, name: str) -> tuple[str, str] | None:
     """(flask_config, what it is) for the config object the app reads its settings from, when one is
     found that gives the same database settings as the app itself: a class that its factory takes
-    by default, a dict of config classes by settings name, or a config class beside the app."""
+    by default, else a dict of config classes by settings name or a `...Config` class, in the
+    factory's module first, then in the project's other modules that loading the app imported."""
     target = locate(app, name, root)
     flask_app = app_beside(app, root) if metadata_of(target) is not None else target
     if flask_app is None:
@@ -355,16 +357,15 @@ def config_object_in_use(root: Path, app: str, name: str) -> tuple[str, str] | N
     factory = getattr(module, attribute.partition("(")[0].strip(), None) if attribute else None
     if factory is None and not attribute:
         factory = next((getattr(module, f) for f in ("create_app", "make_app") if hasattr(module, f)), None)
-    namespace = vars(module)
+    namespaces = [factory.__globals__ if inspect.isfunction(factory) else vars(module)]
+    namespaces += [vars(other) for other in project_modules(root) if vars(other) is not namespaces[0]]
     candidates: list = []
     if inspect.isfunction(factory):
-        namespace = factory.__globals__
         candidates += [p.default for p in inspect.signature(factory).parameters.values() if inspect.isclass(p.default)]
-    candidates += [value for value in namespace.values() if is_config_dict(value, name)]
-    # A module-level app's config class, by Flask's naming habit (Config, DevelopmentConfig...).
-    candidates += [
-        value for value in namespace.values() if inspect.isclass(value) and value.__name__.endswith("Config")
-    ]
+    for namespace in namespaces:
+        candidates += [value for value in namespace.values() if is_config_dict(value, name)]
+        # By Flask's naming habit: Config, DevelopmentConfig...
+        candidates += [v for v in namespace.values() if inspect.isclass(v) and v.__name__.endswith("Config")]
     tried: set[int] = set()
     for found in candidates:
         if id(found) in tried:
@@ -374,6 +375,19 @@ def config_object_in_use(root: Path, app: str, name: str) -> tuple[str, str] | N
         if path and same_database_settings(root, app, path, name):
             return path, "dict of config classes" if isinstance(found, Mapping) else "config class"
     return None
+
+
+def project_modules(root: Path) -> list:
+    """The modules loaded from the project's own files (not from a virtualenv inside it), by name."""
+    found = []
+    for module_name, module in sorted(sys.modules.items()):
+        file = getattr(module, "__file__", None)
+        if not file or module_name == "__main__":
+            continue
+        path = Path(file).resolve()
+        if path.is_relative_to(root) and not {"site-packages", "dist-packages"} & set(path.parts):
+            found.append(module)
+    return found
 
 
 def is_config_dict(value, name: str) -> bool:

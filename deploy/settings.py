@@ -6,6 +6,7 @@ import functools
 import importlib
 import os
 import re
+import shlex
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -198,8 +199,16 @@ def locate(spec: str, name: str, root: Path) -> Any:
         # The type only: the app's own error may quote a URL, and with it a password.
         raise DeployError(
             f"flask_app {spec!r} failed for the {name!r} settings ({type(exc).__name__}): "
-            f"run `flask --app '{spec}' shell` to see why"
+            f"run `FLASK_CONFIG={shell_word(name)} flask --app {shell_word(spec.replace(SETTINGS_PLACEHOLDER, name))} "
+            "shell` to see why"
         ) from None
+
+
+def shell_word(text: str) -> str:
+    """`text` as one word to paste into a shell: in double quotes when it holds single quotes only."""
+    if not re.search(r"[\"$`\\!]", text) and "'" in text:
+        return f'"{text}"'
+    return shlex.quote(text)
 
 
 def app_beside(spec: str, root: Path):

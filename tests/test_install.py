@@ -338,6 +338,18 @@ def test_init_gives_a_factory_that_needs_the_settings_name_its_argument(venv, tm
     assert not {"app.models", "flask_sqlalchemy"} & imported  # ...and neither the models nor the app were loaded
 
 
+def test_init_writes_no_flask_config_when_the_factory_changes_the_database_settings(venv, tmp_path):
+    """A config object that would give another database than the app's own is not taken."""
+    project = write_app(tmp_path / "project")
+    factory = project / "notebook" / "__init__.py"
+    own_url = '    app.config["SQLALCHEMY_DATABASE_URI"] = "sqlite:///elsewhere.db"\n'
+    factory.write_text(factory.read_text().replace("    db.init_app(app)\n", own_url + "    db.init_app(app)\n"))
+    result = venv.init_ok(project)
+    assert "flask_config" not in result.out
+    ini = (project / "alembic.ini").read_text().splitlines()
+    assert "# flask_config = yourapp.config:configs" in ini and not any(line.startswith("flask_config") for line in ini)
+
+
 def test_the_postgresql_extra_migrates_a_postgresql_production_database(venv, tmp_path, pg_database):
     """`pip install flask-schema-deploy[postgresql]` brings psycopg: the installed suite upgrades a
     PostgreSQL database with the password typed (here piped), its backup by pg_dump included."""

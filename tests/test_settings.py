@@ -214,3 +214,13 @@ def test_a_db_finds_the_app_beside_it(factory_app):
 def test_an_app_that_cannot_be_found_is_one_clear_error(factory_app, spec, expected):
     with pytest.raises(DeployError, match=re.escape(expected)):
         load_settings(None, spec, "development", factory_app)
+
+
+def test_an_app_that_fails_names_the_command_that_shows_why(factory_app):
+    """The command is pasted as is: the settings name in place of {settings}, one shell word."""
+    spec = "notesapp:create_app(config_class='{settings}')"  # from_object('staging'): no such module
+    with pytest.raises(DeployError) as failure:
+        load_settings(None, spec, "staging", factory_app)
+    command = """FLASK_CONFIG=staging flask --app "notesapp:create_app(config_class='staging')" shell"""
+    expected = f"run `{command}` to see why"
+    assert str(failure.value).endswith(expected), failure.value
