@@ -145,7 +145,7 @@ def lock_file(database: Path) -> Path:
     """The lock file of a SQLite database: never beside it (a database in the checkout would leave an
     untracked file in `git status`), but in this user's lock folder, named after the database's
     absolute path, so that every process of the user that opens this database, by any path, finds it."""
-    absolute = database.expanduser().resolve()
+    absolute = database.resolve()  # as SQLite opens it: relative to the working directory
     digest = hashlib.sha256(os.fsencode(absolute)).hexdigest()[:16]
     return lock_folder() / f"{absolute.name}-{digest}{LOCK_FILE_SUFFIX}"
 
