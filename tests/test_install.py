@@ -492,6 +492,7 @@ def test_init_takes_over_a_plain_alembic_project_leaving_its_alembic_ini(venv, t
     for line in [
         "kept alembic.ini (exists)",
         "add to alembic.ini [alembic]: flask_app = notebook:create_app",
+        "add to alembic.ini [alembic]: flask_config = notebook.config:Config",
         "moved alembic/env.py -> alembic/env.py.alembic",
         "wrote alembic/env.py",
         "kept alembic/script.py.mako (exists)",
