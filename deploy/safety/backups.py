@@ -31,7 +31,7 @@ from sqlalchemy.engine import URL
 
 from ..credentials import describe, mask, remember
 from ..database import connect, sqlite_path, translate_errors
-from ..errors import DeployError
+from ..errors import DeployError, own, relayed
 from . import for_dialect
 
 CHUNK = 256 * 1024
@@ -126,9 +126,11 @@ def _run(programs: tuple[str, ...], url: URL, args: list[str], meter: _Meter, fe
     if len(password_line.encode()) > OPTION_LINE_BYTES:
         # The tool would read the rest of the line as options of its own, and name them in its error.
         raise DeployError(
-            f"the password is too long for {Path(program).name} (its option files hold lines of at most "
-            f"{OPTION_LINE_BYTES} bytes, `password=`, quotes and escapes included): nothing was sent; give "
-            f"{url.username or 'the user'} a shorter password"
+            own(
+                f"the password is too long for {Path(program).name} (its option files hold lines of at most "
+                f"{OPTION_LINE_BYTES} bytes, `password=`, quotes and escapes included): nothing was sent; give "
+                f"{url.username or 'the user'} a shorter password"
+            )
         )
     includes = "".join(f"!include {name}\n" for name in GLOBAL_OPTION_FILES if os.access(name, os.R_OK))
     read, write = os.pipe()
@@ -185,7 +187,14 @@ def _pump(argv: list[str], meter: _Meter, feed=None, sink=None, pass_fds=(), env
         if process.returncode != 0:
             errors.seek(0)
             detail = _error_line(errors.read().decode(errors="replace"))
-            raise DeployError(mask(detail or f"{Path(program).name} exited with status {process.returncode}"))
+            raise DeployError(
+                relayed(mask(detail)) if detail else f"{Path(program).name} exited with status {process.returncode}"
+            )
+
+
+def _said(exc: DeployError) -> str:
+    """An error's message with what it relays still marked, for a message that wraps it."""
+    return exc.marked or str(exc)
 
 
 def _error_line(text: str) -> str | None:
@@ -208,7 +217,7 @@ def _mysql_dump(url: URL, write: Callable[[bytes], object], meter: _Meter) -> No
     try:
         _run(("mariadb-dump", "mysqldump"), url, [*DUMP_FLAGS, "--", url.database], meter, sink=write)
     except DeployError as exc:
-        raise DeployError(f"backup of {describe(url)} failed: {exc}") from None
+        raise DeployError(own(f"backup of {describe(url)} failed: {_said(exc)}")) from None
 
 
 def _quote(name: str) -> str:
@@ -303,7 +312,7 @@ def _pg_dump(url: URL, write: Callable[[bytes], object], meter: _Meter) -> None:
     try:
         _pg_run("pg_dump", url, list(PG_DUMP_FLAGS), meter, sink=write)
     except DeployError as exc:
-        raise DeployError(f"backup of {describe(url)} failed: {exc}") from None
+        raise DeployError(own(f"backup of {describe(url)} failed: {_said(exc)}")) from None
 
 
 def _gunzipped(path: Path) -> Iterable[bytes]:
@@ -318,7 +327,7 @@ def _pg_readable(path: Path) -> str | None:
     try:
         _pg_run("pg_restore", None, ["--file=/dev/null"], _Meter(None), feed=_gunzipped(path))
     except DeployError as exc:
-        return f"pg_restore cannot read it ({exc})"
+        return f"pg_restore cannot read it ({_said(exc)})"
     return None
 
 
@@ -398,7 +407,7 @@ def _sqlite_dump(url: URL, write: Callable[[bytes], object], meter: _Meter) -> N
             source.backup(copy)
             data = copy.serialize()
     except sqlite3.Error as exc:
-        raise DeployError(f"backup of {describe(url)} failed: {exc}") from None
+        raise DeployError(own(f"backup of {describe(url)} failed: {_said(exc)}")) from None
     write(data)
     meter.add(len(data))
 
@@ -414,7 +423,7 @@ def _sqlite_load(url: URL, path: Path, meter: _Meter) -> None:
             copy.deserialize(data)
             copy.backup(live)
     except sqlite3.Error as exc:
-        raise DeployError(str(exc)) from None
+        raise DeployError(relayed(str(exc))) from None
     meter.add(len(data))
 
 
@@ -555,7 +564,7 @@ def verify(path: str | os.PathLike) -> Backup:
     backup = _read_sidecar(path)
     problem = f"it is {size} bytes, not the {backup.size} recorded" if backup and size != backup.size else None
     if problem := problem or _damage(path, kind):
-        raise DeployError(f"{path} is not a usable backup: {problem}")
+        raise DeployError(own(f"{path} is not a usable backup: {problem}"))
     if backup is None:  # a file without its note: what the file itself can tell
         with gzip.open(path) as stream:
             name = kind.named(path, stream.read(HEAD)) or ""
@@ -645,7 +654,7 @@ def _write(url: URL, directory: Path, revision: str | None, progress=None, label
             os.fsync(raw.fileno())
         backup = Backup(path, describe(url), name, revision, started, partial.stat().st_size)
         if problem := _damage(partial, kind):
-            raise DeployError(f"backup of {describe(url)} failed: {problem}")
+            raise DeployError(own(f"backup of {describe(url)} failed: {problem}"))
         record = {**backup.__dict__, "path": path.name, "time": started.isoformat()}
         with open(_sidecar(path), "w", opener=_private) as sidecar:
             json.dump(record, sidecar, indent=1)
@@ -683,15 +692,17 @@ def restore(url: URL, path: str | os.PathLike, progress=None, before: Backup | N
             kind.load(url, backup.path, _Meter(progress))
         except DeployError as exc:
             raise DeployError(
-                f"restore of {describe(url)} failed: {exc}; the database is as it was before the restore "
-                "(it is loaded in one transaction)"
+                own(
+                    f"restore of {describe(url)} failed: {_said(exc)}; the database is as it was before the "
+                    "restore (it is loaded in one transaction)"
+                )
             ) from None
         return backup
     fallback = before or _write(url, backup.path.parent, None, label="before-restore")
     try:
         kind.load(url, backup.path, _Meter(progress))
     except (DeployError, KeyboardInterrupt) as exc:
-        reason = str(exc) if isinstance(exc, DeployError) else "stopped by Ctrl-C"
+        reason = _said(exc) if isinstance(exc, DeployError) else "stopped by Ctrl-C"
         raise _put_back(url, kind, fallback, reason, kept=before is not None) from None
     if before is None:
         _remove(fallback)
@@ -704,13 +715,15 @@ def _put_back(url: URL, kind: _Kind, fallback: Backup, reason: str, kept: bool) 
     try:
         kind.load(url, fallback.path, _Meter(None))
     except (DeployError, KeyboardInterrupt) as exc:
-        again = str(exc) if isinstance(exc, DeployError) else "stopped by Ctrl-C"
+        again = _said(exc) if isinstance(exc, DeployError) else "stopped by Ctrl-C"
         # The backup of how it was stays, whoever took it: it is the way back.
         return DeployError(
-            f"{failed}; putting the database back as it was failed too ({again}): it may be left partly "
-            f"restored; restore {fallback.path.name} (in {fallback.path.parent}) once the cause is fixed"
+            own(
+                f"{failed}; putting the database back as it was failed too ({again}): it may be left partly "
+                f"restored; restore {fallback.path.name} (in {fallback.path.parent}) once the cause is fixed"
+            )
         )
     if not kept:
         _remove(fallback)
     source = fallback.path.name if kept else "a backup taken just before"
-    return DeployError(f"{failed}; the database is as it was before the restore (put back from {source})")
+    return DeployError(own(f"{failed}; the database is as it was before the restore (put back from {source})"))
