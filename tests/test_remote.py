@@ -19,6 +19,7 @@ from helpers import (
     ProcSampler,
     environment,
     files_containing,
+    held_until,
     live_only,
     new_files_containing,
     refused,
@@ -105,6 +106,45 @@ def test_upgrade_with_nothing_pending_asks_for_nothing(remote):
     assert "nothing to do" in result.out
     assert "Password" not in result.output
     assert remote.database.version() == remote.local.head()
+
+
+def test_ctrl_c_after_the_abort_stops_waiting_for_a_server_that_does_not_end(remote, tmp_path):
+    """Ctrl-C asks to stop, a second asks to abort; a server that does not end even then (its
+    revision ignores the abort here) no longer holds the laptop: a third Ctrl-C leaves."""
+    remote.upgrade()
+    release = tmp_path / "release"
+    ignore_abort = "__import__('signal').signal(__import__('signal').SIGINT, __import__('signal').SIG_IGN)"
+    remote.add_revision(
+        SLEEPY,
+        "op.create_table('stuck_started', sa.Column('id', sa.Integer))\n    "
+        + live_only(f"{ignore_abort}\n    {held_until(release)}"),
+    )
+    child = remote.spawn("prod", "db.upgrade", "--yes")
+    try:
+        child.expect("Password for ")
+        child.sendline(PASSWORD)
+        deadline = time.monotonic() + 120
+        while "stuck_started" not in remote.database.tables():
+            assert time.monotonic() < deadline and child.isalive(), child.before
+            time.sleep(0.1)
+        child.sendintr()
+        child.expect_exact("Ctrl-C again to abort it")
+        child.sendintr()
+        child.expect_exact("Ctrl-C again to stop waiting")
+        child.sendintr()
+        left = child.expect([pexpect.EOF, pexpect.TIMEOUT], timeout=120) == 0
+        output = child.before
+    finally:
+        release.touch()
+        child.close(force=True)
+    assert left, f"still waiting for the server after the third Ctrl-C: {output}"
+    assert child.exitstatus == 130, output
+    assert "no longer waiting for the server" in output and "Traceback" not in output, output
+    # The server, released, finishes its revision on its own (its connection was lost: it stops after it).
+    deadline = time.monotonic() + 120
+    while remote.database.version() != SLEEPY:
+        assert time.monotonic() < deadline, remote.database.version()
+        time.sleep(0.2)
 
 
 def test_a_failing_migration_names_itself_and_where_the_database_stopped(remote):

@@ -84,14 +84,20 @@ class Cancellation:
 @contextmanager
 def forwarding_interrupts(send: Callable[[str], None]):
     """While the server migrates: Ctrl-C here asks it to stop after the revision in progress; a
-    second Ctrl-C within a few seconds asks it to abort that revision. `send` puts a line on the
-    server's stdin (ssh.Session.send)."""
+    second Ctrl-C within a few seconds asks it to abort that revision; one more stops waiting for a
+    server that does not end (KeyboardInterrupt). `send` puts a line on the server's stdin
+    (ssh.Session.send)."""
     asked = [0.0]
+    aborted = [False]
 
     def interrupted(signum, frame):
+        if aborted[0]:
+            print("no longer waiting for the server, which was asked to abort: its db.status tells", file=sys.stderr)
+            raise KeyboardInterrupt
         if asked[0] and time.monotonic() - asked[0] < ABORT_WINDOW:
             send(ABORT)
-            print("asking the server to abort the revision in progress", file=sys.stderr)
+            aborted[0] = True
+            print("asking the server to abort the revision in progress; Ctrl-C again to stop waiting", file=sys.stderr)
             return
         asked[0] = time.monotonic()
         send(STOP)
