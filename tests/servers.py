@@ -101,6 +101,20 @@ def _tail(path: pathlib.Path, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+def _read_from(path: pathlib.Path, offset: int) -> str:
+    try:
+        with open(path, "rb") as file:
+            file.seek(offset)
+            return file.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+# What mariadbd, postgres and sshd all log when their port was taken (strerror(EADDRINUSE)).
+_PORT_TAKEN = "Address already in use"
+_PORT_ATTEMPTS = 5
+
+
 class ServerStartError(RuntimeError):
     """A throwaway server could not be started."""
 
@@ -190,6 +204,33 @@ class _ManagedServer:
                 raise ServerStartError(f"{what} timed out after {timeout:.0f}s.\n{self._log_tails()}") from None
         if result.returncode != 0:
             raise ServerStartError(f"{what} failed with code {result.returncode}.\n{self._log_tails()}")
+
+    def _serve(
+        self,
+        argv: Callable[[], Sequence[str]],
+        log_path: pathlib.Path,
+        probe: Callable[[], bool],
+        timeout: float,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """Pick a port, spawn `argv()` (built for `self.port`) and wait until `probe` succeeds. A free port
+        can be taken before the server binds it (another worker's server, any connection's ephemeral
+        port: free_port() draws from that range): then another port is tried, a few times."""
+        deadline = time.monotonic() + timeout
+        for attempt in range(_PORT_ATTEMPTS):
+            self.port = self._pick_port()
+            logged = {path: path.stat().st_size if path.exists() else 0 for path in self._log_paths()}
+            self._spawn(argv(), log_path, env)
+            try:
+                self._wait_ready(probe, deadline - time.monotonic())
+                return
+            except ServerStartError:
+                # Its log says so (in English), or the port is someone else's now that ours has died.
+                said = any(_PORT_TAKEN in _read_from(path, offset) for path, offset in logged.items())
+                taken = said or (self.host == LOCALHOST and not _port_is_free(self.port))
+                if not taken or self.host != LOCALHOST or attempt == _PORT_ATTEMPTS - 1:
+                    raise
+                self.port = 0  # not this one again
 
     def _wait_ready(self, probe: Callable[[], bool], timeout: float) -> None:
         """Poll ``probe`` until it succeeds; raise if the process dies or time runs out."""
@@ -349,8 +390,9 @@ class MariaDB(_ManagedServer):
         return self.socket_path.name
 
     def _accepts_root(self) -> bool:
+        # Bounded reads too: until ours is up, whatever else holds the port may accept and stay silent.
         try:
-            self.admin(connect_timeout=2).close()
+            self.admin(connect_timeout=2, read_timeout=2, write_timeout=2).close()
         except (pymysql.err.Error, OSError):
             return False
         return True
@@ -361,23 +403,24 @@ class MariaDB(_ManagedServer):
         self.tmpdir.mkdir(exist_ok=True)
         started = time.monotonic()
         self._initialise(timeout)
-        self.port = self._pick_port()
-        argv = [
-            MARIADBD,
-            "--no-defaults",  # must come first
-            f"--datadir={self.datadir}",
-            f"--socket={self._socket_arg()}",
-            f"--port={self.port}",
-            f"--bind-address={self.host}",
-            f"--pid-file={self.pid_file}",
-            f"--log-error={self.log_path}",
-            f"--tmpdir={self.tmpdir}",
-            f"--user={self.user}",  # mariadbd refuses to run as root without it
-            *self._SERVER_ONLY,
-            *self._TUNING,
-        ]
-        self._spawn(argv, self.console_log_path)
-        self._wait_ready(self._accepts_root, timeout - (time.monotonic() - started))
+
+        def argv() -> list[str]:
+            return [
+                MARIADBD,
+                "--no-defaults",  # must come first
+                f"--datadir={self.datadir}",
+                f"--socket={self._socket_arg()}",
+                f"--port={self.port}",
+                f"--bind-address={self.host}",
+                f"--pid-file={self.pid_file}",
+                f"--log-error={self.log_path}",
+                f"--tmpdir={self.tmpdir}",
+                f"--user={self.user}",  # mariadbd refuses to run as root without it
+                *self._SERVER_ONLY,
+                *self._TUNING,
+            ]
+
+        self._serve(argv, self.console_log_path, self._accepts_root, timeout - (time.monotonic() - started))
 
     def admin(self, **kwargs: Any) -> pymysql.connections.Connection:
         """A new autocommit connection as root over TCP."""
@@ -595,10 +638,8 @@ class PostgreSQL(_ManagedServer):
         self.base_dir.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         self._initialise(timeout)
-        self.port = self._pick_port()
         settings = [
             f"listen_addresses={self.host}",  # never every interface
-            f"port={self.port}",
             f"unix_socket_directories={self.socket_dir}",
             *self._TUNING,
         ]
@@ -606,11 +647,14 @@ class PostgreSQL(_ManagedServer):
         if self.lc_messages:
             settings.append(f"lc_messages={self.lc_messages}")
             env = self._messages_locale(timeout)
-        argv = [str(self.bin_dir / "postgres"), "-D", str(self.datadir)]
-        for setting in settings:
-            argv += ["-c", setting]
-        self._spawn(argv, self.log_path, env)
-        self._wait_ready(self._accepts_superuser, timeout - (time.monotonic() - started))
+
+        def argv() -> list[str]:
+            words = [str(self.bin_dir / "postgres"), "-D", str(self.datadir)]
+            for setting in [*settings, f"port={self.port}"]:
+                words += ["-c", setting]
+            return words
+
+        self._serve(argv, self.log_path, self._accepts_superuser, timeout - (time.monotonic() - started), env)
 
     def _messages_locale(self, timeout: float) -> dict[str, str] | None:
         """The server's environment for lc_messages: none needed when the machine has the locale;
@@ -790,10 +834,12 @@ class SSHServer(_ManagedServer):
         self._keygen(self.host_key, "test-sshd-host")
         self._keygen(self.client_key, "test-sshd-client")
         self.authorized_keys.write_text(self.client_key_public.read_text())
-        self.port = self._pick_port()
-        self._write_config()
-        self._spawn([SSHD, "-D", "-e", "-f", str(self.config_path)], self.log_path)
-        self._wait_ready(self._sends_banner, timeout)
+
+        def argv() -> list[str]:
+            self._write_config()  # names self.port
+            return [SSHD, "-D", "-e", "-f", str(self.config_path)]
+
+        self._serve(argv, self.log_path, self._sends_banner, timeout)
 
     def known_hosts_line(self) -> str:
         """``[127.0.0.1]:PORT <keytype> <key>`` for a known_hosts file."""

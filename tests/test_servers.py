@@ -11,6 +11,7 @@ from typing import Any
 import psycopg
 import pymysql
 import pytest
+import servers
 from servers import MariaDB, PostgreSQL, ServerStartError, SSHServer, free_port
 
 # Every character that breaks naive DSN/URL/shell/SQL quoting, plus a trailing space.
@@ -301,3 +302,18 @@ def test_a_postgresql_speaks_its_own_lc_messages_whatever_the_callers_locale(
         ):
             connection.execute("ALTER TABLE posts ADD COLUMN extra text")
     assert "Eigentümer der Tabelle posts" in str(refused.value)
+
+
+@pytest.mark.parametrize("kind", [SSHServer, PostgreSQL, MariaDB])
+def test_a_port_taken_before_the_server_binds_it_is_traded_for_another(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, kind: type
+) -> None:
+    """free_port() is free when asked, not when the server binds it (another worker's server, any
+    connection's ephemeral port): the server moves to another port instead of failing the test."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        ports = iter([port])
+        real_free_port = servers.free_port
+        monkeypatch.setattr(servers, "free_port", lambda: next(ports, None) or real_free_port())
+        with kind(tmp_path / "server") as server:
+            assert server.port not in (0, port) and server.is_running()
