@@ -1,6 +1,8 @@
-"""db.restore of another database's backup, through `invoke` and through `fab`: refused before any
-question unless the operator names that database (--from-database), and then the typed confirmation
-names both. Real MariaDB, real sshd; the backups are the suite's own."""
+"""db.restore's guards end to end, through `invoke` and `fab` (the in-process checks are in
+test_backups.py): another database's backup is refused before any question unless the operator names
+that database (--from-database), and the typed confirmation then names both; a load that fails leaves
+the database as it was and says why; the backup being restored survives the retention of the backup
+taken first. Real MariaDB, real sshd; the backups are the suite's own."""
 
 from __future__ import annotations
 
