@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from alembic.operations import ops
-from helpers import PASSWORD, make_database
+from helpers import PASSWORD, PRODUCTION, STDIN_PASSWORD, make_database
 from sqlalchemy.pool import NullPool
 
 from deploy import alembic_ops
@@ -185,6 +185,45 @@ def test_a_script_that_needs_a_database_is_a_finding(checkout):
         "so its risks are unknown: review it"
     )
     assert alembic.op._proxy is None
+
+
+# A table an earlier pending revision creates, then what a later one does to it.
+NEW_TABLE = [
+    'op.create_table("labels", sa.Column("id", sa.Integer(), primary_key=True), sa.Column("code", sa.String(20)))'
+]
+ON_IT = [
+    'op.create_index("ix_labels_code", "labels", ["code"], unique=True)',
+    'op.add_column("labels", sa.Column("rank", sa.Integer(), nullable=False))',
+    'op.create_foreign_key("fk_labels_users", "labels", "users", ["id"], ["id"])',
+]
+ON_IT_RISKS = ["create_index labels.ix_labels_code", "add_column labels.rank NOT NULL without server default"]
+
+
+@pytest.mark.parametrize("dialect", ["mysql", "postgresql", "sqlite"])
+def test_a_table_created_earlier_in_the_same_run_is_empty_so_changing_it_is_no_risk(checkout, dialect):
+    write(checkout, "t1create", NEW_TABLE)
+    write(checkout, "t2change", ON_IT, down="t1create")
+    assert lint.lint(config_of(checkout), ["t1create", "t2change"], dialect) == []
+
+
+def test_an_empty_production_database_takes_such_a_history_without_allow_risky(checkout, database):
+    write(checkout, "t1create", NEW_TABLE)
+    write(checkout, "t2change", ON_IT, down="t1create")
+    checkout.use_production(database)
+    result = checkout.invoke("db.upgrade", "--yes", "--no-backup", stdin=STDIN_PASSWORD, env=PRODUCTION)
+    assert result.code == 0, result.output
+    assert database.version() == "t2change"
+
+
+def test_a_table_created_earlier_holds_rows_once_they_are_put_in_or_once_it_is_applied(checkout):
+    write(checkout, "t1create", NEW_TABLE)
+    write(checkout, "t2fill", ["op.execute(\"INSERT INTO labels (id, code) VALUES (1, 'a')\")"], down="t1create")
+    write(checkout, "t3change", ON_IT, down="t2fill")
+    config = config_of(checkout)
+    found = names_by_revision(lint.lint(config, ["t1create", "t2fill", "t3change"], "sqlite"))
+    assert found == {"t3change": ON_IT_RISKS + ["create_foreign_key labels.fk_labels_users"]}
+    # Applied by an earlier run: the application may have written rows since.
+    assert names_by_revision(lint.lint(config, ["t3change"], "sqlite"))["t3change"][:2] == ON_IT_RISKS
 
 
 @pytest.mark.parametrize(

@@ -39,6 +39,7 @@ PostgreSQL (see "ALTER TABLE" and "CREATE INDEX" in its manual, "Notes"):
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -331,19 +332,25 @@ def _risks(operation, mariadb: bool, postgresql: bool = False) -> Iterator[tuple
             yield name(operation), "raw SQL the lint cannot read: review it by hand"
 
 
-def risks(operations: list[ops.MigrateOperation], dialect_name: str) -> list[tuple[str, str]]:
+def risks(
+    operations: list[ops.MigrateOperation], dialect_name: str, empty_tables: set[str] | None = None
+) -> list[tuple[str, str]]:
     """(name, reason) for each risky operation of one revision, in order.
 
-    Operations on a table the revision itself creates are not risky: it holds no rows yet."""
+    Operations on an empty table are not risky: one the revision creates, or one `empty_tables` names
+    (created by an earlier revision of the same run, nothing put in since). The set is kept up to date
+    for the revisions after this one."""
     mariadb, postgresql = dialect_name in MARIADB, dialect_name == POSTGRESQL
-    new_tables: set[str] = set()
+    empty = set() if empty_tables is None else empty_tables
     found = []
     for operation in operations:
+        table = table_of(operation)
         if isinstance(operation, ops.CreateTableOp):
-            new_tables.add(_table(operation.table_name, operation.schema))
-        elif isinstance(operation, ops.RenameTableOp) and table_of(operation) in new_tables:
-            new_tables.add(_table(operation.new_table_name, operation.schema))
-        elif table_of(operation) not in new_tables:
+            empty.add(_table(operation.table_name, operation.schema))
+        elif isinstance(operation, ops.RenameTableOp) and table in empty:
+            empty.discard(table)
+            empty.add(_table(operation.new_table_name, operation.schema))
+        elif table not in empty:
             risky = list(_risks(operation, mariadb, postgresql))
             if postgresql:
                 # One finding per operation name: PostgreSQL's reason joins a general one (a unique index).
@@ -354,7 +361,36 @@ def risks(operations: list[ops.MigrateOperation], dialect_name: str) -> list[tup
                     else:
                         risky.append((op_name, reason))
             found.extend(risky)
+        _fill(operation, table, empty)
     return found
+
+
+def _fill(operation: ops.MigrateOperation, table: str | None, empty: set[str]) -> None:
+    """Forget the tables `operation` may put rows in (or drop): they are empty no longer."""
+    if isinstance(operation, (ops.BulkInsertOp, ops.DropTableOp)):
+        empty.discard(table)
+    elif isinstance(operation, ops.ExecuteSQLOp):
+        inserted = _inserted_into(operation.sqltext)
+        if inserted is not None:
+            empty.discard(inserted)
+        elif not _updates_only(operation.sqltext):
+            empty.clear()  # raw SQL that may fill any table
+
+
+def _inserted_into(sqltext) -> str | None:
+    """The table an INSERT names, if that is what `sqltext` is."""
+    if isinstance(sqltext, dml.Insert):
+        return _table(sqltext.table.name, getattr(sqltext.table, "schema", None))
+    found = re.match(r"\s*INSERT\s+(?:IGNORE\s+)?INTO\s+[`\"]?([\w.]+?)[`\"]?[\s(]", _text(sqltext), re.IGNORECASE)
+    return found.group(1) if found else None
+
+
+def _updates_only(sqltext) -> bool:
+    """An UPDATE: it changes rows, adds none."""
+    if isinstance(sqltext, dml.Update):
+        return True
+    words = _text(sqltext).split()
+    return bool(words) and words[0].upper() == "UPDATE"
 
 
 def marker(script) -> dict[str, str]:
@@ -370,14 +406,17 @@ def lint(config, revisions: list[str], dialect_name: str, include_reviewed: bool
 
     Findings the scripts mark reviewed are left out, unless `include_reviewed` (then `reviewed` is set)."""
     findings = []
+    # Tables an earlier revision of this run creates hold no rows when a later one changes them.
+    empty_tables: set[str] = set()
     for revision in revisions:
         script = _script(config, revision)
         reviewed = marker(script)
         try:
-            found = risks(operations(config, revision, dialect_name), dialect_name)
+            found = risks(operations(config, revision, dialect_name), dialect_name, empty_tables)
         except Unreadable as exc:
-            found = risks(exc.recorded, dialect_name)
+            found = risks(exc.recorded, dialect_name, empty_tables)
             found.append((UNREADABLE, f"it failed without one ({exc.cause}), so its risks are unknown: review it"))
+            empty_tables.clear()  # what it did with a database is unknown, rows included
         for operation, reason in found:
             finding = Finding(script.revision, operation, reason, reviewed.get(operation))
             if include_reviewed or finding.reviewed is None:
