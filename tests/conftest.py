@@ -7,6 +7,15 @@ from helpers import Checkout, Database, PgDatabase, Remote, make_database, make_
 from servers import MariaDB, PostgreSQL, SSHServer
 
 
+@pytest.fixture(autouse=True)
+def no_remembered_passwords(monkeypatch):
+    """Each test starts with no password remembered for masking: this process's set would otherwise
+    carry an earlier in-process test's passwords into the next one (on the same xdist worker)."""
+    from deploy import credentials
+
+    monkeypatch.setattr(credentials, "_known_passwords", set())
+
+
 @pytest.fixture(scope="session")
 def mariadb(tmp_path_factory):
     """One throwaway MariaDB for the session; tests get their own database and users."""

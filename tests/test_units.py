@@ -308,3 +308,8 @@ def test_masking_touches_what_a_message_relays_never_the_suites_own_words(monkey
     assert credentials.mask_message(marked) == "access denied for app@db: wrong user or password (server said: ***)"
     # A message that marks nothing may relay anything: all of it is masked.
     assert credentials.mask_message("the tool said: wrong") == "the tool said: ***"
+
+
+def test_a_test_starts_with_no_password_remembered_by_the_tests_before_it():
+    """Masking in-process must not depend on the order tests run in (those above remember several)."""
+    assert credentials.mask("secret pw Tr0ub4dor") == "secret pw Tr0ub4dor"
