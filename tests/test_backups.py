@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
+import signal
 import sqlite3
 import time
 from contextlib import closing
@@ -426,3 +428,46 @@ def test_a_restores_own_words_stay_whole_when_the_password_is_one_of_them(mariad
         backups.restore(url_of(database, word), broken)
     shown = credentials.mask_message(failed.value.marked)
     assert shown == str(failed.value) and shown.startswith("restore of ") and "before the restore" in shown
+
+
+def test_a_restore_stopped_by_sigterm_puts_the_database_back_first(mariadb, tmp_path, monkeypatch):
+    """A service stopped or a terminal closed mid-load: SIGTERM (or SIGHUP) ends the restore only once
+    the database is as it was. The signal comes once the load has dropped the tables."""
+    database = make_database(mariadb)
+    blog(database)
+    # Megabytes, so that the load is fed in several chunks.
+    execute(
+        database,
+        "CREATE TABLE big (id INT PRIMARY KEY, filler LONGTEXT)",
+        "INSERT INTO big VALUES " + ", ".join(f"({n}, REPEAT(MD5({n}), 3000))" for n in range(20)),
+    )
+    good = backups.take(url_of(database), tmp_path / "backups", "abc123", keep=1)
+    execute(database, "CREATE TABLE newer (id INT PRIMARY KEY)")
+    before = snapshot(database)
+    monkeypatch.setattr(backups, "PROGRESS_SECONDS", 0)
+    chunks = []
+
+    def terminated(signum, frame):
+        raise RuntimeError("the process would have ended here")
+
+    def progress(done: int) -> None:
+        """From the second chunk on, the drops that lead the first are in the client's hands."""
+        chunks.append(done)
+        if len(chunks) == 2:
+            deadline = time.monotonic() + 60
+            while "newer" in database.tables() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert "newer" not in database.tables()  # the load has begun: the drops ran
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, terminated)  # what ends this process otherwise
+    try:
+        with pytest.raises(DeployError) as stopped:
+            backups.restore(url_of(database), good.path, progress=progress)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert snapshot(database) == before
+    assert str(stopped.value) == (
+        f"restore of {database.migration_user}@127.0.0.1:{mariadb.port}/{database.name} failed: stopped by "
+        "SIGTERM; the database is as it was before the restore (put back from a backup taken just before)"
+    )

@@ -16,13 +16,15 @@ import json
 import os
 import re
 import shutil
+import signal
 import sqlite3
 import subprocess
 import tempfile
+import threading
 import time as clock
 import zlib
 from collections.abc import Callable, Iterable
-from contextlib import closing, suppress
+from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,6 +54,8 @@ SSL_OPTIONS = ("ssl_ca", "ssl_cert", "ssl_key", "ssl_capath", "ssl_cipher")
 # The client tools read an option file in pieces of 4094 bytes: the rest of a longer line is read as a
 # line of its own (an option they name in their error).
 OPTION_LINE_BYTES = 4094
+# What ends a process from outside (a service stopped, a terminal closed): a restore's load is put back first.
+STOPPING_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 @dataclass(frozen=True)
@@ -700,20 +704,42 @@ def restore(url: URL, path: str | os.PathLike, progress=None, before: Backup | N
         return backup
     fallback = before or _write(url, backup.path.parent, None, label="before-restore")
     try:
-        kind.load(url, backup.path, _Meter(progress))
+        with _stopped_by_signals():
+            kind.load(url, backup.path, _Meter(progress))
     except (DeployError, KeyboardInterrupt) as exc:
-        reason = _said(exc) if isinstance(exc, DeployError) else "stopped by Ctrl-C"
+        reason = _said(exc) if isinstance(exc, DeployError) else f"stopped by {exc.args[0] if exc.args else 'Ctrl-C'}"
         raise _put_back(url, kind, fallback, reason, kept=before is not None) from None
     if before is None:
         _remove(fallback)
     return backup
 
 
+@contextmanager
+def _stopped_by_signals():
+    """SIGTERM and SIGHUP stop a restore's load as Ctrl-C does (KeyboardInterrupt, naming the signal),
+    so that the database is put back before the process ends, instead of being left half loaded."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = {signum: signal.signal(signum, stop) for signum in STOPPING_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def _put_back(url: URL, kind: _Kind, fallback: Backup, reason: str, kept: bool) -> DeployError:
-    """After a failed load: the database as it was, loaded from `fallback`; the error to raise."""
+    """After a failed load: the database as it was, loaded from `fallback`; the error to raise.
+    SIGTERM and SIGHUP wait until it is done (Ctrl-C does not)."""
     failed = f"restore of {describe(url)} failed: {reason}"
     try:
-        kind.load(url, fallback.path, _Meter(None))
+        with _ignoring(STOPPING_SIGNALS):
+            kind.load(url, fallback.path, _Meter(None))
     except (DeployError, KeyboardInterrupt) as exc:
         again = _said(exc) if isinstance(exc, DeployError) else "stopped by Ctrl-C"
         # The backup of how it was stays, whoever took it: it is the way back.
@@ -727,3 +753,16 @@ def _put_back(url: URL, kind: _Kind, fallback: Backup, reason: str, kept: bool) 
         _remove(fallback)
     source = fallback.path.name if kept else "a backup taken just before"
     return DeployError(own(f"{failed}; the database is as it was before the restore (put back from {source})"))
+
+
+@contextmanager
+def _ignoring(signals: tuple[int, ...]):
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in signals}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
