@@ -757,10 +757,12 @@ def _put_back(url: URL, kind: _Kind, fallback: Backup, reason: str, kept: bool) 
 
 @contextmanager
 def _ignoring(signals: tuple[int, ...]):
+    """This process ignores `signals` meanwhile; the tools it starts do not (a handler, unlike SIG_IGN,
+    is not inherited)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in signals}
+    previous = {signum: signal.signal(signum, lambda signum, frame: None) for signum in signals}
     try:
         yield
     finally:
