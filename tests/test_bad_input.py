@@ -205,6 +205,9 @@ def test_a_database_name_that_is_not_utf8_is_one_line(checkout, database):
         (("prod", "db.upgrade", "--yes"), NOT_UTF8),
         (("prod", "db.downgrade", f"--to={BASE}"), NOT_UTF8 + STDIN_PASSWORD.encode()),
     ],
+    # Named, not derived from the values: pytest puts a test's id in PYTEST_CURRENT_TEST, where a
+    # parallel test's leak check would find the password.
+    ids=["upgrade", "downgrade"],
 )
 def test_fab_with_input_that_is_not_utf8_ends_in_one_line(remote, args, stdin):
     if args[1] == "db.downgrade":
