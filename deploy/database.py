@@ -258,7 +258,11 @@ class Peer:
 # A port forward (ssh -L, socat) listens on this machine and relays to a server elsewhere: the socket's
 # address proves nothing. The server says which process serves this connection, and this machine's
 # kernel must show that very process holding the connection's other end.
-SERVER_PROGRAMS = {"postgresql": {"postgres", "postmaster"}, "mysql": {"mariadbd", "mysqld"}}
+SERVER_PROGRAMS = {
+    "postgresql": {"postgres", "postmaster"},
+    "mysql": {"mariadbd", "mysqld"},
+    "mariadb": {"mariadbd", "mysqld"},  # SQLAlchemy's mariadb:// dialect
+}
 
 
 def peer(connection: Connection) -> Peer:
@@ -303,7 +307,7 @@ def _server_process(connection: Connection) -> int | None:
         (pid,) = connection.exec_driver_sql("SELECT pg_backend_pid()").one()
         connection.rollback()
         return int(pid)
-    if name == "mysql":  # MariaDB too: one process, a thread per connection; its pid file is on its machine
+    if name in ("mysql", "mariadb"):  # one process, a thread per connection; its pid file is on its machine
         pid_file, datadir = connection.exec_driver_sql("SELECT @@pid_file, @@datadir").one()
         connection.rollback()
         path = Path(datadir or "/", pid_file or "")

@@ -29,7 +29,7 @@ from helpers import (
     tables,
 )
 from netns import OtherHost
-from servers import MariaDB, free_port
+from servers import MariaDB
 
 NOT_UTF8 = b"\xff\xfepw\n"
 # Each character the URL, the shell and ConfigParser treat specially, '+' (which quote_plus gets wrong) and a space.
@@ -134,10 +134,10 @@ def test_reset_refuses_a_server_behind_a_loopback_port_forward(checkout, other_h
     assert server.execute("SHOW TABLES FROM blog") == (("keep",),)
 
 
-def test_reset_of_a_local_mariadb_reports_the_address_used(checkout, database):
-    checkout.write_settings(
-        "development", SQLALCHEMY_DATABASE_URI=database.app_url, SQLALCHEMY_ALEMBIC_URI=database.migration_url
-    )
+@pytest.mark.parametrize("scheme", ["mysql", "mariadb"])
+def test_reset_of_a_local_mariadb_reports_the_address_used_and_the_proof(checkout, database, scheme):
+    app_url, migration_url = (f"{scheme}{url[len('mysql') :]}" for url in (database.app_url, database.migration_url))
+    checkout.write_settings("development", SQLALCHEMY_DATABASE_URI=app_url, SQLALCHEMY_ALEMBIC_URI=migration_url)
     result = checkout.invoke("db.reset", "--force", stdin=STDIN_PASSWORD)
     assert result.code == 0, result.output
     proof = f"the server's process {database.server.pid} (mariadbd) holds the other end of this connection"
@@ -227,7 +227,7 @@ class FakePeer(threading.Thread):
     def __init__(self, reply: bytes | None):
         super().__init__(daemon=True)
         self.reply = reply
-        self.listener = socket.create_server(("127.0.0.1", free_port()))
+        self.listener = socket.create_server(("127.0.0.1", 0))  # the kernel picks a free port: no race
         self.port = self.listener.getsockname()[1]
         self.held: list[socket.socket] = []
 
