@@ -313,3 +313,14 @@ def test_masking_touches_what_a_message_relays_never_the_suites_own_words(monkey
 def test_a_test_starts_with_no_password_remembered_by_the_tests_before_it():
     """Masking in-process must not depend on the order tests run in (those above remember several)."""
     assert credentials.mask("secret pw Tr0ub4dor") == "secret pw Tr0ub4dor"
+
+
+def test_the_run_log_keeps_the_suites_own_words_and_masks_what_they_relay(tmp_path, monkeypatch):
+    from deploy.errors import own, relayed
+    from deploy.safety import runlog
+
+    monkeypatch.setattr(credentials, "_known_passwords", {"wrong"})
+    with pytest.raises(DeployError), runlog.recorded(tmp_path, "db.upgrade", "app@db/blog", "a", "b"):
+        raise DeployError(own(f"access denied for app@db/blog: wrong user or password ({relayed('said: wrong')})"))
+    outcome = runlog.last_run(tmp_path).outcome
+    assert outcome == "failed: access denied for app@db/blog: wrong user or password (said: ***)"

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ..credentials import mask
+from ..credentials import mask, mask_message
 from ..errors import DeployError
 
 FILE = "migration-runs.jsonl"
@@ -99,7 +99,8 @@ def recorded(instance_path: Path, command: str, database: str, start: str, targe
         run.outcome = run.outcome or "aborted"
         raise
     except Exception as exc:
-        run.outcome = run.outcome or f"failed: {mask(str(exc))}"  # the file must never hold a password
+        # The file must never hold a password; the suite's own words stay whole (errors.relayed).
+        run.outcome = run.outcome or f"failed: {mask_message(getattr(exc, 'marked', None) or str(exc))}"
         if isinstance(exc, HalfApplied):
             run.left = {key: mask(value) if isinstance(value, str) else value for key, value in exc.left.items()}
         raise
