@@ -408,7 +408,7 @@ def migration_failed(
         now, failed = None, step
     label = alembic_ops.label(project.alembic, failed.revision)
     if now is None:
-        where = f"where the database is cannot be read: run `{project.command('status')}`"
+        where = f"its revision cannot be read now: `{project.command('status')}` shows where the database is"
     else:
         where = f"the database is at {alembic_ops.label(project.alembic, current_of(now))}"
     head = f"revision {label} {what}; {where}"
@@ -434,11 +434,13 @@ def migration_failed(
         return DeployError(f"{head}; {left.summary()}: nothing of it is in the database; {way_out}")
     down = failed.down_revision
     finished = (target if isinstance(down, tuple) else down or "base") if downgrade else failed.revision
+    # Where the database was recorded before the failed revision ran: read, or else from the plan.
+    before = current_of(now) if now is not None else (failed.revision if downgrade else down)
     record = {
         "revision": failed.revision,
         "summary": left.summary(),
         "finished": finished,
-        "before": current_of(now) or "base" if now is not None else "?",
+        "before": ", ".join(before) if isinstance(before, tuple) else before or "base",
         "backup": backup.path.name if backup is not None else None,
     }
     out = ways_out(project, finished, record["before"], record["backup"])
