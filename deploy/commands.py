@@ -14,7 +14,7 @@ from sqlalchemy.engine import URL, Connection
 from . import alembic_ops, database, safety
 from .credentials import describe, needs_password, with_password
 from .database import application_tables, explain, translate_errors
-from .errors import DeployError
+from .errors import RELAYED, DeployError, own, relayed
 from .safety import backups, diagnosis, lint, lock, runlog, timeouts
 from .safety.cancel import Cancellation
 from .safety.refusals import confirm_restore_from
@@ -290,10 +290,13 @@ def check_resolved(project: Project) -> None:
     left = run.left or {}
     revision = left.get("revision", "?")
     out = ways_out(project, left.get("finished", revision), left.get("before", "?"), left.get("backup"))
+    # The summary was masked when the run log kept it; marked relayed, it is the only part masking looks at.
     raise DeployError(
-        f"{database} has a revision left half applied by {run.command} ({run.user}@{run.host}, {run.started}): "
-        f"{left.get('summary', revision)}; nothing is migrated until that is resolved: {out} "
-        f"(any of these resolves it)"
+        own(
+            f"{database} has a revision left half applied by {run.command} ({run.user}@{run.host}, {run.started}): "
+            f"{relayed(left.get('summary', revision))}; nothing is migrated until that is resolved: {out} "
+            f"(any of these resolves it)"
+        )
     )
 
 
@@ -387,14 +390,15 @@ def migration_failed(
 ) -> DeployError:
     """Name the revision that failed (`exc`) or was aborted (None), the one the database is left at,
     what the failed one left behind, as the run followed it, and the ways out."""
+    # What the message relays (the driver's words, the script's names) is marked, for masking.
     if exc is None:
         what = "was aborted"
     elif hasattr(exc, "orig"):
         what = f"failed: {explain(exc, url)}"
     elif isinstance(exc, DeployError):
-        what = f"failed: {exc}"
+        what = f"failed: {exc.marked if exc.marked and RELAYED[0] in exc.marked else relayed(str(exc))}"
     else:
-        what = f"failed: {' '.join([type(exc).__name__ + ':', *str(exc).splitlines()[:1]])}"
+        what = f"failed: {relayed(' '.join([type(exc).__name__ + ':', *str(exc).splitlines()[:1]]))}"
     transactional = alembic_ops.transactional_ddl(connection)
     try:
         if exc is None:  # the connection may be cut off mid-statement: read on a fresh one
@@ -406,12 +410,12 @@ def migration_failed(
         failed = alembic_ops.plan(project.alembic, now, target, downgrade)[0]
     except Exception:
         now, failed = None, step
-    label = alembic_ops.label(project.alembic, failed.revision)
+    label = relayed(alembic_ops.label(project.alembic, failed.revision))
     if now is None:
         where = f"its revision cannot be read now: `{project.command('status')}` shows where the database is"
     else:
-        where = f"the database is at {alembic_ops.label(project.alembic, current_of(now))}"
-    head = f"revision {label} {what}; {where}"
+        where = f"the database is at {relayed(alembic_ops.label(project.alembic, current_of(now)))}"
+    head = own(f"revision {label} {what}; {where}")
     if transactional:
         return DeployError(
             f"{head}; it was rolled back whole, none of it is in the live schema"

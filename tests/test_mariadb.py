@@ -1,6 +1,8 @@
 """`invoke db.*` against a real MariaDB set up as in production: the app user lacks ALTER,
 migrations run as a privileged user whose password is typed at a prompt."""
 
+import json
+
 import pexpect
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -277,3 +279,24 @@ def test_a_production_downgrade_wants_the_database_name(production, database):
     )
     assert confirmed.code == 0, confirmed.output
     assert database.version() != HEAD
+
+
+def test_a_password_in_a_failing_operations_name_is_masked_in_the_error_and_the_run_log(production, database):
+    assert upgrade(production).code == 0
+    production.add_revision(
+        "leaky",
+        HEAD,
+        upgrade="op.add_column('posts', sa.Column('summary', sa.String(50)))\n    "
+        f"op.execute({f'SELECT {PASSWORD!r} FROM no_such_table'!r})",
+    )
+    result = upgrade(production, "--allow-risky")
+    line = one_error_line(result)
+    assert "revision leaky is half applied: 1 operation applied (add_column posts.summary)" in line
+    assert 'failed, so not applied: execute SELECT "***" FROM no_such_table' in line, line
+    assert PASSWORD not in result.err  # (the lint's warning on stdout quotes the script as it is)
+    log = (production.path / "instance" / "migration-runs.jsonl").read_text()
+    assert PASSWORD not in log
+    (left,) = [run["left"] for run in map(json.loads, log.splitlines()) if run["left"]]
+    assert 'failed, so not applied: execute SELECT "***" FROM no_such_table' in left["summary"]
+    refusal = one_error_line(upgrade(production))
+    assert "has a revision left half applied" in refusal and PASSWORD not in refusal

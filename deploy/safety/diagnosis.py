@@ -24,6 +24,7 @@ from alembic.operations.batch import BatchOperationsImpl
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
 
+from ..errors import relayed
 from . import lint
 
 
@@ -204,13 +205,18 @@ class Left:
         return self.state != "is not applied"
 
     def summary(self) -> str:
-        """One line: which operations applied, which failed, which never ran, which cannot be told."""
+        """One line: which operations applied, which failed, which never ran, which cannot be told.
+        The operations' names come from the script: they are marked relayed, for masking."""
+
+        def names(items: list[str]) -> str:
+            return ", ".join(map(relayed, items))
+
         count = len(self.applied)
         parts = [f"revision {self.revision} {self.state}: {count} operation{'s' * (count != 1)} applied"]
-        parts += [f" ({', '.join(self.applied)})" if self.applied else ""]
-        parts += [f"; failed, so not applied: {', '.join(self.failed)}" if self.failed else ""]
-        parts += [f"; never ran: {', '.join(self.not_run)}" if self.not_run else ""]
-        parts += [f"; cannot tell: {', '.join(self.unknown)}" if self.unknown else ""]
+        parts += [f" ({names(self.applied)})" if self.applied else ""]
+        parts += [f"; failed, so not applied: {names(self.failed)}" if self.failed else ""]
+        parts += [f"; never ran: {names(self.not_run)}" if self.not_run else ""]
+        parts += [f"; cannot tell: {names(self.unknown)}" if self.unknown else ""]
         return "".join(parts)
 
 

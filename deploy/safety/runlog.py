@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ..credentials import mask, mask_message
+from ..credentials import mask_message
 from ..errors import DeployError
 
 FILE = "migration-runs.jsonl"
@@ -102,7 +102,7 @@ def recorded(instance_path: Path, command: str, database: str, start: str, targe
         # The file must never hold a password; the suite's own words stay whole (errors.relayed).
         run.outcome = run.outcome or f"failed: {mask_message(getattr(exc, 'marked', None) or str(exc))}"
         if isinstance(exc, HalfApplied):
-            run.left = {key: mask(value) if isinstance(value, str) else value for key, value in exc.left.items()}
+            run.left = {key: mask_message(v) if isinstance(v, str) else v for key, v in exc.left.items()}
         raise
     finally:
         run.outcome = run.outcome or "done"
