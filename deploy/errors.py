@@ -53,7 +53,10 @@ def one_line_errors(body):
         from .credentials import mask, mask_message
 
         try:
-            return body(c, *args, **kwargs)
+            result = body(c, *args, **kwargs)
+            # Output to a pipe is buffered: a reader gone (`| head -1`) shows here, not in the flush at exit.
+            sys.stdout.flush()
+            return result
         except DeployError as exc:
             if debugging():
                 print(mask(traceback.format_exc()), file=sys.stderr)

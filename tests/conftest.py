@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from helpers import Checkout, Database, PgDatabase, Remote, make_database, make_pg_database
-from servers import MariaDB, PostgreSQL, SSHServer
+from servers import MariaDB, PostgreSQL, SSHServer, server_environment
+
+# The run must not depend on the shell that starts it: every process the tests start, by any means,
+# sees what CI gives them (no caller's locale, no PYTHONUNBUFFERED...).
+_as_in_ci = server_environment()
+os.environ.clear()
+os.environ.update(_as_in_ci)
 
 
 @pytest.fixture(autouse=True)

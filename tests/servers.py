@@ -59,11 +59,16 @@ def utf8_locale() -> str:
     return "C.UTF-8" if {"C.utf8", "C.UTF-8"} & set(names.split()) else "C"
 
 
+# What a caller's shell may set that changes how servers and tools word, encode or buffer their output.
+CALLER_ONLY = ("LANG", "LANGUAGE", "PYTHONUNBUFFERED", "PYTHONIOENCODING", "PYTHONUTF8", "PYTHONDONTWRITEBYTECODE")
+
+
 def server_environment(**extra: str) -> dict[str, str]:
-    """The environment of a server or its set-up tool: the caller's locale (LANG, LANGUAGE, LC_*) stays
-    behind. A server's language and encoding come from its own settings, never from whoever started the
-    tests: a caller's LANGUAGE overrides lc_messages, and a C locale turns translated words into `?`."""
-    kept = {name: value for name, value in os.environ.items() if name not in ("LANG", "LANGUAGE")}
+    """The environment of a server or its set-up tool: the caller's locale (LANG, LANGUAGE, LC_*) and
+    Python's output settings stay behind. A server's language and encoding come from its own settings,
+    never from whoever started the tests: a caller's LANGUAGE overrides lc_messages, and a C locale turns
+    translated words into `?`; a caller's PYTHONUNBUFFERED hides what buffered output does."""
+    kept = {name: value for name, value in os.environ.items() if name not in CALLER_ONLY}
     kept = {name: value for name, value in kept.items() if not name.startswith("LC_")}
     return {**kept, "LANG": utf8_locale(), **extra}
 
