@@ -440,17 +440,23 @@ def new_files_containing(directory: Path, secret: str, since: float) -> list[Pat
 
 
 class PortForward(threading.Thread):
-    """What `ssh -L` or socat does: listens on 127.0.0.1 (`port`) and relays each connection to `target`.
+    """What `ssh -L` or socat does: listens on 127.0.0.1 (`port`), or on the Unix socket `unix_path`,
+    and relays each connection to `target`.
 
     A server behind it looks local by its socket address alone. Use as a context manager."""
 
-    def __init__(self, target: tuple[str, int]):
+    def __init__(self, target: tuple[str, int], unix_path: Path | None = None):
         super().__init__(daemon=True)
         self.target = target
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
+        if unix_path is None:
+            self.listener = socket.create_server(("127.0.0.1", 0))
+            self.port = self.listener.getsockname()[1]
+        else:
+            self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.listener.bind(str(unix_path))
+            self.listener.listen()
+            self.port = 0
         self.sockets: list[socket.socket] = []
-        self.closed = False
 
     def run(self) -> None:
         while True:

@@ -134,6 +134,18 @@ def test_reset_refuses_a_server_behind_a_loopback_port_forward(checkout, other_h
     assert server.execute("SHOW TABLES FROM blog") == (("keep",),)
 
 
+def test_reset_refuses_a_server_behind_a_unix_socket_forward(checkout, other_host, tmp_path):
+    """socat UNIX-LISTEN:...,fork TCP:elsewhere: a Unix socket on this machine, the server on another."""
+    other, server = other_host
+    path = tmp_path / "forward.sock"
+    with PortForward((other.address, server.port), unix_path=path):
+        url = f"mysql+pymysql://dev:dev-pw@localhost/blog?unix_socket={quote(str(path), safe='')}"
+        checkout.write_settings("development", SQLALCHEMY_DATABASE_URI=url)
+        line = one_error_line(checkout.invoke("db.reset", "--force"))
+    assert f"the connection goes to Unix socket {path}, but the socket is held by process " in line
+    assert server.execute("SHOW TABLES FROM blog") == (("keep",),)
+
+
 @pytest.mark.parametrize("scheme", ["mysql", "mariadb"])
 def test_reset_of_a_local_mariadb_reports_the_address_used_and_the_proof(checkout, database, scheme):
     app_url, migration_url = (f"{scheme}{url[len('mysql') :]}" for url in (database.app_url, database.migration_url))
