@@ -1,22 +1,18 @@
-"""The lint of pending revisions (deploy.safety.lint) and the half-applied report (deploy.safety.diagnosis).
+"""The lint of pending revisions (deploy.safety.lint).
 
 Revisions are written into a copy of the checkout on top of the example's history; the lint runs
-in-process, without a database. The diagnosis runs against SQLite and a real MariaDB."""
+in-process, without a database."""
 
 from __future__ import annotations
 
 import alembic.op
 import pytest
-import sqlalchemy as sa
-from alembic import command
 from alembic.config import Config
 from alembic.operations import ops
-from helpers import PASSWORD, PRODUCTION, STDIN_PASSWORD, make_database
-from sqlalchemy.pool import NullPool
+from helpers import PRODUCTION, STDIN_PASSWORD
 
-from deploy import alembic_ops
 from deploy.errors import DeployError
-from deploy.safety import diagnosis, lint
+from deploy.safety import lint
 
 HEAD = "776f3cb23823"  # the example's last revision: users, posts, tags, post_tags
 
@@ -239,116 +235,3 @@ def test_bad_input_is_one_line(checkout, revision, dialect, marker, message):
     with pytest.raises(DeployError) as failure:
         lint.lint(config_of(checkout), [revision], dialect)
     assert str(failure.value).startswith(message) and "\n" not in str(failure.value)
-
-
-# -- the diagnosis, against live databases ------------------------------------------------------
-
-EVERY_KIND = [
-    'op.drop_table("post_tags")',
-    'op.rename_table("tags", "labels")',
-    'op.create_table("notes", sa.Column("id", sa.Integer(), primary_key=True))',
-    'with op.batch_alter_table("posts") as batch_op:',
-    '    batch_op.add_column(sa.Column("summary", sa.String(50), nullable=True))',
-    '    batch_op.add_column(sa.Column("editor_id", sa.Integer(), nullable=True))',
-    '    batch_op.drop_column("body")',
-    '    batch_op.alter_column("title", new_column_name="headline", existing_type=sa.String(200),'
-    " existing_nullable=False)",
-    '    batch_op.alter_column("status", type_=sa.String(40), existing_type=sa.String(20), nullable=True,'
-    ' existing_nullable=False, existing_server_default="draft")',
-    '    batch_op.create_index("ix_posts_summary", ["summary"], unique=True)',
-    '    batch_op.create_unique_constraint("uq_posts_editor_id", ["editor_id", "author_id"])',
-    '    batch_op.create_foreign_key("fk_posts_editor_id_users", "users", ["editor_id"], ["id"])',
-    '    batch_op.drop_constraint("uq_posts_author_id", type_="unique")',
-    'with op.batch_alter_table("users") as batch_op:',
-    '    batch_op.create_check_constraint("ck_users_name", "name <> \'\'")',
-    '    batch_op.alter_column("name", existing_type=sa.String(100), nullable=True, existing_nullable=False)',
-    'op.execute("UPDATE users SET name = name")',
-]
-CHECKED = [
-    "drop_table post_tags",
-    "rename_table tags to labels",
-    "create_table notes",
-    "add_column posts.summary",
-    "add_column posts.editor_id",
-    "drop_column posts.body",
-    "alter_column posts.title",
-    "alter_column posts.status",
-    "create_index posts.ix_posts_summary",
-    "create_unique_constraint posts.uq_posts_editor_id",
-    "create_foreign_key posts.fk_posts_editor_id_users",
-    "drop_constraint posts.uq_posts_author_id",
-    "create_check_constraint users.ck_users_name",
-    "alter_column users.name",
-]
-
-
-@pytest.fixture(params=["sqlite", "mariadb"])
-def live(request, checkout, tmp_path):
-    """(checkout, connection): SQLite, or a MariaDB database as the migration user opens it."""
-    if request.param == "sqlite":
-        url = sa.make_url(f"sqlite:///{tmp_path / 'live.db'}")
-    else:
-        database = make_database(request.getfixturevalue("mariadb"))
-        url = sa.make_url(database.migration_url).set(password=PASSWORD)
-    engine = sa.create_engine(url, poolclass=NullPool)
-    with engine.connect() as connection:
-        yield checkout, connection
-    engine.dispose()
-
-
-def upgrade(checkout, connection, target: str) -> Config:
-    config = config_of(checkout)
-    alembic_ops.run(command.upgrade, config, connection, target)
-    return config
-
-
-def test_the_diagnosis_sees_each_kind_of_operation_before_and_after(live):
-    checkout, connection = live
-    write(checkout, "d1", EVERY_KIND)
-    before = diagnosis.diagnose(connection, upgrade(checkout, connection, HEAD), "d1")
-    raw = ["execute UPDATE users SET name = name"]
-    assert (before.applied, before.not_applied, before.unknown) == ([], CHECKED, raw)
-    after = diagnosis.diagnose(connection, upgrade(checkout, connection, "d1"), "d1")
-    assert (after.applied, after.not_applied, after.unknown) == (CHECKED, [], raw)
-
-
-def test_a_revision_that_failed_part_way_is_half_applied(live):
-    checkout, connection = live
-    failing = 'op.create_index("ix_posts_nope", "posts", ["nope"])'  # no such column
-    write(checkout, "h1", ['op.add_column("posts", sa.Column("summary", sa.String(50)))', failing])
-    upgrade(checkout, connection, HEAD)
-    with pytest.raises(sa.exc.DBAPIError):
-        upgrade(checkout, connection, "h1")
-    connection.rollback()
-    assert alembic_ops.current_heads(connection) == (HEAD,)
-    found = diagnosis.diagnose(connection, config_of(checkout), "h1")
-    assert (found.applied, found.not_applied, found.unknown) == (
-        ["add_column posts.summary"],
-        ["create_index posts.ix_posts_nope"],
-        [],
-    )
-    assert found.half_applied
-    assert found.summary() == (
-        "revision h1 is half applied: 1 of 2 operations in the live schema (add_column posts.summary); "
-        "not applied: create_index posts.ix_posts_nope"
-    )
-    assert found.report("fab prod ").splitlines()[-3:] == [
-        "Ways out:",
-        "  - restore the backup taken before the upgrade: `fab prod db.restore`;",
-        "  - or finish the rest by hand, then record the revision: `fab prod db.stamp h1`.",
-    ]
-
-
-def test_a_revision_that_needs_a_database_is_diagnosed_as_far_as_it_can_be_read(live):
-    checkout, connection = live
-    write(checkout, "u1", ['op.add_column("posts", sa.Column("summary", sa.String(50)))', "op.get_bind().one()"])
-    config = upgrade(checkout, connection, HEAD)
-    found = diagnosis.diagnose(connection, config, "u1")
-    assert (found.applied, found.not_applied) == ([], ["add_column posts.summary"])
-    assert found.unknown == [
-        "the rest of upgrade(), unreadable without a database "
-        "(AttributeError: 'MockConnection' object has no attribute 'one')"
-    ]
-    assert found.state == "may be half applied"
-    with pytest.raises(DeployError, match="^Can't locate revision identified by 'u2'$"):
-        diagnosis.diagnose(connection, config, "u2")

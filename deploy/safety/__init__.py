@@ -5,7 +5,7 @@ lock       one migration at a time per database (GET_LOCK; a file lock beside SQ
 timeouts   short lock waits with retries, and the open transactions that would block us
 backups    verified dumps before production changes, and restore
 lint       risky operations in pending revisions, read from Alembic's operation objects
-diagnosis  what a revision that failed part way left, told from the run; what the live schema holds
+diagnosis  what a revision that failed part way left, told from the run
 cancel     stopping between revisions on Ctrl-C or a lost connection
 runlog     the log of every run, shown by db.status; a half-applied revision blocks migrations until resolved
 Each guard that differs by database kind keeps one implementation per kind, in a table keyed by
