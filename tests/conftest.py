@@ -5,7 +5,16 @@ from __future__ import annotations
 import os
 
 import pytest
-from helpers import Checkout, Database, PgDatabase, Remote, make_database, make_pg_database
+from helpers import (
+    DATABASE_MAKERS,
+    Checkout,
+    Database,
+    PgDatabase,
+    Remote,
+    ServerKind,
+    make_database,
+    make_pg_database,
+)
 from servers import MariaDB, PostgreSQL, SSHServer, server_environment
 
 # The run must not depend on the shell that starts it: every process the tests start, by any means,
@@ -84,3 +93,27 @@ def remote(tmp_path, database, sshd) -> Remote:
 def pg_remote(tmp_path, pg_database, sshd) -> Remote:
     """As `remote`, the server checkout's production settings pointing at a PostgreSQL database."""
     return production_remote(tmp_path, pg_database, sshd)
+
+
+def pytest_configure(config):
+    for kind in DATABASE_MAKERS:
+        config.addinivalue_line("markers", f"{kind}: a test of what only a {kind} server does")
+
+
+@pytest.fixture(params=list(DATABASE_MAKERS))
+def server_kind(request) -> ServerKind:
+    """Each kind of database server in turn (test ids end in [mariadb] or [postgresql]); only the kind's
+    own session server is started."""
+    return ServerKind(request.param, request.getfixturevalue(request.param))
+
+
+@pytest.fixture
+def any_database(server_kind) -> Database | PgDatabase:
+    """`database` or `pg_database`, by `server_kind`."""
+    return server_kind.database()
+
+
+@pytest.fixture
+def any_remote(tmp_path, any_database, sshd) -> Remote:
+    """`remote` or `pg_remote`, by `server_kind`."""
+    return production_remote(tmp_path, any_database, sshd)

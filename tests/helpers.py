@@ -492,3 +492,21 @@ class PortForward(threading.Thread):
         for sock in self.sockets:
             sock.close()
         self.join(timeout=10)
+
+
+# -- one test, every kind of database server ------------------------------------------------------
+
+# How a database as in production is made on each kind of server the suite runs on.
+DATABASE_MAKERS = {"mariadb": make_database, "postgresql": make_pg_database}
+
+
+@dataclass
+class ServerKind:
+    """One kind of database server (its name is the key of DATABASE_MAKERS, and the fixture's id),
+    its throwaway server, and the way to make a database on it as in production."""
+
+    name: str
+    server: MariaDB | PostgreSQL
+
+    def database(self, password: str = PASSWORD) -> Database | PgDatabase:
+        return DATABASE_MAKERS[self.name](self.server, password=password)

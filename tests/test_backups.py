@@ -1,4 +1,6 @@
-"""deploy.safety.backups against a real MariaDB (and SQLite): take, verify, list, restore; no mocks."""
+"""deploy.safety.backups against real MariaDB and PostgreSQL servers (and SQLite): take, verify, list,
+restore; no mocks. A test taking `server_kind` runs on both kinds; one marked by its kind is that kind's
+own behaviour. (The password's way to pg_dump and pg_restore is in test_postgresql.py.)"""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
-from helpers import PASSWORD, Database, ProcSampler, files_containing, make_database
+from helpers import PASSWORD, Database, PgDatabase, ProcSampler, files_containing, make_database, make_pg_database
 from sqlalchemy.engine import make_url
 
 from deploy.database import connect
@@ -24,9 +26,10 @@ ODD = 'O\'Brien "q" back\\slash \0 nul\nnew\ttab ünïcødé 🎉 %s; -- DROP TA
 # What an option file could misread: its comment and quote characters, escapes, edge spaces.
 HOSTILE = " a\\b\"c #d;e'f\tg\\ "
 TRUNCATED = "it is truncated (the compressed data ends early)"
+FAILED_RESTORE_END = "; the database is as it was before the restore (put back from a backup taken just before)"
 
 
-def url_of(database: Database, password: str = PASSWORD):
+def url_of(database: Database | PgDatabase, password: str = PASSWORD):
     return make_url(database.migration_url).set(password=password)
 
 
@@ -58,60 +61,201 @@ def snapshot(database: Database) -> dict:
     }
 
 
-def test_restore_brings_back_exactly_the_database_backed_up(mariadb, tmp_path):
-    database = make_database(mariadb)
-    blog(database)
-    before = snapshot(database)
-    backup = backups.take(url_of(database), tmp_path / "backups", "abc123", keep=3)
-    assert (backup.revision, backup.name, backup.size) == ("abc123", database.name, backup.path.stat().st_size)
-    assert PASSWORD not in backup.database and database.migration_user in backup.database
-    assert sorted(path.name for path in backup.path.parent.iterdir()) == [backup.path.name, backup.path.name + ".json"]
+class MariaDBBlog:
+    """The blog the tests back up, on MariaDB: what each kind does its own way, for the shared tests."""
 
-    execute(
-        database,
+    suffix = ".sql.gz"
+    odd = ODD
+    # Made after the backup; the one with a foreign key to a table the restore drops and recreates.
+    changes = (
         ("UPDATE authors SET name = %s WHERE id = 2", ("changed",)),
         "INSERT INTO authors (name) VALUES ('newcomer')",
         "DROP TABLE posts",
-        # Newer than the backup, and it holds a foreign key to a table the restore drops and recreates.
         "CREATE TABLE comments (id INT PRIMARY KEY, author_id INT, FOREIGN KEY (author_id) REFERENCES authors (id))",
         "INSERT INTO comments VALUES (1, 1)",
         "CREATE VIEW newest AS SELECT MAX(id) AS id FROM authors",
         "UPDATE alembic_version SET version_num = 'def456'",
     )
-    assert snapshot(database) != before
+    # Why a dump fails: a wrong password, a database that does not exist.
+    dump_failures = ("Access denied", "'nosuch'")
+
+    def __init__(self, database: Database):
+        self.database = database
+
+    def fill(self) -> None:
+        blog(self.database)
+
+    def execute(self, *statements) -> None:
+        execute(self.database, *statements)
+
+    def snapshot(self) -> dict:
+        return snapshot(self.database)
+
+    def incomplete(self, good: backups.Backup) -> tuple[bytes, str]:
+        """A whole gzip stream that is not a whole backup, and the reason it is refused."""
+        text = gzip.decompress(good.path.read_bytes())
+        return gzip.compress(text[: text.rindex(b"-- Dump completed")]), "the dump lacks its completion marker"
+
+    def broken(self, good: backups.Backup, into: Path) -> Path:
+        """The tables are dropped and authors loaded before the broken statement is reached."""
+        return break_one_statement(good, b"INSERT INTO `posts`", into)
+
+    def check_failure(self, said: str) -> None:
+        """The client's own error line, not the dashes it prints around the statement."""
+        assert "ERROR 1064 (42000) at line" in said and "error in your SQL syntax" in said and "---" not in said
+
+
+# PostgreSQL's text holds no NUL: that one is MariaDB's alone.
+PG_ODD = ODD.replace("\0 nul", "")
+
+
+class PostgreSQLBlog:
+    """As MariaDBBlog, on PostgreSQL; made by the migration role, so that what it makes is its own (as a
+    migration's would be), with an enum type, a view and sequences besides."""
+
+    suffix = ".pgdump.gz"
+    odd = PG_ODD
+    # As MariaDB's, and besides a view on a newer table, a type and a sequence of their own: a restore
+    # that kept them would not be the backup.
+    changes = (
+        "UPDATE authors SET name = 'changed' WHERE id = 2;"
+        "INSERT INTO authors (name) VALUES ('newcomer');"
+        "DROP VIEW titles; DROP TABLE posts;"
+        "CREATE TYPE colour AS ENUM ('red');"
+        "CREATE TABLE comments (id int PRIMARY KEY, author_id int REFERENCES authors (id), tint colour);"
+        "INSERT INTO comments VALUES (1, 1, 'red');"
+        "CREATE VIEW newest AS SELECT max(id) AS id FROM authors;"
+        "CREATE SEQUENCE tickets;"
+        "ALTER TYPE mood ADD VALUE 'meh';"
+        "UPDATE alembic_version SET version_num = 'def456'",
+    )
+    dump_failures = ("password authentication failed", 'database "nosuch" does not exist')
+
+    def __init__(self, database: PgDatabase, password: str = PASSWORD):
+        self.database = database
+        self.password = password
+
+    def execute(self, *statements) -> None:
+        """As the migration role; a statement is SQL, or (SQL, parameters)."""
+        import psycopg
+
+        with psycopg.connect(
+            host="127.0.0.1",
+            port=self.database.server.port,
+            dbname=self.database.name,
+            user=self.database.migration_user,
+            password=self.password,
+            autocommit=True,
+        ) as connection:
+            for statement in statements:
+                connection.execute(*statement) if isinstance(statement, tuple) else connection.execute(statement)
+
+    def fill(self) -> None:
+        self.execute(
+            "CREATE TYPE mood AS ENUM ('happy', 'sad');"
+            "CREATE TABLE authors (id serial PRIMARY KEY, name text NOT NULL, feeling mood);"
+            "CREATE TABLE posts (id serial PRIMARY KEY, author_id int NOT NULL REFERENCES authors (id),"
+            " title varchar(200), body bytea);"
+            "CREATE VIEW titles AS SELECT title FROM posts;"
+            "CREATE TABLE alembic_version (version_num varchar(32) NOT NULL PRIMARY KEY);"
+            "INSERT INTO alembic_version VALUES ('abc123')",
+            ("INSERT INTO authors (name, feeling) VALUES (%s, 'happy'), ('plain', NULL)", (PG_ODD,)),
+            ("INSERT INTO posts (author_id, title, body) VALUES (1, %s, %s)", (PG_ODD, bytes(range(256)))),
+        )
+
+    def snapshot(self) -> dict:
+        """Every relation and type in public: its kind, its definition as reflection, views and sequences
+        see it, and its rows."""
+        database, found = self.database, {}
+        for name, kind in database.query(
+            "SELECT c.relname, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'v', 'S')"
+        ):
+            if kind == "v":
+                found[name] = (kind, database.query(f"SELECT pg_get_viewdef('{name}'::regclass)"))
+            elif kind == "S":
+                found[name] = (kind, database.query(f"SELECT last_value, is_called FROM {name}"))
+            else:
+                found[name] = (kind, database.query(f"SELECT * FROM {name} ORDER BY 1"))
+        found["types"] = database.query(
+            "SELECT t.typname, array_agg(e.enumlabel ORDER BY e.enumsortorder) FROM pg_type t "
+            "JOIN pg_enum e ON e.enumtypid = t.oid GROUP BY t.typname ORDER BY 1"
+        )
+        found["schema"] = database.schema()
+        return found
+
+    def incomplete(self, good: backups.Backup) -> tuple[bytes, str]:
+        return gzip.compress(b"-- plain SQL, not pg_dump's custom format\nSELECT 1;\n"), "it holds no pg_dump archive"
+
+    def broken(self, good: backups.Backup, into: Path) -> Path:
+        """One statement garbled in place (the archive's strings keep their lengths): pg_restore reads the
+        archive through, but the server refuses the statement, after the restore dropped every table."""
+        archive = gzip.decompress(good.path.read_bytes())
+        assert archive.count(b"CREATE TABLE public.posts") == 1
+        into.write_bytes(gzip.compress(archive.replace(b"CREATE TABLE public.posts", b"CREATE TABLX public.posts")))
+        return into
+
+    def check_failure(self, said: str) -> None:
+        assert said.startswith("pg_restore: error: ") and 'syntax error at or near "TABLX"' in said, said
+
+
+BLOGS = {"mariadb": MariaDBBlog, "postgresql": PostgreSQLBlog}
+
+
+@pytest.fixture
+def any_blog(server_kind, any_database) -> MariaDBBlog | PostgreSQLBlog:
+    """An empty database of each kind in turn, as the blog it is filled as."""
+    return BLOGS[server_kind.name](any_database)
+
+
+def test_restore_brings_back_exactly_the_database_backed_up(any_blog, tmp_path):
+    database = any_blog.database
+    any_blog.fill()
+    before = any_blog.snapshot()
+    backup = backups.take(url_of(database), tmp_path / "backups", "abc123", keep=3)
+    assert (backup.revision, backup.name, backup.size) == ("abc123", database.name, backup.path.stat().st_size)
+    assert backup.path.name.endswith(any_blog.suffix) and backups.verify(backup.path) == backup
+    assert PASSWORD not in backup.database and database.migration_user in backup.database
+    assert sorted(path.name for path in backup.path.parent.iterdir()) == [backup.path.name, backup.path.name + ".json"]
+
+    any_blog.execute(*any_blog.changes)
+    assert any_blog.snapshot() != before
 
     assert backups.restore(url_of(database), backup.path) == backup
-    assert snapshot(database) == before
+    assert any_blog.snapshot() == before
     assert database.version() == "abc123"
-    assert database.query("SELECT name FROM authors WHERE id = 1") == ((ODD,),)
+    assert database.query("SELECT name FROM authors WHERE id = 1") == ((any_blog.odd,),)
+    assert database.query("SELECT body FROM posts") == ((bytes(range(256)),),)
+    # The counter goes on after the restored rows, not from 1.
+    any_blog.execute("INSERT INTO authors (name) VALUES ('next')")
+    assert database.query("SELECT max(id) FROM authors") == ((3,),)
 
 
-def test_damaged_backups_are_refused_before_anything_changes(mariadb, tmp_path):
-    database = make_database(mariadb)
-    blog(database)
-    good = backups.take(url_of(database), tmp_path / "backups", "abc123", keep=3)
-    execute(database, "CREATE TABLE newer (id INT PRIMARY KEY)")  # a restore would drop it
-    after = snapshot(database)
+def test_damaged_backups_are_refused_before_anything_changes(any_blog, tmp_path):
+    any_blog.fill()
+    good = backups.take(url_of(any_blog.database), tmp_path / "backups", "abc123", keep=3)
+    any_blog.execute("CREATE TABLE newer (id INT PRIMARY KEY)")  # a restore would drop it
+    after = any_blog.snapshot()
 
-    data, text = good.path.read_bytes(), gzip.decompress(good.path.read_bytes())
+    data = good.path.read_bytes()
     middle = len(data) // 2
     damaged = tmp_path / "damaged"
     damaged.mkdir()
+    incomplete, incomplete_reason = any_blog.incomplete(good)
     files = {
-        "truncated": data[:middle],
-        "corrupt": data[:middle] + bytes(byte ^ 0xFF for byte in data[middle : middle + 16]) + data[middle + 16 :],
-        "unfinished": gzip.compress(text[: text.rindex(b"-- Dump completed")]),
-    }
-    reasons = {
-        "truncated": TRUNCATED,
-        "corrupt": "its compressed data is corrupt",
-        "unfinished": "the dump lacks its completion marker",
+        "truncated": (data[:middle], TRUNCATED),
+        "corrupt": (
+            data[:middle] + bytes(byte ^ 0xFF for byte in data[middle : middle + 16]) + data[middle + 16 :],
+            "its compressed data is corrupt",
+        ),
+        "incomplete": (incomplete, incomplete_reason),
     }
     cases = {}
-    for number, (name, content) in enumerate(files.items()):
+    for number, (content, reason) in enumerate(files.values()):
         # Named apart from their reasons: the file's name is part of the message.
-        (damaged / f"case{number}.sql.gz").write_bytes(content)
-        cases[damaged / f"case{number}.sql.gz"] = reasons[name]
+        path = damaged / f"case{number}{any_blog.suffix}"
+        path.write_bytes(content)
+        cases[path] = reason
     # Cut beside its sidecar, whose recorded size gives it away first.
     in_place = tmp_path / "in-place"
     shutil.copytree(good.path.parent, in_place)
@@ -127,11 +271,12 @@ def test_damaged_backups_are_refused_before_anything_changes(mariadb, tmp_path):
         # Flipped bytes may also read as a stream that ends early: either way it is refused.
         assert said.startswith(reason) or (reason.endswith("corrupt") and said == TRUNCATED), message
         with pytest.raises(DeployError, match="not a usable backup"):
-            backups.restore(url_of(database), path)
-        assert snapshot(database) == after
+            backups.restore(url_of(any_blog.database), path)
+        assert any_blog.snapshot() == after
     assert backups.verify(good.path) == good
 
 
+@pytest.mark.mariadb
 def test_retention_keeps_the_newest_of_each_database(mariadb, tmp_path):
     one, other = make_database(mariadb), make_database(mariadb)
     directory = tmp_path / "backups"
@@ -150,12 +295,12 @@ def test_retention_keeps_the_newest_of_each_database(mariadb, tmp_path):
         assert backup.revision in line and str(backup.path) in line and "\n" not in line
 
 
-def test_a_failing_dump_leaves_no_file_and_says_why_in_one_line(mariadb, tmp_path):
-    database = make_database(mariadb)
+def test_a_failing_dump_leaves_no_file_and_says_why_in_one_line(any_blog, tmp_path):
+    database = any_blog.database
     directory = tmp_path / "backups"
     wrong_password = url_of(database, PASSWORD + "x")
     no_such_database = url_of(database).set(database="nosuch")
-    for url, reason in ((wrong_password, "Access denied"), (no_such_database, "'nosuch'")):
+    for url, reason in zip((wrong_password, no_such_database), any_blog.dump_failures, strict=True):
         with pytest.raises(DeployError) as failed:
             backups.take(url, directory, "abc123", keep=2)
         message = str(failed.value)
@@ -164,6 +309,7 @@ def test_a_failing_dump_leaves_no_file_and_says_why_in_one_line(mariadb, tmp_pat
         assert list(directory.iterdir()) == []
 
 
+@pytest.mark.mariadb
 def test_backup_and_restore_leak_the_password_nowhere(mariadb, tmp_path, monkeypatch):
     database = make_database(mariadb)
     blog(database)
@@ -205,6 +351,7 @@ def test_backup_and_restore_leak_the_password_nowhere(mariadb, tmp_path, monkeyp
     assert PASSWORD.encode() not in gzip.decompress(backup.path.read_bytes())
 
 
+@pytest.mark.mariadb
 def test_a_users_option_file_cannot_override_the_password(mariadb, tmp_path, monkeypatch):
     """~/.my.cnf holds a [client] password for some other user: the URL's own is the one used."""
     home = tmp_path / "home"
@@ -273,25 +420,24 @@ def break_one_statement(backup: backups.Backup, statement: bytes, into: Path) ->
     return into
 
 
-def test_a_restore_that_fails_part_way_puts_the_database_back_as_it_was(mariadb, tmp_path):
-    database = make_database(mariadb)
-    blog(database)
+def test_a_restore_that_fails_part_way_puts_the_database_back_as_it_was(any_blog, tmp_path):
+    database = any_blog.database
+    any_blog.fill()
     good = backups.take(url_of(database), tmp_path / "backups", "abc123", keep=3)
-    # The tables are dropped and authors loaded before the broken statement is reached.
-    broken = break_one_statement(good, b"INSERT INTO `posts`", tmp_path / "backups" / "broken.sql.gz")
-    execute(database, "CREATE TABLE newer (id INT PRIMARY KEY)", "INSERT INTO newer VALUES (7)")
-    execute(database, "UPDATE alembic_version SET version_num = 'def456'")
-    before = snapshot(database)
+    broken = any_blog.broken(good, tmp_path / "backups" / f"broken{any_blog.suffix}")
+    any_blog.execute("CREATE TABLE newer (id INT PRIMARY KEY)", "INSERT INTO newer VALUES (7)")
+    any_blog.execute("UPDATE alembic_version SET version_num = 'def456'")
+    before = any_blog.snapshot()
     assert backups.verify(broken)  # it passes every check a file can have
 
     with pytest.raises(DeployError) as failed:
         backups.restore(url_of(database), broken)
-    assert snapshot(database) == before  # as it was
+    assert any_blog.snapshot() == before  # as it was
     message = str(failed.value)
-    assert message.startswith(f"restore of {database.migration_user}@127.0.0.1:{mariadb.port}/{database.name} failed: ")
-    # The client's own error line, not the dashes it prints around the statement.
-    assert "ERROR 1064 (42000) at line" in message and "error in your SQL syntax" in message and "---" not in message
-    assert message.endswith("; the database is as it was before the restore (put back from a backup taken just before)")
+    start = f"restore of {database.migration_user}@127.0.0.1:{database.server.port}/{database.name} failed: "
+    assert message.startswith(start), message
+    any_blog.check_failure(message.removeprefix(start))
+    assert message.endswith(FAILED_RESTORE_END)
     assert "\n" not in message and PASSWORD not in message
     # The backup taken for the way back is gone again: the directory holds what it held.
     assert sorted(path.name for path in broken.parent.iterdir()) == sorted(
@@ -302,9 +448,10 @@ def test_a_restore_that_fails_part_way_puts_the_database_back_as_it_was(mariadb,
     taken = backups.take(url_of(database), tmp_path / "backups", "def456", keep=3)
     with pytest.raises(DeployError, match=f"as it was before the restore \\(put back from {taken.path.name}\\)$"):
         backups.restore(url_of(database), broken, before=taken)
-    assert snapshot(database) == before and backups.verify(taken.path) == taken
+    assert any_blog.snapshot() == before and backups.verify(taken.path) == taken
 
 
+@pytest.mark.mariadb
 def test_a_password_too_long_for_the_tools_is_refused_before_anything_is_sent(mariadb, tmp_path):
     """The MariaDB tools read their option file in pieces of 4094 bytes and would take the rest of the
     password line for options, named in their error. The longest that fits works; longer is refused."""
@@ -337,6 +484,7 @@ def test_a_password_too_long_for_the_tools_is_refused_before_anything_is_sent(ma
         assert len(list((tmp_path / "backups").iterdir())) == 2  # the good one and its note
 
 
+@pytest.mark.mariadb
 def test_a_backup_of_another_database_is_refused_unless_the_operator_names_it(mariadb, tmp_path):
     one, other = make_database(mariadb), make_database(mariadb)
     blog(one)
@@ -413,6 +561,7 @@ def test_a_sqlite_restore_is_one_transaction_and_may_create_the_file(tmp_path):
     )
 
 
+@pytest.mark.mariadb
 def test_a_restores_own_words_stay_whole_when_the_password_is_one_of_them(mariadb, tmp_path, monkeypatch):
     """Masking looks at what the message relays (the client's line), never at the suite's wording."""
     from deploy import credentials
@@ -430,6 +579,7 @@ def test_a_restores_own_words_stay_whole_when_the_password_is_one_of_them(mariad
     assert shown == str(failed.value) and shown.startswith("restore of ") and "before the restore" in shown
 
 
+@pytest.mark.mariadb
 def test_a_restore_stopped_by_sigterm_puts_the_database_back_first(mariadb, tmp_path, monkeypatch):
     """A service stopped or a terminal closed mid-load: SIGTERM (or SIGHUP) ends the restore only once
     the database is as it was. The signal comes once the load has dropped the tables."""
@@ -471,3 +621,30 @@ def test_a_restore_stopped_by_sigterm_puts_the_database_back_first(mariadb, tmp_
         f"restore of {database.migration_user}@127.0.0.1:{mariadb.port}/{database.name} failed: stopped by "
         "SIGTERM; the database is as it was before the restore (put back from a backup taken just before)"
     )
+
+
+@pytest.mark.postgresql
+def test_a_long_password_reaches_pg_dump_and_pg_restore_whole(postgresql, tmp_path):
+    """libpq reads a password file's lines at any length: a password of kilobytes works (MariaDB's tools
+    refuse one: test_a_password_too_long_for_the_tools_is_refused_before_anything_is_sent)."""
+    long = "w/rd%:" * 1000
+    database = make_pg_database(postgresql, password=long)
+    blog = PostgreSQLBlog(database, long)
+    blog.fill()
+    before = blog.snapshot()
+    backup = backups.take(url_of(database, long), tmp_path / "backups", "abc123", keep=1)
+    blog.execute("DROP VIEW titles; DROP TABLE posts")
+    backups.restore(url_of(database, long), backup.path)
+    assert blog.snapshot() == before
+
+
+@pytest.mark.postgresql
+def test_a_postgresql_archive_without_its_note_names_its_database(pg_database, postgresql, tmp_path):
+    backup = backups.take(url_of(pg_database), tmp_path / "backups", "abc123", keep=1)
+    backup.path.with_name(backup.path.name + ".json").unlink()
+    bare = backups.verify(backup.path)
+    assert bare.name == pg_database.name
+    other = make_pg_database(postgresql)
+    with pytest.raises(DeployError, match=f"is a backup of {pg_database.name}, not of .*--from-database"):
+        backups.check_source(bare, url_of(other))
+    assert backups.check_source(bare, url_of(other), pg_database.name) == pg_database.name
