@@ -1,39 +1,54 @@
 """Bad settings, bad input and faults, as an attacker or a careless operator would try them.
 
 One place for the list of what has been tried: each case ends in one clear line, changes nothing
-it should not, and shows no part of a password."""
+it should not, and shows no part of a password. A test taking `server_kind` (or a fixture built on it)
+runs on MariaDB and PostgreSQL; one marked by its kind tries what only that kind has: MariaDB's option
+files and signals, PostgreSQL's roles, its ended sessions, and a server whose messages are not in English."""
 
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import time
+from dataclasses import dataclass
 from urllib.parse import quote
 
+import psycopg
 import pytest
 from helpers import (
     APP_PASSWORD,
     BASE,
     HEAD,
     PASSWORD,
+    PRODUCTION,
     STDIN_PASSWORD,
     Checkout,
     PortForward,
     Remote,
     live_only,
     make_database,
+    make_pg_database,
     one_error_line,
     refused,
     sqlite,
     tables,
 )
 from netns import OtherHost
-from servers import MariaDB
+from servers import MariaDB, PostgreSQL
 
 NOT_UTF8 = b"\xff\xfepw\n"
 # Each character the URL, the shell and ConfigParser treat specially, '+' (which quote_plus gets wrong) and a space.
 HOSTILE_PASSWORD = "Tr0ub@dor?42xyz:/%#'+ end"
+
+
+def upgrade(checkout, stdin: str | bytes | None = STDIN_PASSWORD):
+    return checkout.invoke("db.upgrade", "--yes", stdin=stdin, env=PRODUCTION)
+
+
+def where(database, name: str | None = None) -> str:
+    return f"{database.migration_user}@127.0.0.1:{database.server.port}/{name or database.name}"
 
 
 def production(checkout, database, **settings) -> dict:
@@ -87,73 +102,142 @@ def test_a_wrong_key_or_value_in_invoke_yaml_is_one_line_naming_the_key(checkout
 # -- 1. db.reset judges where the connection really goes --------------------------------------
 
 
+@dataclass
+class Elsewhere:
+    """A database on "another machine" (a network namespace of this module's own, over a veth pair),
+    holding one table, `keep`, that a reset must leave alone."""
+
+    other: OtherHost
+    server: MariaDB | PostgreSQL
+    scheme: str
+    user: str
+    password: str
+    name: str
+
+    def url(self, host: str) -> str:
+        return f"{self.scheme}://{self.user}:{quote(self.password, safe='')}@{host}/{self.name}"
+
+    def tables(self) -> set[str]:
+        if isinstance(self.server, MariaDB):
+            return {row[0] for row in self.server.execute(f"SHOW TABLES FROM {self.name}")}
+        return {
+            row[0]
+            for row in self.server.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'", database=self.name
+            )
+        }
+
+
 @pytest.fixture(scope="module")
-def other_host(tmp_path_factory):
-    """A MariaDB on "another machine": a network namespace of this test's own, over a veth pair."""
+def other_mariadb_host(tmp_path_factory):
     with OtherHost(tmp_path_factory.mktemp("other-host")) as other:
         server = other.mariadb()
         server.create_database("blog")
         server.create_user("dev", "dev-pw", "ALL PRIVILEGES", "blog")
         server.execute("CREATE TABLE blog.keep (id INT PRIMARY KEY)")
-        yield other, server
+        yield Elsewhere(other, server, "mysql+pymysql", "dev", "dev-pw", "blog")
 
 
-def redirect_by_engine_options(checkout, other, server):
-    path = checkout.write_settings("development", SQLALCHEMY_DATABASE_URI="mysql+pymysql://dev:dev-pw@localhost/blog")
-    options = {"connect_args": {"host": other.address, "port": server.port}}
+@pytest.fixture(scope="module")
+def other_postgresql_host(tmp_path_factory):
+    with OtherHost(tmp_path_factory.mktemp("other-pg-host")) as other:
+        server = other.postgresql()
+        database = make_pg_database(server)
+        database.query(f'CREATE TABLE keep (id int PRIMARY KEY); ALTER TABLE keep OWNER TO "{database.migration_user}"')
+        yield Elsewhere(other, server, "postgresql+psycopg", database.migration_user, PASSWORD, database.name)
+
+
+@pytest.fixture
+def elsewhere(request) -> Elsewhere:
+    """The other machine's database of the kind the test is parametrized with (indirect)."""
+    return request.getfixturevalue(f"other_{request.param}_host")
+
+
+def redirect_by_engine_options(checkout, elsewhere, key="host"):
+    """The URL says localhost; the driver's own parameters in the engine options say otherwise."""
+    path = checkout.write_settings("development", SQLALCHEMY_DATABASE_URI=elsewhere.url("localhost"))
+    options = {"connect_args": {key: elsewhere.other.address, "port": elsewhere.server.port}}
     path.write_text(path.read_text() + f"SQLALCHEMY_ENGINE_OPTIONS = {options!r}\n")
 
 
-def redirect_by_option_file(checkout, other, server):
+def redirect_by_hostaddr(checkout, elsewhere):
+    redirect_by_engine_options(checkout, elsewhere, key="hostaddr")  # libpq's numeric address
+
+
+def redirect_by_option_file(checkout, elsewhere):
     option_file = checkout.path / "instance" / "client.cnf"
     option_file.parent.mkdir(exist_ok=True)
-    option_file.write_text(f"[client]\nhost = {other.address}\nport = {server.port}\n")
+    option_file.write_text(f"[client]\nhost = {elsewhere.other.address}\nport = {elsewhere.server.port}\n")
     url = f"mysql+pymysql://dev:dev-pw@/blog?read_default_file={quote(str(option_file), safe='')}"
     checkout.write_settings("development", SQLALCHEMY_DATABASE_URI=url)
 
 
-@pytest.mark.parametrize("redirect", [redirect_by_engine_options, redirect_by_option_file])
-def test_reset_refuses_a_connection_that_goes_to_another_machine(checkout, other_host, redirect):
-    other, server = other_host
-    redirect(checkout, other, server)
+@pytest.mark.parametrize(
+    ("elsewhere", "redirect"),
+    [
+        ("mariadb", redirect_by_engine_options),
+        ("mariadb", redirect_by_option_file),
+        ("postgresql", redirect_by_engine_options),
+        ("postgresql", redirect_by_hostaddr),
+    ],
+    indirect=["elsewhere"],
+)
+def test_reset_refuses_a_connection_that_goes_to_another_machine(checkout, elsewhere, redirect):
+    redirect(checkout, elsewhere)
     line = one_error_line(checkout.invoke("db.reset", "--force"))
-    assert f"the connection went to {other.address}:{server.port}, not this machine" in line
-    assert server.execute("SHOW TABLES FROM blog") == (("keep",),)
+    assert f"the connection went to {elsewhere.other.address}:{elsewhere.server.port}, not this machine" in line
+    assert elsewhere.password not in line and quote(elsewhere.password, safe="") not in line
+    assert elsewhere.tables() == {"keep"}
 
 
-def test_reset_refuses_a_server_behind_a_loopback_port_forward(checkout, other_host):
+@pytest.mark.parametrize("elsewhere", ["mariadb", "postgresql"], indirect=True)
+def test_reset_refuses_a_server_behind_a_loopback_port_forward(checkout, elsewhere):
     """ssh -L or socat: the socket goes to 127.0.0.1, the server is on another machine."""
-    other, server = other_host
-    with PortForward((other.address, server.port)) as forward:
-        checkout.write_settings(
-            "development", SQLALCHEMY_DATABASE_URI=f"mysql+pymysql://dev:dev-pw@127.0.0.1:{forward.port}/blog"
-        )
+    with PortForward((elsewhere.other.address, elsewhere.server.port)) as forward:
+        checkout.write_settings("development", SQLALCHEMY_DATABASE_URI=elsewhere.url(f"127.0.0.1:{forward.port}"))
         line = one_error_line(checkout.invoke("db.reset", "--force"))
     assert f"the connection goes to 127.0.0.1:{forward.port}, but " in line
     assert "a port forward to another machine looks the same" in line
-    assert server.execute("SHOW TABLES FROM blog") == (("keep",),)
+    assert elsewhere.password not in line
+    assert elsewhere.tables() == {"keep"}
 
 
-def test_reset_refuses_a_server_behind_a_unix_socket_forward(checkout, other_host, tmp_path):
+@pytest.mark.mariadb
+def test_reset_refuses_a_server_behind_a_unix_socket_forward(checkout, other_mariadb_host, tmp_path):
     """socat UNIX-LISTEN:...,fork TCP:elsewhere: a Unix socket on this machine, the server on another."""
-    other, server = other_host
+    elsewhere = other_mariadb_host
     path = tmp_path / "forward.sock"
-    with PortForward((other.address, server.port), unix_path=path):
+    with PortForward((elsewhere.other.address, elsewhere.server.port), unix_path=path):
         url = f"mysql+pymysql://dev:dev-pw@localhost/blog?unix_socket={quote(str(path), safe='')}"
         checkout.write_settings("development", SQLALCHEMY_DATABASE_URI=url)
         line = one_error_line(checkout.invoke("db.reset", "--force"))
     assert f"the connection goes to Unix socket {path}, but the socket is held by process " in line
-    assert server.execute("SHOW TABLES FROM blog") == (("keep",),)
+    assert elsewhere.tables() == {"keep"}
 
 
-@pytest.mark.parametrize("scheme", ["mysql", "mariadb"])
-def test_reset_of_a_local_mariadb_reports_the_address_used_and_the_proof(checkout, database, scheme):
-    app_url, migration_url = (f"{scheme}{url[len('mysql') :]}" for url in (database.app_url, database.migration_url))
+# The name of the server's process that holds the other end of a local connection.
+SERVER_PROCESS = {"mariadb": "mariadbd", "postgresql": "postgres"}
+
+
+@pytest.mark.parametrize(
+    ("server_kind", "scheme"),
+    [("mariadb", "mysql"), ("mariadb", "mariadb"), ("postgresql", "postgresql")],
+    indirect=["server_kind"],
+)
+def test_reset_of_a_local_server_reports_the_address_used_and_the_proof(checkout, server_kind, any_database, scheme):
+    database = any_database
+    app_url, migration_url = (f"{scheme}{url[url.index('+') :]}" for url in (database.app_url, database.migration_url))
     checkout.write_settings("development", SQLALCHEMY_DATABASE_URI=app_url, SQLALCHEMY_ALEMBIC_URI=migration_url)
     result = checkout.invoke("db.reset", "--force", stdin=STDIN_PASSWORD)
     assert result.code == 0, result.output
-    proof = f"the server's process {database.server.pid} (mariadbd) holds the other end of this connection"
-    assert f"via 127.0.0.1:{database.server.port}, as {proof}:" in result.out
+    port, process = database.server.port, SERVER_PROCESS[server_kind.name]
+    proof = (
+        rf"via 127\.0\.0\.1:{port}, as the server's process (\d+) \({process}\) holds the other end of this connection:"
+    )
+    found = re.search(proof, result.out)
+    assert found, result.out
+    if server_kind.name == "mariadb":  # PostgreSQL's is the connection's own backend, forked for it
+        assert found[1] == str(database.server.pid)
 
 
 # -- 2. unencoded URLs ---------------------------------------------------------------------------
@@ -167,15 +251,13 @@ def password_fragments(password: str) -> list[str]:
     return [piece for piece in pieces if len(piece) >= 3]
 
 
+@pytest.mark.parametrize("scheme", ["mysql+pymysql", "postgresql+psycopg"])
 @pytest.mark.parametrize(
-    "raw",
-    [
-        "mysql+pymysql://app_blog:Tr0ub@dor?42xyz@127.0.0.1/blog",
-        f"mysql+pymysql://app_blog:{HOSTILE_PASSWORD}@127.0.0.1/blog",
-        "mysql+pymysql://app_blog:50%offSECRET@127.0.0.1/blog",
-    ],
+    "credentials",
+    ["app_blog:Tr0ub@dor?42xyz", f"app_blog:{HOSTILE_PASSWORD}", "app_blog:50%offSECRET"],
 )
-def test_an_unencoded_password_is_refused_without_any_part_of_it(checkout, raw):
+def test_an_unencoded_password_is_refused_without_any_part_of_it(checkout, scheme, credentials):
+    raw = f"{scheme}://{credentials}@127.0.0.1/blog"
     checkout.write_settings("production", SQLALCHEMY_DATABASE_URI=raw)
     line = one_error_line(checkout.invoke("db.status", env={"FLASK_CONFIG": "production"}))
     assert "quote(value, safe='')" in line
@@ -183,11 +265,12 @@ def test_an_unencoded_password_is_refused_without_any_part_of_it(checkout, raw):
     assert not [fragment for fragment in password_fragments(password) if fragment in line], line
 
 
-def test_the_documented_encoding_works_for_every_character(checkout, mariadb):
-    database = make_database(mariadb)
-    mariadb.create_user("hostile", HOSTILE_PASSWORD, "SELECT", database.name)
-    url = f"mysql+pymysql://hostile:{quote(HOSTILE_PASSWORD, safe='')}@127.0.0.1:{mariadb.port}/{database.name}"
-    env = production(checkout, database, SQLALCHEMY_DATABASE_URI=url)
+def test_the_documented_encoding_works_for_every_character(checkout, server_kind, any_database):
+    database, server = any_database, server_kind.server
+    server.create_user("hostile", HOSTILE_PASSWORD, "SELECT", database.name)
+    scheme = database.app_url.split("://", 1)[0]
+    url = f"{scheme}://hostile:{quote(HOSTILE_PASSWORD, safe='')}@127.0.0.1:{server.port}/{database.name}"
+    env = production(checkout, database, SQLALCHEMY_DATABASE_URI=url, SQLALCHEMY_ALEMBIC_URI=database.migration_url)
     result = checkout.invoke("db.current", env=env)
     assert result.code == 0, result.output
     assert result.out.strip() == "not stamped: empty database"
@@ -196,11 +279,11 @@ def test_the_documented_encoding_works_for_every_character(checkout, mariadb):
 # -- 3. bytes that are not UTF-8 on standard input -------------------------------------------------
 
 
-def test_a_password_that_is_not_utf8_is_one_line(checkout, database):
-    env = production(checkout, database)
+def test_a_password_that_is_not_utf8_is_one_line(checkout, any_database):
+    env = production(checkout, any_database)
     line = one_error_line(checkout.invoke("db.upgrade", "--yes", stdin=NOT_UTF8, env=env))
     assert "standard input is not UTF-8" in line
-    assert database.tables() == set()
+    assert any_database.tables() == set()
 
 
 def test_a_database_name_that_is_not_utf8_is_one_line(checkout, database):
@@ -280,14 +363,24 @@ def test_a_peer_that_does_not_speak_ssh_is_one_line_within_the_connect_timeout(r
 # -- 5. a server-side process that dies --------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("signal_name", "number"), [("SIGKILL", 9), ("SIGSEGV", 11)])
-def test_a_server_process_that_dies_is_one_line_naming_the_signal(remote, signal_name, number):
+@pytest.mark.parametrize(
+    ("server_kind", "signal_name", "number"),
+    [("mariadb", "SIGKILL", 9), ("mariadb", "SIGSEGV", 11), ("postgresql", "SIGKILL", 9)],
+    indirect=["server_kind"],
+)
+def test_a_server_process_that_dies_is_one_line_naming_the_signal(any_remote, signal_name, number):
+    remote = any_remote
     remote.upgrade()
     kill = f"import os, signal; os.kill(os.getpid(), signal.{signal_name})"
-    remote.add_revision("dead00000001", upgrade=live_only(kill))
+    remote.add_revision(
+        "dead00000001", upgrade="op.create_table('doomed', sa.Column('id', sa.Integer))\n    " + live_only(kill)
+    )
     line = refused(remote.fab("prod", "db.upgrade", "--yes", stdin=STDIN_PASSWORD), f"killed by signal {number}")
     assert "`fab prod db.status`" in line
-    assert remote.database.version() == remote.local.revisions()[-2]
+    assert remote.database.version() == remote.local.revisions()[-2] == HEAD
+    # PostgreSQL's DDL is transactional: the dead process's transaction went with its connection, and
+    # nothing of the revision remains. MariaDB commits each CREATE TABLE as it runs.
+    assert ("doomed" in remote.database.tables()) == isinstance(remote.database.server, MariaDB)
 
 
 # -- 6. status cannot plan with several heads ------------------------------------------------------
@@ -374,8 +467,11 @@ LEAKY = {
 
 
 @pytest.mark.parametrize("leak", LEAKY.values(), ids=LEAKY.keys())
-def test_a_migration_error_quoting_the_password_is_masked(checkout, database, leak):
+def test_a_migration_error_quoting_the_password_is_masked(checkout, any_database, leak):
+    database = any_database
     env = production(checkout, database)
+    # Applied first: PostgreSQL would roll back the whole upgrade, the revisions before the leaky one too.
+    assert checkout.invoke("db.upgrade", "--yes", stdin=STDIN_PASSWORD, env=env).code == 0
     checkout.add_revision("leaky0000001", HEAD, upgrade=live_only(f"raise RuntimeError('connected as ' + {leak})"))
     line = one_error_line(checkout.invoke("db.upgrade", "--yes", stdin=STDIN_PASSWORD, env=env))
     assert "revision leaky0000001" in line and "connected as " in line and "***" in line
@@ -409,3 +505,114 @@ def test_a_migration_error_quoting_the_password_is_masked_over_fab(remote):
     remote.add_revision("leaky0000001", upgrade=live_only(f"raise RuntimeError('connected as ' + {LEAKY['raw']})"))
     line = refused(remote.fab("prod", "db.upgrade", "--yes", stdin=STDIN_PASSWORD), "connected as ***")
     assert APP_PASSWORD not in line
+
+
+# -- 10. PostgreSQL's own: roles, ended sessions, a server that speaks German ----------------------
+
+
+@pytest.mark.postgresql
+def test_a_wrong_password_and_an_unknown_role_are_access_denied(checkout, pg_database):
+    checkout.use_production(pg_database)
+    line = one_error_line(upgrade(checkout, stdin="not the password\n"))
+    assert line == f"error: access denied for {where(pg_database)}: wrong user or password"
+    checkout.write_settings(
+        "production",
+        SQLALCHEMY_DATABASE_URI=pg_database.app_url,
+        SQLALCHEMY_ALEMBIC_URI=pg_database.migration_url.replace(pg_database.migration_user, "nobody", 1),
+    )
+    assert "error: access denied for nobody@127.0.0.1:" in one_error_line(upgrade(checkout))
+    assert pg_database.tables() == set()
+
+
+@pytest.mark.postgresql
+def test_a_database_the_role_may_not_connect_to_is_one_line(checkout, pg_database):
+    pg_database.server.execute(f'REVOKE CONNECT ON DATABASE "{pg_database.name}" FROM PUBLIC')
+    checkout.use_production(pg_database)
+    # The app role reads the status first: refused before any password is asked.
+    line = one_error_line(checkout.invoke("db.status", env=PRODUCTION))
+    assert line == (
+        f"error: {pg_database.app_user} may not use database '{pg_database.name}' "
+        f"({pg_database.app_user}@127.0.0.1:{pg_database.server.port}/{pg_database.name}): is it granted?"
+    )
+
+
+LOCALE = "de_DE.UTF-8"
+
+
+@pytest.fixture(scope="module")
+def german(tmp_path_factory):
+    """A throwaway PostgreSQL whose lc_messages is German (compiled into its directory if need be)."""
+    server = PostgreSQL(tmp_path_factory.mktemp("postgresql-de"), lc_messages=LOCALE)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.postgresql
+def test_the_german_server_really_answers_in_german(german):
+    """The premise of the tests below: libpq's message is not one the English matching knows."""
+    database = make_pg_database(german)
+    with pytest.raises(psycopg.OperationalError) as failed:
+        psycopg.connect(
+            host="127.0.0.1", port=german.port, dbname=database.name, user=database.migration_user, password="wrong"
+        )
+    message = str(failed.value)
+    assert "Passwort-Authentifizierung" in message and "password authentication" not in message
+    assert failed.value.sqlstate is None  # what psycopg gives for a failure while connecting
+
+
+@pytest.mark.postgresql
+def test_a_german_servers_connection_failures_are_one_clear_line(checkout, german):
+    database = make_pg_database(german)
+    checkout.use_production(database)
+    assert one_error_line(upgrade(checkout, stdin="not the password\n")) == (
+        f"error: access denied for {where(database)}: wrong user or password"
+    )
+    checkout.write_settings(
+        "production",
+        SQLALCHEMY_DATABASE_URI=database.app_url + "_missing",
+        SQLALCHEMY_ALEMBIC_URI=database.migration_url + "_missing",
+    )
+    line = one_error_line(upgrade(checkout))
+    assert line == (
+        f"error: database '{database.name}_missing' does not exist on the server "
+        f"({where(database, database.name + '_missing')})"
+    )
+    german.execute(f'REVOKE CONNECT ON DATABASE "{database.name}" FROM PUBLIC')
+    checkout.use_production(database)
+    line = one_error_line(checkout.invoke("db.status", env=PRODUCTION))
+    assert line.startswith(f"error: {database.app_user} may not use database '{database.name}' (")
+    assert line.endswith("): is it granted?")
+    assert PASSWORD not in line and APP_PASSWORD not in line
+
+
+@pytest.mark.postgresql
+def test_a_german_servers_statement_errors_keep_their_code_and_its_words(checkout, german):
+    database = make_pg_database(german)
+    checkout.use_production(database)
+    assert upgrade(checkout).code == 0
+    checkout.add_revision("addcol", HEAD, upgrade="op.add_column('posts', sa.Column('extra', sa.Text()))")
+    checkout.write_settings("production", SQLALCHEMY_DATABASE_URI=database.app_url)  # the app role migrates
+    line = one_error_line(checkout.invoke("db.upgrade", "--yes", "--no-backup", env=PRODUCTION))
+    assert f"failed: {database.app_user} lacks a privilege on " in line
+    assert "Eigentümer der Tabelle posts" in line  # the server's own words, in its language
+
+
+@pytest.mark.postgresql
+def test_a_session_ended_mid_revision_over_fab_is_one_line_saying_where_the_database_is(pg_remote):
+    """The server ends the migration's session in the middle of a revision (an administrator's
+    pg_terminate_backend): one line naming the revision, the server's reason, and the database's revision
+    read again on a new connection; the revision's transaction went with the session."""
+    pg_remote.upgrade()
+    end_session = "op.get_bind().exec_driver_sql('SELECT pg_terminate_backend(pg_backend_pid())')"
+    pg_remote.add_revision(
+        "lost00000001", "op.create_table('doomed', sa.Column('id', sa.Integer))\n    " + live_only(end_session)
+    )
+    refused(
+        pg_remote.fab("prod", "db.upgrade", "--yes", stdin=STDIN_PASSWORD),
+        "revision lost00000001 (lost00000001) failed: the database server ended the connection to ",
+        "(terminating connection due to administrator command)",
+        f"the database is at {HEAD} (add tags)",
+        "rolled back whole",
+    )
+    assert pg_remote.database.version() == HEAD and "doomed" not in pg_remote.database.tables()
