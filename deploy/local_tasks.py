@@ -61,9 +61,9 @@ def reset(c, force=False):
 def revision(c, message, empty=False, base=None):
     """Autogenerate a revision from the models against the development database (or --base BRANCH's schema)."""
     if base and not empty:
-        from . import workflow
+        from . import branches
 
-        written = workflow.revision_against(project(c), message, base)
+        written = branches.revision_against(project(c), message, base)
     else:
         written = commands.revision(project(c), message, empty)
     # The path last, alone on its line: scripts and editors take it from there.
@@ -241,9 +241,9 @@ def lint(c, to="head"):
 @one_line_errors
 def check(c, json=False, url=None):
     """CI gate: one head, downgrades that undo their upgrades, models that match the migrations."""
-    from . import workflow
+    from . import checks
 
-    found = workflow.check(project(c), workflow.scratch_url(url) if url else None)
+    found = checks.check(project(c), checks.scratch_url(url) if url else None)
     print(found.to_json() if json else found)
     if not found.ok:
         raise DeployError(f"db.check failed: {', '.join(dict.fromkeys(problem.check for problem in found.problems))}")
@@ -253,18 +253,18 @@ def check(c, json=False, url=None):
 @one_line_errors
 def merge(c, message=None):
     """Merge the migrations' heads into one revision; prints its path."""
-    from . import workflow
+    from . import branches
 
-    print(workflow.merge(project(c), message))
+    print(branches.merge(project(c), message))
 
 
 @task(help={"diff": "also show what autogenerate would change to bring the database to the models"})
 @one_line_errors
 def schema(c, diff=False):
     """Show the database's tables, columns, indexes, constraints (read with the application's user)."""
-    from . import workflow
+    from . import checks
 
-    print(workflow.live_schema(project(c), diff))
+    print(checks.live_schema(project(c), diff))
 
 
 # Not `db.stamp --detect`: Invoke's positional REVISION cannot be optional.
@@ -278,10 +278,10 @@ def schema(c, diff=False):
 @one_line_errors
 def detect(c, yes=False, report=False, conversation=False):
     """Find the revision whose schema an unstamped database has; stamp it after a [y/N]."""
-    from . import workflow
+    from . import checks
 
     opened = project(c)
-    found = workflow.detect(opened)
+    found = checks.detect(opened)
     if report or conversation:
         # Read with the application's user; under fab the laptop reads the report, asks, then says go.
         print(found.report())

@@ -187,11 +187,11 @@ def stamp(c, revision):
 @one_line_errors
 def detect(c, yes=False):
     """Find the revision an unstamped environment database's schema matches; stamp it after a [y/N]."""
-    from . import alembic_ops, workflow
+    from . import alembic_ops, checks
 
     # The server reports with the application's user; the password comes only with go.
     with Server(c, one_target(c)) as server, server.conversation(["db.detect"]) as talk:
-        report, match = workflow.read_report(talk.before_status)
+        report, match = checks.read_report(talk.before_status)
         print(f"{server.name}: {server.where}")
         print(report)
         if match is None:

@@ -1,4 +1,4 @@
-"""The branch workflow (deploy/workflow.py): db.check, db.merge, db.schema, db.revision --base,
+"""The branch workflow (deploy/checks.py, deploy/branches.py): db.check, db.merge, db.schema, db.revision --base,
 db.detect, on real SQLite files and real git repositories."""
 
 import ast

@@ -1,4 +1,4 @@
-"""The branch workflow (deploy/workflow.py) on the real throwaway MariaDB: db.check --url, db.schema,
+"""The branch workflow (deploy/checks.py) on the real throwaway MariaDB: db.check --url, db.schema,
 db.detect, and `fab prod db.detect` through the loopback sshd."""
 
 from urllib.parse import quote

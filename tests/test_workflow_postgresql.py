@@ -1,4 +1,4 @@
-"""The branch workflow (deploy/workflow.py) on the throwaway PostgreSQL, as test_workflow_mariadb.py does
+"""The branch workflow (deploy/checks.py) on the throwaway PostgreSQL, as test_workflow_mariadb.py does
 on MariaDB: db.check --url, db.schema [--diff], db.detect (`fab prod db.detect` is in
 test_postgresql_remote.py)."""
 
