@@ -11,7 +11,7 @@ from alembic.config import Config
 from sqlalchemy import MetaData
 from sqlalchemy.engine import URL, Connection
 
-from . import alembic_ops, database, safety
+from . import alembic_ops, database, dialects, safety
 from .credentials import describe, needs_password, with_password
 from .database import application_tables, explain, translate_errors
 from .errors import RELAYED, DeployError, own, relayed
@@ -399,7 +399,7 @@ def migration_failed(
         what = f"failed: {exc.marked if exc.marked and RELAYED[0] in exc.marked else relayed(str(exc))}"
     else:
         what = f"failed: {relayed(' '.join([type(exc).__name__ + ':', *str(exc).splitlines()[:1]]))}"
-    transactional = alembic_ops.transactional_ddl(connection)
+    transactional = dialects.dialect_for(connection).transactional_ddl
     try:
         if exc is None:  # the connection may be cut off mid-statement: read on a fresh one
             with project.connect(url) as fresh:

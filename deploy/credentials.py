@@ -10,6 +10,7 @@ import sys
 from typing import TYPE_CHECKING, TextIO
 from urllib.parse import quote, quote_plus
 
+from . import dialects
 from .errors import RELAYED, DeployError, plain
 
 if TYPE_CHECKING:  # fab's laptop side asks for passwords without importing SQLAlchemy
@@ -30,12 +31,8 @@ def needs_password(url: URL) -> bool:
 
 
 def describe(url: URL) -> str:
-    """user@host:port/database, for prompts and messages; never the password."""
-    if url.get_backend_name() == "sqlite":
-        return f"SQLite {url.database or ':memory:'}"
-    user = f"{url.username}@" if url.username else ""
-    port = f":{url.port}" if url.port else ""
-    return f"{user}{url.host or 'localhost'}{port}/{url.database or ''}"
+    """user@host:port/database (a SQLite file by its path), for prompts and messages; never the password."""
+    return dialects.describe(url)
 
 
 def prompt_for(url: URL) -> str:

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import ipaddress
 import os
-import re
-import select
 import socket
 import struct
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,197 +16,22 @@ from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
+from . import dialects
 from .credentials import describe, remember
 from .errors import DeployError, own, relayed
 
 VERSION_TABLE = "alembic_version"
 
-# MySQL/MariaDB client error numbers that have a clear meaning for the user.
-ACCESS_DENIED = {1045, 1698}
-DATABASE_DENIED = 1044
-CANNOT_CONNECT = {2002, 2003, 2005, 2006, 2013}
-UNKNOWN_DATABASE = 1049
-PRIVILEGE_MISSING = {1142, 1143, 1227}
-
-# PostgreSQL SQLSTATE codes (psycopg errors carry them as `.sqlstate`).
-PG_ACCESS_DENIED = {"28P01", "28000"}  # wrong password / no pg_hba.conf entry for this user
-PG_UNKNOWN_DATABASE = "3D000"
-PG_PRIVILEGE_MISSING = "42501"
-PG_CANNOT_CONNECT = {"08000", "08001", "08003", "08004", "08006", "57P01", "57P02", "57P03"}
-# libpq gives no SQLSTATE for a failure while connecting, only the server's or its own message:
-# these are matched in it (the server's are English unless its lc_messages says otherwise).
-PG_CONNECT_MESSAGES = (
-    ("password authentication failed", "28P01"),
-    ("no password supplied", "28P01"),
-    ("no pg_hba.conf entry", "28000"),
-    ('role "', "28000"),  # role "x" does not exist
-    ("permission denied for database", "42501"),
-    ('database "', "3D000"),  # database "x" does not exist
-    ("could not connect", "08001"),
-    ("connection refused", "08001"),
-    ("could not translate host name", "08001"),
-    ("timeout expired", "08001"),
-    ("server closed the connection unexpectedly", "08006"),
-)
-
-
-def _sqlstate(orig: BaseException) -> str | None:
-    """A PostgreSQL failure's SQLSTATE: from the error; for one while connecting, from its English
-    message, else (a server whose lc_messages is another language) from the connection tried again."""
-    if getattr(orig, "sqlstate", None):
-        return orig.sqlstate
-    message = str(orig).lower()
-    known = next((code for fragment, code in PG_CONNECT_MESSAGES if fragment in message), None)
-    return known or _connect_sqlstate(orig)
-
-
-def _while_connecting(orig: BaseException) -> bool:
-    """Whether psycopg failed to open the connection (its own wording), rather than in a statement."""
-    return not getattr(orig, "sqlstate", None) and str(orig).startswith(("connection failed:", "connection is bad:"))
-
-
-# PQconnectPoll's answers, and PQERRORS_VERBOSE (libpq-fe.h: stable since PostgreSQL 7.4).
-_POLL_FAILED, _POLL_READING, _POLL_WRITING, _POLL_OK = 0, 1, 2, 3
-_CONNECTION_BAD = 1
-_ERRORS_VERBOSE = 2
-_SQLSTATE_IN_MESSAGE = re.compile(r":  ([0-9A-Z]{5}): ")
-
-
-def _libpq():
-    """libpq through ctypes: the copy psycopg's binary package carries, else the system's; or None."""
-    candidates: list[str] = []
-    try:
-        import psycopg_binary
-
-        candidates += sorted(
-            str(path) for path in Path(psycopg_binary.__file__).parent.parent.glob("psycopg_binary.libs/libpq*.so*")
-        )
-    except ImportError:
-        pass
-    candidates += [name for name in (ctypes.util.find_library("pq"),) if name]
-    for candidate in candidates:
-        try:
-            library = ctypes.CDLL(candidate)
-        except OSError:
-            continue
-        library.PQconnectStart.restype = ctypes.c_void_p
-        library.PQconnectStart.argtypes = [ctypes.c_char_p]
-        for name in ("PQconnectPoll", "PQstatus", "PQsocket"):
-            getattr(library, name).argtypes = [ctypes.c_void_p]
-        library.PQsetErrorVerbosity.argtypes = [ctypes.c_void_p, ctypes.c_int]
-        library.PQerrorMessage.restype = ctypes.c_char_p
-        library.PQerrorMessage.argtypes = [ctypes.c_void_p]
-        library.PQfinish.argtypes = [ctypes.c_void_p]
-        return library
-    return None
-
-
-def _connect_sqlstate(orig: BaseException, timeout: float = 10) -> str | None:
-    """The SQLSTATE of a failed psycopg connection, read by trying the same connection once more.
-
-    psycopg keeps no SQLSTATE for a failure while connecting (no result, and its libpq's error
-    verbosity cannot be set), and the server words it in its own lc_messages. libpq does put the
-    code in the message when its verbosity is VERBOSE, which must be set between PQconnectStart and
-    the server's answer: so the connection is started again, with the very parameters psycopg used
-    (they stay on the failed connection: host, port, user, password, TLS settings...), through
-    libpq's C API. The parameters, password included, go only to libpq; the message read is used
-    for its code alone."""
-    pgconn = getattr(orig, "pgconn", None)
-    if pgconn is None or not _while_connecting(orig):
-        return None
-    try:
-        from psycopg.conninfo import make_conninfo
-
-        params = {option.keyword.decode(): option.val.decode() for option in pgconn.info if option.val is not None}
-        library = _libpq()
-    except Exception:  # no libpq to ask, or a finished connection without its parameters
-        return None
-    if library is None:
-        return None
-    conn = library.PQconnectStart(make_conninfo(**params).encode())
-    if not conn:
-        return None
-    try:
-        library.PQsetErrorVerbosity(conn, _ERRORS_VERBOSE)
-        deadline = time.monotonic() + timeout
-        while library.PQstatus(conn) != _CONNECTION_BAD:
-            polled = library.PQconnectPoll(conn)
-            if polled == _POLL_OK:
-                return None  # it works now: nothing to tell
-            if polled == _POLL_FAILED:
-                break
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            sock = library.PQsocket(conn)
-            wanted = ([sock], []) if polled == _POLL_READING else ([], [sock])
-            select.select(*wanted, [], left)
-        found = _SQLSTATE_IN_MESSAGE.search((library.PQerrorMessage(conn) or b"").decode(errors="replace"))
-        return found.group(1) if found else None
-    finally:
-        library.PQfinish(conn)
-
-
-def _pg_detail(orig: BaseException) -> str:
-    """The server's own words, on one line: after libpq's "connection to server ... failed: FATAL:"
-    (the severity word is the server's lc_messages' too: "FATAL", "ВАЖНО"...)."""
-    line = (str(orig).splitlines() or [type(orig).__name__])[0]
-    if "FATAL:" in line:
-        return relayed(line.rpartition("FATAL:")[2].strip())
-    server_said = re.search(r" failed: [^\s:]+:  (.*)", line)
-    return relayed(server_said.group(1).strip() if server_said else line)
-
 
 def sqlite_path(url: URL) -> Path | None:
-    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
-        return None
-    return Path(url.database)
+    """The file of a database kept in one (SQLite's), else None."""
+    return dialects.database_file(url)
 
 
 def explain(exc: BaseException, url: URL) -> str:
     """One line for a database failure; built from error codes, never from the URL's password. The
     driver's and the server's words in it are marked relayed: masking touches them alone."""
-    orig = getattr(exc, "orig", None) or exc
-    where = describe(url)
-    if url.get_backend_name() == "postgresql":
-        return own(_explain_postgresql(orig, url, where))
-    return own(_explain_mysql(orig, url, where))
-
-
-def _explain_mysql(orig: BaseException, url: URL, where: str) -> str:
-    code = orig.args[0] if orig.args and isinstance(orig.args[0], int) else None
-    if code in ACCESS_DENIED:
-        return f"access denied for {where}: wrong user or password"
-    if code in CANNOT_CONNECT:
-        return f"cannot reach the database server for {where}: is it running?"
-    if code == DATABASE_DENIED:
-        return f"{url.username} may not use database {url.database!r} ({where}): does it exist, and is it granted?"
-    if code == UNKNOWN_DATABASE:
-        return f"database {url.database!r} does not exist on the server ({where})"
-    if code in PRIVILEGE_MISSING:
-        return f"{url.username} lacks a privilege on {where}: {relayed(str(orig.args[1]))}"
-    detail = str(orig.args[1] if code is not None and len(orig.args) > 1 else orig).splitlines()
-    return f"database error on {where}: {relayed(detail[0]) if detail else type(orig).__name__}"
-
-
-def _explain_postgresql(orig: BaseException, url: URL, where: str) -> str:
-    """explain() for psycopg's errors: by SQLSTATE (PostgreSQL's codes, not MySQL's numbers)."""
-    state = _sqlstate(orig)
-    if state in PG_ACCESS_DENIED:
-        return f"access denied for {where}: wrong user or password"
-    if state in PG_CANNOT_CONNECT and getattr(orig, "sqlstate", None):
-        # The server ended a session it had (pg_terminate_backend, a shutdown): it answered, so it ran.
-        return f"the database server ended the connection to {where} ({_pg_detail(orig)})"
-    if state in PG_CANNOT_CONNECT:
-        return f"cannot reach the database server for {where}: is it running? ({_pg_detail(orig)})"
-    if state == PG_UNKNOWN_DATABASE:
-        return f"database {url.database!r} does not exist on the server ({where})"
-    if state == PG_PRIVILEGE_MISSING and _while_connecting(orig):
-        # Refused while connecting: no CONNECT privilege on the database.
-        return f"{url.username} may not use database {url.database!r} ({where}): is it granted?"
-    if state == PG_PRIVILEGE_MISSING:
-        return f"{url.username} lacks a privilege on {where}: {_pg_detail(orig)}"
-    return f"database error on {where}: {_pg_detail(orig)}"
+    return dialects.explain(exc, url)
 
 
 @contextmanager

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from . import dialects
 from .errors import DeployError
 
 SETTINGS_VARIABLE = "FLASK_CONFIG"
@@ -118,7 +119,7 @@ class Settings:
     def _in_instance_folder(self, url: URL) -> URL:
         # Flask-SQLAlchemy 3 puts relative SQLite paths in the instance folder; agree with the app.
         path = url.database
-        if url.get_backend_name() != "sqlite" or not path or path == ":memory:":
+        if dialects.database_file(url) is None:
             return url
         if path.startswith("file:") or Path(path).is_absolute():
             return url

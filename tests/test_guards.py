@@ -21,8 +21,9 @@ from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.engine import URL
 
 from deploy.database import connect
+from deploy.dialects.mariadb import lock_name
 from deploy.errors import DeployError
-from deploy.safety.lock import lock_name, migration_lock
+from deploy.safety.lock import migration_lock
 from deploy.safety.timeouts import GaveWay, Transaction, check_no_open_transactions, guard_session, open_transactions
 
 ALTER = "ALTER TABLE post ADD COLUMN body TEXT"

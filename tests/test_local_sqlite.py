@@ -8,8 +8,8 @@ import pytest
 from helpers import BASE, HEAD, POSTS, one_error_line, sqlite, tables, version
 from sqlalchemy import make_url
 
+from deploy.dialects import sqlite as sqlite_dialect
 from deploy.errors import DeployError
-from deploy.safety import lock
 from deploy.safety.lock import migration_lock
 
 
@@ -368,7 +368,7 @@ def test_every_path_to_a_sqlite_database_finds_its_one_lock(tmp_path, monkeypatc
 
 @pytest.mark.parametrize("mode", [0o777, 0o755], ids=["writable-by-all", "not-a-folder"])
 def test_a_lock_folder_others_could_have_made_is_refused(tmp_path, monkeypatch, mode):
-    monkeypatch.setattr(lock, "LOCK_FOLDER_ROOT", tmp_path)
+    monkeypatch.setattr(sqlite_dialect, "LOCK_FOLDER_ROOT", tmp_path)
     folder = tmp_path / f"flask-schema-deploy-{os.geteuid()}"
     if mode == 0o777:
         folder.mkdir()

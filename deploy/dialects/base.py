@@ -1,0 +1,140 @@
+"""What a database must provide, and the registry that finds its dialect by SQLAlchemy's dialect name.
+
+Every piece of knowledge that differs by database lives in one subclass of `Dialect` (one module each);
+the rest of the suite asks the dialect of a URL, connection or engine (`dialect_for`), never its name.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager
+from importlib import import_module
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+from ..errors import DeployError, own, relayed
+
+if TYPE_CHECKING:  # fab's laptop side names databases (credentials.describe) without importing SQLAlchemy
+    from sqlalchemy.engine import URL, Connection, Engine
+
+# The modules of deploy/dialects that hold a dialect, imported on the first lookup.
+MODULES = ("mariadb", "postgresql", "sqlite")
+REGISTRY: dict[str, Dialect] = {}
+# Every dialect's migration lock is named after the database, with this prefix (a key is hashed from it).
+LOCK_NAME_PREFIX = "migration-lock:"
+POLL = 0.1  # seconds between tries, for a lock that cannot be waited for
+
+
+class Dialect(ABC):
+    """One database's answers. A subclass names the SQLAlchemy dialects it serves in `names`, and is
+    registered (one instance) when its module is imported."""
+
+    names: ClassVar[tuple[str, ...]] = ()
+    # Whether a failed revision's DDL is rolled back with its transaction (else it may be left half done).
+    transactional_ddl: ClassVar[bool]
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        dialect = cls()  # one abstract method left unimplemented fails here, at import
+        for name in cls.names:
+            REGISTRY[name] = dialect
+
+    def describe(self, url: URL) -> str:
+        """How messages name the database; never with the password."""
+        return server_address(url)
+
+    def database_file(self, url: URL) -> Path | None:
+        """The file that holds the database, for a database kept in a file; None for a server's."""
+        return None
+
+    @abstractmethod
+    def explain(self, orig: BaseException, url: URL, where: str) -> str:
+        """One line for the driver's error `orig` on the database `where`; the driver's and server's
+        words in it marked relayed, the password never in it."""
+
+    @abstractmethod
+    def migration_lock(self, url: URL, session, wait: float) -> AbstractContextManager[None]:
+        """One migration at a time: the database's lock, held for the block, waited for up to `wait` s,
+        else busy(). `session(acquire, release)` holds one taken by a session of its own (see safety.lock)."""
+
+    @abstractmethod
+    def guard(
+        self, connection: Connection, lock_wait_timeout: float, retries: int, pause: float
+    ) -> AbstractContextManager[None]:
+        """The guarded session: within the block each statement waits at most `lock_wait_timeout` s for a
+        lock, then is tried again after `pause` s, `retries` times, before GaveWay names what blocked it."""
+
+    @abstractmethod
+    def open_transactions(self, connection: Connection, older_than: float) -> list:
+        """Other connections' transactions (guarded.Transaction) open longer than `older_than` s, oldest first."""
+
+    def error_line(self, exc: BaseException, url: URL) -> str:
+        """explain() for any error SQLAlchemy wraps, marked as the suite's own words."""
+        orig = getattr(exc, "orig", None) or exc
+        return own(self.explain(orig, url, self.describe(url)))
+
+
+def server_address(url: URL) -> str:
+    """user@host:port/database: a database on a server."""
+    user = f"{url.username}@" if url.username else ""
+    port = f":{url.port}" if url.port else ""
+    return f"{user}{url.host or 'localhost'}{port}/{url.database or ''}"
+
+
+def database_file(url: URL) -> Path | None:
+    """The file that holds the database of `url`, if its dialect keeps it in one."""
+    dialect = find(url)
+    return dialect.database_file(url) if dialect is not None else None
+
+
+def describe(url: URL) -> str:
+    """How messages name the database of `url`, by its dialect (a server's address if none knows it)."""
+    dialect = find(url)
+    return dialect.describe(url) if dialect is not None else server_address(url)
+
+
+def explain(exc: BaseException, url: URL) -> str:
+    """One line for a database failure, by the dialect of `url` (the driver's first line if none knows it)."""
+    dialect = find(url)
+    if dialect is None:
+        return own(database_error(getattr(exc, "orig", None) or exc, describe(url)))
+    return dialect.error_line(exc, url)
+
+
+def database_error(orig: BaseException, where: str) -> str:
+    """The line for an error no dialect knows better: the driver's first line, relayed."""
+    detail = str(orig).splitlines()
+    return f"database error on {where}: {relayed(detail[0]) if detail else type(orig).__name__}"
+
+
+def busy(url: URL, wait: float, holder: str) -> DeployError:
+    return DeployError(
+        f"another migration holds the lock on {describe(url)} (waited {wait:g} s): {holder}; try again when it is done"
+    )
+
+
+def name_of(where: URL | Connection | Engine | str) -> str:
+    """SQLAlchemy's dialect name of a URL (its backend), a connection, an engine, or the name itself."""
+    if isinstance(where, str):
+        return where
+    backend = getattr(where, "get_backend_name", None)  # a URL
+    return backend() if backend is not None else where.dialect.name
+
+
+def registry() -> dict[str, Dialect]:
+    """Every dialect by SQLAlchemy's names for it; importing their modules registers them."""
+    for module in MODULES:
+        import_module(f"{__package__}.{module}")
+    return REGISTRY
+
+
+def find(where: URL | Connection | Engine | str) -> Dialect | None:
+    return registry().get(name_of(where))
+
+
+def dialect_for(where: URL | Connection | Engine | str, what: str = "this") -> Dialect:
+    """The dialect of `where`; a DeployError naming `what` is not supported when none serves it."""
+    name, dialects = name_of(where), registry()
+    if name not in dialects:
+        raise DeployError(f"{what} is not supported on {name} databases (supported: {', '.join(dialects)})")
+    return dialects[name]

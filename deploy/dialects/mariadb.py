@@ -1,0 +1,177 @@
+"""MariaDB and MySQL (SQLAlchemy's "mysql" and "mariadb" dialects; PyMySQL in production)."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import text
+from sqlalchemy.engine import URL, Connection
+from sqlalchemy.exc import SQLAlchemyError
+
+from ..errors import DeployError, relayed
+from .base import LOCK_NAME_PREFIX, Dialect, busy, explain
+from .guarded import Transaction, retrying, what_blocks
+
+# MySQL/MariaDB client error numbers that have a clear meaning for the user.
+ACCESS_DENIED = {1045, 1698}
+DATABASE_DENIED = 1044
+CANNOT_CONNECT = {2002, 2003, 2005, 2006, 2013}
+UNKNOWN_DATABASE = 1049
+PRIVILEGE_MISSING = {1142, 1143, 1227}
+GET_LOCK_NAME_MAX = 64  # bytes; MySQL refuses longer names (MariaDB does not, but the server may be MySQL)
+# An idle lock connection must outlive the longest migration: the server's default wait_timeout (8 h)
+# would end the session, and with it the lock, in the middle of one.
+IDLE_FOR_A_YEAR = "SET SESSION wait_timeout = 31536000"
+LOCK_WAIT_TIMEOUT = 1205  # MariaDB raises it for metadata-lock (DDL) and InnoDB row-lock waits alike
+NEEDS_PROCESS = 1227
+TRANSACTIONS = """
+    SELECT t.trx_mysql_thread_id, p.USER, p.HOST,
+           TIMESTAMPDIFF(MICROSECOND, t.trx_started, NOW(6)) / 1000000, COALESCE(p.INFO, t.trx_query)
+    FROM information_schema.INNODB_TRX AS t
+    LEFT JOIN information_schema.PROCESSLIST AS p ON p.ID = t.trx_mysql_thread_id
+    WHERE t.trx_mysql_thread_id <> CONNECTION_ID()
+    ORDER BY t.trx_started
+"""
+
+
+def lock_name(database: str) -> str:
+    """GET_LOCK names are server-wide: one per database name, hashed when too long to be a name."""
+    name = LOCK_NAME_PREFIX + database
+    if len(name.encode()) <= GET_LOCK_NAME_MAX:
+        return name
+    digest = hashlib.sha256(database.encode()).hexdigest()
+    return LOCK_NAME_PREFIX + digest[: GET_LOCK_NAME_MAX - len(LOCK_NAME_PREFIX)]
+
+
+def server_lock(url: URL, session, wait: float):
+    name = lock_name(url.database or "")
+
+    def acquire(connection) -> None:
+        connection.exec_driver_sql(IDLE_FOR_A_YEAR)
+        acquired = connection.scalar(text("SELECT GET_LOCK(:name, :wait)"), {"name": name, "wait": wait})
+        if acquired != 1:
+            raise busy(url, wait, server_holder(connection, name))
+
+    def release(connection) -> None:
+        connection.scalar(text("SELECT RELEASE_LOCK(:name)"), {"name": name})
+
+    return session(acquire, release)
+
+
+def server_holder(connection, name: str) -> str:
+    """The holder, as far as this user may see it: PROCESSLIST shows other users only with PROCESS."""
+    holder = connection.scalar(text("SELECT IS_USED_LOCK(:name)"), {"name": name})
+    if holder is None:
+        return "it was released just now"
+    row = connection.execute(
+        text("SELECT USER, HOST, TIME FROM information_schema.PROCESSLIST WHERE ID = :id"), {"id": holder}
+    ).first()
+    if row is None:
+        return f"connection {holder} (its user and host are visible only with the PROCESS privilege)"
+    user, host, seconds = row
+    # The lock is the last thing its connection did, so the idle time is the time it has held it.
+    return f"connection {holder}, {user}@{host}, for {seconds} s"
+
+
+def server_code(error: BaseException) -> int | None:
+    code = error.args[0] if error.args else None
+    return code if isinstance(code, int) else None
+
+
+@contextmanager
+def server_guard(connection: Connection, lock_wait_timeout: float, retries: int, pause: float) -> Iterator[None]:
+    # Whole seconds only (a fraction is refused), and 0 would mean "never wait" rather than "briefly".
+    seconds = max(1, math.ceil(lock_wait_timeout))
+    before = connection.exec_driver_sql(
+        "SELECT @@session.lock_wait_timeout, @@session.innodb_lock_wait_timeout, @@innodb_rollback_on_timeout"
+    ).one()
+    if before[2]:
+        # The server rolls the whole transaction back on a row-lock timeout: retrying the one statement
+        # would run the rest of a migration without its first half.
+        retries = 0
+    connection.exec_driver_sql(f"SET SESSION lock_wait_timeout = {seconds}, innodb_lock_wait_timeout = {seconds}")
+    dbapi_connection = connection.connection.dbapi_connection
+    try:
+        with retrying(
+            connection,
+            lambda error: server_code(error) == LOCK_WAIT_TIMEOUT,
+            lambda: what_blocks(
+                lambda: server_transactions(dbapi_connection, 0),
+                "PROCESS",
+                "a long statement, LOCK TABLES or another DDL",
+            ),
+            seconds,
+            retries,
+            pause,
+        ):
+            yield
+    finally:
+        try:
+            connection.exec_driver_sql(
+                f"SET SESSION lock_wait_timeout = {int(before[0])}, innodb_lock_wait_timeout = {int(before[1])}"
+            )
+        except SQLAlchemyError:
+            pass  # the connection is broken or failed: it is about to be closed, with its settings
+
+
+def server_transactions(dbapi_connection, older_than: float) -> list[Transaction]:
+    """On the driver's connection, so that it can run while SQLAlchemy is executing a statement."""
+    cursor = dbapi_connection.cursor()
+    try:
+        try:
+            cursor.execute(TRANSACTIONS)
+        except Exception as exc:
+            if server_code(exc) != NEEDS_PROCESS:
+                raise
+            cursor.execute("SELECT CURRENT_USER()")
+            user, _, host = cursor.fetchone()[0].rpartition("@")
+            raise DeployError(
+                "reading open transactions needs the PROCESS privilege: grant it to the migration user "
+                f"(GRANT PROCESS ON *.* TO '{user}'@'{host}') or pass --ignore-transactions"
+            ) from None
+        rows = cursor.fetchall()
+    finally:
+        cursor.close()
+    return [Transaction(row[0], row[1], row[2], float(row[3]), row[4]) for row in rows if float(row[3]) > older_than]
+
+
+def server_open_transactions(connection: Connection, older_than: float) -> list[Transaction]:
+    try:
+        return server_transactions(connection.connection.dbapi_connection, older_than)
+    except connection.dialect.loaded_dbapi.Error as exc:
+        raise DeployError(explain(exc, connection.engine.url)) from None
+
+
+class MariaDB(Dialect):
+    names = ("mysql", "mariadb")
+    transactional_ddl = False  # each DDL statement commits: a failed revision may leave part of its work
+
+    def explain(self, orig: BaseException, url: URL, where: str) -> str:
+        code = orig.args[0] if orig.args and isinstance(orig.args[0], int) else None
+        if code in ACCESS_DENIED:
+            return f"access denied for {where}: wrong user or password"
+        if code in CANNOT_CONNECT:
+            return f"cannot reach the database server for {where}: is it running?"
+        if code == DATABASE_DENIED:
+            return f"{url.username} may not use database {url.database!r} ({where}): does it exist, and is it granted?"
+        if code == UNKNOWN_DATABASE:
+            return f"database {url.database!r} does not exist on the server ({where})"
+        if code in PRIVILEGE_MISSING:
+            return f"{url.username} lacks a privilege on {where}: {relayed(str(orig.args[1]))}"
+        detail = str(orig.args[1] if code is not None and len(orig.args) > 1 else orig).splitlines()
+        return f"database error on {where}: {relayed(detail[0]) if detail else type(orig).__name__}"
+
+    def migration_lock(self, url: URL, session, wait: float):
+        """GET_LOCK, on a connection of its own."""
+        return server_lock(url, session, wait)
+
+    def guard(self, connection: Connection, lock_wait_timeout: float, retries: int, pause: float):
+        """lock_wait_timeout and innodb_lock_wait_timeout for the session; error 1205 is retried."""
+        return server_guard(connection, lock_wait_timeout, retries, pause)
+
+    def open_transactions(self, connection: Connection, older_than: float) -> list[Transaction]:
+        """INNODB_TRX with PROCESSLIST (needs PROCESS to see other users')."""
+        return server_open_transactions(connection, older_than)

@@ -1,0 +1,364 @@
+"""PostgreSQL (SQLAlchemy's "postgresql" dialect; psycopg in production)."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import hashlib
+import math
+import re
+import select
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import text
+from sqlalchemy.engine import URL, Connection
+from sqlalchemy.exc import SQLAlchemyError
+
+from ..errors import DeployError, relayed
+from .base import LOCK_NAME_PREFIX, POLL, Dialect, busy, explain
+from .guarded import Transaction, retrying, what_blocks
+
+# PostgreSQL SQLSTATE codes (psycopg errors carry them as `.sqlstate`).
+PG_ACCESS_DENIED = {"28P01", "28000"}  # wrong password / no pg_hba.conf entry for this user
+PG_UNKNOWN_DATABASE = "3D000"
+PG_PRIVILEGE_MISSING = "42501"
+PG_CANNOT_CONNECT = {"08000", "08001", "08003", "08004", "08006", "57P01", "57P02", "57P03"}
+# libpq gives no SQLSTATE for a failure while connecting, only the server's or its own message:
+# these are matched in it (the server's are English unless its lc_messages says otherwise).
+PG_CONNECT_MESSAGES = (
+    ("password authentication failed", "28P01"),
+    ("no password supplied", "28P01"),
+    ("no pg_hba.conf entry", "28000"),
+    ('role "', "28000"),  # role "x" does not exist
+    ("permission denied for database", "42501"),
+    ('database "', "3D000"),  # database "x" does not exist
+    ("could not connect", "08001"),
+    ("connection refused", "08001"),
+    ("could not translate host name", "08001"),
+    ("timeout expired", "08001"),
+    ("server closed the connection unexpectedly", "08006"),
+)
+
+
+def _sqlstate(orig: BaseException) -> str | None:
+    """A PostgreSQL failure's SQLSTATE: from the error; for one while connecting, from its English
+    message, else (a server whose lc_messages is another language) from the connection tried again."""
+    if getattr(orig, "sqlstate", None):
+        return orig.sqlstate
+    message = str(orig).lower()
+    known = next((code for fragment, code in PG_CONNECT_MESSAGES if fragment in message), None)
+    return known or _connect_sqlstate(orig)
+
+
+def _while_connecting(orig: BaseException) -> bool:
+    """Whether psycopg failed to open the connection (its own wording), rather than in a statement."""
+    return not getattr(orig, "sqlstate", None) and str(orig).startswith(("connection failed:", "connection is bad:"))
+
+
+# PQconnectPoll's answers, and PQERRORS_VERBOSE (libpq-fe.h: stable since PostgreSQL 7.4).
+_POLL_FAILED, _POLL_READING, _POLL_WRITING, _POLL_OK = 0, 1, 2, 3
+_CONNECTION_BAD = 1
+_ERRORS_VERBOSE = 2
+_SQLSTATE_IN_MESSAGE = re.compile(r":  ([0-9A-Z]{5}): ")
+
+
+def _libpq():
+    """libpq through ctypes: the copy psycopg's binary package carries, else the system's; or None."""
+    candidates: list[str] = []
+    try:
+        import psycopg_binary
+
+        candidates += sorted(
+            str(path) for path in Path(psycopg_binary.__file__).parent.parent.glob("psycopg_binary.libs/libpq*.so*")
+        )
+    except ImportError:
+        pass
+    candidates += [name for name in (ctypes.util.find_library("pq"),) if name]
+    for candidate in candidates:
+        try:
+            library = ctypes.CDLL(candidate)
+        except OSError:
+            continue
+        library.PQconnectStart.restype = ctypes.c_void_p
+        library.PQconnectStart.argtypes = [ctypes.c_char_p]
+        for name in ("PQconnectPoll", "PQstatus", "PQsocket"):
+            getattr(library, name).argtypes = [ctypes.c_void_p]
+        library.PQsetErrorVerbosity.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        library.PQerrorMessage.restype = ctypes.c_char_p
+        library.PQerrorMessage.argtypes = [ctypes.c_void_p]
+        library.PQfinish.argtypes = [ctypes.c_void_p]
+        return library
+    return None
+
+
+def _connect_sqlstate(orig: BaseException, timeout: float = 10) -> str | None:
+    """The SQLSTATE of a failed psycopg connection, read by trying the same connection once more.
+
+    psycopg keeps no SQLSTATE for a failure while connecting (no result, and its libpq's error
+    verbosity cannot be set), and the server words it in its own lc_messages. libpq does put the
+    code in the message when its verbosity is VERBOSE, which must be set between PQconnectStart and
+    the server's answer: so the connection is started again, with the very parameters psycopg used
+    (they stay on the failed connection: host, port, user, password, TLS settings...), through
+    libpq's C API. The parameters, password included, go only to libpq; the message read is used
+    for its code alone."""
+    pgconn = getattr(orig, "pgconn", None)
+    if pgconn is None or not _while_connecting(orig):
+        return None
+    try:
+        from psycopg.conninfo import make_conninfo
+
+        params = {option.keyword.decode(): option.val.decode() for option in pgconn.info if option.val is not None}
+        library = _libpq()
+    except Exception:  # no libpq to ask, or a finished connection without its parameters
+        return None
+    if library is None:
+        return None
+    conn = library.PQconnectStart(make_conninfo(**params).encode())
+    if not conn:
+        return None
+    try:
+        library.PQsetErrorVerbosity(conn, _ERRORS_VERBOSE)
+        deadline = time.monotonic() + timeout
+        while library.PQstatus(conn) != _CONNECTION_BAD:
+            polled = library.PQconnectPoll(conn)
+            if polled == _POLL_OK:
+                return None  # it works now: nothing to tell
+            if polled == _POLL_FAILED:
+                break
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            sock = library.PQsocket(conn)
+            wanted = ([sock], []) if polled == _POLL_READING else ([], [sock])
+            select.select(*wanted, [], left)
+        found = _SQLSTATE_IN_MESSAGE.search((library.PQerrorMessage(conn) or b"").decode(errors="replace"))
+        return found.group(1) if found else None
+    finally:
+        library.PQfinish(conn)
+
+
+def _pg_detail(orig: BaseException) -> str:
+    """The server's own words, on one line: after libpq's "connection to server ... failed: FATAL:"
+    (the severity word is the server's lc_messages' too: "FATAL", "ВАЖНО"...)."""
+    line = (str(orig).splitlines() or [type(orig).__name__])[0]
+    if "FATAL:" in line:
+        return relayed(line.rpartition("FATAL:")[2].strip())
+    server_said = re.search(r" failed: [^\s:]+:  (.*)", line)
+    return relayed(server_said.group(1).strip() if server_said else line)
+
+
+def advisory_key(database: str) -> int:
+    """A signed 64-bit advisory-lock key for the database's name. Advisory locks are per database
+    already; the name's hash keeps the key stable across runs and machines."""
+    digest = hashlib.sha256((LOCK_NAME_PREFIX + database).encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+# pg_locks shows a bigint advisory key as two oids (classid: high half, objid: low half), objsubid 1.
+# What another role's session shows beyond its user needs pg_read_all_stats (else NULL): then less is said.
+ADVISORY_HOLDER = """
+    SELECT a.pid, a.usename, host(a.client_addr), a.client_port,
+           EXTRACT(EPOCH FROM clock_timestamp() - a.state_change)
+    FROM pg_locks AS l JOIN pg_stat_activity AS a ON a.pid = l.pid
+    WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+      AND l.classid = CAST(:classid AS oid) AND l.objid = CAST(:objid AS oid)
+      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+"""
+
+
+def advisory_lock(url: URL, session, wait: float):
+    # A session lock: no transaction stays open while it is held (it would block VACUUM and show up
+    # as an open transaction), and it lasts until released or the session ends.
+    key = advisory_key(url.database or "")
+
+    def acquire(connection) -> None:
+        # The server's idle_session_timeout (14+) would end the idle session, and the lock with it.
+        if connection.dialect.server_version_info >= (14,):
+            connection.exec_driver_sql("SET idle_session_timeout = 0")
+        deadline = time.monotonic() + wait
+        while not connection.scalar(text("SELECT pg_try_advisory_lock(:key)"), {"key": key}):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise busy(url, wait, advisory_holder(connection, key))
+            time.sleep(min(POLL, remaining))
+
+    def release(connection) -> None:
+        connection.scalar(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+
+    return session(acquire, release)
+
+
+def advisory_holder(connection, key: int) -> str:
+    unsigned = key & 0xFFFF_FFFF_FFFF_FFFF
+    row = connection.execute(
+        text(ADVISORY_HOLDER), {"classid": unsigned >> 32, "objid": unsigned & 0xFFFF_FFFF}
+    ).first()
+    if row is None:
+        return "it was released just now"
+    pid, user, address, port, seconds = row
+    if seconds is None:
+        return f"backend pid {pid}, {user} (its address and time are visible only with pg_read_all_stats)"
+    where = (f"[{address}]:{port}" if ":" in address else f"{address}:{port}") if address else "a Unix socket"
+    # The lock is the last thing its session did, so the time since its last change is the time held.
+    return f"backend pid {pid}, {user}@{where}, for {round(seconds)} s"
+
+
+# The guarded session: see deploy/safety/timeouts.py for why each statement runs in a savepoint.
+PG_LOCK_NOT_AVAILABLE = "55P03"  # lock_timeout expired (or NOWAIT): nothing else raises it
+RETRY_SAVEPOINT = "deploy_lock_retry"
+# Transaction control runs bare: it waits for no lock, and a savepoint of ours around SQLAlchemy's own
+# (begin_nested) would be released or rolled back with it.
+TRANSACTION_CONTROL = re.compile(r"\s*(SAVEPOINT|RELEASE|ROLLBACK|COMMIT|BEGIN|START|END|ABORT|PREPARE)\b", re.I)
+# Other sessions' transactions in this database. clock_timestamp(), not now(): now() is our own
+# transaction's start. Another role's session shows its state, times, query and even backend_type only
+# to a superuser or a member of pg_read_all_stats; to others these are NULL, and only its user, pid
+# and database show (background workers have no user).
+PG_TRANSACTIONS = """
+    SELECT pid, usename, host(client_addr), client_port,
+           EXTRACT(EPOCH FROM clock_timestamp() - xact_start), state, query
+    FROM pg_stat_activity
+    WHERE datname = current_database() AND pid <> pg_backend_pid()
+      AND (backend_type = 'client backend' OR (backend_type IS NULL AND usename IS NOT NULL))
+      AND (xact_start IS NOT NULL OR state IS NULL)
+    ORDER BY xact_start
+"""
+
+
+def pg_code(error: BaseException) -> str | None:
+    return getattr(error, "sqlstate", None)
+
+
+@contextmanager
+def pg_guard(connection: Connection, lock_wait_timeout: float, retries: int, pause: float) -> Iterator[None]:
+    milliseconds = max(1, math.ceil(lock_wait_timeout * 1000))  # 0 would mean "wait forever"
+    began = not connection.in_transaction()
+    before = connection.exec_driver_sql("SELECT current_setting('lock_timeout')").scalar()
+    connection.exec_driver_sql(f"SET lock_timeout = {milliseconds}")
+    if began:
+        # SET is transactional in PostgreSQL: committed now, so that a revision's rollback keeps it.
+        connection.commit()
+    dbapi_connection = connection.connection.dbapi_connection
+    try:
+        with retrying(
+            connection,
+            lambda error: pg_code(error) == PG_LOCK_NOT_AVAILABLE,
+            lambda: what_blocks(
+                lambda: pg_transactions(dbapi_connection, 0), "pg_read_all_stats", "a long statement or another DDL"
+            ),
+            milliseconds / 1000,
+            retries,
+            pause,
+            pg_savepoint,
+        ):
+            yield
+    finally:
+        # Restored outside any transaction only: the caller's open one is not ours to commit or end
+        # (every command closes this connection right after, its settings with it).
+        if not connection.in_transaction():
+            try:
+                connection.exec_driver_sql("SELECT set_config('lock_timeout', %(before)s, false)", {"before": before})
+                connection.commit()
+            except SQLAlchemyError:
+                pass  # the connection is broken: it is about to be closed, with its settings
+
+
+@contextmanager
+def pg_savepoint(cursor, statement: str) -> Iterator[None]:
+    """One statement's try, undone alone when its lock wait timed out (see the module's docstring)."""
+    from psycopg.pq import TransactionStatus
+
+    dbapi_connection = cursor.connection
+    # Autocommit (CREATE INDEX CONCURRENTLY in an autocommit_block): no transaction to keep alive.
+    if dbapi_connection.autocommit or TRANSACTION_CONTROL.match(statement):
+        yield
+        return
+    dbapi_connection.execute(f"SAVEPOINT {RETRY_SAVEPOINT}")  # opens the transaction if none is
+    try:
+        yield
+    except Exception as exc:
+        if pg_code(exc) == PG_LOCK_NOT_AVAILABLE:
+            dbapi_connection.execute(f"ROLLBACK TO SAVEPOINT {RETRY_SAVEPOINT}")
+            dbapi_connection.execute(f"RELEASE SAVEPOINT {RETRY_SAVEPOINT}")
+        raise
+    # A statement such as COMMIT may have ended the transaction, and the savepoint with it.
+    if dbapi_connection.info.transaction_status == TransactionStatus.INTRANS:
+        dbapi_connection.execute(f"RELEASE SAVEPOINT {RETRY_SAVEPOINT}")
+
+
+def pg_transactions(dbapi_connection, older_than: float) -> list[Transaction]:
+    """On the driver's connection, so that it can run while SQLAlchemy is executing a statement."""
+    cursor = dbapi_connection.cursor()
+    try:
+        # Statistics are read once per transaction and kept: read them afresh.
+        cursor.execute("SELECT pg_stat_clear_snapshot()")
+        cursor.execute(PG_TRANSACTIONS)
+        rows = cursor.fetchall()
+        if any(row[5] is None for row in rows):
+            cursor.execute("SELECT current_user")
+            user = cursor.fetchone()[0]
+            raise DeployError(
+                "reading open transactions needs the pg_read_all_stats role: grant it to the migration user "
+                f'(GRANT pg_read_all_stats TO "{user}") or pass --ignore-transactions'
+            )
+    finally:
+        cursor.close()
+    found = []
+    for pid, user, address, port, seconds, state, query in rows:
+        if float(seconds) <= older_than:
+            continue
+        host = (f"[{address}]:{port}" if ":" in address else f"{address}:{port}") if address else "local"
+        # Idle in a transaction, `query` is the last statement it ran, not one it is running.
+        found.append(Transaction(pid, user, host, float(seconds), query if state == "active" else None))
+    return found
+
+
+def pg_open_transactions(connection: Connection, older_than: float) -> list[Transaction]:
+    outside = not connection.in_transaction()
+    dbapi_connection = connection.connection.dbapi_connection
+    try:
+        return pg_transactions(dbapi_connection, older_than)
+    except connection.dialect.loaded_dbapi.Error as exc:
+        raise DeployError(explain(exc, connection.engine.url)) from None
+    finally:
+        if outside:
+            # The driver opened a transaction that SQLAlchemy does not know of: end it, as none was open.
+            dbapi_connection.rollback()
+
+
+class PostgreSQL(Dialect):
+    names = ("postgresql",)
+    transactional_ddl = True  # a failed revision's transaction takes its DDL back with it
+
+    def explain(self, orig: BaseException, url: URL, where: str) -> str:
+        """explain() for psycopg's errors: by SQLSTATE (PostgreSQL's codes, not MySQL's numbers)."""
+        state = _sqlstate(orig)
+        if state in PG_ACCESS_DENIED:
+            return f"access denied for {where}: wrong user or password"
+        if state in PG_CANNOT_CONNECT and getattr(orig, "sqlstate", None):
+            # The server ended a session it had (pg_terminate_backend, a shutdown): it answered, so it ran.
+            return f"the database server ended the connection to {where} ({_pg_detail(orig)})"
+        if state in PG_CANNOT_CONNECT:
+            return f"cannot reach the database server for {where}: is it running? ({_pg_detail(orig)})"
+        if state == PG_UNKNOWN_DATABASE:
+            return f"database {url.database!r} does not exist on the server ({where})"
+        if state == PG_PRIVILEGE_MISSING and _while_connecting(orig):
+            # Refused while connecting: no CONNECT privilege on the database.
+            return f"{url.username} may not use database {url.database!r} ({where}): is it granted?"
+        if state == PG_PRIVILEGE_MISSING:
+            return f"{url.username} lacks a privilege on {where}: {_pg_detail(orig)}"
+        return f"database error on {where}: {_pg_detail(orig)}"
+
+    def migration_lock(self, url: URL, session, wait: float):
+        """A session-level advisory lock (pg_try_advisory_lock, polled), on a connection of its own."""
+        return advisory_lock(url, session, wait)
+
+    def guard(self, connection: Connection, lock_wait_timeout: float, retries: int, pause: float):
+        """lock_timeout; SQLSTATE 55P03 is retried, each statement in a savepoint of its own."""
+        return pg_guard(connection, lock_wait_timeout, retries, pause)
+
+    def open_transactions(self, connection: Connection, older_than: float) -> list[Transaction]:
+        """pg_stat_activity (needs pg_read_all_stats to see other roles' sessions)."""
+        return pg_open_transactions(connection, older_than)

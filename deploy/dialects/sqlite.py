@@ -1,0 +1,166 @@
+"""SQLite (SQLAlchemy's "sqlite" dialect): a database in a file, no server."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import math
+import os
+import pwd
+import socket
+import sqlite3
+import stat
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy.engine import URL, Connection
+from sqlalchemy.exc import SQLAlchemyError
+
+from ..errors import DeployError
+from .base import POLL, Dialect, busy, database_error, describe
+from .guarded import Transaction, retrying
+
+SQLITE_BUSY_CODES = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
+LOCK_FILE_SUFFIX = ".migration-lock"
+# A fixed folder, not $TMPDIR: two shells (or cron) with different TMPDIRs must find the same lock.
+LOCK_FOLDER_ROOT = Path("/tmp")
+
+
+def database_file(url: URL) -> Path | None:
+    if not url.database or url.database == ":memory:":
+        return None
+    return Path(url.database)
+
+
+@contextmanager
+def file_lock(url: URL, wait: float) -> Iterator[None]:
+    database = database_file(url)
+    if database is None:  # in memory: no other process can see it
+        yield
+        return
+    path = lock_file(database)
+    try:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise DeployError(f"cannot open the migration lock file {path}: {exc.strerror}") from None
+    try:
+        if not flock_within(descriptor, wait):
+            raise busy(url, wait, file_holder(descriptor))
+        try:
+            write_holder(descriptor)
+            yield
+        finally:
+            # Emptied before it is unlocked, so that no one reads a finished run as the holder.
+            os.ftruncate(descriptor, 0)
+            fcntl.flock(descriptor, fcntl.LOCK_UN)
+    finally:
+        os.close(descriptor)
+
+
+def lock_file(database: Path) -> Path:
+    """The lock file of a SQLite database: never beside it (a database in the checkout would leave an
+    untracked file in `git status`), but in this user's lock folder, named after the database's
+    absolute path, so that every process of the user that opens this database, by any path, finds it."""
+    absolute = database.resolve()  # as SQLite opens it: relative to the working directory
+    digest = hashlib.sha256(os.fsencode(absolute)).hexdigest()[:16]
+    return lock_folder() / f"{absolute.name}-{digest}{LOCK_FILE_SUFFIX}"
+
+
+def lock_folder() -> Path:
+    """/tmp/flask-schema-deploy-<uid>, this user's alone: made 0700, and refused if anyone else could
+    have made or changed it (a folder of another user's would let them hold or fake our locks)."""
+    folder = LOCK_FOLDER_ROOT / f"flask-schema-deploy-{os.geteuid()}"
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        found = os.lstat(folder)
+    except OSError as exc:
+        raise DeployError(f"cannot make the migration lock folder {folder}: {exc.strerror}") from None
+    if not stat.S_ISDIR(found.st_mode) or found.st_uid != os.geteuid() or found.st_mode & 0o022:
+        raise DeployError(
+            f"the migration lock folder {folder} is not a folder of this user's alone: remove it, then try again"
+        )
+    return folder
+
+
+def flock_within(descriptor: int, wait: float) -> bool:
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            time.sleep(min(POLL, remaining))
+
+
+def write_holder(descriptor: int) -> None:
+    try:
+        user = pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        user = str(os.geteuid())
+    holder = {"pid": os.getpid(), "host": socket.gethostname(), "user": user, "since": time.time()}
+    os.ftruncate(descriptor, 0)
+    os.pwrite(descriptor, json.dumps(holder).encode() + b"\n", 0)
+
+
+def file_holder(descriptor: int) -> str:
+    try:
+        holder = json.loads(os.pread(descriptor, 4096, 0))
+        seconds = max(0, round(time.time() - holder["since"]))
+        return f"pid {holder['pid']} on {holder['host']}, user {holder['user']}, for {seconds} s"
+    except (ValueError, TypeError, KeyError):
+        # The holder has not written its name yet (it has just taken the lock), or the file is foreign.
+        return "a process that has not said who it is"
+
+
+@contextmanager
+def file_guard(connection: Connection, lock_wait_timeout: float, retries: int, pause: float) -> Iterator[None]:
+    before = connection.exec_driver_sql("PRAGMA busy_timeout").scalar()
+    connection.exec_driver_sql(f"PRAGMA busy_timeout = {math.ceil(lock_wait_timeout * 1000)}")
+    where = describe(connection.engine.url)
+    try:
+        with retrying(
+            connection,
+            lambda error: getattr(error, "sqlite_errorcode", 0) & 0xFF in SQLITE_BUSY_CODES,
+            lambda: f"another connection holds the lock on {where} (SQLite cannot tell which)",
+            lock_wait_timeout,
+            retries,
+            pause,
+        ):
+            yield
+    finally:
+        try:
+            connection.exec_driver_sql(f"PRAGMA busy_timeout = {int(before)}")
+        except SQLAlchemyError:
+            pass  # as on a server: a broken connection is about to be closed
+
+
+class SQLite(Dialect):
+    names = ("sqlite",)
+    transactional_ddl = False  # as Alembic runs it: SQLite's DDL is not run in the revision's transaction
+
+    def describe(self, url: URL) -> str:
+        return f"SQLite {url.database or ':memory:'}"
+
+    def database_file(self, url: URL) -> Path | None:
+        return database_file(url)
+
+    def explain(self, orig: BaseException, url: URL, where: str) -> str:
+        return database_error(orig, where)
+
+    def migration_lock(self, url: URL, session, wait: float):
+        """flock on a lock file named after the database's absolute path (see lock_file)."""
+        return file_lock(url, wait)
+
+    def guard(self, connection: Connection, lock_wait_timeout: float, retries: int, pause: float):
+        """PRAGMA busy_timeout; SQLITE_BUSY and SQLITE_LOCKED are retried."""
+        return file_guard(connection, lock_wait_timeout, retries, pause)
+
+    def open_transactions(self, connection: Connection, older_than: float) -> list[Transaction]:
+        # One writer at a time, and no way to list the others: nothing to report.
+        return []
