@@ -11,7 +11,7 @@ from alembic.config import Config
 from sqlalchemy import MetaData
 from sqlalchemy.engine import URL, Connection
 
-from . import alembic_ops, database, dialects, safety
+from . import alembic_ops, database, dialects, safety, switches
 from .credentials import describe, needs_password, with_password
 from .database import application_tables, explain, translate_errors
 from .errors import RELAYED, DeployError, own, relayed
@@ -35,9 +35,18 @@ class Guards:
     backup_dir: str | None = None  # default: backups/ in the instance folder
     # This run: production (settings outside development) backs up and refuses risky operations.
     production: bool = False
-    no_backup: bool = False
-    ignore_transactions: bool = False
-    allow_risky: bool = False
+    # This run's guard switches that are on, by name (deploy.switches): read as `guards.no_backup` and the like.
+    switched: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        unknown = set(self.switched) - switches.names()
+        if unknown:
+            raise TypeError(f"not guard switches: {', '.join(sorted(unknown))}")
+
+    def __getattr__(self, name: str) -> bool:
+        if name in switches.names():
+            return name in self.switched
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
     def backup(self) -> bool:

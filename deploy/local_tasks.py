@@ -6,14 +6,17 @@ import sys
 from functools import partial
 from pathlib import Path
 
-from invoke import Collection, task
+from invoke import Collection
 
 from . import commands, forking, safety, task_config
 from .errors import DeployError, one_line_errors
-from .safety import FROM_DATABASE, GUARD_HELP
+from .options import Command, command
+from .safety import FROM_DATABASE
 from .safety.cancel import Cancellation
 from .status import await_go
 
+# The options only fab's server command line passes (options.SERVER_ONLY): the server's entry point
+# (deploy.server) takes them, the user's `invoke db.*` does not show them.
 FLEET = "used by fab: run for each of these targets ([settings, caller] pairs, JSON) at once, forked"
 CONVERSATION = (
     "used by fab: print the status line first and go on only at the laptop's answer (the password follows "
@@ -34,23 +37,24 @@ def warm_up(c, settings: str) -> None:
     create_engine(opened.settings.database_url).dispose()
 
 
-def project(c, **switches) -> commands.Project:
-    """The checkout's project; `switches` (no_backup, ...) are this run's Guards switches."""
+def project(c, **guards) -> commands.Project:
+    """The checkout's project; `guards` (no_backup=..., see deploy.switches) are this run's guard switches."""
     configured = task_config.read(c.config)
     opened = commands.Project.open(Path(c.config.db.alembic_ini), caller=c.config.db.caller)
     production = opened.settings.name not in configured.reset_settings
-    opened.guards = commands.Guards(**configured.safety, production=production, **switches)
+    switched = frozenset(name for name, on in guards.items() if on)
+    opened.guards = commands.Guards(**configured.safety, production=production, switched=switched)
     return opened
 
 
-@task(help={"force": "also drop a MariaDB/MySQL/PostgreSQL database on this machine (SQLite needs no --force)"})
+@command(help={"force": "also drop a MariaDB/MySQL/PostgreSQL database on this machine (SQLite needs no --force)"})
 @one_line_errors
 def reset(c, force=False):
     """Drop every table, create the models' tables, stamp head (development databases only)."""
     print(commands.reset(project(c), task_config.read(c.config).reset_settings, force))
 
 
-@task(
+@command(
     help={
         "message": "the revision's message, e.g. 'add tags'",
         "empty": "write a blank revision to fill in by hand instead of autogenerating",
@@ -70,36 +74,23 @@ def revision(c, message, empty=False, base=None):
     print(written or "no schema changes detected: no revision written (use --empty for a hand-written one)")
 
 
-@task(
+@command(
     help={
         "to": "target revision (default: head)",
         "expect_head": "refuse unless the migrations' head is this revision (fab passes yours)",
         "sql": "print the SQL the upgrade would run, from the database's revision; change nothing",
         "yes": "outside development, apply without asking [y/N] (for pipelines; fab passes it after asking you)",
-        "allow_risky": "outside development, apply although the lint finds unreviewed risky operations",
-        **GUARD_HELP,
         "conversation": CONVERSATION,
         "fleet": FLEET,
     }
 )
 @one_line_errors
-def upgrade(
-    c,
-    to="head",
-    expect_head=None,
-    sql=False,
-    yes=False,
-    allow_risky=False,
-    no_backup=False,
-    ignore_transactions=False,
-    conversation=False,
-    fleet=None,
-):
+def upgrade(c, to="head", expect_head=None, sql=False, yes=False, conversation=False, fleet=None, **guards):
     """Upgrade the database to head, or to --to REV."""
     if fleet:
-        switches = (to, expect_head, sql, yes, allow_risky, no_backup, ignore_transactions, conversation)
-        forking.run_each(c, fleet, lambda: upgrade.body(c, *switches), partial(warm_up, c))
-    opened = project(c, allow_risky=allow_risky, no_backup=no_backup, ignore_transactions=ignore_transactions)
+        chosen = dict(to=to, expect_head=expect_head, sql=sql, yes=yes, conversation=conversation, **guards)
+        forking.run_each(c, fleet, lambda: upgrade.body(c, **chosen), partial(warm_up, c))
+    opened = project(c, **guards)
     if not sql:
         commands.check_resolved(opened)  # before the status: under fab, the laptop relays the refusal
     if conversation:
@@ -117,19 +108,18 @@ def upgrade(
     print(commands.upgrade(opened, to, expect_head, progress=print, confirm=confirm, cancellation=cancellation))
 
 
-@task(
+@command(
     help={
         "to": "target revision (default: -1, one step back; write --to=-1 style for relative ones)",
         "confirmed": "do not ask for the database's name outside development (fab passes it after asking you)",
         "sql": "print the SQL the downgrade would run, from the database's revision; change nothing",
-        **GUARD_HELP,
         "conversation": CONVERSATION,
     }
 )
 @one_line_errors
-def downgrade(c, to="-1", confirmed=False, sql=False, no_backup=False, ignore_transactions=False, conversation=False):
+def downgrade(c, to="-1", confirmed=False, sql=False, conversation=False, **guards):
     """Downgrade the database one revision, or to --to REV."""
-    opened = project(c, no_backup=no_backup, ignore_transactions=ignore_transactions)
+    opened = project(c, **guards)
     if not sql:
         commands.check_resolved(opened)  # before the status and the typed name
     if not agreed(opened, conversation, to, downgrade=True):
@@ -143,7 +133,7 @@ def downgrade(c, to="-1", confirmed=False, sql=False, no_backup=False, ignore_tr
     print(commands.downgrade(opened, to, confirm=guarded, progress=print, cancellation=cancellation))
 
 
-@task(
+@command(
     help={
         "revision": "the revision the database's schema already matches (or head, or base)",
         "conversation": CONVERSATION,
@@ -157,28 +147,28 @@ def stamp(c, revision, conversation=False):
         print(commands.stamp(opened, revision))
 
 
-@task
+@command()
 @one_line_errors
 def current(c):
     """Show the database's current revision."""
     print("\n".join(commands.current(project(c))))
 
 
-@task
+@command()
 @one_line_errors
 def history(c):
     """List the migrations, newest first."""
     print(commands.history(project(c)))
 
 
-@task
+@command()
 @one_line_errors
 def heads(c):
     """Show the migrations' head revision(s)."""
     print(commands.heads(project(c)))
 
 
-@task(
+@command(
     help={
         "to": "target revision (default: head; with --downgrade: -1)",
         "json": "print machine-readable JSON",
@@ -195,25 +185,24 @@ def status(c, to=None, json=False, downgrade=False, fleet=None):
     print(found.to_json() if json else found)
 
 
-@task(
+@command(
     help={
         "backup": "the backup's file name, as db.backups lists it",
         "confirmed": "do not ask for the database's name (fab passes it after asking you)",
-        "no_backup": GUARD_HELP["no_backup"],
         "from_database": FROM_DATABASE,
         "conversation": CONVERSATION,
     }
 )
 @one_line_errors
-def restore(c, backup, confirmed=False, no_backup=False, from_database=None, conversation=False):
+def restore(c, backup, confirmed=False, from_database=None, conversation=False, **guards):
     """Make the database exactly as in BACKUP, after typing its name (a backup of it comes first)."""
-    opened = project(c, no_backup=no_backup)
+    opened = project(c, **guards)
     go = partial(agreed, opened, conversation)
     if said := commands.restore(opened, backup, not confirmed, print, from_database, go):
         print(said)
 
 
-@task
+@command()
 @one_line_errors
 def backups(c):
     """List this database's backups, newest first: time, revision, size, file."""
@@ -221,7 +210,7 @@ def backups(c):
     print("\n".join(map(str, found)) if found else "no backups yet")
 
 
-@task(help={"to": "target revision (default: head)"})
+@command(help={"to": "target revision (default: head)"})
 @one_line_errors
 def lint(c, to="head"):
     """Show the risky operations in the pending revisions; exit 1 when any is not marked reviewed."""
@@ -232,7 +221,7 @@ def lint(c, to="head"):
         raise DeployError(f"{len(unreviewed)} risky operation{'s' * (len(unreviewed) > 1)} not marked reviewed")
 
 
-@task(
+@command(
     help={
         "json": "print machine-readable JSON",
         "url": "run the scratch checks on this empty database instead of a temporary SQLite file",
@@ -249,7 +238,7 @@ def check(c, json=False, url=None):
         raise DeployError(f"db.check failed: {', '.join(dict.fromkeys(problem.check for problem in found.problems))}")
 
 
-@task(help={"message": "the merge revision's message (default: 'merge heads A and B')"})
+@command(help={"message": "the merge revision's message (default: 'merge heads A and B')"})
 @one_line_errors
 def merge(c, message=None):
     """Merge the migrations' heads into one revision; prints its path."""
@@ -258,7 +247,7 @@ def merge(c, message=None):
     print(branches.merge(project(c), message))
 
 
-@task(help={"diff": "also show what autogenerate would change to bring the database to the models"})
+@command(help={"diff": "also show what autogenerate would change to bring the database to the models"})
 @one_line_errors
 def schema(c, diff=False):
     """Show the database's tables, columns, indexes, constraints (read with the application's user)."""
@@ -268,7 +257,7 @@ def schema(c, diff=False):
 
 
 # Not `db.stamp --detect`: Invoke's positional REVISION cannot be optional.
-@task(
+@command(
     help={
         "yes": "stamp the match without asking [y/N] (for pipelines)",
         "report": "only report the match (last line `match: REV`) or the closest; stamp nothing",
@@ -295,29 +284,36 @@ def detect(c, yes=False, report=False, conversation=False):
     print(commands.stamp(opened, found.match))
 
 
+COMMANDS: tuple[Command, ...] = (
+    reset,
+    revision,
+    upgrade,
+    downgrade,
+    stamp,
+    current,
+    history,
+    heads,
+    status,
+    restore,
+    backups,
+    lint,
+    check,
+    merge,
+    schema,
+    detect,
+)
+
+
 def db_tasks(tasks_file: str) -> Collection:
     """The `db` collection for the project whose tasks.py is `tasks_file` (it passes `__file__`).
 
     Its defaults live in Invoke's config under `db`, so invoke.yaml or INVOKE_DB_* override them."""
-    project_dir = Path(tasks_file).resolve().parent
-    db = Collection(
-        "db",
-        reset,
-        revision,
-        upgrade,
-        downgrade,
-        stamp,
-        current,
-        history,
-        heads,
-        status,
-        restore,
-        backups,
-        lint,
-        check,
-        merge,
-        schema,
-        detect,
-    )
-    db.configure({"db": task_config.invoke_defaults(str(project_dir / "alembic.ini"))})
+    return collection(str(Path(tasks_file).resolve().parent / "alembic.ini"))
+
+
+def collection(alembic_ini: str, server: bool = False) -> Collection:
+    """The `db` collection for the project of `alembic_ini`: what the user types, or (`server`) what
+    fab starts on the server, with the options only the laptop passes (deploy.server)."""
+    db = Collection("db", *(each.task(server) for each in COMMANDS))
+    db.configure({"db": task_config.invoke_defaults(alembic_ini)})
     return db

@@ -1,24 +1,29 @@
 """`fab ENV db.*`: the laptop's half. It checks, asks and confirms here; the server's checkout
-does the work with its own `invoke db.*`, one process per command (ssh.py), so both paths share one
+does the work with its own `db.*` tasks (deploy.server), one process per command (ssh.py), so both paths share one
 implementation. Only what a command uses is imported: Alembic, for this checkout's head, in the
 background while the server works."""
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
-from fabric import Config, Task, task
+from fabric import Config, Task
 from invoke import Collection
 
-from . import credentials, safety
+from . import credentials, safety, switches
 from .environments import ONLY, SELECTED, Target, selected_targets
 from .errors import DeployError, one_line_errors
-from .safety import FROM_DATABASE, GUARD_HELP
+from .options import Command, command
+from .safety import FROM_DATABASE
 from .safety.cancel import forwarding_interrupts
 from .safety.refusals import confirm_restore_from
 from .ssh import Server, Session
 from .status import Status
+
+# A `fab ENV db.*` task: Fabric's, with fab's help for the guard switches, built when fab_tasks runs.
+task = partial(command, task_class=Task, fab=True)
 
 
 def one_target(c) -> Target:
@@ -95,7 +100,7 @@ def go_ahead(server: Server, talk: Session, controlled: bool = False) -> None:
         talk.finish()
 
 
-@task
+@task()
 @one_line_errors
 def status(c):
     """Show the server's head, the database's revision and the pending revisions (a row per target of a fleet)."""
@@ -115,19 +120,18 @@ def status(c):
         "to": "an explicit target revision; without it the server's head must equal yours",
         "sql": "print the SQL the upgrade would run on the server's database; change nothing, ask nothing",
         "yes": "apply without asking [y/N] (needed without a terminal)",
-        "allow_risky": "apply although the lint finds unreviewed risky operations",
-        **GUARD_HELP,
     }
 )
 @one_line_errors
-def upgrade(c, to=None, sql=False, yes=False, allow_risky=False, no_backup=False, ignore_transactions=False):
+def upgrade(c, to=None, sql=False, yes=False, **guards):
     """Upgrade the environment's database to head, after checks, a [y/N] and a password prompt."""
     # Only an explicit revision skips the same-head check: `--to=head` is the default spelled out.
     explicit = to not in (None, "", "head")
     target = to if explicit else "head"
     # The server's own `[y/N]` is this one (--yes); it checks again that its head is the one it told.
     args = ["db.upgrade", f"--to={target}", *(["--sql"] if sql else ["--yes"])]
-    args += guard_switches(no_backup, ignore_transactions, allow_risky)
+    args += switches.forwarded("upgrade", guards)
+    allow_risky = guards["allow_risky"]
     found, concurrency = selected_targets(c.config)
     with ThreadPoolExecutor(1) as background:
         # Alembic loads this checkout's scripts while the server works.
@@ -207,15 +211,14 @@ def detect(c, yes=False):
     help={
         "to": "the revision to go back to (e.g. --to=-1 or a revision id)",
         "sql": "print the SQL the downgrade would run on the server's database; change nothing, ask nothing",
-        **GUARD_HELP,
     }
 )
 @one_line_errors
-def downgrade(c, to, sql=False, no_backup=False, ignore_transactions=False):
+def downgrade(c, to, sql=False, **guards):
     """Downgrade the environment's database to --to REV, after typing its name to confirm."""
     # Confirmed here, so the server does not ask again (its stdin carries the password).
     args = ["db.downgrade", f"--to={to}", *(["--sql"] if sql else ["--confirmed"])]
-    args += guard_switches(no_backup, ignore_transactions)
+    args += switches.forwarded("downgrade", guards)
     with Server(c, one_target(c)) as server, server.conversation(args) as talk:
         # The plan comes first: an unknown target fails before any question is asked.
         state = talk.status
@@ -236,14 +239,13 @@ def downgrade(c, to, sql=False, no_backup=False, ignore_transactions=False):
 @task(
     help={
         "backup": "the backup's file name, as `fab ENV db.backups` lists it",
-        "no_backup": GUARD_HELP["no_backup"],
         "from_database": FROM_DATABASE,
     }
 )
 @one_line_errors
-def restore(c, backup, no_backup=False, from_database=None):
+def restore(c, backup, from_database=None, **guards):
     """Restore the environment's database from BACKUP (on the server), after typing its name."""
-    args = ["db.restore", backup, "--confirmed", *guard_switches(no_backup)]
+    args = ["db.restore", backup, "--confirmed", *switches.forwarded("restore", guards)]
     args += ["--from-database", from_database] if from_database else []
     with Server(c, one_target(c)) as server, server.conversation(args) as talk:
         state = talk.status
@@ -255,7 +257,7 @@ def restore(c, backup, no_backup=False, from_database=None):
         go_ahead(server, talk)
 
 
-@task
+@task()
 @one_line_errors
 def backups(c):
     """List the environment database's backups on the server: time, revision, size, file."""
@@ -263,7 +265,7 @@ def backups(c):
         server.invoke(["db.backups"])
 
 
-@task
+@task()
 @one_line_errors
 def lint(c):
     """Show the risky operations in the server's pending revisions."""
@@ -280,10 +282,7 @@ def schema(c, diff=False):
         server.invoke(["db.schema", *(["--diff"] if diff else [])])
 
 
-def guard_switches(no_backup: bool = False, ignore_transactions: bool = False, allow_risky: bool = False) -> list[str]:
-    """This run's guard switches, as the server's `invoke db.*` takes them."""
-    chosen = {"--no-backup": no_backup, "--ignore-transactions": ignore_transactions, "--allow-risky": allow_risky}
-    return [switch for switch, on in chosen.items() if on]
+COMMANDS: tuple[Command, ...] = (status, upgrade, stamp, detect, downgrade, restore, backups, lint, schema)
 
 
 def environment_task(name: str) -> Task:
@@ -302,6 +301,6 @@ def fab_tasks(fabfile: str) -> Collection:
     config = Config(project_location=str(project_dir))
     config.load_project()
     environments = config.get("environments") or {}
-    db = Collection("db", status, upgrade, stamp, detect, downgrade, restore, backups, lint, schema)
+    db = Collection("db", *(each.task() for each in COMMANDS))
     db.configure({"db": {"alembic_ini": str(project_dir / "alembic.ini"), "environment_tasks": sorted(environments)}})
     return Collection(db, *(environment_task(name) for name in environments))

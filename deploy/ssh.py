@@ -1,10 +1,10 @@
 """The SSH transport of `fab ENV db.*`: one connection, and one server process per fab command.
 
-The server's checkout runs its own `invoke db.*`; a command that writes holds a conversation with it
-on the same channel (status.py): the server says where its database stands, the laptop checks, asks
-and confirms, then answers `go` and the password, or nothing. Fabric's Connection makes the connection
-(ssh_config, keys, timeouts); the conversation is paramiko's channel, which Fabric's runners, made to
-run a command to its end, do not offer."""
+The server's checkout runs its own `db.*` tasks (`python -m deploy.server`); a command that writes
+holds a conversation with it on the same channel (status.py): the server says where its database
+stands, the laptop checks, asks and confirms, then answers `go` and the password, or nothing.
+Fabric's Connection makes the connection (ssh_config, keys, timeouts); the conversation is paramiko's
+channel, which Fabric's runners, made to run a command to its end, do not offer."""
 
 from __future__ import annotations
 
@@ -34,12 +34,16 @@ CONNECT_TIMEOUT = 10
 # SSH handshakes at once from this process: OpenSSH's MaxStartups (default 10:30:100) starts dropping
 # connections past 10 unauthenticated ones, as a fleet of one host's tenants would open.
 HANDSHAKES = threading.BoundedSemaphore(8)
-# Invoke's words for a switch it does not know (`--conversation`, `--fleet`): an older suite on the server.
+# What fab starts on the server: its checkout's `db.*` tasks, with the options only the laptop passes.
+SERVER_ENTRY = "deploy.server"
+# An older suite on the server: Python's words for a module it lacks (no SERVER_ENTRY), Invoke's for a
+# switch it does not know (`--conversation`, `--fleet`, a newer guard switch).
 UNKNOWN_SWITCH = re.compile(r"No idea what '(--[a-z-]+)' is")
+NO_ENTRY = re.compile(r"No module named '?" + re.escape(SERVER_ENTRY) + r"\b")
 
 
 class Server:
-    """One target's server: an SSH connection and its checkout's `invoke db.*`."""
+    """One target's server: an SSH connection and its checkout's `db.*` tasks (deploy.server)."""
 
     def __init__(self, c, target: Target):
         self.target = target
@@ -119,7 +123,7 @@ class Server:
     def session(
         self, task_args: list[str], hide: bool = False, conversation: bool = False, output: Output | None = None
     ) -> Session:
-        """Start `invoke db.*` in the server's checkout, with this environment's settings. No pty: a pty
+        """Start `db.*` in the server's checkout (deploy.server), with this environment's settings. No pty: a pty
         would echo the password, and nothing typed here reaches the server unless sent on purpose.
         Its output is shown as it comes, unless `hide`, or until the status line of a `conversation`."""
         talk = Session(self, self._start(task_args), hide, output or Output())
@@ -129,7 +133,7 @@ class Server:
         return talk
 
     def fleet_sessions(self, task_args: list[str], targets: list[Target], hide: bool = False) -> list[Session]:
-        """`invoke db.*` for several targets of this host at once, in one server process that forks
+        """`db.*` for several targets of this host at once, in one server process that forks
         a child per target (forking.py): a session each, over this one channel."""
         pairs = json.dumps([[target.settings, target.caller] for target in targets])
         mux = Multiplexed(self._start([*task_args, f"--fleet={pairs}"]), len(targets))
@@ -153,14 +157,14 @@ class Server:
         }
         channel = self.connection.client.get_transport().open_session()
         target = self.target
-        argv = ["-m", "invoke", *task_args]
+        argv = ["-m", SERVER_ENTRY, *task_args]
         channel.exec_command(
             command_line(argv, target.app_dir, target.pythons, environment, self.where, target.environment)
         )
         return channel
 
     def invoke(self, task_args: list[str], hide: bool = False) -> str:
-        """Run `invoke db.*` on the server to its end: its output shown, or returned when `hide`;
+        """Run `db.*` on the server to its end: its output shown, or returned when `hide`;
         a failure ends here, in one line."""
         return self.session(task_args, hide).finish()
 
@@ -497,6 +501,7 @@ class Output:
         if data:
             stream = sys.stdout if fd == 1 else sys.stderr
             with self._lock:
+                stream.flush()  # what this process printed comes first: these bytes go beneath its text layer
                 stream.buffer.write(data)
                 stream.flush()
 
@@ -546,8 +551,9 @@ def own_error(stderr: str) -> str | None:
 def server_error(stderr: str, server: Server | None = None) -> str | None:
     """Why the server's command failed, in one line: a suite too old for the conversation, or the
     server's own reason (own_error)."""
-    if server is not None and (unknown := UNKNOWN_SWITCH.search(stderr)):
-        return f"{server.name}: the server's suite is older than yours (no {unknown[1]}): deploy it first"
+    if server is not None and (unknown := UNKNOWN_SWITCH.search(stderr) or NO_ENTRY.search(stderr)):
+        lacks = unknown[1] if unknown.re is UNKNOWN_SWITCH else SERVER_ENTRY
+        return f"{server.name}: the server's suite is older than yours (no {lacks}): deploy it first"
     said = own_error(stderr)
     if said is not None and server is not None:
         return f"{server.name}: {said}"

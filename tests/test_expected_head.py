@@ -4,7 +4,7 @@ the head it sent in its status."""
 
 from __future__ import annotations
 
-from helpers import BASE, HEAD, POSTS, one_error_line, tables, version
+from helpers import BASE, BIN, HEAD, POSTS, one_error_line, run, tables, version
 
 from deploy.status import GO, STATUS_LINE
 
@@ -29,7 +29,8 @@ def test_upgrade_runs_when_the_migrations_end_as_expected(checkout):
 def test_after_go_the_server_checks_the_head_again(checkout):
     """In a conversation the expected head is checked after `go` too, before anything changes."""
     checkout.invoke("db.upgrade", f"--to={BASE}")
-    result = checkout.invoke("db.upgrade", "--conversation", f"--expect-head={POSTS}", stdin=f"{GO}\n")
+    server_entry = [str(BIN / "python"), "-m", "deploy.server"]  # what fab starts on the server
+    result = run([*server_entry, "db.upgrade", "--conversation", f"--expect-head={POSTS}"], checkout.path, f"{GO}\n")
     told = [line for line in result.out.splitlines() if line.startswith(STATUS_LINE)]
     assert len(told) == 1, result.output  # the status went out first: the refusal came after go
     line = one_error_line(result)

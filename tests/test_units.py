@@ -148,6 +148,9 @@ def test_an_older_suite_on_the_server_is_named_by_the_switch_it_lacks():
     for switch in ("--conversation", "--fleet"):
         said = server_error(f"No idea what '{switch}' is!\n", server)
         assert said == f"prod: the server's suite is older than yours (no {switch}): deploy it first"
+    # A suite older still lacks fab's server entry point altogether: Python's words for that.
+    said = server_error("/srv/app/.venv/bin/python: No module named deploy.server\n", server)
+    assert said == "prod: the server's suite is older than yours (no deploy.server): deploy it first"
 
 
 # -- passwords ---------------------------------------------------------------------------------------

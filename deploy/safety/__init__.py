@@ -30,16 +30,10 @@ from .refusals import (
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL
 
-# The guard switches' help, for `invoke db.*` and `fab ENV db.*` alike.
-GUARD_HELP = {
-    "no_backup": "outside development, skip the backup taken before the change (said loudly)",
-    "ignore_transactions": "go on although other transactions have been open a while (they may block us)",
-}
 FROM_DATABASE = "the backup is of database NAME, not this one: replace this one with it all the same"
 
 __all__ = [
     "FROM_DATABASE",
-    "GUARD_HELP",
     "check_expected_head",
     "check_on_this_machine",
     "check_resettable",

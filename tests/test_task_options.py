@@ -1,0 +1,94 @@
+"""The db.* tasks' options: the user's `invoke` shows only what a person types, fab's server entry point
+takes the options only the laptop passes, and a guard switch declared once reaches every place."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from helpers import BIN, REPO, Checkout, run
+from invoke.parser import Parser, ParserContext
+
+from deploy import commands, local_tasks, remote_tasks, switches
+from deploy.options import SERVER_ONLY
+
+SERVER_ONLY_FLAGS = tuple(f"--{name}" for name in SERVER_ONLY)
+
+
+@pytest.fixture(scope="module")
+def checkout(tmp_path_factory) -> Checkout:
+    return Checkout(tmp_path_factory.mktemp("options") / "app")
+
+
+def task_names(listed: str) -> list[str]:
+    return re.findall(r"^\s+(db\.[a-z-]+)", listed, flags=re.M)
+
+
+def test_the_users_invoke_shows_no_server_only_option(checkout):
+    listed = checkout.invoke("--list")
+    assert listed.code == 0, listed.output
+    names = task_names(listed.out)
+    assert set(names) == {f"db.{name}" for name in local_tasks.db_tasks(str(REPO / "tasks.py")).task_names}
+    for name in names:
+        shown = checkout.invoke("--help", name)
+        assert shown.code == 0, shown.output
+        assert f"Usage: inv[oke] [--core-opts] {name}" in shown.out, shown.output
+        for flag in SERVER_ONLY_FLAGS:
+            assert flag not in shown.out, f"{name}: {shown.out}"
+        assert "used by fab" not in shown.out, f"{name}: {shown.out}"
+
+
+def test_fabs_server_entry_point_takes_the_server_only_options(checkout):
+    server_entry = [str(BIN / "python"), "-m", "deploy.server"]
+    shown = run([*server_entry, "--help", "db.upgrade"], checkout.path)
+    assert shown.code == 0, shown.output
+    for flag in (*SERVER_ONLY_FLAGS, "--no-backup", "--expect-head"):
+        assert flag in shown.out, shown.output
+    wrong = run([*server_entry, "db.status", "--nonsense"], checkout.path)
+    assert wrong.code != 0
+    assert "No idea what '--nonsense' is" in wrong.output  # the words ssh.server_error reads
+
+
+def parsed(task, *argv: str) -> dict:
+    """`argv` as Invoke parses it for `task`: its keyword arguments."""
+    (call,) = Parser(contexts=[ParserContext(name=task.name, args=task.get_arguments())]).parse_argv([task.name, *argv])
+    return call.as_kwargs
+
+
+def test_a_guard_switch_is_declared_once(monkeypatch):
+    extra = switches.Switch("no_vacuum", "skip the vacuum after the change", ("upgrade", "downgrade"))
+    assert not hasattr(commands.Guards(), "no_vacuum")
+    monkeypatch.setattr(switches, "GUARDS", (*switches.GUARDS, extra))
+
+    user = local_tasks.collection("alembic.ini")
+    server = local_tasks.collection("alembic.ini", server=True)
+    laptop = remote_tasks.fab_tasks(str(REPO / "fabfile.py")).collections["db"]
+    for collection in (user, server, laptop):
+        for name in ("upgrade", "downgrade"):
+            options = {argument.name: argument for argument in collection[name].get_arguments()}
+            assert options["no_vacuum"].help == extra.help and options["no_vacuum"].default is False
+        assert "no_vacuum" not in {argument.name for argument in collection["restore"].get_arguments()}
+
+    # The laptop's option, forwarded as the flag the server's task parses back.
+    chosen = parsed(laptop["upgrade"], "--no-vacuum", "--yes")
+    flags = switches.forwarded("upgrade", chosen)
+    assert flags == ["--no-vacuum"]
+    on_the_server = parsed(server["upgrade"], "--conversation", *flags)
+    assert on_the_server["no_vacuum"] is True and on_the_server["no_backup"] is False
+
+    # The guards' setting it turns on.
+    switched = frozenset(name for name in switches.names() if on_the_server.get(name))
+    assert commands.Guards(switched=switched).no_vacuum is True
+    assert commands.Guards().no_vacuum is False
+
+
+def test_guards_know_only_declared_switches():
+    with pytest.raises(TypeError, match="not guard switches: no_such"):
+        commands.Guards(switched=frozenset({"no_such"}))
+    with pytest.raises(AttributeError):
+        commands.Guards().no_such  # noqa: B018
+
+
+def test_a_server_suite_without_the_entry_point_is_refused_in_one_line(remote):
+    (remote.server.path / "deploy" / "server.py").unlink()
+    remote.refuses("the server's suite is older than yours (no deploy.server): deploy it first")
