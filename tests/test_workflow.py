@@ -1,14 +1,15 @@
 """The branch workflow (deploy/checks.py, deploy/branches.py): db.check, db.merge, db.schema, db.revision --base,
-db.detect, on real SQLite files and real git repositories."""
+db.detect, on real SQLite files and real git repositories; then db.check --url, db.schema and db.detect on
+each kind of database server (`server_kind`), and `fab prod db.detect` through the loopback sshd."""
 
 import ast
 import json
 import sqlite3
 import subprocess
+from urllib.parse import quote
 
-from helpers import one_error_line
+from helpers import HEAD, PASSWORD, POSTS, PRODUCTION, STDIN_PASSWORD, one_error_line, refused
 
-BASE, POSTS, HEAD = "747f7d2e75b9", "06bd3f51a453", "776f3cb23823"
 BIO = "    bio: Mapped[str | None] = mapped_column(Text)\n"
 NOTE_MODEL = (
     '\n\nclass Note(db.Model):\n    __tablename__ = "notes"\n\n'
@@ -217,3 +218,140 @@ def test_detect_finds_the_revision_an_unstamped_database_matches(checkout):
     assert result.code == 0, result.output
     assert f"matches revision {POSTS}" in result.out and f"stamped at {POSTS}" in result.out
     assert "stamped already" in one_error_line(checkout.invoke("db.detect"))
+
+
+# -- on a database server of each kind -------------------------------------------------------------
+
+
+def scratch_url(database) -> str:
+    """The migration user's URL with its password, percent-encoded as a URL wants it."""
+    scheme = database.migration_url.split("://", 1)[0]
+    user, port = database.migration_user, database.server.port
+    return f"{scheme}://{user}:{quote(PASSWORD, safe='')}@127.0.0.1:{port}/{database.name}"
+
+
+def upgrade(checkout, database, to: str = "head") -> None:
+    checkout.use_production(database)
+    result = checkout.invoke("db.upgrade", "--yes", f"--to={to}", stdin=STDIN_PASSWORD, env=PRODUCTION)
+    assert result.code == 0, result.output
+    assert database.version() == (HEAD if to == "head" else to)
+
+
+def unstamped_at(checkout, database, revision: str) -> None:
+    """A database that predates the migrations: revision's schema, no alembic_version."""
+    upgrade(checkout, database, revision)
+    database.query("DROP TABLE alembic_version")
+    assert database.version() is None and database.tables()
+
+
+# What the checks could leave behind besides tables: views and sequences, and PostgreSQL's types.
+LEFTOVERS = {
+    "mariadb": "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE()",
+    "postgresql": "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+    "WHERE n.nspname = 'public' UNION ALL "
+    "SELECT t.typname FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace "
+    "WHERE n.nspname = 'public' AND t.typtype IN ('e', 'd', 'c') AND t.typrelid = 0",
+}
+# A table made as a migration would have made it: the migration user's own.
+LEGACY_TABLE = {
+    "mariadb": "CREATE TABLE legacy (id INT PRIMARY KEY)",
+    "postgresql": 'CREATE TABLE legacy (id int PRIMARY KEY); ALTER TABLE legacy OWNER TO "{owner}"',
+}
+# How db.schema shows a users column of each kind's own.
+USERS_COLUMNS = {
+    "mariadb": ("table users\n  id INTEGER NOT NULL PRIMARY KEY\n",),
+    "postgresql": (
+        "table users\n  id INTEGER NOT NULL PRIMARY KEY DEFAULT nextval('users_id_seq'::regclass)\n",
+        "  status VARCHAR(20) NOT NULL DEFAULT 'draft'::character varying\n",
+    ),
+}
+
+
+def test_check_on_an_empty_database_passes_then_finds_drift_and_drops_what_it_built(
+    checkout, server_kind, any_database
+):
+    database = any_database
+    url = scratch_url(database)
+    result = checkout.invoke("db.check", "--url", url)
+    assert result.code == 0, result.output
+    assert f"on {database.migration_user}@127.0.0.1:{database.server.port}/{database.name}: 3 round trips" in result.out
+    assert result.out.rstrip().endswith("ok")
+    assert PASSWORD not in result.output
+    assert database.tables() == set() and database.query(LEFTOVERS[server_kind.name]) == ()
+
+    add_bio(checkout)
+    drifted = checkout.invoke("db.check", "--url", url)
+    assert "FAILED drift" in drifted.out and "op.add_column('users', sa.Column('bio'" in drifted.out
+    assert one_error_line(drifted) == "error: db.check failed: drift"
+    assert database.tables() == set() and database.query(LEFTOVERS[server_kind.name]) == ()
+
+
+def test_check_refuses_a_database_that_is_not_empty(checkout, server_kind, any_database):
+    any_database.query(LEGACY_TABLE[server_kind.name].format(owner=any_database.migration_user))
+    line = one_error_line(checkout.invoke("db.check", "--url", scratch_url(any_database)))
+    assert "is not empty (legacy)" in line and PASSWORD not in line
+    assert any_database.tables() == {"legacy"}
+
+
+def test_schema_and_diff_read_a_production_database(checkout, server_kind, any_database):
+    database = any_database
+    upgrade(checkout, database)
+    result = checkout.invoke("db.schema", "--diff", env=PRODUCTION)
+    assert result.code == 0, result.output
+    # Read with the application's user: no password asked for.
+    assert f"{database.app_user}@127.0.0.1:{database.server.port}/{database.name} ({HEAD}): 4 tables" in result.out
+    for column in USERS_COLUMNS[server_kind.name]:
+        assert column in result.out
+    assert "fk_post_tags_post_id_posts (post_id) -> posts(id) ON DELETE CASCADE" in result.out
+    # A unique constraint is an index too: listed once.
+    assert result.out.count("uq_users_email") == 1, result.out
+    assert result.out.rstrip().endswith("the models match the database")
+    plain = checkout.invoke("db.schema", env=PRODUCTION)
+    assert plain.code == 0 and "the models" not in plain.out, plain.output
+    add_bio(checkout)
+    drifted = checkout.invoke("db.schema", "--diff", env=PRODUCTION)
+    assert "(1 operation):\n  op.add_column('users', sa.Column('bio', sa.Text(), nullable=True))" in drifted.out
+
+
+def test_detect_stamps_the_revision_a_database_matches(checkout, any_database):
+    """--report reads without a password and stamps nothing; then the stamp, once confirmed."""
+    database = any_database
+    checkout.use_production(database)
+    assert "has no tables" in one_error_line(checkout.invoke("db.detect", "--report", env=PRODUCTION))
+    unstamped_at(checkout, database, POSTS)
+    report = checkout.invoke("db.detect", "--report", env=PRODUCTION)
+    assert report.code == 0 and report.out.rstrip().splitlines()[-1] == f"match: {POSTS}", report.output
+    assert database.version() is None
+    unconfirmed = checkout.invoke("db.detect", stdin=STDIN_PASSWORD, env=PRODUCTION)
+    assert f"matches revision {POSTS}" in unconfirmed.out
+    assert "not confirmed" in one_error_line(unconfirmed)
+    assert database.version() is None
+    result = checkout.invoke("db.detect", "--yes", stdin=STDIN_PASSWORD, env=PRODUCTION)
+    assert result.code == 0, result.output
+    assert f"matches revision {POSTS}" in result.out and f"stamped at {POSTS}" in result.out
+    assert PASSWORD not in result.output
+    assert database.version() == POSTS
+    assert "stamped already" in one_error_line(checkout.invoke("db.detect", "--report", env=PRODUCTION))
+
+
+def test_fab_detect_stamps_the_servers_database_after_confirmation(remote):
+    unstamped_at(remote.server, remote.database, POSTS)
+    before = remote.state()
+    # No terminal and no --yes: the answer is no, before any password is read.
+    unconfirmed = remote.fab("prod", "db.detect", stdin=STDIN_PASSWORD)
+    assert f"matches revision {POSTS}" in unconfirmed.out
+    refused(unconfirmed, "not confirmed")
+    assert remote.state() == before
+
+    result = remote.fab("prod", "db.detect", "--yes", stdin=STDIN_PASSWORD)
+    assert result.code == 0, result.output
+    assert f"matches revision {POSTS}" in result.out and f"stamped at {POSTS}" in result.out
+    assert f"match: {POSTS}" not in result.out
+    assert PASSWORD not in result.output
+    assert remote.state() == (POSTS, before[1] | {"alembic_version"})
+    refused(remote.fab("prod", "db.detect", "--yes", stdin=STDIN_PASSWORD), "stamped already")
+
+
+def test_fab_detect_stamps_nothing_without_a_single_match(remote):
+    remote.database.query("CREATE TABLE legacy (id INT PRIMARY KEY)")
+    remote.refuses("no single revision matches", args=("prod", "db.detect", "--yes"))
