@@ -76,13 +76,9 @@ class Peer:
 
 
 # A port forward (ssh -L, socat) listens on this machine and relays to a server elsewhere: the socket's
-# address proves nothing. The server says which process serves this connection, and this machine's
-# kernel must show that very process holding the connection's other end.
-SERVER_PROGRAMS = {
-    "postgresql": {"postgres", "postmaster"},
-    "mysql": {"mariadbd", "mysqld"},
-    "mariadb": {"mariadbd", "mysqld"},  # SQLAlchemy's mariadb:// dialect
-}
+# address proves nothing. The server says which process serves this connection (its dialect asks it),
+# and this machine's kernel must show that very process, one of the dialect's server programs, holding
+# the connection's other end.
 
 
 def peer(connection: Connection) -> Peer:
@@ -108,34 +104,17 @@ def peer(connection: Connection) -> Peer:
             if not (ip.is_loopback or (mapped is not None and mapped.is_loopback)):
                 return Peer(address, local=False)
             holder = _TcpHolder((host, port), mine)
+    dialect = dialects.find(connection)
     try:
-        served_by = _server_process(connection)
+        served_by = dialect.server_process(connection) if dialect is not None else None
     except LookupError as exc:
         return Peer(address, False, str(exc))
     except Exception as exc:  # the server would not say (privileges, a server of another kind)
         return Peer(address, False, f"the server would not say which process serves it ({type(exc).__name__})")
     if served_by is None:
         return Peer(address, False, f"a {connection.dialect.name} server cannot say which process it is")
-    proven, proof = holder.proof(served_by, SERVER_PROGRAMS.get(connection.dialect.name, set()))
+    proven, proof = holder.proof(served_by, set(dialect.server_programs))
     return Peer(address, proven, proof)
-
-
-def _server_process(connection: Connection) -> int | None:
-    """The pid, in the server's own machine, of the process that serves this connection."""
-    name = connection.dialect.name
-    if name == "postgresql":
-        (pid,) = connection.exec_driver_sql("SELECT pg_backend_pid()").one()
-        connection.rollback()
-        return int(pid)
-    if name in ("mysql", "mariadb"):  # one process, a thread per connection; its pid file is on its machine
-        pid_file, datadir = connection.exec_driver_sql("SELECT @@pid_file, @@datadir").one()
-        connection.rollback()
-        path = Path(datadir or "/", pid_file or "")
-        try:
-            return int(path.read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            raise LookupError(f"no readable pid file {path} on this machine") from None
-    return None
 
 
 class _Holder:

@@ -3,7 +3,9 @@ the registry finds each by SQLAlchemy's dialect name, and no module outside it b
 
 from __future__ import annotations
 
+import ast
 import inspect
+from pathlib import Path
 
 import pytest
 from alembic.ddl.impl import DefaultImpl
@@ -18,7 +20,7 @@ from deploy.errors import DeployError
 
 REGISTERED = sorted({type(dialect) for dialect in dialects.registry().values()}, key=lambda cls: cls.__name__)
 # What the base class asks of a database besides its abstract methods: answers given as class attributes.
-REQUIRED_ATTRIBUTES = ("transactional_ddl",)
+REQUIRED_ATTRIBUTES = {"transactional_ddl": bool, "backup_suffix": str, "server_programs": frozenset}
 
 
 def test_the_base_class_states_what_a_database_must_provide():
@@ -34,8 +36,8 @@ def test_every_registered_dialect_provides_everything_the_base_class_requires(di
         implementation = inspect.getattr_static(dialect, method)
         assert implementation is not inspect.getattr_static(Dialect, method), method
         assert not getattr(implementation, "__isabstractmethod__", False), method
-    for attribute in REQUIRED_ATTRIBUTES:
-        assert isinstance(getattr(dialect, attribute), bool), attribute
+    for attribute, kind in REQUIRED_ATTRIBUTES.items():
+        assert isinstance(getattr(dialect, attribute), kind), attribute
     assert dialect.names and all(dialects.registry()[name].__class__ is dialect for name in dialect.names)
 
 
@@ -75,3 +77,83 @@ def test_transactional_ddl_is_what_alembic_runs_it_as(name):
     assert dialect_for(name).transactional_ddl is DefaultImpl.get_by_dialect(sqlalchemy_dialect).transactional_ddl
     assert dialect_for(name).transactional_ddl is (name == "postgresql")
 
+
+# -- no dialect-name branching outside deploy/dialects ----------------------------------------------
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+NAMES = {"mysql", "mariadb", "postgresql", "sqlite"}
+
+
+def _holds_a_name(node: ast.AST) -> bool:
+    """A dialect name as a string literal, or a tuple, list or set literal holding one."""
+    if isinstance(node, ast.Constant):
+        return node.value in NAMES
+    if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+        return any(_holds_a_name(element) for element in node.elts)
+    return False
+
+
+def dialect_branches(source: str) -> list[int]:
+    """The lines that choose by a dialect name: compare one (==, !=, in, not in, startswith, endswith,
+    match), key a dict by one, or keep one in a variable to compare later."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Compare):
+            hit = any(_holds_a_name(side) for side in (node.left, *node.comparators))
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            hit = node.func.attr in ("startswith", "endswith") and any(map(_holds_a_name, node.args))
+        elif isinstance(node, ast.Dict):
+            hit = any(key is not None and _holds_a_name(key) for key in node.keys)
+        elif isinstance(node, ast.MatchValue):
+            hit = _holds_a_name(node.value)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            hit = node.value is not None and _holds_a_name(node.value)
+        else:
+            continue
+        if hit:
+            found.append(node.lineno)
+    return found
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        'if url.get_backend_name() == "postgresql":\n    pass',
+        'if connection.dialect.name != "sqlite":\n    pass',
+        'if name in ("mysql", "mariadb"):\n    pass',
+        'ok = "postgresql" in names',
+        'if url.drivername.startswith("mysql"):\n    pass',
+        'if url.drivername.startswith(("mariadb", "mysql")):\n    pass',
+        'TABLE = {"sqlite": 1}',
+        'MARIADB = {"mysql", "mariadb"}',
+        'POSTGRESQL = "postgresql"',
+        'match name:\n    case "mariadb":\n        pass',
+    ],
+)
+def test_the_scan_sees_every_way_of_branching_on_a_dialect_name(source):
+    assert dialect_branches(source) == [1 if "match" not in source else 2]
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        'url = "sqlite:///app.db"',
+        'suffix = ".sqlite.gz"',
+        "dialect = dialect_for(url)",
+        'describe("postgresql server")',
+    ],
+)
+def test_the_scan_leaves_other_strings_alone(source):
+    assert dialect_branches(source) == []
+
+
+def test_no_module_outside_the_dialects_branches_on_a_dialect_name():
+    found = {
+        f"{path.relative_to(DEPLOY.parent)}:{line}": path.read_text().splitlines()[line - 1].strip()
+        for path in sorted(DEPLOY.rglob("*.py"))
+        if "dialects" not in path.relative_to(DEPLOY).parts
+        for line in dialect_branches(path.read_text())
+    }
+    assert not found, "ask the dialect (deploy/dialects) instead of comparing its name:\n" + "\n".join(
+        f"{where}: {line}" for where, line in found.items()
+    )

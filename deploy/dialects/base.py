@@ -7,6 +7,7 @@ the rest of the suite asks the dialect of a URL, connection or engine (`dialect_
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from importlib import import_module
 from pathlib import Path
@@ -30,8 +31,12 @@ class Dialect(ABC):
     registered (one instance) when its module is imported."""
 
     names: ClassVar[tuple[str, ...]] = ()
+    # The suffix of its backups' files, which says how they are dumped, loaded and verified.
+    backup_suffix: ClassVar[str]
     # Whether a failed revision's DDL is rolled back with its transaction (else it may be left half done).
     transactional_ddl: ClassVar[bool]
+    # The programs its server runs as, for the proof that a server is on this machine (none: no server).
+    server_programs: ClassVar[frozenset[str]]
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
@@ -67,6 +72,17 @@ class Dialect(ABC):
     @abstractmethod
     def open_transactions(self, connection: Connection, older_than: float) -> list:
         """Other connections' transactions (guarded.Transaction) open longer than `older_than` s, oldest first."""
+
+    @abstractmethod
+    def lint_risks(self, operation, found: list[tuple[str, str]], named: str) -> list[tuple[str, str]]:
+        """The lint's findings (name, reason) for one Alembic operation on a table that holds rows: `found`,
+        the general ones, with this database's own added (see merged()) or let go; `named` is the
+        operation's name, to build its findings' names from."""
+
+    @abstractmethod
+    def server_process(self, connection: Connection) -> int | None:
+        """The pid, in the server's own machine, of the process that serves `connection`; None when the
+        database has no server. LookupError says why it cannot be told."""
 
     def error_line(self, exc: BaseException, url: URL) -> str:
         """explain() for any error SQLAlchemy wraps, marked as the suite's own words."""
@@ -138,3 +154,25 @@ def dialect_for(where: URL | Connection | Engine | str, what: str = "this") -> D
     if name not in dialects:
         raise DeployError(f"{what} is not supported on {name} databases (supported: {', '.join(dialects)})")
     return dialects[name]
+
+
+def merged(found: list[tuple[str, str]], own: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """One finding per operation name: a dialect's reason joins a general one of the same name."""
+    found = list(found)
+    for op_name, reason in own:
+        same = [i for i, (known, _) in enumerate(found) if known == op_name]
+        if same:
+            found[same[0]] = (op_name, f"{found[same[0]][1]}; {reason}")
+        else:
+            found.append((op_name, reason))
+    return found
+
+
+def widens_varchar(old, new) -> bool:
+    """Whether a type change only makes a VARCHAR longer (same charset and collation)."""
+    varchar = {"string", "VARCHAR", "unicode", "NVARCHAR"}
+    if old is None or not all(type_.__visit_name__ in varchar and type_.length for type_ in (old, new)):
+        return False
+    if any(getattr(old, key, None) != getattr(new, key, None) for key in ("collation", "charset")):
+        return False
+    return new.length >= old.length

@@ -6,13 +6,15 @@ import hashlib
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
+from alembic.operations import ops
 from sqlalchemy import text
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..errors import DeployError, relayed
-from .base import LOCK_NAME_PREFIX, Dialect, busy, explain
+from .base import LOCK_NAME_PREFIX, Dialect, busy, explain, merged, widens_varchar
 from .guarded import Transaction, retrying, what_blocks
 
 # MySQL/MariaDB client error numbers that have a clear meaning for the user.
@@ -25,6 +27,8 @@ GET_LOCK_NAME_MAX = 64  # bytes; MySQL refuses longer names (MariaDB does not, b
 # An idle lock connection must outlive the longest migration: the server's default wait_timeout (8 h)
 # would end the session, and with it the lock, in the middle of one.
 IDLE_FOR_A_YEAR = "SET SESSION wait_timeout = 31536000"
+COPY = "MariaDB copies the table, blocking writes until it is done"
+REBUILD = "MariaDB rebuilds the table (writes go on, but it takes as long as a copy)"
 LOCK_WAIT_TIMEOUT = 1205  # MariaDB raises it for metadata-lock (DDL) and InnoDB row-lock waits alike
 NEEDS_PROCESS = 1227
 TRANSACTIONS = """
@@ -145,9 +149,42 @@ def server_open_transactions(connection: Connection, older_than: float) -> list[
         raise DeployError(explain(exc, connection.engine.url)) from None
 
 
+def widened_in_place(old, new) -> bool:
+    """Whether MariaDB widens a VARCHAR in place: while its length prefix keeps its size (1 byte up to
+    255 bytes, else 2). The charset is unknown here (1 to 4 bytes a character): in place means at most
+    63 characters, or from 256."""
+    return new.length <= 63 or old.length >= 256
+
+
+def lint_risks(operation, named: str):
+    """What blocks the application while MariaDB runs the operation on a table that holds rows."""
+    match operation:
+        case ops.AlterColumnOp():
+            new, old = operation.modify_type, operation.existing_type
+            if new is not None and (old is None or repr(old) != repr(new)):
+                if not widens_varchar(old, new):
+                    yield f"{named} type", COPY
+                elif widened_in_place(old, new):
+                    yield f"{named} type", "MariaDB does it in place"
+                else:
+                    yield f"{named} type", f"{COPY} (unless it stays under or over 255 bytes)"
+            if operation.modify_nullable is False and operation.existing_nullable is not False:
+                yield f"{named} NOT NULL", REBUILD
+        case ops.AddColumnOp() if operation.column.foreign_keys:
+            yield f"{named} foreign key", f"adds a foreign key: {COPY}"
+        case ops.CreateForeignKeyOp() | ops.CreateCheckConstraintOp():
+            yield named, COPY
+        case ops.CreatePrimaryKeyOp():
+            yield named, REBUILD
+        case ops.DropConstraintOp(constraint_type="primary"):
+            yield named, COPY
+
+
 class MariaDB(Dialect):
     names = ("mysql", "mariadb")
+    backup_suffix = ".sql.gz"  # a mariadb-dump dump, gzipped (deploy/safety/backups.py)
     transactional_ddl = False  # each DDL statement commits: a failed revision may leave part of its work
+    server_programs = frozenset({"mariadbd", "mysqld"})
 
     def explain(self, orig: BaseException, url: URL, where: str) -> str:
         code = orig.args[0] if orig.args and isinstance(orig.args[0], int) else None
@@ -175,3 +212,16 @@ class MariaDB(Dialect):
     def open_transactions(self, connection: Connection, older_than: float) -> list[Transaction]:
         """INNODB_TRX with PROCESSLIST (needs PROCESS to see other users')."""
         return server_open_transactions(connection, older_than)
+
+    def lint_risks(self, operation, found: list[tuple[str, str]], named: str) -> list[tuple[str, str]]:
+        return merged(found, lint_risks(operation, named))
+
+    def server_process(self, connection: Connection) -> int | None:
+        # One process, a thread per connection; its pid file is on its machine.
+        pid_file, datadir = connection.exec_driver_sql("SELECT @@pid_file, @@datadir").one()
+        connection.rollback()
+        path = Path(datadir or "/", pid_file or "")
+        try:
+            return int(path.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            raise LookupError(f"no readable pid file {path} on this machine") from None

@@ -13,12 +13,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from alembic.operations import ops
 from sqlalchemy import text
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..errors import DeployError, relayed
-from .base import LOCK_NAME_PREFIX, POLL, Dialect, busy, explain
+from .base import LOCK_NAME_PREFIX, POLL, Dialect, busy, explain, merged
 from .guarded import Transaction, retrying, what_blocks
 
 # PostgreSQL SQLSTATE codes (psycopg errors carry them as `.sqlstate`).
@@ -328,9 +329,47 @@ def pg_open_transactions(connection: Connection, older_than: float) -> list[Tran
             dbapi_connection.rollback()
 
 
+# The lint's rules.
+PG_REWRITE = "PostgreSQL rewrites the table under an ACCESS EXCLUSIVE lock, blocking reads and writes until done"
+PG_SCAN = "PostgreSQL scans the whole table under an ACCESS EXCLUSIVE lock, blocking reads and writes"
+PG_INDEX = "PostgreSQL blocks writes to the table while it builds the index: create it with postgresql_concurrently"
+PG_VALIDATE = "PostgreSQL blocks writes while it checks every row: add it with postgresql_not_valid, then validate"
+
+
+def _pg_keeps_rows(old, new) -> bool:
+    """Whether PostgreSQL changes the type without rewriting the table: a string type made no shorter
+    (VARCHAR(n) to VARCHAR(m >= n), or to TEXT / unbounded VARCHAR), same collation."""
+    strings = {"string", "VARCHAR", "unicode", "NVARCHAR", "text", "TEXT", "unicode_text"}
+    if old is None or not all(type_.__visit_name__ in strings for type_ in (old, new)):
+        return False
+    if getattr(old, "collation", None) != getattr(new, "collation", None):
+        return False
+    old_length, new_length = getattr(old, "length", None), getattr(new, "length", None)
+    if new_length is None:
+        return True
+    return old_length is not None and new_length >= old_length and old.__visit_name__ not in ("text", "TEXT")
+
+
+def lint_risks(operation, named: str):
+    """What blocks the application while PostgreSQL runs the operation on a table that holds rows."""
+    match operation:
+        case ops.AlterColumnOp():
+            new, old = operation.modify_type, operation.existing_type
+            if new is not None and (old is None or repr(old) != repr(new)) and not _pg_keeps_rows(old, new):
+                yield f"{named} type", PG_REWRITE
+            if operation.modify_nullable is False and operation.existing_nullable is not False:
+                yield f"{named} NOT NULL", PG_SCAN
+        case ops.CreateIndexOp() if not operation.kw.get("postgresql_concurrently"):
+            yield named, PG_INDEX
+        case ops.CreateForeignKeyOp() | ops.CreateCheckConstraintOp() if not operation.kw.get("postgresql_not_valid"):
+            yield named, PG_VALIDATE
+
+
 class PostgreSQL(Dialect):
     names = ("postgresql",)
+    backup_suffix = ".pgdump.gz"  # a pg_dump custom-format archive, gzipped (deploy/safety/backups.py)
     transactional_ddl = True  # a failed revision's transaction takes its DDL back with it
+    server_programs = frozenset({"postgres", "postmaster"})
 
     def explain(self, orig: BaseException, url: URL, where: str) -> str:
         """explain() for psycopg's errors: by SQLSTATE (PostgreSQL's codes, not MySQL's numbers)."""
@@ -362,3 +401,16 @@ class PostgreSQL(Dialect):
     def open_transactions(self, connection: Connection, older_than: float) -> list[Transaction]:
         """pg_stat_activity (needs pg_read_all_stats to see other roles' sessions)."""
         return pg_open_transactions(connection, older_than)
+
+    def lint_risks(self, operation, found: list[tuple[str, str]], named: str) -> list[tuple[str, str]]:
+        if isinstance(operation, (ops.CreateForeignKeyOp, ops.CreateCheckConstraintOp)) and operation.kw.get(
+            "postgresql_not_valid"
+        ):
+            # NOT VALID: existing rows are not checked (a later VALIDATE CONSTRAINT does, without blocking).
+            found = [finding for finding in found if finding[0] != named]
+        return merged(found, lint_risks(operation, named))
+
+    def server_process(self, connection: Connection) -> int | None:
+        (pid,) = connection.exec_driver_sql("SELECT pg_backend_pid()").one()
+        connection.rollback()
+        return int(pid)

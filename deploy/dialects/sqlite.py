@@ -142,7 +142,9 @@ def file_guard(connection: Connection, lock_wait_timeout: float, retries: int, p
 
 class SQLite(Dialect):
     names = ("sqlite",)
+    backup_suffix = ".sqlite.gz"  # a copy of the file, gzipped (deploy/safety/backups.py)
     transactional_ddl = False  # as Alembic runs it: SQLite's DDL is not run in the revision's transaction
+    server_programs: frozenset[str] = frozenset()  # no server: the database is a file
 
     def describe(self, url: URL) -> str:
         return f"SQLite {url.database or ':memory:'}"
@@ -164,3 +166,9 @@ class SQLite(Dialect):
     def open_transactions(self, connection: Connection, older_than: float) -> list[Transaction]:
         # One writer at a time, and no way to list the others: nothing to report.
         return []
+
+    def lint_risks(self, operation, found: list[tuple[str, str]], named: str) -> list[tuple[str, str]]:
+        return found  # the general risks only: no rules of its own
+
+    def server_process(self, connection: Connection) -> int | None:
+        return None

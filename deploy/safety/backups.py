@@ -33,8 +33,8 @@ from sqlalchemy.engine import URL
 
 from ..credentials import describe, mask, remember
 from ..database import connect, sqlite_path, translate_errors
+from ..dialects import dialect_for
 from ..errors import DeployError, own, relayed
-from . import for_dialect
 
 CHUNK = 256 * 1024
 PROGRESS_SECONDS = 0.5
@@ -501,7 +501,13 @@ POSTGRESQL = _Kind(
     _pg_readable,
     _pg_named,
 )
-KINDS = {"mysql": MYSQL, "mariadb": MYSQL, "postgresql": POSTGRESQL, "sqlite": SQLITE}
+# By the file's suffix, which the database's dialect names (its backup_suffix).
+KINDS = {kind.suffix: kind for kind in (MYSQL, POSTGRESQL, SQLITE)}
+
+
+def _kind_for(url: URL, what: str) -> _Kind:
+    """The kind of backup the database of `url` is kept in, by its dialect."""
+    return KINDS[dialect_for(url, what).backup_suffix]
 
 
 # -- Files -------------------------------------------------------------------------------------------
@@ -580,7 +586,7 @@ def check_source(backup: Backup, url: URL, from_database: str | None = None) -> 
     """Refuse a backup of another database than the URL's (by its note, or the file's own header),
     unless `from_database` is the operator's word that it is one of that database. The other
     database's name when it is one (the confirmation names it), else None."""
-    kind = for_dialect(KINDS, url, "restore")
+    kind = _kind_for(url, "restore")
     here, source = kind.name(url), backup.name or from_database
     recorded_server = _server(backup.database, backup.name)
     elsewhere = recorded_server is not None and recorded_server != _server(describe(url), here)
@@ -611,7 +617,7 @@ def _server(description: str, name: str) -> str | None:
 def list_backups(directory: str | os.PathLike, database: str | URL | None = None) -> list[Backup]:
     """The backups in `directory` (of one database: its name, or its URL), newest first."""
     if isinstance(database, URL):
-        database = for_dialect(KINDS, database, "backup").name(database)
+        database = _kind_for(database, "backup").name(database)
     found = (_read_sidecar(sidecar.with_suffix("")) for sidecar in Path(directory).glob("*.json"))
     backups = [b for b in found if b is not None and b.path.is_file() and database in (None, b.name)]
     return sorted(backups, key=lambda b: (b.time, b.path.name), reverse=True)
@@ -642,7 +648,7 @@ def take(url: URL, directory: str | os.PathLike, revision: str | None, keep: int
 
 def _write(url: URL, directory: Path, revision: str | None, progress=None, label: str = "base") -> Backup:
     """A verified backup in `directory`, its file named after the revision (or `label`); no retention."""
-    kind = for_dialect(KINDS, url, "backup")
+    kind = _kind_for(url, "backup")
     name = kind.name(url)
     if not name:
         raise DeployError(f"{describe(url)} names no database to back up")
@@ -686,7 +692,7 @@ def restore(url: URL, path: str | os.PathLike, progress=None, before: Backup | N
     `before`, a backup of it just taken; without one, a backup is taken here first and removed after
     (SQLite needs none: its load is one transaction).
     `progress(bytes)` as for `take`. Asking the user to confirm is the caller's job."""
-    kind = for_dialect(KINDS, url, "restore")
+    kind = _kind_for(url, "restore")
     backup = verify(path)
     if _kind_of(backup.path) is not kind:
         raise DeployError(f"{backup.path} is not a backup of a {url.get_backend_name()} database")

@@ -51,19 +51,12 @@ from alembic.operations import BatchOperations, Operations, ops
 from sqlalchemy.exc import NoSuchModuleError
 from sqlalchemy.sql import dml
 
-from .. import alembic_ops
+from .. import alembic_ops, dialects
+from ..dialects.base import widens_varchar
 from ..errors import DeployError
 
 REVIEWED = "reviewed_risks"
-MARIADB = {"mysql", "mariadb"}
 UNREADABLE = "upgrade() needs a database"
-COPY = "MariaDB copies the table, blocking writes until it is done"
-REBUILD = "MariaDB rebuilds the table (writes go on, but it takes as long as a copy)"
-POSTGRESQL = "postgresql"
-PG_REWRITE = "PostgreSQL rewrites the table under an ACCESS EXCLUSIVE lock, blocking reads and writes until done"
-PG_SCAN = "PostgreSQL scans the whole table under an ACCESS EXCLUSIVE lock, blocking reads and writes"
-PG_INDEX = "PostgreSQL blocks writes to the table while it builds the index: create it with postgresql_concurrently"
-PG_VALIDATE = "PostgreSQL blocks writes while it checks every row: add it with postgresql_not_valid, then validate"
 
 
 @dataclass(frozen=True)
@@ -237,67 +230,26 @@ def _changes_data_only(sqltext) -> bool:
     return bool(words) and words[0].upper() in ("INSERT", "UPDATE")
 
 
-def _widened_varchar(old, new) -> bool | None:
-    """Whether a type change only widens a VARCHAR: True when MariaDB does it in place, False when it may copy.
-
-    MariaDB widens a VARCHAR in place while its length prefix keeps its size (1 byte up to 255 bytes, else 2).
-    The charset is unknown here (1 to 4 bytes a character): in place means at most 63 characters, or from 256."""
-    varchar = {"string", "VARCHAR", "unicode", "NVARCHAR"}
-    if old is None or not all(type_.__visit_name__ in varchar and type_.length for type_ in (old, new)):
-        return None
-    if any(getattr(old, key, None) != getattr(new, key, None) for key in ("collation", "charset")):
-        return None
-    if new.length < old.length:
-        return None
-    return new.length <= 63 or old.length >= 256
-
-
-def _pg_keeps_rows(old, new) -> bool:
-    """Whether PostgreSQL changes the type without rewriting the table: a string type made no shorter
-    (VARCHAR(n) to VARCHAR(m >= n), or to TEXT / unbounded VARCHAR), same collation."""
-    strings = {"string", "VARCHAR", "unicode", "NVARCHAR", "text", "TEXT", "unicode_text"}
-    if old is None or not all(type_.__visit_name__ in strings for type_ in (old, new)):
-        return False
-    if getattr(old, "collation", None) != getattr(new, "collation", None):
-        return False
-    old_length, new_length = getattr(old, "length", None), getattr(new, "length", None)
-    if new_length is None:
-        return True
-    return old_length is not None and new_length >= old_length and old.__visit_name__ not in ("text", "TEXT")
-
-
-def _alter_risks(operation: ops.AlterColumnOp, mariadb: bool, postgresql: bool = False) -> Iterator[tuple[str, str]]:
+def _alter_risks(operation: ops.AlterColumnOp) -> Iterator[tuple[str, str]]:
     base = name(operation)
     if operation.modify_name:
         yield f"{base} rename to {operation.modify_name}", "the running code still uses the old name and fails"
     new, old = operation.modify_type, operation.existing_type
     if new is not None and (old is None or repr(old) != repr(new)):
         change = f"({old if old is not None else '?'} -> {new})"
-        widened = _widened_varchar(old, new)
-        if widened is None:
-            reason, copy = f"changes the type {change}: values are converted, maybe cut", COPY
-        else:
+        if widens_varchar(old, new):
             reason = f"widens the column {change}"
-            copy = "MariaDB does it in place" if widened else f"{COPY} (unless it stays under or over 255 bytes)"
-        if postgresql and not _pg_keeps_rows(old, new):
-            reason += f"; {PG_REWRITE}"
-        yield f"{base} type", reason + (f"; {copy}" if mariadb else "")
+        else:
+            reason = f"changes the type {change}: values are converted, maybe cut"
+        yield f"{base} type", reason
     if operation.modify_nullable is False and operation.existing_nullable is not False:
         reason = "fails if a row holds NULL, and the running code may still write NULL"
-        yield f"{base} NOT NULL", reason + (f"; {REBUILD}" if mariadb else f"; {PG_SCAN}" if postgresql else "")
+        yield f"{base} NOT NULL", reason
 
 
-def _pg_risks(operation) -> Iterator[tuple[str, str]]:
-    """PostgreSQL's own: what blocks the application while it runs on a table that holds rows."""
-    match operation:
-        case ops.CreateIndexOp() if not operation.kw.get("postgresql_concurrently"):
-            yield name(operation), PG_INDEX
-        case ops.CreateForeignKeyOp() | ops.CreateCheckConstraintOp() if not operation.kw.get("postgresql_not_valid"):
-            yield name(operation), PG_VALIDATE
-
-
-def _risks(operation, mariadb: bool, postgresql: bool = False) -> Iterator[tuple[str, str]]:
-    """(name, reason) for each risk of one operation on a table that already holds rows."""
+def _risks(operation) -> Iterator[tuple[str, str]]:
+    """(name, reason) for each risk of one operation on a table that already holds rows, on any database
+    (each dialect adds its own: what blocks the application while it runs)."""
     match operation:
         case ops.DropTableOp():
             yield name(operation), "drops the table and its rows; the running code may still use it"
@@ -306,7 +258,7 @@ def _risks(operation, mariadb: bool, postgresql: bool = False) -> Iterator[tuple
         case ops.RenameTableOp():
             yield name(operation), "the running code still uses the old name and fails"
         case ops.AlterColumnOp():
-            yield from _alter_risks(operation, mariadb, postgresql)
+            yield from _alter_risks(operation)
         case ops.AddColumnOp():
             column = operation.column
             plain = not (column.primary_key or column.computed is not None or column.identity is not None)
@@ -316,18 +268,14 @@ def _risks(operation, mariadb: bool, postgresql: bool = False) -> Iterator[tuple
                     "rows already there get no value (SQLite and PostgreSQL refuse it, MariaDB writes 0 or '')"
                     " and the running code's INSERTs fail",
                 )
-            if mariadb and column.foreign_keys:
-                yield f"{name(operation)} foreign key", f"adds a foreign key: {COPY}"
         case ops.CreateIndexOp(unique=True) | ops.CreateUniqueConstraintOp():
             yield name(operation), "fails if existing rows hold duplicates"
-        case ops.CreateForeignKeyOp() | ops.CreateCheckConstraintOp() if not (
-            postgresql and operation.kw.get("postgresql_not_valid")
-        ):  # NOT VALID: existing rows are not checked (a later VALIDATE CONSTRAINT does, without blocking)
-            yield name(operation), "fails if existing rows break it" + (f"; {COPY}" if mariadb else "")
+        case ops.CreateForeignKeyOp() | ops.CreateCheckConstraintOp():
+            yield name(operation), "fails if existing rows break it"
         case ops.CreatePrimaryKeyOp():
-            yield name(operation), "fails on duplicates or NULLs" + (f"; {REBUILD}" if mariadb else "")
+            yield name(operation), "fails on duplicates or NULLs"
         case ops.DropConstraintOp(constraint_type="primary"):
-            yield name(operation), "the table loses its primary key" + (f"; {COPY}" if mariadb else "")
+            yield name(operation), "the table loses its primary key"
         case ops.ExecuteSQLOp() if not _changes_data_only(operation.sqltext):
             yield name(operation), "raw SQL the lint cannot read: review it by hand"
 
@@ -340,7 +288,7 @@ def risks(
     Operations on an empty table are not risky: one the revision creates, or one `empty_tables` names
     (created by an earlier revision of the same run, nothing put in since). The set is kept up to date
     for the revisions after this one."""
-    mariadb, postgresql = dialect_name in MARIADB, dialect_name == POSTGRESQL
+    dialect = dialects.find(dialect_name)
     empty = set() if empty_tables is None else empty_tables
     found = []
     for operation in operations:
@@ -351,15 +299,9 @@ def risks(
             empty.discard(table)
             empty.add(_table(operation.new_table_name, operation.schema))
         elif table not in empty:
-            risky = list(_risks(operation, mariadb, postgresql))
-            if postgresql:
-                # One finding per operation name: PostgreSQL's reason joins a general one (a unique index).
-                for op_name, reason in _pg_risks(operation):
-                    same = [i for i, (known, _) in enumerate(risky) if known == op_name]
-                    if same:
-                        risky[same[0]] = (op_name, f"{risky[same[0]][1]}; {reason}")
-                    else:
-                        risky.append((op_name, reason))
+            risky = list(_risks(operation))
+            if dialect is not None:
+                risky = dialect.lint_risks(operation, risky, name(operation))
             found.extend(risky)
         _fill(operation, table, empty)
     return found

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING
 
+from .. import dialects
 from ..credentials import ask, describe
 from ..errors import DeployError
 
@@ -77,7 +78,8 @@ def check_resettable(settings_name: str, allowed: list[str], url: URL, force: bo
         raise DeployError(
             f"db.reset drops every table and refuses the {settings_name!r} settings (allowed: {', '.join(allowed)})"
         )
-    if url.get_backend_name() == "sqlite":
+    dialect = dialects.find(url)
+    if dialect is not None and not dialect.server_programs:  # a file, here by definition
         return
     # A host the URL itself names as remote (or hides in its query string) is refused before any
     # prompt; the open connection has the last word (check_on_this_machine): drivers read hosts
