@@ -53,6 +53,28 @@ def blog(database: Database) -> None:
     )
 
 
+def big_blog(database: Database, rows: int) -> None:
+    """The blog, and a table of about 100 kB a row."""
+    blog(database)
+    execute(
+        database,
+        "CREATE TABLE big (id INT PRIMARY KEY, filler LONGTEXT)",
+        "INSERT INTO big VALUES " + ", ".join(f"({n}, REPEAT(MD5({n}), 3000))" for n in range(rows)),
+    )
+
+
+def round_trip(database: Database, password: str, directory: Path) -> tuple[backups.Backup, dict]:
+    """The blog backed up with `password`, a table dropped, the backup restored: the blog is back.
+    The backup and the blog's snapshot."""
+    blog(database)
+    before = snapshot(database)
+    backup = backups.take(url_of(database, password), directory, "abc123", keep=1)
+    execute(database, "DROP TABLE posts")
+    backups.restore(url_of(database, password), backup.path)
+    assert snapshot(database) == before
+    return backup, before
+
+
 def snapshot(database: Database) -> dict:
     """Every table and view: its kind, definition and rows."""
     return {
@@ -312,13 +334,8 @@ def test_a_failing_dump_leaves_no_file_and_says_why_in_one_line(any_blog, tmp_pa
 @pytest.mark.mariadb
 def test_backup_and_restore_leak_the_password_nowhere(mariadb, tmp_path, monkeypatch):
     database = make_database(mariadb)
-    blog(database)
     # Megabytes: more than the pipes hold, so the tools are still running while progress holds them.
-    execute(
-        database,
-        "CREATE TABLE big (id INT PRIMARY KEY, filler LONGTEXT)",
-        "INSERT INTO big VALUES " + ", ".join(f"({n}, REPEAT(MD5({n}), 3000))" for n in range(40)),
-    )
+    big_blog(database, rows=40)
     before = snapshot(database)
     monkeypatch.setattr(backups, "PROGRESS_SECONDS", 0)
     sampler = ProcSampler(PASSWORD, deadline=60)
@@ -358,13 +375,7 @@ def test_a_users_option_file_cannot_override_the_password(mariadb, tmp_path, mon
     home.mkdir()
     (home / ".my.cnf").write_text("[client]\npassword=not-this-one\n")
     monkeypatch.setenv("HOME", str(home))
-    database = make_database(mariadb, password=HOSTILE)
-    blog(database)
-    before = snapshot(database)
-    backup = backups.take(url_of(database, HOSTILE), tmp_path / "backups", "abc123", keep=1)
-    execute(database, "DROP TABLE posts")
-    backups.restore(url_of(database, HOSTILE), backup.path)
-    assert snapshot(database) == before
+    round_trip(make_database(mariadb, password=HOSTILE), HOSTILE, tmp_path / "backups")
 
 
 def test_sqlite_backup_and_restore(tmp_path):
@@ -458,12 +469,7 @@ def test_a_password_too_long_for_the_tools_is_refused_before_anything_is_sent(ma
     room = backups.OPTION_LINE_BYTES - len('password=""')
     longest = ('"' + "w/rd%:" * room)[: room - 1]  # the quote is written escaped: two bytes
     database = make_database(mariadb, password=longest)
-    blog(database)
-    before = snapshot(database)
-    good = backups.take(url_of(database, longest), tmp_path / "backups", "abc123", keep=3)
-    execute(database, "DROP TABLE posts")
-    backups.restore(url_of(database, longest), good.path)
-    assert snapshot(database) == before
+    good, before = round_trip(database, longest, tmp_path / "backups")
 
     for extra in ("w", "w/rd%:" * 200):
         too_long = longest + extra
@@ -584,13 +590,8 @@ def test_a_restore_stopped_by_sigterm_puts_the_database_back_first(mariadb, tmp_
     """A service stopped or a terminal closed mid-load: SIGTERM (or SIGHUP) ends the restore only once
     the database is as it was. The signal comes once the load has dropped the tables."""
     database = make_database(mariadb)
-    blog(database)
     # Megabytes, so that the load is fed in several chunks.
-    execute(
-        database,
-        "CREATE TABLE big (id INT PRIMARY KEY, filler LONGTEXT)",
-        "INSERT INTO big VALUES " + ", ".join(f"({n}, REPEAT(MD5({n}), 3000))" for n in range(20)),
-    )
+    big_blog(database, rows=20)
     good = backups.take(url_of(database), tmp_path / "backups", "abc123", keep=1)
     execute(database, "CREATE TABLE newer (id INT PRIMARY KEY)")
     before = snapshot(database)

@@ -437,6 +437,17 @@ def held_revision(remote, name: str, release: Path) -> None:
     )
 
 
+def slow_then_after(remote, tmp_path) -> Path:
+    """The database at head, then two revisions to come: SLOW, held until the returned path exists, and
+    AFTER, which creates after_slow."""
+    remote.upgrade()
+    release = tmp_path / "release"
+    held_revision(remote, SLOW, release)
+    for checkout in (remote.local, remote.server):
+        checkout.add_revision(AFTER, SLOW, upgrade="op.create_table('after_slow', sa.Column('id', sa.Integer))")
+    return release
+
+
 def wait_until_running(database, name: str, timeout: float = 60) -> None:
     """Until the migration role's connection is inside revision `name`."""
     deadline = time.monotonic() + timeout
@@ -586,11 +597,7 @@ def test_a_revision_failing_over_fab_leaves_the_postgresql_schema_exactly_as_bef
 
 @pytest.mark.postgresql
 def test_ctrl_c_over_fab_on_postgresql_stops_between_revisions_and_frees_the_lock(pg_remote, tmp_path):
-    pg_remote.upgrade()
-    release = tmp_path / "release"
-    held_revision(pg_remote, SLOW, release)
-    for checkout in (pg_remote.local, pg_remote.server):
-        checkout.add_revision(AFTER, SLOW, upgrade="op.create_table('after_slow', sa.Column('id', sa.Integer))")
+    release = slow_then_after(pg_remote, tmp_path)
     child = pg_remote.spawn("prod", "db.upgrade")
     try:
         child.expect_exact("Apply? [y/N] ")
@@ -640,11 +647,7 @@ def test_two_fab_upgrades_at_once_on_postgresql_the_second_names_the_first(pg_re
 
 @pytest.mark.postgresql
 def test_a_lost_ssh_connection_finishes_the_postgresql_revision_and_stops_before_the_next(pg_remote, tmp_path):
-    pg_remote.upgrade()
-    release = tmp_path / "release"
-    held_revision(pg_remote, SLOW, release)
-    for checkout in (pg_remote.local, pg_remote.server):
-        checkout.add_revision(AFTER, SLOW, upgrade="op.create_table('after_slow', sa.Column('id', sa.Integer))")
+    release = slow_then_after(pg_remote, tmp_path)
     laptop = fab_upgrade_in_the_background(pg_remote)
     try:
         wait_until_running(pg_remote.database, SLOW)
