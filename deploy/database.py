@@ -75,12 +75,6 @@ class Peer:
     proof: str = ""
 
 
-# A port forward (ssh -L, socat) listens on this machine and relays to a server elsewhere: the socket's
-# address proves nothing. The server says which process serves this connection (its dialect asks it),
-# and this machine's kernel must show that very process, one of the dialect's server programs, holding
-# the connection's other end.
-
-
 def peer(connection: Connection) -> Peer:
     """The other end of the connection's socket (a Unix socket, or an IP address and port), and whether
     the database server itself, a process of this machine, holds it."""
@@ -104,6 +98,10 @@ def peer(connection: Connection) -> Peer:
             if not (ip.is_loopback or (mapped is not None and mapped.is_loopback)):
                 return Peer(address, local=False)
             holder = _TcpHolder((host, port), mine)
+    # A port forward (ssh -L, socat) listens on this machine and relays to a server elsewhere: the socket's
+    # address proves nothing. The server says which process serves this connection (its dialect asks it),
+    # and this machine's kernel must show that very process, one of the dialect's programs, holding the
+    # connection's other end.
     dialect = dialects.find(connection)
     try:
         served_by = dialect.server_process(connection) if dialect is not None else None
