@@ -41,6 +41,21 @@ def test_every_registered_dialect_provides_everything_the_base_class_requires(di
     assert dialect.names and all(dialects.registry()[name].__class__ is dialect for name in dialect.names)
 
 
+def test_a_dialect_that_lacks_an_answer_is_refused_when_its_module_is_imported():
+    with pytest.raises(TypeError) as excinfo:
+
+        class Unfinished(Dialect):
+            names = ("unfinished",)
+            transactional_ddl = False
+
+            def explain(self, orig, url, where):
+                return where
+
+    assert "the Unfinished dialect does not provide" in str(excinfo.value)
+    assert "migration_lock" in str(excinfo.value) and "backup_suffix" in str(excinfo.value)
+    assert dialects.find("unfinished") is None
+
+
 @pytest.mark.parametrize(
     "name, dialect",
     [("mysql", MariaDB), ("mariadb", MariaDB), ("postgresql", PostgreSQL), ("sqlite", SQLite)],

@@ -21,6 +21,8 @@ if TYPE_CHECKING:  # fab's laptop side names databases (credentials.describe) wi
 # The modules of deploy/dialects that hold a dialect, imported on the first lookup.
 MODULES = ("mariadb", "postgresql", "sqlite")
 REGISTRY: dict[str, Dialect] = {}
+# The class attributes every dialect must set (declared on Dialect, with what each means).
+ANSWERS = ("transactional_ddl", "backup_suffix", "server_programs")
 # Every dialect's migration lock is named after the database, with this prefix (a key is hashed from it).
 LOCK_NAME_PREFIX = "migration-lock:"
 POLL = 0.1  # seconds between tries, for a lock that cannot be waited for
@@ -40,7 +42,14 @@ class Dialect(ABC):
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
-        dialect = cls()  # one abstract method left unimplemented fails here, at import
+        # ABCMeta finds a class abstract only after this hook has run: what it lacks is told here, at import.
+        missing = sorted(
+            name for name in Dialect.__abstractmethods__ if getattr(getattr(cls, name), "__isabstractmethod__", False)
+        )
+        missing += [name for name in ANSWERS if not hasattr(cls, name)]
+        if missing:
+            raise TypeError(f"the {cls.__name__} dialect does not provide {', '.join(missing)}")
+        dialect = cls()
         for name in cls.names:
             REGISTRY[name] = dialect
 
