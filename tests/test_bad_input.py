@@ -470,8 +470,6 @@ LEAKY = {
 def test_a_migration_error_quoting_the_password_is_masked(checkout, any_database, leak):
     database = any_database
     env = production(checkout, database)
-    # Applied first: PostgreSQL would roll back the whole upgrade, the revisions before the leaky one too.
-    assert checkout.invoke("db.upgrade", "--yes", stdin=STDIN_PASSWORD, env=env).code == 0
     checkout.add_revision("leaky0000001", HEAD, upgrade=live_only(f"raise RuntimeError('connected as ' + {leak})"))
     line = one_error_line(checkout.invoke("db.upgrade", "--yes", stdin=STDIN_PASSWORD, env=env))
     assert "revision leaky0000001" in line and "connected as " in line and "***" in line
