@@ -100,6 +100,15 @@ def pytest_configure(config):
         config.addinivalue_line("markers", f"{kind}: a test of what only a {kind} server does")
 
 
+def pytest_collection_modifyitems(items):
+    """A test run on each kind carries its kind's mark too: `-m postgresql` selects all of PostgreSQL's."""
+    for item in items:
+        params = getattr(item, "callspec", None) and item.callspec.params
+        kind = params and (params.get("server_kind") or params.get("elsewhere"))
+        if kind in DATABASE_MAKERS:
+            item.add_marker(kind)
+
+
 @pytest.fixture(params=list(DATABASE_MAKERS))
 def server_kind(request) -> ServerKind:
     """Each kind of database server in turn (test ids end in [mariadb] or [postgresql]); only the kind's
