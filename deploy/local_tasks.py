@@ -1,4 +1,5 @@
-"""`invoke db.*`: thin tasks over deploy.commands, for the project whose tasks.py adds them."""
+"""`invoke db.*`: thin tasks over deploy.commands, for the project whose tasks.py adds them; the same
+tasks, with the options only fab passes, are what fab starts on the server (deploy.server)."""
 
 from __future__ import annotations
 
