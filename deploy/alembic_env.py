@@ -20,9 +20,9 @@ from sqlalchemy.engine import Engine
 
 from . import alembic_ops
 from .alembic_ops import AUTOGENERATE, CONNECTION, TARGET_METADATA
-from .credentials import mask, with_password
+from .credentials import with_password
 from .database import connect
-from .errors import DeployError
+from .errors import DeployError, mask
 
 log = logging.getLogger("alembic.env")
 

@@ -17,8 +17,8 @@ from sqlalchemy.exc import DBAPIError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from . import dialects
-from .credentials import describe, remember
-from .errors import DeployError, own, relayed
+from .credentials import describe
+from .errors import DeployError, own, relayed, remember
 
 VERSION_TABLE = "alembic_version"
 

@@ -28,9 +28,9 @@ os.environ.update(_as_in_ci)
 def no_remembered_passwords(monkeypatch):
     """Each test starts with no password remembered for masking: this process's set would otherwise
     carry an earlier in-process test's passwords into the next one (on the same xdist worker)."""
-    from deploy import credentials
+    from deploy import errors
 
-    monkeypatch.setattr(credentials, "_known_passwords", set())
+    monkeypatch.setattr(errors, "_known_passwords", set())
 
 
 @pytest.fixture(scope="session")

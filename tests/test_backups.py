@@ -570,10 +570,10 @@ def test_a_sqlite_restore_is_one_transaction_and_may_create_the_file(tmp_path):
 @pytest.mark.mariadb
 def test_a_restores_own_words_stay_whole_when_the_password_is_one_of_them(mariadb, tmp_path, monkeypatch):
     """Masking looks at what the message relays (the client's line), never at the suite's wording."""
-    from deploy import credentials
+    from deploy import errors
 
     # This process remembers every password to mask it: this one is forgotten after the test.
-    monkeypatch.setattr(credentials, "_known_passwords", set())
+    monkeypatch.setattr(errors, "_known_passwords", set())
     word = "restore"
     database = make_database(mariadb, password=word)
     blog(database)
@@ -581,7 +581,7 @@ def test_a_restores_own_words_stay_whole_when_the_password_is_one_of_them(mariad
     broken = break_one_statement(good, b"INSERT INTO `posts`", tmp_path / "broken.sql.gz")
     with pytest.raises(DeployError) as failed:
         backups.restore(url_of(database, word), broken)
-    shown = credentials.mask_message(failed.value.marked)
+    shown = errors.mask_message(failed.value.marked)
     assert shown == str(failed.value) and shown.startswith("restore of ") and "before the restore" in shown
 
 

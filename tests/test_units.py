@@ -15,7 +15,7 @@ from urllib.parse import quote, quote_plus
 import pytest
 from sqlalchemy import make_url
 
-from deploy import credentials, safety
+from deploy import credentials, errors, safety
 from deploy.commands import Migration, Reset
 from deploy.database import Peer
 from deploy.errors import DeployError
@@ -172,16 +172,16 @@ SECRET = "r00t@pw:/%#?' x+y"
     ],
 )
 def test_every_encoding_of_a_known_password_is_masked(form):
-    credentials.remember(SECRET)
-    masked = credentials.mask(f"failed: {form} at line 3")
+    errors.remember(SECRET)
+    masked = errors.mask(f"failed: {form} at line 3")
     assert "***" in masked and masked.startswith("failed: ") and masked.endswith(" at line 3")
     for other in (SECRET, quote(SECRET, safe=""), quote_plus(SECRET)):
         assert other not in masked
 
 
 def test_a_short_password_is_masked_only_where_a_url_holds_it():
-    credentials.remember("pw")
-    assert credentials.mask("mysql://root:pw@db/x: example pwd") == "mysql://root:***@db/x: example pwd"
+    errors.remember("pw")
+    assert errors.mask("mysql://root:pw@db/x: example pwd") == "mysql://root:***@db/x: example pwd"
 
 
 @pytest.mark.parametrize("data", [b"\xff\xfepw\n", "caf\udce9\n"])
@@ -305,24 +305,24 @@ def test_invokes_environment_config_reaches_the_guards_as_numbers(monkeypatch):
 def test_masking_touches_what_a_message_relays_never_the_suites_own_words(monkeypatch):
     from deploy.errors import own, relayed
 
-    monkeypatch.setattr(credentials, "_known_passwords", {"wrong"})
+    monkeypatch.setattr(errors, "_known_passwords", {"wrong"})
     marked = own(f"access denied for app@db: wrong user or password ({relayed('server said: wrong')})")
     assert DeployError(marked).marked == marked and "\x02" not in str(DeployError(marked))
-    assert credentials.mask_message(marked) == "access denied for app@db: wrong user or password (server said: ***)"
+    assert errors.mask_message(marked) == "access denied for app@db: wrong user or password (server said: ***)"
     # A message that marks nothing may relay anything: all of it is masked.
-    assert credentials.mask_message("the tool said: wrong") == "the tool said: ***"
+    assert errors.mask_message("the tool said: wrong") == "the tool said: ***"
 
 
 def test_a_test_starts_with_no_password_remembered_by_the_tests_before_it():
     """Masking in-process must not depend on the order tests run in (those above remember several)."""
-    assert credentials.mask("secret pw Tr0ub4dor") == "secret pw Tr0ub4dor"
+    assert errors.mask("secret pw Tr0ub4dor") == "secret pw Tr0ub4dor"
 
 
 def test_the_run_log_keeps_the_suites_own_words_and_masks_what_they_relay(tmp_path, monkeypatch):
     from deploy.errors import own, relayed
     from deploy.safety import runlog
 
-    monkeypatch.setattr(credentials, "_known_passwords", {"wrong"})
+    monkeypatch.setattr(errors, "_known_passwords", {"wrong"})
     with pytest.raises(DeployError), runlog.recorded(tmp_path, "db.upgrade", "app@db/blog", "a", "b"):
         raise DeployError(own(f"access denied for app@db/blog: wrong user or password ({relayed('said: wrong')})"))
     outcome = runlog.last_run(tmp_path).outcome

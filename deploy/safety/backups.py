@@ -31,10 +31,10 @@ from pathlib import Path
 
 from sqlalchemy.engine import URL
 
-from ..credentials import describe, mask, remember
+from ..credentials import describe
 from ..database import connect, sqlite_path, translate_errors
 from ..dialects import dialect_for
-from ..errors import DeployError, own, relayed
+from ..errors import DeployError, mask, own, relayed, remember
 
 CHUNK = 256 * 1024
 PROGRESS_SECONDS = 0.5

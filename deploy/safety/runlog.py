@@ -16,8 +16,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ..credentials import mask_message
-from ..errors import DeployError
+from ..errors import DeployError, mask_message
 
 FILE = "migration-runs.jsonl"
 KEEP = 200  # runs kept; older ones are dropped when a run starts
