@@ -125,13 +125,6 @@ def check_ready(config: Config, connection: Connection, stamp_command: str) -> t
     return current
 
 
-def transactional_ddl(connection: Connection) -> bool:
-    """Whether a failed revision is rolled back whole on this database, as Alembic knows it."""
-    from alembic.ddl.impl import DefaultImpl
-
-    return DefaultImpl.get_by_dialect(connection.dialect).transactional_ddl
-
-
 def label(config: Config, revision: str | None) -> str:
     """'abc123 (add tags)', or 'base' when no revision is applied."""
     if not revision:
