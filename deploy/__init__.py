@@ -1,7 +1,31 @@
 """Schema migrations for Flask-SQLAlchemy apps: Invoke locally, Fabric in production.
 
-Module map, each using only those before it: errors, settings (Flask config, URLs),
-credentials (password prompt), database (connections, their errors), safety (refusals),
-alembic_ops (Alembic's API), commands (one function per user command), then the entry points
-local_tasks (Invoke) and remote_tasks (Fabric).
+The package's modules in layers, lowest first: a module imports only from its own layer or the layers
+below it, never up (tests/test_layers.py holds every module to this, and to no import circles).
 """
+
+LAYERS = (
+    # The ground: the one error type and its masking, declared switches, plain process plumbing.
+    ("errors", "switches", "forking", "safety.cancel"),
+    # What differs by database, one module each, behind a registry keyed by SQLAlchemy's dialect name.
+    ("dialects", "dialects.base", "dialects.guarded", "dialects.mariadb", "dialects.postgresql", "dialects.sqlite"),
+    # Settings and secrets: the Flask config, the Invoke config, the environments of fabric.yaml, the
+    # password prompt, and the status a server reports.
+    ("settings", "task_config", "environments", "credentials", "status"),
+    # Connections and their errors.
+    ("database",),
+    # The guards: refusals, the lock, short lock waits, backups, the run log.
+    ("safety", "safety.refusals", "safety.lock", "safety.timeouts", "safety.backups", "safety.runlog"),
+    # Alembic's API, and the env.py that every migration runs through.
+    ("alembic_ops", "alembic_env"),
+    # What reads revisions and the live schema: the lint, the half-applied diagnosis, the schema snapshot.
+    ("safety.lint", "safety.diagnosis", "schema"),
+    # One function per command, returning results.
+    ("commands", "checks", "branches"),
+    # The laptop's side of fab: one SSH connection per host, fleets.
+    ("ssh", "fleet"),
+    # The entry points: parse options, call a command, print its result.
+    ("options", "local_tasks", "remote_tasks", "server", "scaffold", "__main__"),
+    # What `init` writes into a project: the project's own files, which call the entry points.
+    ("templates.tasks", "templates.fabfile", "templates.migrations.env"),
+)

@@ -64,3 +64,37 @@ def test_a_circle_is_found():
 
 def test_the_package_has_no_import_circles():
     assert cycles(import_graph()) == []
+
+
+def layer_of() -> dict[str, int]:
+    from deploy import LAYERS
+
+    return {f"deploy.{name}": number for number, layer in enumerate(LAYERS) for name in layer}
+
+
+def upward_imports(graph: dict[str, set[str]], layers: dict[str, int]) -> list[str]:
+    return [
+        f"{name} (layer {layers[name]}) imports {imported} (layer {layers[imported]})"
+        for name, imports in sorted(graph.items())
+        for imported in sorted(imports)
+        if layers[imported] > layers[name]
+    ]
+
+
+def test_every_module_has_its_one_layer():
+    from deploy import LAYERS
+
+    named = [name for layer in LAYERS for name in layer]
+    assert sorted(named) == sorted(set(named))
+    assert set(layer_of()) == set(import_graph()) - {"deploy"}
+
+
+def test_an_import_up_the_layers_is_found():
+    layers = {"low": 0, "high": 1}
+    assert upward_imports({"low": {"high"}, "high": set()}, layers) == ["low (layer 0) imports high (layer 1)"]
+
+
+def test_no_module_imports_up_the_layers():
+    graph = import_graph()
+    del graph["deploy"]
+    assert upward_imports(graph, layer_of()) == []
