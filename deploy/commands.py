@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -24,28 +26,30 @@ from .status import Status
 
 @dataclass(frozen=True)
 class Guards:
-    """How changes are guarded: the settings (Invoke config `db.safety`) and this run's switches."""
+    """How changes are guarded: the settings (Invoke config `db.safety`) and this run's switches, both
+    declared in deploy.switches and read as attributes: `guards.lock_wait`, `guards.no_backup`."""
 
-    lock_wait: float = lock.DEFAULT_WAIT  # seconds a second run waits for the migration lock
-    lock_wait_timeout: float = timeouts.DEFAULT_LOCK_WAIT_TIMEOUT  # per statement, so the app never stalls longer
-    retries: int = timeouts.DEFAULT_RETRIES
-    retry_pause: float = timeouts.DEFAULT_PAUSE
-    open_transactions_after: float = timeouts.DEFAULT_OLDER_THAN
-    backups_kept: int = 10
-    backup_dir: str | None = None  # default: backups/ in the instance folder
+    # The settings given, by name; any other reads as its declared default.
+    settings: Mapping[str, Any] = field(default_factory=dict)
     # This run: production (settings outside development) backs up and refuses risky operations.
     production: bool = False
-    # This run's guard switches that are on, by name (deploy.switches): read as `guards.no_backup` and the like.
+    # This run's guard switches that are on, by name.
     switched: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         unknown = set(self.switched) - switches.names()
         if unknown:
             raise TypeError(f"not guard switches: {', '.join(sorted(unknown))}")
+        unknown = set(self.settings) - {setting.name for setting in switches.SETTINGS}
+        if unknown:
+            raise TypeError(f"not guard settings: {', '.join(sorted(unknown))}")
 
-    def __getattr__(self, name: str) -> bool:
+    def __getattr__(self, name: str) -> Any:
         if name in switches.names():
             return name in self.switched
+        for setting in switches.SETTINGS:
+            if setting.name == name:
+                return self.settings.get(name, setting.default)
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property

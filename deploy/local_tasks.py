@@ -44,7 +44,7 @@ def project(c, **guards) -> commands.Project:
     opened = commands.Project.open(Path(c.config.db.alembic_ini), caller=c.config.db.caller)
     production = opened.settings.name not in configured.reset_settings
     switched = frozenset(name for name, on in guards.items() if on)
-    opened.guards = commands.Guards(**configured.safety, production=production, switched=switched)
+    opened.guards = commands.Guards(configured.safety, production=production, switched=switched)
     return opened
 
 

@@ -1,12 +1,17 @@
-"""The guard switches, declared once, as data: each one's task option (`invoke db.*` and `fab ENV db.*`
-alike, deploy.options), the flag the laptop forwards to the server, and the Guards setting it turns on
-(commands.Guards) are all made from GUARDS. A new guard switch is one more Switch here, and the guard
-that reads it."""
+"""The guards' switches and settings, declared once, as data.
+
+A switch's task option (`invoke db.*` and `fab ENV db.*` alike, deploy.options), the flag the laptop
+forwards to the server, and the Guards attribute it turns on (commands.Guards) are all made from GUARDS.
+A setting's key in Invoke's config (`db.safety.*`, INVOKE_DB_SAFETY_*), its check with the one line a bad
+value gets (deploy.task_config), its default and the Guards attribute are all made from SETTINGS.
+A new switch or setting is one more declaration here, and the guard that reads it."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -60,3 +65,78 @@ def forwarded(command: str, chosen: Mapping[str, bool]) -> list[str]:
 def guard_help(command: str, fab: bool = False) -> dict[str, str]:
     """The help of `command`'s guard switches, by keyword."""
     return {switch.name: (switch.fab_help if fab and switch.fab_help else switch.help) for switch in of(command)}
+
+
+@dataclass(frozen=True)
+class Kind:
+    """What a setting's value is: `parse` gives it from what Invoke's config holds, or None if it is
+    not one; `expects` is what the one line about a bad value says."""
+
+    parse: Callable[[Any], Any]
+    expects: str
+
+
+def _seconds(value: Any) -> float | None:
+    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) and number >= 0 else None
+
+
+def _count(value: Any) -> int | None:
+    text = str(value).strip() if isinstance(value, (str, int)) and not isinstance(value, bool) else ""
+    return int(text) if text.isdigit() else None
+
+
+def _path(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+SECONDS = Kind(_seconds, "expects a number of seconds, such as 10 or 2.5")
+COUNT = Kind(_count, "expects a whole number, such as 5")
+PATH = Kind(_path, "expects a directory's path")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A number or path a guard reads, set in Invoke's config as `db.safety.NAME`."""
+
+    name: str  # the key under db.safety and the Guards attribute
+    kind: Kind
+    default: Any  # None: the guard works it out (see help)
+    help: str
+
+
+# In the order the one line about an unknown key lists them.
+SETTINGS: tuple[Setting, ...] = (
+    Setting("lock_wait", SECONDS, 10.0, "seconds a second run waits for the migration lock"),
+    Setting(
+        "lock_wait_timeout",
+        SECONDS,
+        2.0,
+        "seconds a statement waits for a table's lock, so the app never stalls longer",
+    ),
+    Setting(
+        "retry_pause", SECONDS, 3.0, "seconds paused before a statement that waited too long for a lock is tried again"
+    ),
+    Setting(
+        "open_transactions_after",
+        SECONDS,
+        10.0,
+        "seconds another transaction may be open before upgrade and downgrade stop for it",
+    ),
+    Setting("retries", COUNT, 5, "times a statement that waited too long for a lock is tried again"),
+    Setting("backups_kept", COUNT, 10, "backups kept in the backup directory, the oldest removed first"),
+    Setting("backup_dir", PATH, None, "where backups go; default: backups/ in the instance folder"),
+)
+
+
+def setting(name: str) -> Setting:
+    """The declared setting `name` (KeyError if there is none)."""
+    for declared in SETTINGS:
+        if declared.name == name:
+            return declared
+    raise KeyError(name)

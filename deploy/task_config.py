@@ -7,18 +7,14 @@ one line naming the variable (or the invoke.yaml key) and what it expects."""
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from typing import Any
 
+from . import switches
 from .errors import DeployError
 
 RESET_SETTINGS = ("development", "testing")
-# Seconds or counts; None: the guard's own default (commands.Guards).
-SECONDS = ("lock_wait", "lock_wait_timeout", "retry_pause", "open_transactions_after")
-COUNTS = ("retries", "backups_kept")
-PATHS = ("backup_dir",)
 
 
 def invoke_defaults(alembic_ini: str) -> dict[str, Any]:
@@ -30,14 +26,15 @@ def invoke_defaults(alembic_ini: str) -> dict[str, Any]:
         # What hints tell the user to type before `db.*`; `fab` sets INVOKE_DB_CALLER on the server.
         "caller": "invoke",
         # Production safety (docs/safety.md): invoke.yaml or INVOKE_DB_SAFETY_* override the guards' defaults.
-        "safety": dict.fromkeys((*SECONDS, *COUNTS, *PATHS)),
+        # Unset (None): the declared default (deploy.switches.SETTINGS).
+        "safety": dict.fromkeys(setting.name for setting in switches.SETTINGS),
     }
 
 
 @dataclass(frozen=True)
 class TaskConfig:
     reset_settings: list[str]
-    safety: dict[str, Any]  # commands.Guards' keyword arguments, only those set
+    safety: dict[str, Any]  # the settings (deploy.switches.SETTINGS) set, checked, by name
 
 
 def read(config) -> TaskConfig:
@@ -45,25 +42,22 @@ def read(config) -> TaskConfig:
     db = config.db
     prefix = getattr(config, "_env_prefix", None) or "INVOKE_"
     safety = dict(db.get("safety") or {})
-    unknown = sorted(set(safety) - {*SECONDS, *COUNTS, *PATHS})
+    declared = {setting.name: setting for setting in switches.SETTINGS}
+    unknown = sorted(set(safety) - set(declared))
     if unknown:
         raise DeployError(
             f"db.safety.{unknown[0]} is not a setting of Invoke's config (invoke.yaml): "
-            f"the settings are {', '.join((*SECONDS, *COUNTS, *PATHS))}"
+            f"the settings are {', '.join(declared)}"
         )
     checked: dict[str, Any] = {}
     for key, value in safety.items():
         if value is None:
             continue
-        where = _where(prefix, ("db", "safety", key), value)
-        if key in SECONDS:
-            checked[key] = _seconds(value, where)
-        elif key in COUNTS:
-            checked[key] = _count(value, where)
-        elif not isinstance(value, str) or not value:
-            raise DeployError(f"{where}: expects a directory's path")
-        else:
-            checked[key] = value
+        kind = declared[key].kind
+        parsed = kind.parse(value)
+        if parsed is None:
+            raise DeployError(f"{_where(prefix, ('db', 'safety', key), value)}: {kind.expects}")
+        checked[key] = parsed
     names = db.get("reset_settings")
     return TaskConfig(_names(names, _where(prefix, ("db", "reset_settings"), names)), checked)
 
@@ -74,23 +68,6 @@ def _where(prefix: str, path: tuple[str, ...], value: Any) -> str:
     if isinstance(value, str) and os.environ.get(variable) == value:
         return f"{variable}={os.environ[variable]!r}"
     return f"{'.'.join(path)} {value!r} in Invoke's config (invoke.yaml)"
-
-
-def _seconds(value: Any, where: str) -> float:
-    try:
-        number = float(value) if isinstance(value, (str, int, float)) and not isinstance(value, bool) else None
-    except ValueError:
-        number = None
-    if number is None or not math.isfinite(number) or number < 0:
-        raise DeployError(f"{where}: expects a number of seconds, such as 10 or 2.5")
-    return number
-
-
-def _count(value: Any, where: str) -> int:
-    text = str(value).strip() if isinstance(value, (str, int)) and not isinstance(value, bool) else ""
-    if not text.isdigit():
-        raise DeployError(f"{where}: expects a whole number, such as 5")
-    return int(text)
 
 
 def _names(value: Any, where: str) -> list[str]:

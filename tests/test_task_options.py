@@ -1,5 +1,5 @@
 """The db.* tasks' options: the user's `invoke` shows only what a person types, fab's server entry point
-takes the options only the laptop passes, and a guard switch declared once reaches every place."""
+takes the options only the laptop passes, and a guard switch or setting declared once reaches every place."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ import re
 
 import pytest
 from helpers import BIN, REPO, Checkout, run
+from invoke import Config
 from invoke.parser import Parser, ParserContext
 
-from deploy import commands, local_tasks, remote_tasks, switches
+from deploy import commands, local_tasks, remote_tasks, switches, task_config
+from deploy.errors import DeployError
 from deploy.options import SERVER_ONLY
 
 SERVER_ONLY_FLAGS = tuple(f"--{name}" for name in SERVER_ONLY)
@@ -82,9 +84,34 @@ def test_a_guard_switch_is_declared_once(monkeypatch):
     assert commands.Guards().no_vacuum is False
 
 
-def test_guards_know_only_declared_switches():
+def test_a_guard_setting_is_declared_once(monkeypatch):
+    extra = switches.Setting("vacuum_pause", switches.SECONDS, 1.5, "seconds paused before the vacuum")
+    assert not hasattr(commands.Guards(), "vacuum_pause")
+    monkeypatch.setattr(switches, "SETTINGS", (*switches.SETTINGS, extra))
+
+    def config_with(value: str) -> Config:
+        monkeypatch.setenv("INVOKE_DB_SAFETY_VACUUM_PAUSE", value)
+        config = Config(defaults=local_tasks.collection("alembic.ini").configuration())
+        config.load_shell_env()
+        return config
+
+    # Invoke's config takes it, checked as its kind says, a bad value in one line.
+    with pytest.raises(DeployError) as refused:
+        task_config.read(config_with("soon"))
+    assert str(refused.value) == "INVOKE_DB_SAFETY_VACUUM_PAUSE='soon': expects a number of seconds, such as 10 or 2.5"
+    configured = task_config.read(config_with("4"))
+    assert configured.safety == {"vacuum_pause": 4.0}
+
+    # The guards' setting: as configured, else its declared default.
+    assert commands.Guards(configured.safety).vacuum_pause == 4.0
+    assert commands.Guards().vacuum_pause == 1.5
+
+
+def test_guards_know_only_declared_switches_and_settings():
     with pytest.raises(TypeError, match="not guard switches: no_such"):
         commands.Guards(switched=frozenset({"no_such"}))
+    with pytest.raises(TypeError, match="not guard settings: no_such"):
+        commands.Guards({"no_such": 1})
     with pytest.raises(AttributeError):
         commands.Guards().no_such  # noqa: B018
 

@@ -18,8 +18,9 @@ from ..credentials import describe
 from ..database import connect, explain
 from ..dialects import dialect_for
 from ..errors import DeployError
+from ..switches import setting
 
-DEFAULT_WAIT = 10.0
+DEFAULT_WAIT = setting("lock_wait").default
 
 
 @contextmanager

@@ -25,13 +25,15 @@ from sqlalchemy.engine import Connection
 from ..dialects import dialect_for
 from ..dialects.guarded import GaveWay, Transaction, shown
 from ..errors import DeployError
+from ..switches import setting
 
 __all__ = ["GaveWay", "Transaction", "check_no_open_transactions", "guard_session", "open_transactions", "shown"]
 
-DEFAULT_LOCK_WAIT_TIMEOUT = 2.0
-DEFAULT_RETRIES = 5
-DEFAULT_PAUSE = 3.0
-DEFAULT_OLDER_THAN = 10.0
+# Declared with the other guard settings (deploy.switches), which Invoke's config may override.
+DEFAULT_LOCK_WAIT_TIMEOUT = setting("lock_wait_timeout").default
+DEFAULT_RETRIES = setting("retries").default
+DEFAULT_PAUSE = setting("retry_pause").default
+DEFAULT_OLDER_THAN = setting("open_transactions_after").default
 
 
 @contextmanager
