@@ -1,1 +1,1 @@
-"""The benchmark harness (issue 10): `bash benchmarks/run.sh [--quick]`, or `python -m benchmarks`."""
+"""The benchmark harness: `bash benchmarks/run.sh [--quick]`, or `python -m benchmarks` (docs/benchmarks.md)."""

@@ -1,7 +1,7 @@
 """A generated Flask-SQLAlchemy app of N models (foreign keys, indexes) and a history of R revisions.
 
 The app is a Flask-Migrate project first (`flask db init`), its history written into
-migrations/versions/, then taken over with `python -m deploy init` exactly as the README's
+migrations/versions/, then taken over with `python -m deploy init` exactly as the adoption page's
 "Taking over a Flask-Migrate project" says: the same models and the very same revision files serve
 this suite, plain Alembic and Flask-Migrate (see project.py for the two baselines' set-up).
 """

@@ -1,4 +1,4 @@
-"""The results: a Markdown table (stdout, README), CSV, and the growth plot (PNG)."""
+"""The results: a Markdown table (stdout, the benchmarks page), CSV, and the growth plot (PNG)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`python -m benchmarks [--quick]`: the benchmark of issue 10 (see the README, "Benchmarks").
+"""`python -m benchmarks [--quick]`: the benchmark (see docs/benchmarks.md).
 
 GROUPS lists the benchmark groups; each takes the run's Context and returns its rows.
 """
