@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The benchmark of issue 10: installs what it needs into the checkout's .venv (tests/requirements.txt,
+# The benchmark (docs/benchmarks.md): installs what it needs into the checkout's .venv (tests/requirements.txt,
 # for the suite and the tests' throwaway servers, and benchmarks/requirements.txt), then runs it.
 # `--quick`: a smoke run (2 repetitions, a 30-model app). Results in benchmarks/results/.
 # Needs mariadb-server and openssh-server as the tests do (bash tests/run.sh installs them);

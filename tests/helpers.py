@@ -21,7 +21,7 @@ from servers import MariaDB, PostgreSQL, SSHServer, server_environment
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-# Every character the issue names, and a space: URL-, shell-, ConfigParser- and SQL-hostile.
+# Every character a password may hold that breaks something, and a space: URL-, shell-, ConfigParser- and SQL-hostile.
 PASSWORD = "r00t@pw:/%#?' x"
 APP_PASSWORD = "app-pw"
 # tests/ stays behind: it holds the test password, which the leak checks look for.
