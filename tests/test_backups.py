@@ -18,6 +18,8 @@ from helpers import PASSWORD, Database, PgDatabase, ProcSampler, files_containin
 from sqlalchemy.engine import make_url
 
 from deploy.database import connect
+from deploy.dialects.mariadb import OPTION_LINE_BYTES
+from deploy.dialects.sqlite import SQLite
 from deploy.errors import DeployError
 from deploy.safety import backups
 
@@ -413,7 +415,7 @@ def test_a_truncated_sqlite_backup_is_refused_for_what_it_is(tmp_path):
         # Half the compressed stream.
         "case1.sqlite.gz": (data[: len(data) // 2], TRUNCATED),
         # A whole gzip stream of half the database: only its header's page count gives it away.
-        "case2.sqlite.gz": (gzip.compress(raw[: len(raw) // 2]), backups.SQLITE.incomplete),
+        "case2.sqlite.gz": (gzip.compress(raw[: len(raw) // 2]), SQLite.backup_incomplete),
     }
     for name, (content, reason) in cases.items():
         (tmp_path / name).write_bytes(content)
@@ -466,7 +468,7 @@ def test_a_restore_that_fails_part_way_puts_the_database_back_as_it_was(any_blog
 def test_a_password_too_long_for_the_tools_is_refused_before_anything_is_sent(mariadb, tmp_path):
     """The MariaDB tools read their option file in pieces of 4094 bytes and would take the rest of the
     password line for options, named in their error. The longest that fits works; longer is refused."""
-    room = backups.OPTION_LINE_BYTES - len('password=""')
+    room = OPTION_LINE_BYTES - len('password=""')
     longest = ('"' + "w/rd%:" * room)[: room - 1]  # the quote is written escaped: two bytes
     database = make_database(mariadb, password=longest)
     good, before = round_trip(database, longest, tmp_path / "backups")

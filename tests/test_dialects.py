@@ -20,12 +20,19 @@ from deploy.errors import DeployError
 
 REGISTERED = sorted({type(dialect) for dialect in dialects.registry().values()}, key=lambda cls: cls.__name__)
 # What the base class asks of a database besides its abstract methods: answers given as class attributes.
-REQUIRED_ATTRIBUTES = {"transactional_ddl": bool, "backup_suffix": str, "server_programs": frozenset}
+REQUIRED_ATTRIBUTES = {
+    "transactional_ddl": bool,
+    "backup_suffix": str,
+    "backup_incomplete": str,
+    "server_programs": frozenset,
+}
 
 
 def test_the_base_class_states_what_a_database_must_provide():
     assert inspect.isabstract(Dialect)
-    assert {"explain"} <= Dialect.__abstractmethods__
+    # What every database must answer, its backups' dump, load and completeness check among them.
+    assert {"explain", "dump", "load", "complete"} <= Dialect.__abstractmethods__
+    assert set(dialects.base.ANSWERS) == set(REQUIRED_ATTRIBUTES)
 
 
 @pytest.mark.parametrize("dialect", REGISTERED, ids=lambda cls: cls.__name__)
@@ -53,6 +60,7 @@ def test_a_dialect_that_lacks_an_answer_is_refused_when_its_module_is_imported()
 
     assert "the Unfinished dialect does not provide" in str(excinfo.value)
     assert "migration_lock" in str(excinfo.value) and "backup_suffix" in str(excinfo.value)
+    assert "dump" in str(excinfo.value) and "backup_incomplete" in str(excinfo.value)
     assert dialects.find("unfinished") is None
 
 
@@ -84,6 +92,14 @@ def test_a_database_no_dialect_serves_is_one_line_naming_what_is_not_supported()
         "the migration lock is not supported on oracle databases (supported: mysql, mariadb, postgresql, sqlite)"
     )
     assert dialects.find(make_url("oracle://u@h/db")) is None
+
+
+@pytest.mark.parametrize("name", sorted(dialects.registry()))
+def test_backup_suffixes_tell_every_dialect_apart(name):
+    """A backup file's suffix says whose it is: no suffix ends another's."""
+    mine = dialect_for(name).backup_suffix
+    others = {dialect.backup_suffix for dialect in dialects.registry().values() if dialect is not dialect_for(name)}
+    assert mine.endswith(".gz") and not any(mine.endswith(other) or other.endswith(mine) for other in others)
 
 
 @pytest.mark.parametrize("name", sorted(dialects.registry()))

@@ -7,7 +7,7 @@ the rest of the suite asks the dialect of a URL, connection or engine (`dialect_
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from importlib import import_module
 from pathlib import Path
@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # fab's laptop side names databases (credentials.describe) wi
 MODULES = ("mariadb", "postgresql", "sqlite")
 REGISTRY: dict[str, Dialect] = {}
 # The class attributes every dialect must set (declared on Dialect, with what each means).
-ANSWERS = ("transactional_ddl", "backup_suffix", "server_programs")
+ANSWERS = ("transactional_ddl", "backup_suffix", "backup_incomplete", "server_programs")
 # Every dialect's migration lock is named after the database, with this prefix (a key is hashed from it).
 LOCK_NAME_PREFIX = "migration-lock:"
 POLL = 0.1  # seconds between tries, for a lock that cannot be waited for
@@ -35,6 +35,10 @@ class Dialect(ABC):
     names: ClassVar[tuple[str, ...]] = ()
     # The suffix of its backups' files, which says how they are dumped, loaded and verified.
     backup_suffix: ClassVar[str]
+    # Why a dump that is not complete() cannot be used, as verify() says it.
+    backup_incomplete: ClassVar[str]
+    # Its load is one transaction: a failed one leaves the database as it was, with no backup to put back.
+    atomic_load: ClassVar[bool] = False
     # Whether a failed revision's DDL is rolled back with its transaction (else it may be left half done).
     transactional_ddl: ClassVar[bool]
     # The programs its server runs as, for the proof that a server is on this machine (none: no server).
@@ -93,10 +97,59 @@ class Dialect(ABC):
         """The pid, in the server's own machine, of the process that serves `connection`; None when the
         database has no server. LookupError says why it cannot be told."""
 
+    def backup_name(self, url: URL) -> str:
+        """The database's name, which its backups' files and retention go by."""
+        return url.database or ""
+
+    @abstractmethod
+    def dump(self, url: URL, tool: Tool, write: Callable[[bytes], object]) -> None:
+        """The whole database, uncompressed, to `write` (a client program run by `tool`)."""
+
+    @abstractmethod
+    def load(self, url: URL, chunks: Callable[[], Iterable[bytes]], tool: Tool, connected) -> None:
+        """Make the database exactly the dump that `chunks()` yields, objects made since dropped too;
+        `connected(url)` is a connection whose errors are one line each."""
+
+    @abstractmethod
+    def complete(self, head: bytes, tail: bytes, size: int) -> bool:
+        """Whether the uncompressed dump, by its first and last bytes and its size, is whole."""
+
+    def readable(self, chunks: Callable[[], Iterable[bytes]], tool: Tool) -> str | None:
+        """What the database's own tool finds wrong reading the whole dump, or None."""
+        return None
+
+    def named(self, head: bytes) -> str | None:
+        """The name of the database dumped, as the dump's first bytes say (for a file without its note)."""
+        return None
+
+    def server_of(self, description: str, name: str) -> str | None:
+        """host:port of a describe() text of the database `name`; None when not recorded (or no server)."""
+        if not description.endswith(f"/{name}"):
+            return None
+        return description[: -len(name) - 1].rpartition("@")[2]
+
     def error_line(self, exc: BaseException, url: URL) -> str:
         """explain() for any error SQLAlchemy wraps, marked as the suite's own words."""
         orig = getattr(exc, "orig", None) or exc
         return own(self.explain(orig, url, self.describe(url)))
+
+
+class Tool:
+    """Runs a client program for a dialect's dump, load or check (deploy/safety/backups.py gives one)."""
+
+    def run(self, argv: list[str], feed=None, sink=None, pass_fds=(), env=None, opened=None) -> None:
+        """Run `argv`, its stdin fed from `feed` or its stdout to `sink`; its first stderr line (masked)
+        as a DeployError when it fails. `opened()` is called once it has started."""
+        raise NotImplementedError
+
+    def count(self, size: int) -> None:
+        """`size` more bytes of the dump have passed (for the progress shown)."""
+        raise NotImplementedError
+
+
+def said(exc: BaseException) -> str:
+    """An error's message with what it relays still marked, for a message that wraps it."""
+    return getattr(exc, "marked", None) or str(exc)
 
 
 def server_address(url: URL) -> str:

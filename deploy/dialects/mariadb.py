@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterator
+import os
+import re
+import shutil
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -13,8 +16,8 @@ from sqlalchemy import text
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..errors import DeployError, relayed
-from .base import LOCK_NAME_PREFIX, Dialect, busy, explain, merged, widens_varchar
+from ..errors import DeployError, own, relayed, remember
+from .base import LOCK_NAME_PREFIX, Dialect, Tool, busy, describe, explain, merged, said, widens_varchar
 from .guarded import Transaction, retrying, what_blocks
 
 # MySQL/MariaDB client error numbers that have a clear meaning for the user.
@@ -31,6 +34,20 @@ COPY = "MariaDB copies the table, blocking writes until it is done"
 REBUILD = "MariaDB rebuilds the table (writes go on, but it takes as long as a copy)"
 LOCK_WAIT_TIMEOUT = 1205  # MariaDB raises it for metadata-lock (DDL) and InnoDB row-lock waits alike
 NEEDS_PROCESS = 1227
+DUMP_FLAGS = (
+    "--single-transaction",  # a consistent InnoDB snapshot, without locking the application out
+    "--routines",
+    "--triggers",
+    "--events",
+    "--no-tablespaces",  # MySQL's mysqldump needs PROCESS for them otherwise
+    "--hex-blob",
+)
+# The client tools' own global option files; the user's ~/.my.cnf is left out on purpose (see run_tool).
+GLOBAL_OPTION_FILES = ("/etc/my.cnf", "/etc/mysql/my.cnf")
+SSL_OPTIONS = ("ssl_ca", "ssl_cert", "ssl_key", "ssl_capath", "ssl_cipher")
+# The client tools read an option file in pieces of 4094 bytes: the rest of a longer line is read as a
+# line of its own (an option they name in their error).
+OPTION_LINE_BYTES = 4094
 TRANSACTIONS = """
     SELECT t.trx_mysql_thread_id, p.USER, p.HOST,
            TIMESTAMPDIFF(MICROSECOND, t.trx_started, NOW(6)) / 1000000, COALESCE(p.INFO, t.trx_query)
@@ -180,9 +197,78 @@ def lint_risks(operation, named: str):
             yield named, COPY
 
 
+# -- Backups: mariadb-dump and mariadb, the URL's password on a pipe ---------------------------------
+
+
+def client_program(*names: str) -> str:
+    for name in names:
+        # Then the system's default path: an SSH command's PATH may hold little more than a venv.
+        if found := shutil.which(name) or shutil.which(name, path=os.defpath):
+            return found
+    raise DeployError(f"neither {' nor '.join(names)} is installed: install the MariaDB client (mariadb-client)")
+
+
+def option_value(value: str) -> str:
+    # Option files read "..." with these escapes; unquoted, `#` would start a comment and spaces be cut.
+    escapes = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+    return '"' + "".join(escapes.get(char, char) for char in value) + '"'
+
+
+def connection_args(url: URL) -> list[str]:
+    """Where and as whom, as the driver would connect: all from the URL, none of it secret."""
+    for option in ("read_default_file", "read_default_group"):
+        if option in url.query:
+            raise DeployError(f"backups take the connection from the URL alone: remove its {option} option")
+    socket = url.query.get("unix_socket")
+    where = [f"--socket={socket}"] if socket else [f"--host={url.host or 'localhost'}", f"--port={url.port or 3306}"]
+    ssl = [f"--{key.replace('_', '-')}={url.query[key]}" for key in SSL_OPTIONS if key in url.query]
+    protocol = "SOCKET" if socket else "TCP"  # PyMySQL reaches "localhost" by TCP, the tools by socket
+    user = [f"--user={url.username}"] if url.username else []
+    return [f"--protocol={protocol}", *where, *ssl, *user, "--default-character-set=utf8mb4"]
+
+
+def run_tool(programs: tuple[str, ...], url: URL, args: list[str], tool: Tool, feed=None, sink=None) -> None:
+    """Run a client tool as the URL's user, feeding its stdin from `feed` or its stdout to `sink`.
+
+    The password reaches it in an option file on a pipe: never argv, environment or disk. It is the
+    tool's only option file (--defaults-extra-file would let a [client] password in ~/.my.cnf win);
+    the global ones are included first, so their settings still apply."""
+    program = client_program(*programs)
+    password_line = f"password={option_value(url.password or '')}"
+    if len(password_line.encode()) > OPTION_LINE_BYTES:
+        # The tool would read the rest of the line as options of its own, and name them in its error.
+        raise DeployError(
+            own(
+                f"the password is too long for {Path(program).name} (its option files hold lines of at most "
+                f"{OPTION_LINE_BYTES} bytes, `password=`, quotes and escapes included): nothing was sent; give "
+                f"{url.username or 'the user'} a shorter password"
+            )
+        )
+    includes = "".join(f"!include {name}\n" for name in GLOBAL_OPTION_FILES if os.access(name, os.R_OK))
+    read, write = os.pipe()
+    with os.fdopen(write, "w", encoding="utf-8") as options:  # a few kB at most: the pipe's buffer holds them
+        options.write(f"{includes}[client]\n{password_line}\n")
+    argv = [program, f"--defaults-file=/dev/fd/{read}", *connection_args(url), *args]
+    still_open = [read]
+
+    def close_read() -> None:  # once: a second close could hit a descriptor reused meanwhile
+        while still_open:
+            os.close(still_open.pop())
+
+    try:
+        tool.run(argv, feed, sink, pass_fds=(read,), opened=close_read)
+    finally:
+        close_read()  # the tool could not start
+
+
+def quote(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
 class MariaDB(Dialect):
     names = ("mysql", "mariadb")
     backup_suffix = ".sql.gz"  # a mariadb-dump dump, gzipped (deploy/safety/backups.py)
+    backup_incomplete = "the dump lacks its completion marker (-- Dump completed): it was cut short"
     transactional_ddl = False  # each DDL statement commits: a failed revision may leave part of its work
     server_programs = frozenset({"mariadbd", "mysqld"})
 
@@ -215,6 +301,36 @@ class MariaDB(Dialect):
 
     def lint_risks(self, operation, found: list[tuple[str, str]], named: str) -> list[tuple[str, str]]:
         return merged(found, lint_risks(operation, named))
+
+    def dump(self, url: URL, tool: Tool, write: Callable[[bytes], object]) -> None:
+        """mariadb-dump (or mysqldump): SQL, ending in its completion marker."""
+        remember(url.password)
+        try:
+            run_tool(("mariadb-dump", "mysqldump"), url, [*DUMP_FLAGS, "--", url.database], tool, sink=write)
+        except DeployError as exc:
+            raise DeployError(own(f"backup of {describe(url)} failed: {said(exc)}")) from None
+
+    def load(self, url: URL, chunks: Callable[[], Iterable[bytes]], tool: Tool, connected) -> None:
+        """The dump through the mariadb client (or mysql), after dropping every table and view."""
+        # Tables made after the backup must go too; the drops lead the same session as the dump.
+        with connected(url) as connection:
+            rows = connection.exec_driver_sql("SHOW FULL TABLES").all()
+        drop_as = {"VIEW": "VIEW", "SEQUENCE": "SEQUENCE"}
+        drops = "".join(f"DROP {drop_as.get(kind, 'TABLE')} IF EXISTS {quote(name)};\n" for name, kind in rows)
+
+        def feed() -> Iterable[bytes]:
+            yield f"SET FOREIGN_KEY_CHECKS=0;\n{drops}".encode()
+            yield from chunks()
+
+        run_tool(("mariadb", "mysql"), url, [f"--database={url.database}"], tool, feed=feed())
+
+    def complete(self, head: bytes, tail: bytes, size: int) -> bool:
+        return tail.rstrip().rsplit(b"\n", 1)[-1].startswith(b"-- Dump completed")
+
+    def named(self, head: bytes) -> str | None:
+        # The dump's header: "-- Host: 127.0.0.1    Database: blog"
+        found = re.search(rb"^-- Host: .*?\sDatabase: (.+?)\s*$", head, re.MULTILINE)
+        return found[1].decode(errors="replace") if found else None
 
     def server_process(self, connection: Connection) -> int | None:
         # One process, a thread per connection; its pid file is on its machine.

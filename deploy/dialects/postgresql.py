@@ -6,10 +6,13 @@ import ctypes
 import ctypes.util
 import hashlib
 import math
+import os
 import re
 import select
+import shutil
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,8 +21,8 @@ from sqlalchemy import text
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..errors import DeployError, relayed
-from .base import LOCK_NAME_PREFIX, POLL, Dialect, busy, explain, merged
+from ..errors import DeployError, own, relayed, remember
+from .base import LOCK_NAME_PREFIX, POLL, Dialect, Tool, busy, describe, explain, merged, said
 from .guarded import Transaction, retrying, what_blocks
 
 # PostgreSQL SQLSTATE codes (psycopg errors carry them as `.sqlstate`).
@@ -365,9 +368,92 @@ def lint_risks(operation, named: str):
             yield named, PG_VALIDATE
 
 
+# -- Backups: pg_dump and pg_restore, the URL's password in a private password file -------------
+
+# pg_dump's own compression is off: the archive is gzip'd here like every backup, so the same stream
+# check applies, and the whole of it is read back by pg_restore before it counts.
+PG_DUMP_FLAGS = ("--format=custom", "--compress=0", "--no-password")
+PG_RESTORE_FLAGS = ("--clean", "--if-exists", "--single-transaction", "--exit-on-error", "--no-password")
+# Libpq reads these from the environment too; ours must not be overridden (or a stray one used).
+PG_PASSWORD_VARIABLES = ("PGPASSWORD", "PGPASSFILE")
+PG_NOT_IN_QUERY = ("password", "passfile", "service")
+
+
+def client_program(name: str) -> str:
+    # Debian's /usr/bin/pg_dump picks the newest installed version for a --host; else the newest itself.
+    found = shutil.which(name) or shutil.which(name, path=os.defpath)
+    versions = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), key=lambda p: int(p.parts[-3]), reverse=True)
+    if found or versions:
+        return found or str(versions[0])
+    raise DeployError(f"{name} is not installed: install the PostgreSQL client (postgresql-client)")
+
+
+def conninfo(url: URL) -> str:
+    """Where and as whom, as psycopg would connect: all from the URL (its query holds libpq's
+    parameters, sslmode and the like), none of it secret."""
+    from psycopg.conninfo import make_conninfo
+
+    for key in PG_NOT_IN_QUERY:
+        if key in url.query:
+            raise DeployError(f"backups take the connection from the URL alone: remove its {key} option")
+    query = {key: value if isinstance(value, str) else value[-1] for key, value in url.query.items()}
+    where = {"host": url.host, "port": url.port, "dbname": url.database, "user": url.username}
+    # The query's own host (a socket directory, say) wins over an empty host part, as in psycopg.
+    return make_conninfo("", **{**{key: value for key, value in where.items() if value is not None}, **query})
+
+
+def owner_only(path: str, flags: int) -> int:
+    return os.open(path, flags, 0o600)
+
+
+def pgpass_value(value: str) -> str:
+    return value.replace("\\", "\\\\").replace(":", "\\:")
+
+
+def run_tool(program: str, url: URL | None, args: list[str], tool: Tool, feed=None, sink=None) -> None:
+    """Run a PostgreSQL client tool (as the URL's user, when given), feeding its stdin or its stdout.
+
+    The password reaches it in a password file (libpq reads no pipe: it wants a plain file with mode
+    0600), written in a private directory made for this one run and removed when the tool ends; the
+    environment carries only that file's path. Never argv, never PGPASSWORD."""
+    argv = [client_program(program), *([f"--dbname={conninfo(url)}"] if url is not None else []), *args]
+    env = {key: value for key, value in os.environ.items() if key not in PG_PASSWORD_VARIABLES}
+    with tempfile.TemporaryDirectory(prefix="deploy-pgpass-") as private:  # mode 0700
+        if url is not None and url.password:
+            if "\n" in url.password or "\r" in url.password:
+                raise DeployError("a password with a line break cannot be handed to the PostgreSQL tools")
+            passfile = os.path.join(private, "pgpass")
+            with open(passfile, "x", opener=owner_only) as out:
+                out.write(f"*:*:*:*:{pgpass_value(url.password)}\n")
+            env["PGPASSFILE"] = passfile
+        tool.run(argv, feed, sink, env=env)
+
+
+# What a restore removes first, so that objects made after the backup go too (pg_restore --clean drops
+# only the archive's own): tables, views, sequences and types in every schema but the system's, except
+# an extension's and a sequence a column owns (it goes with its table).
+PG_OBJECTS = """
+    SELECT CASE c.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW' WHEN 'S' THEN 'SEQUENCE'
+                          WHEN 'f' THEN 'FOREIGN TABLE' ELSE 'TABLE' END, n.nspname, c.relname
+    FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
+    WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND NOT c.relispartition
+      AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND left(n.nspname, 3) <> 'pg_'
+      AND NOT EXISTS (SELECT 1 FROM pg_depend AS d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                      AND d.deptype IN ('e', 'a', 'i'))
+    UNION ALL
+    SELECT CASE t.typtype WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END, n.nspname, t.typname
+    FROM pg_type AS t JOIN pg_namespace AS n ON n.oid = t.typnamespace
+    WHERE t.typtype IN ('e', 'd', 'r')
+      AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND left(n.nspname, 3) <> 'pg_'
+      AND NOT EXISTS (SELECT 1 FROM pg_depend AS d WHERE d.classid = 'pg_type'::regclass AND d.objid = t.oid
+                      AND d.deptype = 'e')
+"""
+
+
 class PostgreSQL(Dialect):
     names = ("postgresql",)
     backup_suffix = ".pgdump.gz"  # a pg_dump custom-format archive, gzipped (deploy/safety/backups.py)
+    backup_incomplete = "it holds no pg_dump archive"
     transactional_ddl = True  # a failed revision's transaction takes its DDL back with it
     server_programs = frozenset({"postgres", "postmaster"})
 
@@ -409,6 +495,60 @@ class PostgreSQL(Dialect):
             # NOT VALID: existing rows are not checked (a later VALIDATE CONSTRAINT does, without blocking).
             found = [finding for finding in found if finding[0] != named]
         return merged(found, lint_risks(operation, named))
+
+    def dump(self, url: URL, tool: Tool, write: Callable[[bytes], object]) -> None:
+        """pg_dump: a custom-format archive."""
+        remember(url.password)
+        try:
+            run_tool("pg_dump", url, list(PG_DUMP_FLAGS), tool, sink=write)
+        except DeployError as exc:
+            raise DeployError(own(f"backup of {describe(url)} failed: {said(exc)}")) from None
+
+    def load(self, url: URL, chunks: Callable[[], Iterable[bytes]], tool: Tool, connected) -> None:
+        """pg_restore in one transaction, after dropping every object of the database's own (PG_OBJECTS)."""
+        with connected(url) as connection:
+            quote = connection.dialect.identifier_preparer.quote
+            for kind, schema, name in connection.exec_driver_sql(PG_OBJECTS).all():
+                # CASCADE: a view or foreign key of another dropped object; IF EXISTS: gone with one.
+                connection.exec_driver_sql(f"DROP {kind} IF EXISTS {quote(schema)}.{quote(name)} CASCADE")
+            connection.commit()
+        # One transaction: should the load fail, what it loaded is rolled back (the drops above are not:
+        # restore puts the database back from the backup taken first).
+        run_tool("pg_restore", url, list(PG_RESTORE_FLAGS), tool, feed=chunks())
+
+    def complete(self, head: bytes, tail: bytes, size: int) -> bool:
+        return head.startswith(b"PGDMP")
+
+    def readable(self, chunks: Callable[[], Iterable[bytes]], tool: Tool) -> str | None:
+        """What pg_restore finds wrong reading the whole archive (its table of contents and every data
+        block, written out as SQL to nowhere), or None. No database is involved."""
+        try:
+            run_tool("pg_restore", None, ["--file=/dev/null"], tool, feed=chunks())
+        except DeployError as exc:
+            return f"pg_restore cannot read it ({said(exc)})"
+        return None
+
+    def named(self, head: bytes) -> str | None:
+        """The archive's database, from its header (pg_dump's ReadHead): PGDMP, version (3 bytes), int
+        and offset sizes, format; the compression (a byte from 1.15, an int before); 7 ints of time; the
+        name. An int is a sign byte and `int size` bytes, little-endian; a string its length, then it."""
+        try:
+            major, minor, int_size = head[5], head[6], head[8]
+            at = 12 if (major, minor) >= (1, 15) else 11 + 1 + int_size
+
+            def integer() -> int:
+                nonlocal at
+                value = int.from_bytes(head[at + 1 : at + 1 + int_size], "little")
+                at += 1 + int_size
+                return -value if head[at - 1 - int_size] else value
+
+            for _ in range(7 if (major, minor) >= (1, 4) else 0):
+                integer()
+            length = integer()
+            name = head[at : at + length]
+        except IndexError:
+            return None
+        return name.decode(errors="replace") if head.startswith(b"PGDMP") and 0 < length == len(name) else None
 
     def server_process(self, connection: Connection) -> int | None:
         (pid,) = connection.exec_driver_sql("SELECT pg_backend_pid()").one()

@@ -12,15 +12,15 @@ import socket
 import sqlite3
 import stat
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..errors import DeployError
-from .base import POLL, Dialect, busy, database_error, describe
+from ..errors import DeployError, own, relayed
+from .base import POLL, Dialect, Tool, busy, database_error, describe, said
 from .guarded import Transaction, retrying
 
 SQLITE_BUSY_CODES = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
@@ -140,9 +140,18 @@ def file_guard(connection: Connection, lock_wait_timeout: float, retries: int, p
             pass  # as on a server: a broken connection is about to be closed
 
 
+def backed_up_file(url: URL) -> Path:
+    path = database_file(url)
+    if path is None:
+        raise DeployError("an in-memory SQLite database cannot be backed up or restored")
+    return path
+
+
 class SQLite(Dialect):
     names = ("sqlite",)
     backup_suffix = ".sqlite.gz"  # a copy of the file, gzipped (deploy/safety/backups.py)
+    backup_incomplete = "it holds no whole SQLite database (not the size its header records)"
+    atomic_load = True  # the backup API copies every page in one step, one write transaction
     transactional_ddl = False  # as Alembic runs it: SQLite's DDL is not run in the revision's transaction
     server_programs: frozenset[str] = frozenset()  # no server: the database is a file
 
@@ -172,3 +181,59 @@ class SQLite(Dialect):
 
     def server_process(self, connection: Connection) -> int | None:
         return None
+
+    def backup_name(self, url: URL) -> str:
+        return backed_up_file(url).stem
+
+    def dump(self, url: URL, tool: Tool, write: Callable[[bytes], object]) -> None:
+        """A copy of the file through SQLite's backup API: a consistent snapshot even while the application writes."""
+        path = backed_up_file(url)
+        if not path.is_file():  # sqlite3.connect would create it
+            raise DeployError(f"no database at {path}")
+        try:
+            with closing(sqlite3.connect(path)) as source, closing(sqlite3.connect(":memory:")) as copy:
+                source.backup(copy)
+                data = copy.serialize()
+        except sqlite3.Error as exc:
+            raise DeployError(own(f"backup of {describe(url)} failed: {said(exc)}")) from None
+        write(data)
+        tool.count(len(data))
+
+    def load(self, url: URL, chunks: Callable[[], Iterable[bytes]], tool: Tool, connected) -> None:
+        """Page by page into the live file, under SQLite's locks: open connections see the restored database."""
+        data = b"".join(chunks())
+        target = backed_up_file(url)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with closing(sqlite3.connect(":memory:")) as copy, closing(sqlite3.connect(target)) as live:
+                copy.deserialize(data)
+                copy.backup(live)
+        except sqlite3.Error as exc:
+            raise DeployError(relayed(str(exc))) from None
+        tool.count(len(data))
+
+    def complete(self, head: bytes, tail: bytes, size: int) -> bool:
+        """A database file, as long as its header says: page size times page count (when the header's
+        count is valid: it was written by the version counted at offset 92)."""
+        if not head.startswith(b"SQLite format 3\0") or len(head) < 100:
+            return False
+        page_size = int.from_bytes(head[16:18], "big")
+        page_size = 65536 if page_size == 1 else page_size
+        pages, changed, valid_for = (int.from_bytes(head[at : at + 4], "big") for at in (28, 24, 92))
+        if pages and changed == valid_for:
+            return size == page_size * pages
+        return page_size > 0 and size % page_size == 0
+
+    def readable(self, chunks: Callable[[], Iterable[bytes]], tool: Tool) -> str | None:
+        """What SQLite's quick_check finds wrong in the database the file holds (its pages read through)."""
+        data = b"".join(chunks())
+        try:
+            with closing(sqlite3.connect(":memory:")) as copy:
+                copy.deserialize(data)
+                found = [row[0] for row in copy.execute("PRAGMA quick_check(1)")]
+        except sqlite3.Error as exc:
+            return f"SQLite cannot read the database in it ({exc})"
+        return None if found == ["ok"] else f"SQLite finds the database in it damaged ({found[0] if found else '?'})"
+
+    def server_of(self, description: str, name: str) -> str | None:
+        return None  # no server: the database is a file
