@@ -383,13 +383,17 @@ def test_backup_and_restore_hand_the_password_only_in_a_private_passfile(databas
     )
     monkeypatch.setattr(backups, "PROGRESS_SECONDS", 0)
     monkeypatch.setenv("PGPASSWORD", "not the password")  # the passfile, not a stray variable, must win
+    # Password files go to a folder of this test's own: the shared one may hold another worker's.
+    private_tmp = tmp_path / "tmp"
+    private_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private_tmp))
     sampler = ProcSampler(PASSWORD, deadline=60)
     passfiles: list[tuple[Path, int, int]] = []
 
     def progress(done: int) -> None:
         """Hold the running tool until the sampler has read all of /proc twice meanwhile."""
         if not passfiles:
-            for path in Path(tempfile.gettempdir()).glob("deploy-pgpass-*/pgpass"):
+            for path in private_tmp.glob("deploy-pgpass-*/pgpass"):
                 passfiles.append((path.parent, path.parent.stat().st_mode & 0o777, path.stat().st_mode & 0o777))
             rounds = sampler.rounds
             while sampler.rounds < rounds + 2 and sampler.is_alive():

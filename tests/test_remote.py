@@ -115,8 +115,8 @@ def test_upgrade_leaks_the_password_nowhere(any_remote, server_kind, tmp_path, s
         sampler.join()
     assert process.returncode == 0, out + err
     assert database.version() == SLEEPY
-    # The server's `python -m invoke db.upgrade` and the dump were seen alive, so their argv and environ were read.
-    assert sampler.saw(b"invoke\0db.upgrade\0") and sampler.saw(DUMP_TOOL[server_kind.name]), sampler.rounds
+    # The server's `python -m deploy.server db.upgrade` and the dump were seen alive, so their argv and environ were read.
+    assert sampler.saw(b"deploy.server\0db.upgrade\0") and sampler.saw(DUMP_TOOL[server_kind.name]), sampler.rounds
     assert not sampler.leaks, sampler.leaks
     assert PASSWORD not in out + err
     # tmp_path holds both checkouts, the fab config and fab's TMPDIR; PostgreSQL's files (its log too) are
