@@ -115,7 +115,7 @@ def test_upgrade_leaks_the_password_nowhere(any_remote, server_kind, tmp_path, s
         sampler.join()
     assert process.returncode == 0, out + err
     assert database.version() == SLEEPY
-    # The server's `python -m deploy.server db.upgrade` and the dump were seen alive, so their argv and environ were read.
+    # The server's `python -m deploy.server db.upgrade` and the dump were seen alive: their argv and environ were read.
     assert sampler.saw(b"deploy.server\0db.upgrade\0") and sampler.saw(DUMP_TOOL[server_kind.name]), sampler.rounds
     assert not sampler.leaks, sampler.leaks
     assert PASSWORD not in out + err
