@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ast
 import inspect
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -89,7 +91,7 @@ def test_a_database_no_dialect_serves_is_one_line_naming_what_is_not_supported()
     with pytest.raises(DeployError) as excinfo:
         dialect_for(make_url("oracle://u@h/db"), "the migration lock")
     assert str(excinfo.value) == (
-        "the migration lock is not supported on oracle databases (supported: mysql, mariadb, postgresql, sqlite)"
+        "the migration lock is not supported on oracle databases (supported: mariadb, mysql, postgresql, sqlite)"
     )
     assert dialects.find(make_url("oracle://u@h/db")) is None
 
@@ -188,3 +190,15 @@ def test_no_module_outside_the_dialects_branches_on_a_dialect_name():
     assert not found, "ask the dialect (deploy/dialects) instead of comparing its name:\n" + "\n".join(
         f"{where}: {line}" for where, line in found.items()
     )
+
+
+def test_the_registry_is_ordered_by_name_whatever_was_imported_first():
+    """A fresh process that imports one dialect's module before the others lists them in the same order."""
+    code = (
+        "import deploy.dialects.sqlite, deploy.dialects.postgresql\n"
+        "from deploy.dialects import registry\n"
+        "print(' '.join(registry()))"
+    )
+    repository = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repository, check=True)
+    assert done.stdout.split() == sorted(dialects.registry()) == ["mariadb", "mysql", "postgresql", "sqlite"]

@@ -200,10 +200,11 @@ def name_of(where: URL | Connection | Engine | str) -> str:
 
 
 def registry() -> dict[str, Dialect]:
-    """Every dialect by SQLAlchemy's names for it; importing their modules registers them."""
+    """Every dialect by SQLAlchemy's names for it, in the names' order; importing their modules
+    registers them. Sorted, because which module a process imported first must not order a message."""
     for module in MODULES:
         import_module(f"{__package__}.{module}")
-    return REGISTRY
+    return dict(sorted(REGISTRY.items()))
 
 
 def find(where: URL | Connection | Engine | str) -> Dialect | None:
