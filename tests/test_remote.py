@@ -448,13 +448,17 @@ def slow_then_after(remote, tmp_path) -> Path:
     return release
 
 
-def wait_until_running(database, name: str, timeout: float = 60) -> None:
-    """Until the migration role's connection is inside revision `name`."""
+def wait_until_running(database, name: str, laptop: subprocess.Popen | None = None, timeout: float = 60) -> None:
+    """Until the migration role's connection is inside revision `name`; a `laptop` fab that ends
+    first fails the wait at once, with what it said."""
     deadline = time.monotonic() + timeout
     while not database.query(
         "SELECT 1 FROM pg_stat_activity WHERE usename = %s AND application_name = %s",
         (database.migration_user, f"revision {name} running"),
     ):
+        if laptop is not None and laptop.poll() is not None:
+            said = laptop.stdout.read().decode(errors="replace") if laptop.stdout else ""
+            raise AssertionError(f"fab ended with {laptop.returncode} before revision {name} started:\n{said}")
         assert time.monotonic() < deadline, f"revision {name} never started"
         time.sleep(0.05)
 
@@ -635,7 +639,7 @@ def test_two_fab_upgrades_at_once_on_postgresql_the_second_names_the_first(pg_re
     held_revision(pg_remote, "slow00000001", release)
     first = fab_upgrade_in_the_background(pg_remote)
     try:
-        wait_until_running(pg_remote.database, "slow00000001")
+        wait_until_running(pg_remote.database, "slow00000001", first)
         second = pg_remote.fab("prod", "db.upgrade", "--yes", stdin=STDIN_PASSWORD)
     finally:
         release.touch()
@@ -650,7 +654,7 @@ def test_a_lost_ssh_connection_finishes_the_postgresql_revision_and_stops_before
     release = slow_then_after(pg_remote, tmp_path)
     laptop = fab_upgrade_in_the_background(pg_remote)
     try:
-        wait_until_running(pg_remote.database, SLOW)
+        wait_until_running(pg_remote.database, SLOW, laptop)
         laptop.kill()  # the laptop vanishes mid-revision: its SSH connection drops with it
         laptop.wait(timeout=30)
         time.sleep(1)  # the server sees its control channel end; then the revision may finish
