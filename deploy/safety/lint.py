@@ -81,11 +81,11 @@ class Unreadable(DeployError):
         self.recorded = recorded
 
 
-def offline_context(dialect_name: str | None = None, dialect=None) -> MigrationContext:
+def offline_context(dialect_name: str | None = None) -> MigrationContext:
     """A MigrationContext that writes SQL to nowhere: no database needed."""
     try:
         return MigrationContext.configure(
-            dialect_name=dialect_name, dialect=dialect, opts={"as_sql": True, "output_buffer": io.StringIO()}
+            dialect_name=dialect_name, opts={"as_sql": True, "output_buffer": io.StringIO()}
         )
     except NoSuchModuleError:
         raise DeployError(f"unknown database kind {dialect_name!r}") from None
