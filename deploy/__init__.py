@@ -6,20 +6,20 @@ below it, never up (tests/test_layers.py holds every module to this, and to no i
 
 LAYERS = (
     # The ground: the one error type and its masking, declared switches, plain process plumbing.
-    ("errors", "switches", "forking", "safety.cancel"),
+    ("errors", "switches", "forking"),
     # What differs by database, one module each, behind a registry keyed by SQLAlchemy's dialect name.
     ("dialects", "dialects.base", "dialects.guarded", "dialects.mariadb", "dialects.postgresql", "dialects.sqlite"),
     # Settings and secrets: the Flask config, the Invoke config, the environments of fabric.yaml, the
-    # password prompt, and the status a server reports.
-    ("settings", "task_config", "environments", "credentials", "status"),
+    # password prompt, and the status a server reports; the console: confirmations and Ctrl-C.
+    ("settings", "task_config", "environments", "credentials", "status", "console"),
     # Connections and their errors.
     ("database",),
-    # The guards: refusals, the lock, short lock waits, backups, the run log.
-    ("safety", "safety.refusals", "safety.lock", "safety.timeouts", "safety.backups", "safety.runlog"),
+    # The guards: refusals, the lock, short lock waits, the run log; backups and restore.
+    ("guards", "guards.refusals", "guards.lock", "guards.timeouts", "guards.runlog", "backups"),
     # Alembic's API, and the env.py that every migration runs through.
     ("alembic_ops", "alembic_env"),
     # What reads revisions and the live schema: the lint, the half-applied diagnosis, the schema snapshot.
-    ("safety.lint", "safety.diagnosis", "schema"),
+    ("review", "review.lint", "review.diagnosis", "schema"),
     # One function per command, returning results.
     ("commands", "checks", "branches"),
     # The laptop's side of fab: one SSH connection per host, fleets.

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection
 from .credentials import describe
 from .database import application_tables
 from .errors import DeployError
-from .safety import check_single_head, check_stamped
+from .guards.refusals import check_single_head, check_stamped
 from .settings import Settings, load_metadata, load_settings, settings_name
 
 

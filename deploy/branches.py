@@ -17,10 +17,11 @@ from pathlib import Path
 from alembic import command
 from sqlalchemy.engine import URL, make_url
 
-from . import alembic_ops, commands, database, safety
+from . import alembic_ops, commands, database
 from .commands import Project, current_of
 from .database import translate_errors
 from .errors import DeployError
+from .guards import refusals
 from .schema import plural
 from .settings import SETTINGS_VARIABLE
 
@@ -104,7 +105,7 @@ def revision_against(project: Project, message: str, base: str) -> Path | None:
     """Autogenerate a revision with this checkout's models against the schema `base`'s models build,
     stamped at `base`'s head, in a scratch SQLite: neither the working tree nor the development
     database is touched. The script written, or None when there is no change."""
-    safety.check_single_head(project.heads())
+    refusals.check_single_head(project.heads())
     root = alembic_ops.root(project.alembic)
     top = Path(
         git(root, "rev-parse", "--show-toplevel", failure=f"{root} is not in a git repository: --base needs one")

@@ -14,10 +14,10 @@ from typing import TypeVar
 
 from invoke import Exit
 
-from . import credentials, safety
+from . import console, credentials
+from .console import forwarding_interrupts
 from .environments import Target
 from .errors import DeployError
-from .safety.cancel import forwarding_interrupts
 from .ssh import Server, Session
 from .status import Status
 
@@ -177,7 +177,7 @@ def _confirm_and_apply(chosen: list[Run], concurrency: int, yes: bool) -> None:
         outcome, pending = run.outcome, run.status.pending
         plan = f"{outcome.current} -> {pending[-1][0]}, {len(pending)} pending"
         print(f"  {outcome.target.name}: {outcome.database}, {plan}")
-    safety.confirm("Apply?", yes)
+    console.confirm("Apply?", yes)
     _ask_passwords(chosen)
     _apply(chosen, concurrency)
 

@@ -9,11 +9,10 @@ from pathlib import Path
 
 from invoke import Collection
 
-from . import commands, forking, safety, task_config
+from . import commands, console, forking, task_config
+from .console import Cancellation
 from .errors import DeployError, one_line_errors
-from .options import Command, command
-from .safety import FROM_DATABASE
-from .safety.cancel import Cancellation
+from .options import FROM_DATABASE, Command, command
 from .status import await_go
 
 # The options only fab's server command line passes (options.SERVER_ONLY): the server's entry point
@@ -104,7 +103,7 @@ def upgrade(c, to="head", expect_head=None, sql=False, yes=False, conversation=F
         print(commands.sql(opened, to))
         return
     # Outside development, the plan is shown and applied only when confirmed.
-    confirm = None if not opened.guards.production else partial(safety.confirm, "Apply?", yes)
+    confirm = None if not opened.guards.production else partial(console.confirm, "Apply?", yes)
     cancellation = Cancellation(sys.stdin.fileno() if conversation else None)
     print(commands.upgrade(opened, to, expect_head, progress=print, confirm=confirm, cancellation=cancellation))
 
@@ -281,7 +280,7 @@ def detect(c, yes=False, report=False, conversation=False):
     print(found)
     if found.match is None:
         raise DeployError("no single revision matches: nothing stamped")
-    safety.confirm(f"Stamp it at {found.match}?", yes)
+    console.confirm(f"Stamp it at {found.match}?", yes)
     print(commands.stamp(opened, found.match))
 
 

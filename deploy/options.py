@@ -16,6 +16,9 @@ from .switches import guard_help, of
 # How the laptop talks to the server's tasks: `python -m deploy.server` takes them, `invoke` does not.
 SERVER_ONLY = ("conversation", "fleet")
 
+# db.restore's --from-database, the same help under invoke and fab.
+FROM_DATABASE = "the backup is of database NAME, not this one: replace this one with it all the same"
+
 
 def with_guards(body: Callable, command: str) -> Callable:
     """`body` (whose `**guards` gathers the switches) with each of `command`'s guard switches as a

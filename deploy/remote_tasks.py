@@ -12,13 +12,12 @@ from pathlib import Path
 from fabric import Config, Task
 from invoke import Collection
 
-from . import credentials, safety, switches
+from . import console, credentials, switches
+from .console import confirm_restore_from, forwarding_interrupts
 from .environments import ONLY, SELECTED, Target, selected_targets
 from .errors import DeployError, one_line_errors
-from .options import Command, command
-from .safety import FROM_DATABASE
-from .safety.cancel import forwarding_interrupts
-from .safety.refusals import confirm_restore_from
+from .guards import refusals
+from .options import FROM_DATABASE, Command, command
 from .ssh import Server, Session
 from .status import Status
 
@@ -52,10 +51,10 @@ def fleet_done(outcomes) -> None:
 def refuse_unsafe(server: Server, state: Status, expected_head: str | None = None) -> None:
     where = f"{server.name}'s database {state.database}"
     stamped = bool(state.current)
-    safety.check_stamped(where, state.unstamped_tables, stamped, state.base, f"{server.target.caller} db.stamp")
-    safety.check_single_head(tuple(state.heads))
+    refusals.check_stamped(where, state.unstamped_tables, stamped, state.base, f"{server.target.caller} db.stamp")
+    refusals.check_single_head(tuple(state.heads))
     if expected_head:
-        safety.check_expected_head(tuple(state.heads), expected_head)
+        refusals.check_expected_head(tuple(state.heads), expected_head)
 
 
 def refuse_risky(state: Status, allow_risky: bool) -> None:
@@ -165,7 +164,7 @@ def upgrade(c, to=None, sql=False, yes=False, **guards):
             for risk in state.risks:
                 print(f"risk: {risk}")
             refuse_risky(state, allow_risky)
-            safety.confirm("Apply?", yes)
+            console.confirm("Apply?", yes)
             go_ahead(server, talk, controlled=True)
 
 
@@ -183,7 +182,7 @@ def stamp(c, revision):
         if state.current:
             # Restamping skips or repeats migrations: make sure it is meant.
             print(f"it is stamped at {', '.join(state.current)} already")
-            safety.confirm_database(state.database_name)
+            console.confirm_database(state.database_name)
         go_ahead(server, talk)
 
 
@@ -203,7 +202,7 @@ def detect(c, yes=False):
         # The server's revision must be one this checkout has: the code reviewed is the code deployed.
         alembic_ops.resolve(local_config(c), match)
         print(f"{server.name}: stamping {talk.status.migration_user} at {match}")
-        safety.confirm("Stamp it?", yes)
+        console.confirm("Stamp it?", yes)
         go_ahead(server, talk)
 
 
@@ -232,7 +231,7 @@ def downgrade(c, to, sql=False, **guards):
             return
         print(f"{server.name}: downgrade {state.migration_user}, undoing {len(state.pending)}:")
         print_revisions(state.pending)
-        safety.confirm_database(state.database_name)
+        console.confirm_database(state.database_name)
         go_ahead(server, talk, controlled=True)
 
 
@@ -253,7 +252,7 @@ def restore(c, backup, from_database=None, **guards):
         if from_database:
             confirm_restore_from(state.database_name, from_database)
         else:
-            safety.confirm_database(state.database_name)
+            console.confirm_database(state.database_name)
         go_ahead(server, talk)
 
 

@@ -41,7 +41,7 @@ class Status:
     base: str | None
     # The last run that changed this checkout's database, as the run log has it (in progress, cut off...).
     last_run: str | None = None
-    # Unreviewed risky operations in the pending upgrade (safety.lint), one line each.
+    # Unreviewed risky operations in the pending upgrade (review.lint), one line each.
     risks: list[str] = dataclasses.field(default_factory=list)
     protocol: int = PROTOCOL
 

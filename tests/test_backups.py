@@ -1,4 +1,4 @@
-"""deploy.safety.backups against real MariaDB and PostgreSQL servers (and SQLite): take, verify, list,
+"""deploy.backups against real MariaDB and PostgreSQL servers (and SQLite): take, verify, list,
 restore; no mocks. A test taking `server_kind` runs on both kinds; one marked by its kind is that kind's
 own behaviour. (The password's way to pg_dump and pg_restore is in test_postgresql.py.)"""
 
@@ -17,11 +17,11 @@ import pytest
 from helpers import PASSWORD, Database, PgDatabase, ProcSampler, files_containing, make_database, make_pg_database
 from sqlalchemy.engine import make_url
 
+from deploy import backups
 from deploy.database import connect
 from deploy.dialects.mariadb import OPTION_LINE_BYTES
 from deploy.dialects.sqlite import SQLite
 from deploy.errors import DeployError
-from deploy.safety import backups
 
 # Quotes, backslashes, a NUL, control characters, non-ASCII and SQL that must stay data.
 ODD = 'O\'Brien "q" back\\slash \0 nul\nnew\ttab ünïcødé 🎉 %s; -- DROP TABLE authors'

@@ -1,4 +1,4 @@
-"""What a revision that failed part way left, told from the run (deploy.safety.diagnosis.watching and
+"""What a revision that failed part way left, told from the run (deploy.review.diagnosis.watching and
 left_by), in-process against a real MariaDB: the rules an end-to-end run cannot single out."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from sqlalchemy.pool import NullPool
 
 from deploy import alembic_ops
 from deploy.errors import DeployError
-from deploy.safety import diagnosis, lint
+from deploy.review import diagnosis, lint
 
 
 @pytest.fixture

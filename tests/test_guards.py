@@ -23,8 +23,8 @@ from sqlalchemy.engine import URL
 from deploy.database import connect
 from deploy.dialects.mariadb import lock_name
 from deploy.errors import DeployError
-from deploy.safety.lock import migration_lock
-from deploy.safety.timeouts import GaveWay, Transaction, check_no_open_transactions, guard_session, open_transactions
+from deploy.guards.lock import migration_lock
+from deploy.guards.timeouts import GaveWay, Transaction, check_no_open_transactions, guard_session, open_transactions
 
 ALTER = "ALTER TABLE post ADD COLUMN body TEXT"
 WATCHDOG = 15  # s: longer than any test here waits for a lock
@@ -34,7 +34,7 @@ WATCHDOG = 15  # s: longer than any test here waits for a lock
 HOLDER = """
 import sys
 from sqlalchemy import make_url
-from deploy.safety.lock import migration_lock
+from deploy.guards.lock import migration_lock
 url = make_url(sys.argv[1])
 password = sys.stdin.readline().rstrip("\\n")
 with migration_lock(url.set(password=password) if password else url, None, wait=0):

@@ -54,7 +54,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_the_graph_is_read_as_python_resolves_imports():
     graph = import_graph()
     assert "deploy.errors" in graph["deploy.credentials"]
-    assert "deploy.safety.lock" in graph["deploy.commands"]  # from .safety import lock
+    assert "deploy.guards.lock" in graph["deploy.commands"]  # from .guards import lock
     assert "deploy.dialects.base" in graph["deploy.dialects.mariadb"]  # from .base import ...
 
 

@@ -1,4 +1,4 @@
-"""The lint of pending revisions (deploy.safety.lint).
+"""The lint of pending revisions (deploy.review.lint).
 
 Revisions are written into a copy of the checkout on top of the example's history; the lint runs
 in-process, without a database."""
@@ -13,7 +13,7 @@ from helpers import PRODUCTION, STDIN_PASSWORD
 
 from deploy.dialects import mariadb
 from deploy.errors import DeployError
-from deploy.safety import lint
+from deploy.review import lint
 
 HEAD = "776f3cb23823"  # the example's last revision: users, posts, tags, post_tags
 

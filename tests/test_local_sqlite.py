@@ -10,7 +10,7 @@ from sqlalchemy import make_url
 
 from deploy.dialects import sqlite as sqlite_dialect
 from deploy.errors import DeployError
-from deploy.safety.lock import migration_lock
+from deploy.guards.lock import migration_lock
 
 
 def test_reset_builds_the_models_and_stamps_head(checkout):

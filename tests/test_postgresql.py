@@ -31,7 +31,7 @@ from helpers import make_pg_database as make_database
 from servers import PostgreSQL
 from sqlalchemy import create_engine, make_url
 
-from deploy.safety.lock import migration_lock
+from deploy.guards.lock import migration_lock
 from exampleapp.models import db as models
 
 
@@ -373,7 +373,7 @@ def test_the_lint_names_what_blocks_postgresql_and_the_reviewed_forms_run(produc
 def test_backup_and_restore_hand_the_password_only_in_a_private_passfile(database, tmp_path, monkeypatch):
     from helpers import ProcSampler
 
-    from deploy.safety import backups
+    from deploy import backups
 
     url = make_url(database.migration_url).set(password=PASSWORD)
     database.server.execute(
@@ -417,7 +417,7 @@ def test_backup_and_restore_hand_the_password_only_in_a_private_passfile(databas
 
 def test_the_guard_keeps_sqlalchemys_own_savepoints_and_restores_the_session(database):
     from deploy.database import connect
-    from deploy.safety.timeouts import guard_session
+    from deploy.guards.timeouts import guard_session
 
     url = make_url(database.migration_url).set(password=PASSWORD)
     with connect(url) as connection:

@@ -12,7 +12,7 @@ import re
 from helpers import HEAD, PASSWORD, PRODUCTION, STDIN_PASSWORD, Database, make_database, one_error_line, refused
 from test_backups import url_of
 
-from deploy.safety import backups
+from deploy import backups
 
 
 def another_database_with_a_row(database: Database, directory) -> tuple[Database, backups.Backup]:

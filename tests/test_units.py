@@ -15,10 +15,11 @@ from urllib.parse import quote, quote_plus
 import pytest
 from sqlalchemy import make_url
 
-from deploy import credentials, errors, safety
+from deploy import credentials, errors
 from deploy.commands import Migration, Reset
 from deploy.database import Peer
 from deploy.errors import DeployError
+from deploy.guards import refusals
 from deploy.settings import unencoded_password
 from deploy.ssh import command_line, how_it_ended, server_error
 from deploy.status import PROTOCOL, Status
@@ -228,9 +229,9 @@ def test_reset_goes_where_the_connection_really_went(peer, refused):
     url = make_url("mysql+pymysql://root:@localhost/blog")
     if refused:
         with pytest.raises(DeployError, match="the connection went to 10.0.0.5:3306, not this machine"):
-            safety.check_on_this_machine(url, peer)
+            refusals.check_on_this_machine(url, peer)
     else:
-        safety.check_on_this_machine(url, peer)
+        refusals.check_on_this_machine(url, peer)
 
 
 def test_results_say_what_happened():
@@ -320,7 +321,7 @@ def test_a_test_starts_with_no_password_remembered_by_the_tests_before_it():
 
 def test_the_run_log_keeps_the_suites_own_words_and_masks_what_they_relay(tmp_path, monkeypatch):
     from deploy.errors import own, relayed
-    from deploy.safety import runlog
+    from deploy.guards import runlog
 
     monkeypatch.setattr(errors, "_known_passwords", {"wrong"})
     with pytest.raises(DeployError), runlog.recorded(tmp_path, "db.upgrade", "app@db/blog", "a", "b"):

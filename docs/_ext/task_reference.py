@@ -28,7 +28,6 @@ SOURCES = (
     "fabric.yaml",
     "deploy/local_tasks.py",
     "deploy/remote_tasks.py",
-    "deploy/safety/__init__.py",
     "deploy/switches.py",
     "deploy/options.py",
     "deploy/scaffold.py",

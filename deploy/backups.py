@@ -29,11 +29,11 @@ from pathlib import Path
 
 from sqlalchemy.engine import URL, Connection
 
-from ..credentials import describe
-from ..database import connect, translate_errors
-from ..dialects import Dialect, dialect_for, registry
-from ..dialects.base import Tool, said
-from ..errors import DeployError, mask, own, relayed, remember
+from .credentials import describe
+from .database import connect, translate_errors
+from .dialects import Dialect, dialect_for, registry
+from .dialects.base import Tool, said
+from .errors import DeployError, mask, own, relayed, remember
 
 CHUNK = 256 * 1024
 PROGRESS_SECONDS = 0.5

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import sys
 from typing import TYPE_CHECKING
 
 from .. import dialects
-from ..credentials import ask, describe
+from ..credentials import describe
 from ..errors import DeployError
 
 if TYPE_CHECKING:  # fab's laptop side imports these refusals without SQLAlchemy
@@ -42,34 +41,6 @@ def check_stamped(where: str, tables: list[str], stamped: bool, base: str | None
             f"{where} has tables but no alembic_version, so its revision is unknown: if its schema "
             f"is that of the first revision, run `{stamp_command} {base}`, then upgrade"
         )
-
-
-def confirm_database(name: str) -> None:
-    """Typing the database's name is the last step before an irreversible change.
-
-    At a terminal it is asked for; otherwise it is the first line of standard input. Only the exact
-    name confirms: a stray space or another case is a different name (MariaDB's names are case-sensitive
-    on Linux), and a prompt that forgives typos stops being a check."""
-    if ask(f"Type the database name ({name}) to confirm: ") != name:
-        raise DeployError("not confirmed: nothing changed")
-
-
-def confirm_restore_from(name: str, source: str) -> None:
-    """Replacing database `name` with a backup of another database, `source`: the question names
-    both, and only the exact name of the database replaced confirms."""
-    if ask(f"Replace {name} with the backup of {source}? Type the database name ({name}) to confirm: ") != name:
-        raise DeployError("not confirmed: nothing changed")
-
-
-def confirm(question: str, yes: bool) -> None:
-    """[y/N] before a production change; `yes` (--yes) answers for pipelines. Without a terminal
-    and without --yes the answer is no: a piped first line is the password, never an answer."""
-    if yes:
-        return
-    if not sys.stdin.isatty():
-        raise DeployError("not confirmed: without a terminal, pass --yes to apply it; nothing changed")
-    if ask(f"{question} [y/N] ").strip().lower() not in ("y", "yes"):
-        raise DeployError("not confirmed: nothing changed")
 
 
 def check_resettable(settings_name: str, allowed: list[str], url: URL, force: bool) -> None:

@@ -1,5 +1,9 @@
-"""Honest cancellation: a migration stops between revisions, never inside one by our doing.
+"""The console: the questions before a production change, and honest cancellation.
 
+Confirmations: a [y/N] question (--yes answers it for pipelines), or the database's name typed out
+before an irreversible change.
+
+Honest cancellation: a migration stops between revisions, never inside one by our doing.
 Ctrl-C (SIGINT), SIGTERM and SIGHUP ask to stop after the revision in progress; a second Ctrl-C
 within a few seconds aborts it hard. Under fab, the server's standard input stays open after the
 laptop's go and the password as a control channel: a `stop` or `abort` line from the laptop, and its end (the SSH
@@ -14,6 +18,38 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
+
+from .credentials import ask
+from .errors import DeployError
+
+
+def confirm_database(name: str) -> None:
+    """Typing the database's name is the last step before an irreversible change.
+
+    At a terminal it is asked for; otherwise it is the first line of standard input. Only the exact
+    name confirms: a stray space or another case is a different name (MariaDB's names are case-sensitive
+    on Linux), and a prompt that forgives typos stops being a check."""
+    if ask(f"Type the database name ({name}) to confirm: ") != name:
+        raise DeployError("not confirmed: nothing changed")
+
+
+def confirm_restore_from(name: str, source: str) -> None:
+    """Replacing database `name` with a backup of another database, `source`: the question names
+    both, and only the exact name of the database replaced confirms."""
+    if ask(f"Replace {name} with the backup of {source}? Type the database name ({name}) to confirm: ") != name:
+        raise DeployError("not confirmed: nothing changed")
+
+
+def confirm(question: str, yes: bool) -> None:
+    """[y/N] before a production change; `yes` (--yes) answers for pipelines. Without a terminal
+    and without --yes the answer is no: a piped first line is the password, never an answer."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise DeployError("not confirmed: without a terminal, pass --yes to apply it; nothing changed")
+    if ask(f"{question} [y/N] ").strip().lower() not in ("y", "yes"):
+        raise DeployError("not confirmed: nothing changed")
+
 
 # A second Ctrl-C within this many seconds aborts the revision in progress.
 ABORT_WINDOW = 3.0
