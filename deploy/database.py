@@ -34,6 +34,29 @@ def explain(exc: BaseException, url: URL) -> str:
     return dialects.explain(exc, url)
 
 
+def engine_options(url: URL, options: dict | None = None) -> dict:
+    """The create_engine() options for `url`: its dialect's (a TLS context shared by the process), with
+    the application's `options` (SQLALCHEMY_ENGINE_OPTIONS) over them."""
+    dialect = dialects.find(url)
+    return {**(dialect.engine_options(url) if dialect is not None else {}), **(options or {})}
+
+
+def warm_up(url: URL, options: dict | None = None) -> None:
+    """Before forking workers that connect to `url`: import its driver and build, once, what each of their
+    connections would build again (MariaDB's TLS context), for the children to inherit. No connection."""
+    chosen = engine_options(url, options)
+    dialect = dialects.find(url)
+    try:
+        engine = create_engine(url, poolclass=NullPool, **chosen)
+        try:
+            if dialect is not None:
+                dialect.warm_up(engine, dict(chosen.get("connect_args") or {}))
+        finally:
+            engine.dispose()
+    except Exception:
+        return  # only a saving: what fails here, each connection says in its own one line
+
+
 @contextmanager
 def connect(url: URL, options: dict | None = None, create: bool = False, hint: str = "") -> Iterator[Connection]:
     """A connection with no transaction open; `create` allows a new SQLite file, else `hint` says how."""
@@ -47,7 +70,7 @@ def connect(url: URL, options: dict | None = None, create: bool = False, hint: s
         except OSError as exc:
             raise DeployError(f"cannot create {path.parent}: {exc.strerror}") from None
     try:
-        engine = create_engine(url, poolclass=NullPool, **(options or {}))
+        engine = create_engine(url, poolclass=NullPool, **engine_options(url, options))
     except (NoSuchModuleError, ImportError):
         raise DeployError(f"no driver for {url.drivername!r} URLs: add it to requirements.txt") from None
     try:

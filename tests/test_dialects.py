@@ -9,11 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pymysql
 import pytest
 from alembic.ddl.impl import DefaultImpl
 from sqlalchemy import create_engine, make_url
 
-from deploy import dialects
+from deploy import database, dialects
 from deploy.dialects import Dialect, dialect_for
 from deploy.dialects.mariadb import MariaDB
 from deploy.dialects.postgresql import PostgreSQL
@@ -34,6 +35,8 @@ def test_the_base_class_states_what_a_database_must_provide():
     assert inspect.isabstract(Dialect)
     # What every database must answer, its backups' dump, load and completeness check among them.
     assert {"explain", "dump", "load", "complete"} <= Dialect.__abstractmethods__
+    # And how many more connections its server accepts, which a fleet keeps within.
+    assert "spare_connections" in Dialect.__abstractmethods__
     assert set(dialects.base.ANSWERS) == set(REQUIRED_ATTRIBUTES)
 
 
@@ -75,6 +78,32 @@ def test_the_registry_maps_sqlalchemys_dialect_names(name, dialect):
     # A URL by its backend (whatever the driver), and a connection or engine by its dialect.
     assert type(dialect_for(make_url(f"{name}+somedriver://u@h/db"))) is dialect
     assert dialect_for(make_url(f"{name}://u@h/db")) is dialects.registry()[name]
+
+
+@pytest.mark.parametrize(
+    "url, shared",
+    [
+        ("mysql+pymysql://u@h/db", True),
+        ("mariadb+pymysql://u@h/db?ssl_ca=/ca.pem", True),
+        ("mysql+mysqldb://u@h/db", False),
+        ("postgresql+psycopg://u@h/db", False),
+        ("sqlite:///app.db", False),
+    ],
+)
+def test_only_pymysql_engines_get_the_driver_that_shares_a_tls_context(url, shared):
+    options = dialect_for(make_url(url)).engine_options(make_url(url))
+    if not shared:
+        assert options == {}
+        return
+    driver = options["module"]
+    assert issubclass(driver.connect, pymysql.connections.Connection) and driver.connect is not pymysql.connect
+    assert driver.Error is pymysql.Error and driver.__name__ == "pymysql"  # what SQLAlchemy asks of it
+
+
+def test_the_applications_engine_options_win_over_the_dialects():
+    url = make_url("mysql+pymysql://u@h/db")
+    assert database.engine_options(url, {"module": pymysql})["module"] is pymysql
+    assert database.engine_options(url, {"pool_pre_ping": True})["module"] is not pymysql
 
 
 def test_engines_and_connections_find_their_dialect(tmp_path):

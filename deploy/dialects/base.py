@@ -97,6 +97,20 @@ class Dialect(ABC):
         """The pid, in the server's own machine, of the process that serves `connection`; None when the
         database has no server. LookupError says why it cannot be told."""
 
+    @abstractmethod
+    def spare_connections(self, connection: Connection) -> int | None:
+        """How many more connections the server accepts now (ordinary users'; 0 when full); None when it
+        cannot be told, or there is no limit (a database without a server)."""
+
+    def engine_options(self, url: URL) -> dict:
+        """create_engine() options for `url`'s connections (an application's own options override them)."""
+        return {}
+
+    def warm_up(self, engine: Engine, connect_args: dict) -> None:
+        """Before a process forks its workers: build once what each of `engine`'s connections (with these
+        `connect_args`) would build again, so that the children inherit it. Nothing by default."""
+        return None
+
     def backup_name(self, url: URL) -> str:
         """The database's name, which its backups' files and retention go by."""
         return url.database or ""

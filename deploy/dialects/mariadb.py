@@ -7,14 +7,18 @@ import math
 import os
 import re
 import shutil
+import ssl
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
+from types import ModuleType
 
 from alembic.operations import ops
 from sqlalchemy import text
-from sqlalchemy.engine import URL, Connection
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.engine import URL, Connection, Engine
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from ..errors import DeployError, own, relayed, remember
 from .base import LOCK_NAME_PREFIX, Dialect, Tool, busy, describe, explain, merged, said, widens_varchar
@@ -261,6 +265,78 @@ def run_tool(programs: tuple[str, ...], url: URL, args: list[str], tool: Tool, f
         close_read()  # the tool could not start
 
 
+# -- Connections: one TLS context per process, and the server's free connections -----------------------
+
+# PyMySQL builds an SSLContext for every connection, also in its default "preferred" mode (TLS when the
+# server offers it), and loading the system's CA certificates takes tens of milliseconds: a fleet's
+# hundreds of connections spent a third of the server's CPU on it. Connections with the same TLS options
+# share one context instead, built by PyMySQL's own code (so verified exactly as PyMySQL would), once per
+# process; a fleet's children inherit it from the parent that warmed it up before forking. A certificate
+# file changed while the process runs is read again only by the next process.
+_TLS_CONTEXTS: dict[tuple, ssl.SSLContext] = {}
+_TLS_BUILDING = threading.Lock()
+
+
+def tls_context(options: dict | ssl.SSLContext, build: Callable[[dict], ssl.SSLContext]) -> ssl.SSLContext:
+    """The process's context for PyMySQL's TLS `options` (its ssl dict), built by `build` the first time."""
+    if isinstance(options, ssl.SSLContext):
+        return options  # the application's own context, used as given
+    try:
+        key = tuple(sorted(options.items()))
+        hash(key)
+    except TypeError:  # an option PyMySQL would take but that cannot be a key: built as PyMySQL does
+        return build(options)
+    with _TLS_BUILDING:
+        if key not in _TLS_CONTEXTS:
+            _TLS_CONTEXTS[key] = build(options)
+        return _TLS_CONTEXTS[key]
+
+
+@cache
+def shared_tls_driver() -> ModuleType:
+    """PyMySQL, as SQLAlchemy's `module=`, whose connections take their TLS context from tls_context()."""
+    import pymysql
+
+    class SharedTLSConnection(pymysql.connections.Connection):
+        def _create_ssl_ctx(self, sslp):
+            return tls_context(sslp, super()._create_ssl_ctx)
+
+    driver = ModuleType(pymysql.__name__, pymysql.__doc__)
+    vars(driver).update(vars(pymysql))  # the same errors, constants and version SQLAlchemy asks for
+    driver.connect = driver.Connect = driver.Connection = SharedTLSConnection
+    return driver
+
+
+def warm_tls_context(engine: Engine, connect_args: dict) -> None:
+    """Build the TLS context the engine's connections will take, without connecting (PyMySQL chooses it
+    while constructing a connection, before it connects)."""
+    driver = engine.dialect.loaded_dbapi
+    if driver is not shared_tls_driver():
+        return
+    cargs, cparams = engine.dialect.create_connect_args(engine.url)
+    driver.connect(*cargs, **{**cparams, **connect_args, "defer_connect": True})
+
+
+MAX_CONNECTIONS = "SELECT @@max_connections"
+CONNECTED = "SHOW GLOBAL STATUS LIKE 'Threads_connected'"
+
+
+def server_spare_connections(connection: Connection) -> int | None:
+    # Neither needs a privilege on MariaDB or MySQL; a server configured to refuse them gets None.
+    opened_here = not connection.in_transaction()
+    try:
+        limit = connection.exec_driver_sql(MAX_CONNECTIONS).scalar_one()
+        connected = connection.exec_driver_sql(CONNECTED).one()[1]
+    except DBAPIError as exc:
+        if server_code(exc.orig) not in PRIVILEGE_MISSING:
+            raise
+        return None
+    finally:
+        if opened_here:
+            connection.rollback()  # no snapshot left open by these reads
+    return max(0, int(limit) - int(connected))
+
+
 def quote(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
@@ -286,6 +362,18 @@ class MariaDB(Dialect):
             return f"{url.username} lacks a privilege on {where}: {relayed(str(orig.args[1]))}"
         detail = str(orig.args[1] if code is not None and len(orig.args) > 1 else orig).splitlines()
         return f"database error on {where}: {relayed(detail[0]) if detail else type(orig).__name__}"
+
+    def engine_options(self, url: URL) -> dict:
+        """PyMySQL with one TLS context per process and set of TLS options (see tls_context)."""
+        return {"module": shared_tls_driver()} if url.get_driver_name() == "pymysql" else {}
+
+    def warm_up(self, engine: Engine, connect_args: dict) -> None:
+        """The TLS context its connections will share, built now (see warm_tls_context)."""
+        warm_tls_context(engine, connect_args)
+
+    def spare_connections(self, connection: Connection) -> int | None:
+        """@@max_connections minus Threads_connected (SHOW GLOBAL STATUS needs no privilege)."""
+        return server_spare_connections(connection)
 
     def migration_lock(self, url: URL, session, wait: float):
         """GET_LOCK, on a connection of its own."""

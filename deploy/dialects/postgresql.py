@@ -450,6 +450,33 @@ PG_OBJECTS = """
 """
 
 
+# Ordinary users may use max_connections less the slots kept for superusers and (PostgreSQL 16 on) for
+# pg_use_reserved_connections; client backends take slots, background workers and WAL senders have their
+# own. pg_stat_activity lists every backend to every role, but shows another role's backend_type only to
+# pg_read_all_stats: a backend in a database, as a user, of a type not shown, is counted as a client (an
+# autovacuum worker too, which errs on the side of fewer). pg_stat_clear_snapshot: a transaction keeps the
+# list it read first, and the caller's may be open.
+SPARE_CONNECTIONS = """
+    SELECT current_setting('max_connections')::int
+           - current_setting('superuser_reserved_connections')::int
+           - COALESCE(NULLIF(current_setting('reserved_connections', true), '')::int, 0)
+           - (SELECT count(*) FROM pg_stat_activity
+              WHERE backend_type = 'client backend'
+                 OR (backend_type IS NULL AND datid IS NOT NULL AND usesysid IS NOT NULL))
+"""
+
+
+def pg_spare_connections(connection: Connection) -> int:
+    opened_here = not connection.in_transaction()
+    try:
+        connection.exec_driver_sql("SELECT pg_stat_clear_snapshot()")
+        spare = connection.exec_driver_sql(SPARE_CONNECTIONS).scalar_one()
+    finally:
+        if opened_here:
+            connection.rollback()
+    return max(0, int(spare))
+
+
 class PostgreSQL(Dialect):
     names = ("postgresql",)
     backup_suffix = ".pgdump.gz"  # a pg_dump custom-format archive, gzipped (deploy/safety/backups.py)
@@ -487,6 +514,10 @@ class PostgreSQL(Dialect):
     def open_transactions(self, connection: Connection, older_than: float) -> list[Transaction]:
         """pg_stat_activity (needs pg_read_all_stats to see other roles' sessions)."""
         return pg_open_transactions(connection, older_than)
+
+    def spare_connections(self, connection: Connection) -> int | None:
+        """max_connections less the reserved slots and the client backends of pg_stat_activity."""
+        return pg_spare_connections(connection)
 
     def lint_risks(self, operation, found: list[tuple[str, str]], named: str) -> list[tuple[str, str]]:
         if isinstance(operation, (ops.CreateForeignKeyOp, ops.CreateCheckConstraintOp)) and operation.kw.get(

@@ -182,6 +182,9 @@ class SQLite(Dialect):
     def server_process(self, connection: Connection) -> int | None:
         return None
 
+    def spare_connections(self, connection: Connection) -> int | None:
+        return None  # no server: no limit on connections
+
     def backup_name(self, url: URL) -> str:
         return backed_up_file(url).stem
 
