@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,9 @@ from .guards import lock, refusals, runlog, timeouts
 from .review import diagnosis, lint
 from .settings import Settings
 from .status import Status
+
+# The connections one upgrade holds at once: its own, the migration lock's session, the backup's dump tool.
+CONNECTIONS_PER_UPGRADE = 3
 
 
 @dataclass(frozen=True)
@@ -196,9 +199,11 @@ def upgrade(
     progress=None,
     confirm=None,
     cancellation: Cancellation | None = None,
+    expect_from: list[str] | None = None,
 ) -> Migration:
-    """Upgrade to `target`, refusing first what could go wrong; `confirm()` may still say no."""
-    return migrate(project, target, expect_head, False, progress, confirm, cancellation)
+    """Upgrade to `target`, refusing first what could go wrong; `confirm()` may still say no.
+    `expect_from`: the revisions the database was at when the plan was approved (under fab)."""
+    return migrate(project, target, expect_head, False, progress, confirm, cancellation, expect_from)
 
 
 def downgrade(
@@ -222,6 +227,7 @@ def migrate(
     progress=None,
     confirm=None,
     cancellation: Cancellation | None = None,
+    expect_from: list[str] | None = None,
 ) -> Migration:
     """`progress` (the task's print) hears the plan before Alembic reports each revision it runs;
     `confirm()`, called after the plan and before any change, raises to say no. Revisions run one
@@ -241,10 +247,14 @@ def migrate(
             current = project.check_ready(connection)
         steps = alembic_ops.plan(project.alembic, current, target, downgrade)
         where_now = alembic_ops.label(project.alembic, current_of(current))
-        if alembic_ops.target_behind(project.alembic, current, target, steps, downgrade):
+        if expect_from is not None and list(current) != list(expect_from):
+            approved = alembic_ops.label(project.alembic, current_of(tuple(expect_from)))
             raise DeployError(
-                f"{target} is behind {where_now}: to go back, run `{project.command('downgrade')} --to={target}`"
+                f"{describe(url)} is at {where_now}, no longer at {approved} as in the plan you approved: "
+                f"nothing was run; see where it is with `{project.command('status')}`"
             )
+        if alembic_ops.target_behind(project.alembic, current, target, steps, downgrade):
+            raise behind(project, target, where_now)
         if not steps:
             return Migration(describe(url), 0, where_now)
         if progress is not None:
@@ -319,14 +329,23 @@ def ways_out(project: Project, finished: str, before: str, backup: str | None) -
     return out if project.guards.production else f"{out}; or start over: `{project.command('reset')}`"
 
 
+def behind(project: Project, target: str, where_now: str) -> DeployError:
+    back = f"{project.command('downgrade')} --to={target}"
+    return DeployError(f"{target} is behind {where_now}: to go back, run `{back}`")
+
+
+def risky(findings: list) -> DeployError:
+    return DeployError(
+        f"{len(findings)} risky operation{'s' * (len(findings) > 1)} pending: {'; '.join(map(str, findings))}; "
+        f"mark each reviewed in its script (reviewed_risks) or pass --allow-risky"
+    )
+
+
 def check_risks(project: Project, url: URL, revisions: list[str], progress) -> None:
     """Risky operations in what is about to run: refused in production, shown in development."""
     found = lint.lint(project.alembic, revisions, url.get_backend_name())
     if found and project.guards.refuse_risky:
-        raise DeployError(
-            f"{len(found)} risky operation{'s' * (len(found) > 1)} pending: {'; '.join(map(str, found))}; "
-            f"mark each reviewed in its script (reviewed_risks) or pass --allow-risky"
-        )
+        raise risky(found)
     for finding in found if progress is not None else ():
         progress(f"warning: {finding}")
 
@@ -370,11 +389,13 @@ def run_steps(project, connection, url, steps, target, downgrade, cancellation, 
     return done
 
 
-def sql(project: Project, target: str, downgrade: bool = False) -> str:
+def sql(project: Project, target: str, downgrade: bool = False, expect_head: str | None = None) -> str:
     """The exact SQL an upgrade (or downgrade) to `target` would run from the database's current
     revision, in Alembic's offline mode: nothing is changed, and no password is needed."""
     head_revisions = project.heads()
     refusals.check_single_head(head_revisions)
+    if expect_head:
+        refusals.check_expected_head(head_revisions, expect_head)
     url = project.settings.database_url
     with project.connect(url, create=False) as connection, translate_errors(url):
         current = project.check_ready(connection)
@@ -545,16 +566,20 @@ def heads(project: Project) -> str:
     return alembic_ops.run_captured(command.heads, project.alembic, verbose=False)
 
 
-def status(project: Project, target: str = "head", downgrade: bool = False) -> Status:
-    """Head, current revision and the revisions an upgrade (or downgrade) to `target` would run.
+def status(project: Project, target: str = "head", downgrade: bool = False, room: bool = False) -> Status:
+    """Head, current revision and the revisions an upgrade (or downgrade) to `target` would run;
+    `room`: also how many upgrades its database server has connections for now.
 
     Reads with the application's own user: no password."""
     config = project.alembic
     head_revisions = project.heads()
     url = project.settings.database_url
+    spare = None
     with project.connect(url) as connection, translate_errors(url):
         found = alembic_ops.current_heads(connection)
         tables = application_tables(connection)
+        if room:
+            spare = dialects.dialect_for(connection).spare_connections(connection)
     pending = None
     findings = []
     if len(head_revisions) == 1 and (found or not tables):
@@ -577,7 +602,34 @@ def status(project: Project, target: str = "head", downgrade: bool = False) -> S
         base=alembic_ops.base(config),
         last_run=last_run(project.settings.instance_path, describe(migration_url)),
         risks=findings,
+        room=None if spare is None else max(1, spare // CONNECTIONS_PER_UPGRADE),
     )
+
+
+def plan(project: Project, target: str = "head", expect_head: str | None = None, downgrade: bool = False) -> Status:
+    """A migration's plan, as fab shows it before asking anything: the status, with the refusal
+    `migrate` would give (in its words), and the room its database server has for more upgrades."""
+    state = status(project, target, downgrade, room=not downgrade)
+    try:
+        check_plan(project, state, target, expect_head)
+    except DeployError as exc:
+        return replace(state, refusal=str(exc))
+    return state
+
+
+def check_plan(project: Project, state: Status, target: str, expect_head: str | None) -> None:
+    """What `migrate` refuses, judged from the status, in the order it would meet them."""
+    check_resolved(project)
+    stamped = bool(state.current)
+    where = describe(project.settings.database_url)
+    refusals.check_stamped(where, state.unstamped_tables, stamped, state.base, project.command("stamp"))
+    refusals.check_single_head(tuple(state.heads))
+    if expect_head:
+        refusals.check_expected_head(tuple(state.heads), expect_head)
+    if state.target_behind:
+        raise behind(project, target, alembic_ops.label(project.alembic, current_of(tuple(state.current))))
+    if state.risks and project.guards.refuse_risky:
+        raise risky(state.risks)
 
 
 def last_run(instance_path: Path, database: str) -> str | None:

@@ -1,15 +1,23 @@
-"""Several targets at once: the status of each, and upgrades in parallel, a bounded number at a time.
+"""`fab ENV db.upgrade` and `db.status` for one target or several: one path, a single target being a
+fleet of one.
 
-Each target is its own SSH session and server process (ssh.py), under its own migration lock on the
-server. The laptop asks once: one [y/N] for the whole plan, one password per distinct migration user."""
+One SSH connection and one server process per host; the process forks a child per run the laptop
+starts (forking.py), so it imports the suite and the app once. An upgrade goes in three steps:
+1. every target's plan, computed by its server: where the database is, what would run, and the
+   server's own refusal if any (commands.plan); the laptop shows it, it does not judge it again;
+2. one [y/N] for the whole plan and one password per distinct migration user, asked here, before
+   anything runs;
+3. the runs that apply, `concurrency` at a time and no more than each database server has
+   connections for, each told the revisions it was approved from. A target that fails does not
+   stop the others; Ctrl-C stops the running ones between revisions and starts no more."""
 
 from __future__ import annotations
 
 import queue
 import threading
 from collections.abc import Callable, Iterable
-from contextlib import ExitStack
-from dataclasses import dataclass, field
+from contextlib import ExitStack, nullcontext
+from dataclasses import dataclass
 from typing import TypeVar
 
 from invoke import Exit
@@ -18,10 +26,11 @@ from . import console, credentials
 from .console import forwarding_interrupts
 from .environments import Target
 from .errors import DeployError
-from .ssh import Server, Session
+from .ssh import Fleet, Server, Session
 from .status import Status
 
 Item = TypeVar("Item")
+UP_TO_DATE = "up to date"
 
 
 @dataclass
@@ -33,27 +42,22 @@ class Outcome:
     current: str = ""
     result: str = ""
     ok: bool = True
+    # The failure as raised, for a fleet of one to end with it as a single target's command would.
+    error: BaseException | None = None
 
-    def fail(self, reason: str) -> None:
+    def fail(self, reason: str, error: BaseException | None = None) -> None:
         self.result, self.ok = f"failed: {reason}", False
+        self.error = error or DeployError(reason)
 
 
 @dataclass
 class Run:
-    """One target's conversation, open from its status until it is answered and finished."""
+    """One target's upgrade: its host's server process, its plan, the password typed for it."""
 
     outcome: Outcome
-    stack: ExitStack = field(default_factory=ExitStack)
-    talk: Session | None = None
+    fleet: Fleet | None = None
+    plan: Status | None = None
     password: str | None = None
-
-    @property
-    def status(self) -> Status:
-        return self.talk.status
-
-    def close(self) -> None:
-        self.stack.close()
-        self.talk = None
 
 
 def table(outcomes: list[Outcome]) -> str:
@@ -98,32 +102,53 @@ def each(work: Callable[[Item], None], items: Iterable[Item], concurrency: int) 
 
 
 def by_host(targets: list[Target]) -> list[list[Target]]:
-    """The targets one server process serves: those on one host (forking.py forks it per target)."""
+    """The targets one server process serves: those on one host."""
     groups: dict[str, list[Target]] = {}
     for target in targets:
         groups.setdefault(target.host, []).append(target)
     return list(groups.values())
 
 
+def open_hosts(c, targets: list[Target], concurrency: int, task_args: list[str], stack: ExitStack, outcomes):
+    """A connection and a server process serving `task_args` per host, opened in parallel; a host that
+    cannot be reached fails its targets. Returns each reached target's Fleet."""
+    fleets: dict[Target, Fleet] = {}
+    lock = threading.Lock()
+
+    def open_host(group: list[Target]) -> None:
+        server = Server(c, group[0])
+        try:
+            server.__enter__()
+        except DeployError as exc:
+            for target in group:
+                outcomes[target].fail(str(exc), exc)
+            return
+        with lock:
+            stack.push(server.__exit__)
+            fleet = server.fleet(task_args, group)
+            stack.push(fleet.done)  # the server process ends once its runs have
+            fleets.update((target, fleet) for target in group)
+
+    each(open_host, by_host(targets), concurrency)
+    return fleets
+
+
 def statuses(c, targets: list[Target], concurrency: int) -> list[Outcome]:
     """Each target's status, read in parallel with the application's user (no password)."""
     outcomes = {target: Outcome(target) for target in targets}
 
-    def read(group: list[Target]) -> None:
+    def read(target: Target) -> None:
+        outcome = outcomes[target]
         try:
-            with Server(c, group[0]) as server:
-                for talk in server.fleet_sessions(["db.status", "--json"], group, hide=True):
-                    outcome = outcomes[talk.server.target]
-                    try:
-                        lines = talk.finish().strip().splitlines()
-                        described(outcome, Status.from_json(lines[-1] if lines else "", talk.server.name))
-                    except DeployError as exc:
-                        outcome.fail(str(exc))
+            with fleets[target].session(target, hide=True) as talk:
+                lines = talk.finish().strip().splitlines()
+                described(outcome, Status.from_json(lines[-1] if lines else "", talk.server.name))
         except DeployError as exc:
-            for target in group:
-                outcomes[target].fail(str(exc))
+            outcome.fail(str(exc), exc)
 
-    each(read, by_host(targets), concurrency)
+    with ExitStack() as stack:
+        fleets = open_hosts(c, targets, concurrency, ["db.status", "--json"], stack, outcomes)
+        each(read, [target for target in targets if target in fleets], concurrency)
     return list(outcomes.values())
 
 
@@ -132,70 +157,49 @@ def described(outcome: Outcome, state: Status) -> None:
     if state.pending is None:
         outcome.result = "pending unknown: several heads, or tables without alembic_version"
     else:
-        outcome.result = f"{len(state.pending)} pending" if state.pending else "up to date"
+        outcome.result = f"{len(state.pending)} pending" if state.pending else UP_TO_DATE
 
 
-def upgrade(c, targets: list[Target], concurrency: int, args: list[str], check, yes: bool) -> list[Outcome]:
-    """Upgrade every target: statuses read in parallel, `check(server, status)` refusing a target
-    (a DeployError), one [y/N], one password per migration user, then the runs, `concurrency` at a
-    time. A target that fails does not stop the others."""
+def upgrade(c, targets: list[Target], concurrency: int, args: list[str], expect_head, yes: bool) -> list[Outcome]:
+    """Upgrade every target (see the module's docstring); `expect_head()` is the head the servers'
+    migrations must end at (this checkout's), or None for an explicit target."""
     runs = {target: Run(Outcome(target)) for target in targets}
-    with ExitStack() as connections:
-        lock = threading.Lock()
-
-        def open_host(group: list[Target]) -> None:
-            try:
-                server = Server(c, group[0])
-                server.__enter__()
-                with lock:
-                    connections.push(server.__exit__)
-                talks = server.fleet_sessions([*args, "--conversation"], group)
-            except DeployError as exc:
-                for target in group:
-                    runs[target].outcome.fail(str(exc))
-                return
-            for talk in talks:
-                _begin(runs[talk.server.target], talk, check)
-
-        try:
-            each(open_host, by_host(targets), concurrency)
-            chosen = _deduplicated([run for run in runs.values() if run.talk is not None])
-            for run in runs.values():
-                if run not in chosen:
-                    run.close()  # its server process ends quietly: nothing to do there
-            if chosen:
-                _confirm_and_apply(chosen, concurrency, yes)
-        finally:
-            for run in runs.values():
-                run.close()
-    return [run.outcome for run in runs.values()]
+    outcomes = {target: run.outcome for target, run in runs.items()}
+    alone = len(targets) == 1
+    with ExitStack() as stack:
+        fleets = open_hosts(c, targets, concurrency, args, stack, outcomes)
+        head = expect_head()
+        for target, fleet in fleets.items():
+            runs[target].fleet = fleet
+        each(lambda run: _plan(run, head), [run for run in runs.values() if run.fleet], concurrency)
+        chosen = _deduplicated([run for run in runs.values() if run.outcome.ok and run.plan and run.plan.pending])
+        if chosen:
+            (_show_one if alone else _show_all)(chosen)
+            console.confirm("Apply?", yes)
+            _ask_passwords(chosen, alone)
+            _apply(chosen, concurrency, head, alone)
+    return list(outcomes.values())
 
 
-def _confirm_and_apply(chosen: list[Run], concurrency: int, yes: bool) -> None:
-    print(f"{len(chosen)} database{'s' * (len(chosen) > 1)} to upgrade:")
-    for run in chosen:
-        outcome, pending = run.outcome, run.status.pending
-        plan = f"{outcome.current} -> {pending[-1][0]}, {len(pending)} pending"
-        print(f"  {outcome.target.name}: {outcome.database}, {plan}")
-    console.confirm("Apply?", yes)
-    _ask_passwords(chosen)
-    _apply(chosen, concurrency)
-
-
-def _begin(run: Run, talk: Session, check) -> None:
-    """The target's status, and the laptop's checks of it; a refused target's process ends here."""
-    outcome = run.outcome
+def _plan(run: Run, head: str | None) -> None:
+    """The target's plan, from its server; a refusal in it fails the target here."""
+    outcome, target = run.outcome, run.outcome.target
     try:
-        run.talk = run.stack.enter_context(talk)
-        state = talk.read_status()
-        outcome.database, outcome.current = state.database, ", ".join(state.current) or "base"
-        check(talk.server, state)
-        if not state.pending:
-            outcome.result = "up to date"
-            run.close()
-    except (DeployError, Exit) as exc:
-        outcome.fail(str(exc) if isinstance(exc, DeployError) else talk.reason() or "the server's command failed")
-        run.close()
+        with run.fleet.session(target, {"plan": True, "expect_head": head}, hide=True) as talk:
+            state = talk.read_status()
+            talk.finish()
+    except DeployError as exc:
+        outcome.fail(str(exc), exc)
+        return
+    except Exit as exc:
+        outcome.fail(talk.reason() or "the server's command failed", exc)
+        return
+    run.plan = state
+    outcome.database, outcome.current = state.database, ", ".join(state.current) or "base"
+    if state.refusal:
+        outcome.fail(state.refusal, DeployError(f"{talk.server.name}: {state.refusal}"))
+    elif not state.pending:
+        outcome.result = UP_TO_DATE
 
 
 def _deduplicated(runs: list[Run]) -> list[Run]:
@@ -209,25 +213,63 @@ def _deduplicated(runs: list[Run]) -> list[Run]:
     return list(first.values())
 
 
-def _ask_passwords(runs: list[Run]) -> None:
+def _show_one(chosen: list[Run]) -> None:
+    """A single target's plan, in full: where, from and to, each revision, each risk allowed."""
+    (run,) = chosen
+    plan, server = run.plan, run.fleet.server
+    print(f"{server.name}: {server.where}, database {plan.migration_user}")
+    print(f"{run.outcome.current} -> {plan.pending[-1][0]}, {len(plan.pending)} pending:")
+    for revision, message in plan.pending:
+        print(f"  {revision}  {message}")
+    for risk in plan.risks:
+        print(f"risk: {risk}")
+
+
+def _show_all(chosen: list[Run]) -> None:
+    """A fleet's plan: a line per database, and the risks allowed beneath it."""
+    print(f"{len(chosen)} database{'s' * (len(chosen) > 1)} to upgrade:")
+    for run in chosen:
+        outcome, plan = run.outcome, run.plan
+        plan_line = f"{outcome.current} -> {plan.pending[-1][0]}, {len(plan.pending)} pending"
+        print(f"  {outcome.target.name}: {outcome.database}, {plan_line}")
+        for risk in plan.risks:
+            print(f"    risk: {risk}")
+
+
+def _ask_passwords(runs: list[Run], alone: bool) -> None:
     """One prompt per migration user (user@host:port), whatever the number of its databases."""
     users: dict[str, list[Run]] = {}
     for run in runs:
-        if run.status.needs_password:
-            user = run.status.migration_user.rsplit("/", 1)[0]
+        if run.plan.needs_password:
+            user = run.plan.migration_user.rsplit("/", 1)[0]
             users.setdefault(user, []).append(run)
     for user, sharing in users.items():
-        password = credentials.read_password(f"Password for {user} ({len(sharing)} of the databases): ")
+        if alone:
+            prompt = f"Password for {sharing[0].plan.migration_user} ({sharing[0].fleet.server.name}): "
+        else:
+            prompt = f"Password for {user} ({len(sharing)} of the databases): "
+        password = credentials.read_password(prompt)
         for run in sharing:
             run.password = password
 
 
-def _apply(runs: list[Run], concurrency: int) -> None:
-    """Say go to each, `concurrency` at a time; Ctrl-C asks the running ones to stop between
+def _room(runs: list[Run]) -> dict[str, threading.Semaphore]:
+    """Per database server, as many upgrades at once as its free connections allow (its plans say)."""
+    rooms: dict[str, int] = {}
+    for run in runs:
+        if run.plan.room is not None:
+            address = run.plan.database.split("@", 1)[-1].rsplit("/", 1)[0]
+            rooms[address] = min(rooms.get(address, run.plan.room), run.plan.room)
+    return {address: threading.Semaphore(room) for address, room in rooms.items()}
+
+
+def _apply(runs: list[Run], concurrency: int, head: str | None, alone: bool) -> None:
+    """Start each approved run, `concurrency` at a time; Ctrl-C asks the running ones to stop between
     revisions and starts no more."""
     stopping = threading.Event()
     running: set[Session] = set()
     lock = threading.Lock()
+    rooms = _room(runs)
 
     def send_all(line: str) -> None:
         stopping.set()
@@ -236,23 +278,29 @@ def _apply(runs: list[Run], concurrency: int) -> None:
                 talk.send(line)
 
     def run_one(run: Run) -> None:
-        outcome = run.outcome
-        with lock:
-            if stopping.is_set():
-                outcome.fail("not started: stopped by Ctrl-C")
-                return
-            running.add(run.talk)
-        try:
-            run.talk.go(run.password)
-            run.talk.finish()
-            outcome.result = f"upgraded to {run.status.pending[-1][0]}"
-        except DeployError as exc:
-            outcome.fail(str(exc))
-        except Exit:
-            outcome.fail(run.talk.reason() or "the server's command failed")
-        finally:
+        outcome, plan = run.outcome, run.plan
+        address = plan.database.split("@", 1)[-1].rsplit("/", 1)[0]
+        with rooms.get(address) or nullcontext():
             with lock:
-                running.discard(run.talk)
+                if stopping.is_set():
+                    outcome.fail("not started: stopped by Ctrl-C")
+                    return
+                approved = {"expect_from": ",".join(plan.current), "expect_head": head}
+                talk = run.fleet.session(outcome.target, approved, prefix=not alone)
+                running.add(talk)
+            try:
+                with talk:
+                    if plan.needs_password:
+                        talk.send(run.password)
+                    talk.finish()
+                outcome.result = f"upgraded to {plan.pending[-1][0]}"
+            except DeployError as exc:
+                outcome.fail(str(exc), exc)
+            except Exit as exc:
+                outcome.fail(talk.reason() or "the server's command failed", exc)
+            finally:
+                with lock:
+                    running.discard(talk)
 
     with forwarding_interrupts(send_all):
         each(run_one, runs, concurrency)

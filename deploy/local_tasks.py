@@ -13,11 +13,19 @@ from . import commands, console, forking, task_config
 from .console import Cancellation
 from .errors import DeployError, one_line_errors
 from .options import FROM_DATABASE, Command, command
-from .status import await_go
+from .status import STATUS_LINE, await_go
 
 # The options only fab's server command line passes (options.SERVER_ONLY): the server's entry point
 # (deploy.server) takes them, the user's `invoke db.*` does not show them.
-FLEET = "used by fab: run for each of these targets ([settings, caller] pairs, JSON) at once, forked"
+TARGETS = (
+    "used by fab: serve the runs fab starts for these targets ([settings, caller] pairs, JSON), each in a forked "
+    "child (deploy.forking)"
+)
+PLAN = "used by fab: print the upgrade's plan as the status line, with this server's refusal if any; change nothing"
+EXPECT_FROM = (
+    "used by fab: the revisions (comma-separated) of the plan you approved: refuse if the database has moved "
+    "since; the password comes on stdin, which stays open: 'stop' or its end stops between revisions"
+)
 CONVERSATION = (
     "used by fab: print the status line first and go on only at the laptop's answer (the password follows "
     "it on stdin, which stays open: 'stop' or its end stops between revisions)"
@@ -31,10 +39,10 @@ def agreed(opened: commands.Project, conversation: bool, target: str = "head", d
 
 def warm_up(c, settings: str) -> None:
     """Before a fleet's children fork: import the app's settings and the database's driver once."""
-    from sqlalchemy import create_engine
+    from . import database
 
     opened = commands.Project.open(Path(c.config.db.alembic_ini), settings)
-    create_engine(opened.settings.database_url).dispose()
+    database.warm_up(opened.settings.database_url, opened.settings.engine_options)
 
 
 def project(c, **guards) -> commands.Project:
@@ -80,32 +88,33 @@ def revision(c, message, empty=False, base=None):
         "expect_head": "refuse unless the migrations' head is this revision (fab passes yours)",
         "sql": "print the SQL the upgrade would run, from the database's revision; change nothing",
         "yes": "outside development, apply without asking [y/N] (for pipelines; fab passes it after asking you)",
-        "conversation": CONVERSATION,
-        "fleet": FLEET,
+        "plan": PLAN,
+        "expect_from": EXPECT_FROM,
+        "targets": TARGETS,
     }
 )
 @one_line_errors
-def upgrade(c, to="head", expect_head=None, sql=False, yes=False, conversation=False, fleet=None, **guards):
+def upgrade(c, to="head", expect_head=None, sql=False, yes=False, plan=False, expect_from=None, targets=None, **guards):
     """Upgrade the database to head, or to --to REV."""
-    if fleet:
-        chosen = dict(to=to, expect_head=expect_head, sql=sql, yes=yes, conversation=conversation, **guards)
-        forking.run_each(c, fleet, lambda: upgrade.body(c, **chosen), partial(warm_up, c))
+    if targets:
+        chosen = dict(to=to, expect_head=expect_head, sql=sql, yes=yes, **guards)
+        forking.run_each(c, targets, lambda **run: upgrade.body(c, **{**chosen, **run}), partial(warm_up, c))
     opened = project(c, **guards)
-    if not sql:
-        commands.check_resolved(opened)  # before the status: under fab, the laptop relays the refusal
-    if conversation:
-        told = commands.status(opened, to)
-        if not await_go(told):
-            return
-        # The laptop approved the plan made against these heads: a checkout changed since is refused.
-        expect_head = expect_head or (told.heads[0] if len(told.heads) == 1 else None)
+    if plan:
+        print(STATUS_LINE + commands.plan(opened, to, expect_head).to_json())
+        return
     if sql:
-        print(commands.sql(opened, to))
+        print(commands.sql(opened, to, expect_head=expect_head))
+        return
+    if expect_from is not None:
+        # Under fab, after the laptop showed the plan and asked: no question here, and stdin is the laptop's.
+        approved = [revision for revision in expect_from.split(",") if revision]
+        cancellation = Cancellation(sys.stdin.fileno())
+        print(commands.upgrade(opened, to, expect_head, print, None, cancellation, approved))
         return
     # Outside development, the plan is shown and applied only when confirmed.
     confirm = None if not opened.guards.production else partial(console.confirm, "Apply?", yes)
-    cancellation = Cancellation(sys.stdin.fileno() if conversation else None)
-    print(commands.upgrade(opened, to, expect_head, progress=print, confirm=confirm, cancellation=cancellation))
+    print(commands.upgrade(opened, to, expect_head, progress=print, confirm=confirm))
 
 
 @command(
@@ -122,7 +131,7 @@ def downgrade(c, to="-1", confirmed=False, sql=False, conversation=False, **guar
     opened = project(c, **guards)
     if not sql:
         commands.check_resolved(opened)  # before the status and the typed name
-    if not agreed(opened, conversation, to, downgrade=True):
+    if conversation and not await_go(commands.plan(opened, to, downgrade=True)):
         return
     if sql:
         print(commands.sql(opened, to, downgrade=True))
@@ -173,14 +182,14 @@ def heads(c):
         "to": "target revision (default: head; with --downgrade: -1)",
         "json": "print machine-readable JSON",
         "downgrade": "list what a downgrade to --to would undo instead",
-        "fleet": FLEET,
+        "targets": TARGETS,
     }
 )
 @one_line_errors
-def status(c, to=None, json=False, downgrade=False, fleet=None):
+def status(c, to=None, json=False, downgrade=False, targets=None):
     """Show head, current revision and the pending revisions."""
-    if fleet:
-        forking.run_each(c, fleet, lambda: status.body(c, to, json, downgrade), partial(warm_up, c))
+    if targets:
+        forking.run_each(c, targets, lambda: status.body(c, to, json, downgrade), partial(warm_up, c))
     found = commands.status(project(c), to or ("-1" if downgrade else "head"), downgrade)
     print(found.to_json() if json else found)
 

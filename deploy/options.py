@@ -14,7 +14,7 @@ from invoke import Task
 from .switches import guard_help, of
 
 # How the laptop talks to the server's tasks: `python -m deploy.server` takes them, `invoke` does not.
-SERVER_ONLY = ("conversation", "fleet")
+SERVER_ONLY = ("conversation", "targets", "plan", "expect_from")
 
 # db.restore's --from-database, the same help under invoke and fab.
 FROM_DATABASE = "the backup is of database NAME, not this one: replace this one with it all the same"

@@ -16,10 +16,8 @@ from . import console, credentials, switches
 from .console import confirm_restore_from, forwarding_interrupts
 from .environments import ONLY, SELECTED, Target, selected_targets
 from .errors import DeployError, one_line_errors
-from .guards import refusals
 from .options import FROM_DATABASE, Command, command
 from .ssh import Server, Session
-from .status import Status
 
 # A `fab ENV db.*` task: Fabric's, with fab's help for the guard switches, built when fab_tasks runs.
 task = partial(command, task_class=Task, fab=True)
@@ -48,23 +46,6 @@ def fleet_done(outcomes) -> None:
         )
 
 
-def refuse_unsafe(server: Server, state: Status, expected_head: str | None = None) -> None:
-    where = f"{server.name}'s database {state.database}"
-    stamped = bool(state.current)
-    refusals.check_stamped(where, state.unstamped_tables, stamped, state.base, f"{server.target.caller} db.stamp")
-    refusals.check_single_head(tuple(state.heads))
-    if expected_head:
-        refusals.check_expected_head(tuple(state.heads), expected_head)
-
-
-def refuse_risky(state: Status, allow_risky: bool) -> None:
-    if state.risks and not allow_risky:
-        raise DeployError(
-            f"{len(state.risks)} risky operation{'s' * (len(state.risks) > 1)} pending: mark each reviewed "
-            "in its script (reviewed_risks) or pass --allow-risky"
-        )
-
-
 def local_config(c):
     """The alembic.ini of the checkout `fab` runs in."""
     from . import alembic_ops
@@ -82,6 +63,16 @@ def local_head(c) -> str:
 def print_revisions(revisions: list[list[str]]) -> None:
     for revision, message in revisions:
         print(f"  {revision}  {message}")
+
+
+def one_done(outcome) -> None:
+    """A fleet of one ends as a single target's command: its failure is the command's."""
+    from . import fleet
+
+    if not outcome.ok:
+        raise outcome.error
+    if outcome.result == fleet.UP_TO_DATE:
+        print(f"{outcome.target.label}: {outcome.database} is already at {outcome.current}: nothing to do")
 
 
 def go_ahead(server: Server, talk: Session, controlled: bool = False) -> None:
@@ -124,48 +115,22 @@ def status(c):
 @one_line_errors
 def upgrade(c, to=None, sql=False, yes=False, **guards):
     """Upgrade the environment's database to head, after checks, a [y/N] and a password prompt."""
+    from . import fleet
+
     # Only an explicit revision skips the same-head check: `--to=head` is the default spelled out.
     explicit = to not in (None, "", "head")
-    target = to if explicit else "head"
-    # The server's own `[y/N]` is this one (--yes); it checks again that its head is the one it told.
-    args = ["db.upgrade", f"--to={target}", *(["--sql"] if sql else ["--yes"])]
-    args += switches.forwarded("upgrade", guards)
-    allow_risky = guards["allow_risky"]
+    args = ["db.upgrade", f"--to={to if explicit else 'head'}", *switches.forwarded("upgrade", guards)]
+    if sql:
+        expected = [] if explicit else [f"--expect-head={local_head(c)}"]
+        with Server(c, one_target(c)) as server:
+            server.invoke([*args, "--sql", *expected])
+        return
     found, concurrency = selected_targets(c.config)
     with ThreadPoolExecutor(1) as background:
-        # Alembic loads this checkout's scripts while the server works.
-        expected = None if explicit else background.submit(local_head, c)
-        if len(found) > 1 and not sql:
-            from . import fleet
-
-            def check(server: Server, state: Status) -> None:
-                refuse_unsafe(server, state, expected and expected.result())
-                refuse_risky(state, allow_risky)
-
-            fleet_done(fleet.upgrade(c, found, concurrency, args, check, yes))
-            return
-        with Server(c, one_target(c)) as server, server.conversation(args) as talk:
-            state = talk.status
-            refuse_unsafe(server, state, expected and expected.result())
-            current = ", ".join(state.current) or "base"
-            if state.target_behind:
-                back = f"{server.target.caller} db.downgrade --to={to}"
-                raise DeployError(f"{to} is behind {current}: to go back, run `{back}`")
-            if not state.pending:
-                print(f"{server.name}: {state.database} is already at {current}: nothing to do")
-                return
-            if sql:
-                talk.go()
-                talk.finish()
-                return
-            print(f"{server.name}: {server.where}, database {state.migration_user}")
-            print(f"{current} -> {to if explicit else state.heads[0]}, {len(state.pending)} pending:")
-            print_revisions(state.pending)
-            for risk in state.risks:
-                print(f"risk: {risk}")
-            refuse_risky(state, allow_risky)
-            console.confirm("Apply?", yes)
-            go_ahead(server, talk, controlled=True)
+        # Alembic loads this checkout's scripts while the connections open and the servers import.
+        expected = background.submit(lambda: None if explicit else local_head(c))
+        outcomes = fleet.upgrade(c, found, concurrency, args, expected.result, yes)
+    (one_done if len(found) == 1 else fleet_done)(outcomes[0] if len(found) == 1 else outcomes)
 
 
 @task(help={"revision": "the revision the database's schema already matches"})
@@ -221,7 +186,8 @@ def downgrade(c, to, sql=False, **guards):
     with Server(c, one_target(c)) as server, server.conversation(args) as talk:
         # The plan comes first: an unknown target fails before any question is asked.
         state = talk.status
-        refuse_unsafe(server, state)
+        if state.refusal:
+            raise DeployError(f"{server.name}: {state.refusal}")
         if not state.pending:
             print(f"{server.name}: {state.database} is already at {to}: nothing to do")
             return

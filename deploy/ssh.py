@@ -34,6 +34,8 @@ CONNECT_TIMEOUT = 10
 # SSH handshakes at once from this process: OpenSSH's MaxStartups (default 10:30:100) starts dropping
 # connections past 10 unauthenticated ones, as a fleet of one host's tenants would open.
 HANDSHAKES = threading.BoundedSemaphore(8)
+# Seconds a fleet's server process gets to end once the laptop is done with it (its runs have ended).
+DONE_WAIT = 10
 # What fab starts on the server: its checkout's `db.*` tasks, with the options only the laptop passes.
 SERVER_ENTRY = "deploy.server"
 # An older suite on the server: Python's words for a module it lacks (no SERVER_ENTRY), Invoke's for a
@@ -132,15 +134,11 @@ class Server:
             talk.show_stderr()
         return talk
 
-    def fleet_sessions(self, task_args: list[str], targets: list[Target], hide: bool = False) -> list[Session]:
-        """`db.*` for several targets of this host at once, in one server process that forks
-        a child per target (forking.py): a session each, over this one channel."""
+    def fleet(self, task_args: list[str], targets: list[Target]) -> Fleet:
+        """`db.*` for several targets of this host in one server process (forking.py), which forks a
+        child for each run started on it (Fleet.session), over this one channel."""
         pairs = json.dumps([[target.settings, target.caller] for target in targets])
-        mux = Multiplexed(self._start([*task_args, f"--fleet={pairs}"]), len(targets))
-        return [
-            Session(self.for_target(target), channel, hide, Output(target.name))
-            for target, channel in zip(targets, mux.channels, strict=True)
-        ]
+        return Fleet(self, targets, Multiplexed(self._start([*task_args, f"--targets={pairs}"])))
 
     def for_target(self, target: Target) -> Server:
         """This connection, speaking for another target on the same host."""
@@ -356,18 +354,63 @@ class Session:
             return
 
 
-class Multiplexed:
-    """The laptop's half of forking.py: the one channel of a forked fleet, and a channel-like view
-    of it per target, for a Session to read and write as if it were the target's own."""
+class Fleet:
+    """One host's server process serving several of its targets: a Session for each run started."""
 
-    def __init__(self, channel, count: int) -> None:
+    def __init__(self, server: Server, targets: list[Target], mux: Multiplexed) -> None:
+        self.server, self.targets, self.mux = server, targets, mux
+
+    def session(self, target: Target, arguments: dict | None = None, hide=False, prefix=True) -> Session:
+        """Start `target`'s task with `arguments` (its keyword arguments on the server): its own
+        streams, its output behind its name unless not `prefix`."""
+        channel = self.mux.start(self.targets.index(target), arguments or {})
+        talk = Session(self.server.for_target(target), channel, hide, Output(target.name if prefix else None))
+        talk.show_stderr()  # no conversation: the run's progress is the user's to see as it comes
+        return talk
+
+    def done(self, *exc) -> None:
+        """No more runs: the server process ends once the running ones have. Ended without an error
+        here, wait for it, and show what it said of its own (which Python runs it, when it chose)."""
+        self.mux.done()
+        if exc and exc[0] is not None:
+            return  # Ctrl-C or a failure here: a server that never ends must not hold the laptop
+        if self.mux.ended.wait(DONE_WAIT) and self.mux.code == 0 and self.mux.own_stderr:
+            Output(self.server.name if len(self.targets) > 1 else None).write(2, self.mux.own_stderr, final=True)
+
+
+class Multiplexed:
+    """The laptop's half of forking.py: the one channel of a host's server process, and a
+    channel-like view of each run started on it, for a Session to read and write as if it were its own."""
+
+    def __init__(self, channel) -> None:
         self.channel = channel
-        self.channels = [VirtualChannel(self, number) for number in range(count)]
+        self.runs: dict[int, VirtualChannel] = {}
         self._lock = threading.Lock()
-        self._stderr = bytearray()  # the forking process's own: a failure before any child, told to each
+        self._ended: int | None = None  # the process's exit status, once it has ended
+        self.ended = threading.Event()
+        self._stderr = bytearray()  # the server process's own: a failure before any run, told to each
         self._stderr_reader = threading.Thread(target=self._read_stderr, daemon=True)
         self._stderr_reader.start()
         threading.Thread(target=self._demultiplex, daemon=True).start()
+
+    def start(self, target: int, arguments: dict) -> VirtualChannel:
+        """A new run of target number `target`'s task; a process that has ended ends it at once."""
+        with self._lock:
+            number = len(self.runs)
+            run = self.runs[number] = VirtualChannel(self, number)
+            ended = self._ended
+        if ended is not None:
+            run.end(ended or -1, bytes(self._stderr))
+        else:
+            self.send(f"{number} s {target} {json.dumps(arguments, separators=(',', ':'))}")
+        return run
+
+    def done(self) -> None:
+        try:
+            with self._lock:
+                self.channel.shutdown_write()
+        except Exception:
+            pass  # the channel is gone: nothing to tell
 
     def send(self, line: str) -> None:
         try:
@@ -391,20 +434,32 @@ class Multiplexed:
             self._stderr_reader.join()
             code = self.channel.recv_exit_status()
         finally:
-            for channel in self.channels:  # those that never ended on their own end with the process
-                channel.end(code or -1, bytes(self._stderr))
+            with self._lock:
+                self._ended = code
+                runs = list(self.runs.values())
+            for run in runs:  # those that never ended on their own end with the process
+                run.end(code or -1, bytes(self._stderr))
+            self.ended.set()
+
+    @property
+    def code(self) -> int | None:
+        return self._ended
+
+    @property
+    def own_stderr(self) -> bytes:
+        return bytes(self._stderr)
 
     def _deliver(self, line: bytes) -> None:
-        """One tagged line to its target; anything else (a line the server printed before forking)
-        is the forking process's own output, told with its failure."""
+        """One tagged line to its run; anything else (a line the server printed before forking)
+        is the server process's own output, told with its failure."""
         number, kind, payload = (line.decode("ascii", "replace").split(" ", 2) + ["", ""])[:3]
-        channel = self.channels[int(number)] if number.isdigit() and int(number) < len(self.channels) else None
+        run = self.runs.get(int(number)) if number.isdigit() else None
         try:
-            if channel is not None and kind == "x":
-                channel.end(int(payload))
+            if run is not None and kind == "x":
+                run.end(int(payload))
                 return
-            if channel is not None and kind in ("o", "e"):
-                (channel.stdout if kind == "o" else channel.stderr).put(bytes.fromhex(payload))
+            if run is not None and kind in ("o", "e"):
+                (run.stdout if kind == "o" else run.stderr).put(bytes.fromhex(payload))
                 return
         except ValueError:
             pass
@@ -434,7 +489,7 @@ class Stream:
 
 
 class VirtualChannel:
-    """One target's streams within a Multiplexed channel, with the paramiko Channel calls Session makes."""
+    """One run's streams within a Multiplexed channel, with the paramiko Channel calls Session makes."""
 
     def __init__(self, mux: Multiplexed, number: int) -> None:
         self.mux = mux

@@ -5,9 +5,13 @@ The laptop and the server run different checkouts by design, so the JSON carries
 number and is read in exactly one place, `Status.from_json`, which says in one line when the two
 suites do not speak the same protocol.
 
-One fab command is one server process: a task that writes, run with `--conversation`, prints its
-status as one line (STATUS_LINE + JSON) and waits for the laptop's answer on stdin: GO, then the
-password when the status says one is needed; anything else, or the end of stdin, stops it quietly."""
+One fab command is one server process per host. An upgrade goes in two runs per target (forking.py):
+a plan run prints the target's status, with the server's refusal if any, as one line (STATUS_LINE +
+JSON); the laptop shows every plan, asks once, collects the passwords, and only then starts the
+runs that apply, each told the revision the laptop approved and given its password on stdin. The
+other tasks that write, run with `--conversation`, print their status the same way and wait for
+the laptop's answer on stdin: GO, then the password when the status says one is needed; anything
+else, or the end of stdin, stops them quietly."""
 
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ from dataclasses import dataclass
 from .errors import DeployError
 
 # Bump when a field is added, removed or changes meaning, or the conversation changes.
-PROTOCOL = 4
+PROTOCOL = 5
 STATUS_LINE = "deploy-status: "
 GO = "go"
 
@@ -43,6 +47,10 @@ class Status:
     last_run: str | None = None
     # Unreviewed risky operations in the pending upgrade (review.lint), one line each.
     risks: list[str] = dataclasses.field(default_factory=list)
+    # Why an upgrade to the target is refused, in the server's words; None: it may go ahead.
+    refusal: str | None = None
+    # How many upgrades the database server accepts at once now (its free connections); None: no limit known.
+    room: int | None = None
     protocol: int = PROTOCOL
 
     def to_json(self) -> str:

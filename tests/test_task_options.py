@@ -14,7 +14,7 @@ from deploy import commands, local_tasks, remote_tasks, switches, task_config
 from deploy.errors import DeployError
 from deploy.options import SERVER_ONLY
 
-SERVER_ONLY_FLAGS = tuple(f"--{name}" for name in SERVER_ONLY)
+SERVER_ONLY_FLAGS = tuple(f"--{name.replace('_', '-')}" for name in SERVER_ONLY)
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +42,12 @@ def test_the_users_invoke_shows_no_server_only_option(checkout):
 
 def test_fabs_server_entry_point_takes_the_server_only_options(checkout):
     server_entry = [str(BIN / "python"), "-m", "deploy.server"]
-    shown = run([*server_entry, "--help", "db.upgrade"], checkout.path)
-    assert shown.code == 0, shown.output
+    upgrade, downgrade = (
+        run([*server_entry, "--help", f"db.{name}"], checkout.path) for name in ("upgrade", "downgrade")
+    )
+    assert upgrade.code == 0 and downgrade.code == 0, upgrade.output + downgrade.output
     for flag in (*SERVER_ONLY_FLAGS, "--no-backup", "--expect-head"):
-        assert flag in shown.out, shown.output
+        assert flag in upgrade.out + downgrade.out, upgrade.out + downgrade.out
     wrong = run([*server_entry, "db.status", "--nonsense"], checkout.path)
     assert wrong.code != 0
     assert "No idea what '--nonsense' is" in wrong.output  # the words ssh.server_error reads
@@ -75,7 +77,7 @@ def test_a_guard_switch_is_declared_once(monkeypatch):
     chosen = parsed(laptop["upgrade"], "--no-vacuum", "--yes")
     flags = switches.forwarded("upgrade", chosen)
     assert flags == ["--no-vacuum"]
-    on_the_server = parsed(server["upgrade"], "--conversation", *flags)
+    on_the_server = parsed(server["upgrade"], "--plan", *flags)
     assert on_the_server["no_vacuum"] is True and on_the_server["no_backup"] is False
 
     # The guards' setting it turns on.

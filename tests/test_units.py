@@ -146,7 +146,7 @@ def test_an_older_suite_on_the_server_is_named_by_the_switch_it_lacks():
 
     target = SimpleNamespace(app_dir="/srv/app", python="/srv/app/.venv/bin/python", environment="prod")
     server = SimpleNamespace(name="prod", where="deploy@db1:22", target=target)
-    for switch in ("--conversation", "--fleet"):
+    for switch in ("--conversation", "--targets"):
         said = server_error(f"No idea what '{switch}' is!\n", server)
         assert said == f"prod: the server's suite is older than yours (no {switch}): deploy it first"
     # A suite older still lacks fab's server entry point altogether: Python's words for that.
