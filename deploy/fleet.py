@@ -219,8 +219,7 @@ def _show_one(chosen: list[Run]) -> None:
     plan, server = run.plan, run.fleet.server
     print(f"{server.name}: {server.where}, database {plan.migration_user}")
     print(f"{run.outcome.current} -> {plan.pending[-1][0]}, {len(plan.pending)} pending:")
-    for revision, message in plan.pending:
-        print(f"  {revision}  {message}")
+    print("\n".join(plan.revision_lines()))
     for risk in plan.risks:
         print(f"risk: {risk}")
 

@@ -1,7 +1,7 @@
-"""`fab ENV db.*`: the laptop's half. It checks, asks and confirms here; the server's checkout
-does the work with its own `db.*` tasks (deploy.server), one process per command (ssh.py), so both paths share one
-implementation. Only what a command uses is imported: Alembic, for this checkout's head, in the
-background while the server works."""
+"""`fab ENV db.*`: the laptop's half. It shows what the server reports, asks and confirms here; the
+server's checkout checks and does the work with its own `db.*` tasks (deploy.server), so both paths
+share one implementation; the upgrade, for one target or a fleet, goes through fleet.py. Only what a
+command uses is imported: Alembic, for this checkout's head, in the background while the server works."""
 
 from __future__ import annotations
 
@@ -58,11 +58,6 @@ def local_head(c) -> str:
     from . import alembic_ops
 
     return alembic_ops.single_head(local_config(c))
-
-
-def print_revisions(revisions: list[list[str]]) -> None:
-    for revision, message in revisions:
-        print(f"  {revision}  {message}")
 
 
 def one_done(outcome) -> None:
@@ -196,7 +191,7 @@ def downgrade(c, to, sql=False, **guards):
             talk.finish()
             return
         print(f"{server.name}: downgrade {state.migration_user}, undoing {len(state.pending)}:")
-        print_revisions(state.pending)
+        print("\n".join(state.revision_lines()))
         console.confirm_database(state.database_name)
         go_ahead(server, talk, controlled=True)
 

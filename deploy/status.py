@@ -75,6 +75,10 @@ class Status:
             raise DeployError(f"{where}: the server's status has other fields than protocol {PROTOCOL} says")
         return cls(**data)
 
+    def revision_lines(self) -> list[str]:
+        """The pending revisions, a line each: `  REVISION  MESSAGE`."""
+        return [f"  {revision}  {message}" for revision, message in self.pending or []]
+
     def __str__(self) -> str:
         lines = [
             f"database:   {self.database}",
@@ -91,7 +95,7 @@ class Status:
             lines.append("pending:    unknown until the warning above is dealt with")
             return "\n".join(lines)
         lines.append(f"pending:    {len(self.pending)}" + (" (up to date)" if not self.pending else ""))
-        lines += [f"  {revision}  {message}" for revision, message in self.pending]
+        lines += self.revision_lines()
         lines += [f"risk:       {risk}" for risk in self.risks]
         return "\n".join(lines)
 
