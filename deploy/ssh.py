@@ -39,7 +39,7 @@ DONE_WAIT = 10
 # What fab starts on the server: its checkout's `db.*` tasks, with the options only the laptop passes.
 SERVER_ENTRY = "deploy.server"
 # An older suite on the server: Python's words for a module it lacks (no SERVER_ENTRY), Invoke's for a
-# switch it does not know (`--conversation`, `--fleet`, a newer guard switch).
+# switch it does not know (`--conversation`, `--targets`, a newer guard switch).
 UNKNOWN_SWITCH = re.compile(r"No idea what '(--[a-z-]+)' is")
 NO_ENTRY = re.compile(r"No module named '?" + re.escape(SERVER_ENTRY) + r"\b")
 
