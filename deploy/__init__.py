@@ -19,7 +19,7 @@ LAYERS = (
     # Alembic's API, and the env.py that every migration runs through.
     ("alembic_ops", "alembic_env"),
     # What reads revisions and the live schema: the lint, the half-applied diagnosis, the schema snapshot.
-    ("review", "review.lint", "review.diagnosis", "schema"),
+    ("review", "review.lint", "review.diagnosis", "review.prechecks", "schema"),
     # One function per command, returning results.
     ("commands", "checks", "branches"),
     # The laptop's side of fab: one SSH connection per host, fleets.

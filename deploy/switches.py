@@ -128,6 +128,12 @@ SETTINGS: tuple[Setting, ...] = (
         10.0,
         "seconds another transaction may be open before upgrade and downgrade stop for it",
     ),
+    Setting(
+        "precheck_timeout",
+        SECONDS,
+        5.0,
+        "seconds each data precheck before an upgrade may run before it is stopped as too slow; 0: no limit",
+    ),
     Setting("retries", COUNT, 5, "times a statement that waited too long for a lock is tried again"),
     Setting("backups_kept", COUNT, 10, "backups kept in the backup directory, the oldest removed first"),
     Setting("backup_dir", PATH, None, "where backups go; default: backups/ in the instance folder"),

@@ -28,6 +28,10 @@ LOCK_NAME_PREFIX = "migration-lock:"
 POLL = 0.1  # seconds between tries, for a lock that cannot be waited for
 
 
+class TooSlow(Exception):
+    """A statement ran past the time limit bounded() set; it was stopped, the connection is still usable."""
+
+
 class Dialect(ABC):
     """One database's answers. A subclass names the SQLAlchemy dialects it serves in `names`, and is
     registered (one instance) when its module is imported."""
@@ -91,6 +95,20 @@ class Dialect(ABC):
         """The lint's findings (name, reason) for one Alembic operation on a table that holds rows: `found`,
         the general ones, with this database's own added (see merged()) or let go; `named` is the
         operation's name, to build its findings' names from."""
+
+    @abstractmethod
+    def bounded(self, connection: Connection, seconds: float) -> AbstractContextManager[None]:
+        """Within the block a statement runs at most `seconds` (0: no limit), else it is stopped and TooSlow
+        raised; the block reads only (what it leaves open is rolled back)."""
+
+    @abstractmethod
+    def character_length(self, expression):
+        """SQL for the length of a string `expression` in characters (not bytes), as VARCHAR(n) counts them."""
+
+    def checks_existing_rows(self, operation) -> bool:
+        """Whether adding this constraint (a foreign key, a CHECK) makes the database check the rows already
+        there, so that the upgrade fails on one that breaks it. Yes by default."""
+        return True
 
     @abstractmethod
     def server_process(self, connection: Connection) -> int | None:

@@ -16,12 +16,12 @@ from pathlib import Path
 from types import ModuleType
 
 from alembic.operations import ops
-from sqlalchemy import text
+from sqlalchemy import func, text
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from ..errors import DeployError, own, relayed, remember
-from .base import LOCK_NAME_PREFIX, Dialect, Tool, busy, describe, explain, merged, said, widens_varchar
+from .base import LOCK_NAME_PREFIX, Dialect, Tool, TooSlow, busy, describe, explain, merged, said, widens_varchar
 from .guarded import Transaction, retrying, what_blocks
 
 # MySQL/MariaDB client error numbers that have a clear meaning for the user.
@@ -104,6 +104,26 @@ def server_holder(connection, name: str) -> str:
 def server_code(error: BaseException) -> int | None:
     code = error.args[0] if error.args else None
     return code if isinstance(code, int) else None
+
+
+STATEMENT_TIMEOUT = 1969  # ER_STATEMENT_TIMEOUT: max_statement_time exceeded
+
+
+@contextmanager
+def server_bounded(connection: Connection, seconds: float) -> Iterator[None]:
+    """The session's max_statement_time for the block (then put back); error 1969 is TooSlow."""
+    before = connection.exec_driver_sql("SELECT @@session.max_statement_time").scalar()
+    connection.exec_driver_sql(f"SET SESSION max_statement_time = {float(seconds)!r}")
+    try:
+        yield
+    except DBAPIError as exc:
+        if exc.orig is not None and exc.orig.args and exc.orig.args[0] == STATEMENT_TIMEOUT:
+            raise TooSlow(f"over {seconds:g} s") from None
+        raise
+    finally:
+        if connection.in_transaction():
+            connection.rollback()
+        connection.exec_driver_sql(f"SET SESSION max_statement_time = {float(before)!r}")
 
 
 @contextmanager
@@ -386,6 +406,13 @@ class MariaDB(Dialect):
     def open_transactions(self, connection: Connection, older_than: float) -> list[Transaction]:
         """INNODB_TRX with PROCESSLIST (needs PROCESS to see other users')."""
         return server_open_transactions(connection, older_than)
+
+    def bounded(self, connection: Connection, seconds: float):
+        """The session's max_statement_time (0: no limit); error 1969 is TooSlow."""
+        return server_bounded(connection, seconds)
+
+    def character_length(self, expression):
+        return func.char_length(expression)  # LENGTH() counts bytes
 
     def lint_risks(self, operation, found: list[tuple[str, str]], named: str) -> list[tuple[str, str]]:
         return merged(found, lint_risks(operation, named))

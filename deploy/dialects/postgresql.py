@@ -17,12 +17,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from alembic.operations import ops
-from sqlalchemy import text
+from sqlalchemy import func, text
 from sqlalchemy.engine import URL, Connection
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from ..errors import DeployError, own, relayed, remember
-from .base import LOCK_NAME_PREFIX, POLL, Dialect, Tool, busy, describe, explain, merged, said
+from .base import LOCK_NAME_PREFIX, POLL, Dialect, Tool, TooSlow, busy, describe, explain, merged, said
 from .guarded import Transaction, retrying, what_blocks
 
 # PostgreSQL SQLSTATE codes (psycopg errors carry them as `.sqlstate`).
@@ -233,6 +233,28 @@ PG_TRANSACTIONS = """
 
 def pg_code(error: BaseException) -> str | None:
     return getattr(error, "sqlstate", None)
+
+
+PG_QUERY_CANCELED = "57014"  # statement_timeout reached (or a cancel request)
+
+
+@contextmanager
+def pg_bounded(connection: Connection, seconds: float) -> Iterator[None]:
+    """SET LOCAL statement_timeout, in a read-only transaction of its own, rolled back at the end."""
+    if connection.in_transaction():
+        connection.rollback()
+    try:
+        connection.exec_driver_sql("SET TRANSACTION READ ONLY")
+        if seconds > 0:
+            connection.exec_driver_sql(f"SET LOCAL statement_timeout = {max(1, math.ceil(seconds * 1000))}")
+        try:
+            yield
+        except DBAPIError as exc:
+            if pg_code(exc.orig) == PG_QUERY_CANCELED:
+                raise TooSlow(f"over {seconds:g} s") from None
+            raise
+    finally:
+        connection.rollback()
 
 
 @contextmanager
@@ -518,6 +540,17 @@ class PostgreSQL(Dialect):
     def spare_connections(self, connection: Connection) -> int | None:
         """max_connections less the reserved slots and the client backends of pg_stat_activity."""
         return pg_spare_connections(connection)
+
+    def bounded(self, connection: Connection, seconds: float):
+        """SET LOCAL statement_timeout in a read-only transaction; SQLSTATE 57014 is TooSlow."""
+        return pg_bounded(connection, seconds)
+
+    def character_length(self, expression):
+        return func.char_length(expression)
+
+    def checks_existing_rows(self, operation) -> bool:
+        # NOT VALID: existing rows are not checked (a later VALIDATE CONSTRAINT does).
+        return not operation.kw.get("postgresql_not_valid") if hasattr(operation, "kw") else True
 
     def lint_risks(self, operation, found: list[tuple[str, str]], named: str) -> list[tuple[str, str]]:
         if isinstance(operation, (ops.CreateForeignKeyOp, ops.CreateCheckConstraintOp)) and operation.kw.get(

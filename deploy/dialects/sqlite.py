@@ -16,11 +16,13 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
 
+from alembic.operations import ops
+from sqlalchemy import func
 from sqlalchemy.engine import URL, Connection
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from ..errors import DeployError, own, relayed
-from .base import POLL, Dialect, Tool, busy, database_error, describe, said
+from .base import POLL, Dialect, Tool, TooSlow, busy, database_error, describe, said
 from .guarded import Transaction, retrying
 
 SQLITE_BUSY_CODES = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
@@ -118,6 +120,30 @@ def file_holder(descriptor: int) -> str:
         return "a process that has not said who it is"
 
 
+# SQLite calls the progress handler every this many virtual machine instructions.
+PROGRESS_STEPS = 1000
+
+
+@contextmanager
+def file_bounded(connection: Connection, seconds: float) -> Iterator[None]:
+    """A progress handler that interrupts the block's statements once `seconds` have passed since it began
+    (SQLite has no per-statement limit of its own); SQLITE_INTERRUPT is TooSlow."""
+    raw = connection.connection.driver_connection
+    deadline = time.monotonic() + seconds
+    if seconds > 0:
+        raw.set_progress_handler(lambda: time.monotonic() > deadline, PROGRESS_STEPS)
+    try:
+        yield
+    except DBAPIError as exc:
+        if getattr(exc.orig, "sqlite_errorcode", None) == sqlite3.SQLITE_INTERRUPT:
+            raise TooSlow(f"over {seconds:g} s") from None
+        raise
+    finally:
+        raw.set_progress_handler(None, 0)
+        if connection.in_transaction():
+            connection.rollback()
+
+
 @contextmanager
 def file_guard(connection: Connection, lock_wait_timeout: float, retries: int, pause: float) -> Iterator[None]:
     before = connection.exec_driver_sql("PRAGMA busy_timeout").scalar()
@@ -178,6 +204,17 @@ class SQLite(Dialect):
 
     def lint_risks(self, operation, found: list[tuple[str, str]], named: str) -> list[tuple[str, str]]:
         return found  # the general risks only: no rules of its own
+
+    def bounded(self, connection: Connection, seconds: float):
+        """A progress handler stops the block's statements after `seconds` in all (see file_bounded)."""
+        return file_bounded(connection, seconds)
+
+    def character_length(self, expression):
+        return func.length(expression)  # characters, for text
+
+    def checks_existing_rows(self, operation) -> bool:
+        # A foreign key is not enforced unless the connection turns foreign_keys on, and not when added.
+        return not isinstance(operation, ops.CreateForeignKeyOp)
 
     def server_process(self, connection: Connection) -> int | None:
         return None

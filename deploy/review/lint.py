@@ -319,6 +319,27 @@ def _fill(operation: ops.MigrateOperation, table: str | None, empty: set[str]) -
             empty.clear()  # raw SQL that may fill any table
 
 
+def changes_data_only(sqltext) -> bool:
+    """Raw SQL that only INSERTs or UPDATEs, which the lint lets pass."""
+    return _changes_data_only(sqltext)
+
+
+def rows_changed(sqltext) -> str | None:
+    """The table raw SQL puts rows in or UPDATEs, if that is all it does; None when it cannot be told."""
+    inserted = _inserted_into(sqltext)
+    if inserted is not None:
+        return inserted
+    if isinstance(sqltext, dml.Update):
+        return _table(sqltext.table.name, getattr(sqltext.table, "schema", None))
+    found = re.match(r"\s*UPDATE\s+[`\"]?([\w.]+?)[`\"]?\s", _text(sqltext), re.IGNORECASE)
+    return found.group(1) if found else None
+
+
+def reviewed_marks(config, revision: str) -> dict[str, str]:
+    """The reviewed_risks marker of `revision`'s script."""
+    return marker(_script(config, revision))
+
+
 def _inserted_into(sqltext) -> str | None:
     """The table an INSERT names, if that is what `sqltext` is."""
     if isinstance(sqltext, dml.Insert):
