@@ -19,7 +19,7 @@ from .credentials import describe, needs_password, with_password
 from .database import application_tables, explain, translate_errors
 from .errors import RELAYED, DeployError, own, relayed
 from .guards import lock, refusals, runlog, timeouts
-from .review import diagnosis, lint
+from .review import diagnosis, lint, prechecks
 from .settings import Settings
 from .status import Status
 
@@ -239,6 +239,10 @@ def migrate(
     check_resolved(project)
     if needs_password(project.settings.migration_url) and (there := already_there(project, target, downgrade)):
         return there
+    # Read with the application's user, before any question or password; under fab, the plan the laptop
+    # approved (expect_from) was checked by the same function a moment ago.
+    checked = data_prechecks(project, target) if not downgrade and expect_from is None else []
+    check_data([str(result) for result in prechecks.failures(checked)])
     url = project.migration_url_with_password()
     guards = project.guards
     verb = "downgrade" if downgrade else "upgrade"
@@ -262,7 +266,7 @@ def migrate(
             for step in steps:
                 progress(f"  {step.revision}  {step.doc}")
         if not downgrade:
-            check_risks(project, url, [step.revision for step in steps], progress)
+            check_risks(project, url, [step.revision for step in steps], progress, checked)
         if confirm is not None:
             confirm()
         if not guards.ignore_transactions:
@@ -341,13 +345,44 @@ def risky(findings: list) -> DeployError:
     )
 
 
-def check_risks(project: Project, url: URL, revisions: list[str], progress) -> None:
-    """Risky operations in what is about to run: refused in production, shown in development."""
-    found = lint.lint(project.alembic, revisions, url.get_backend_name())
+def check_risks(project: Project, url: URL, revisions: list[str], progress, checked=()) -> None:
+    """Risky operations in what is about to run: refused in production, shown in development; with them,
+    the data prechecks (`checked`) stopped as too slow, and what they could not check, shown."""
+    found = lint.lint(project.alembic, revisions, url.get_backend_name()) + prechecks.unreviewed_too_slow(checked)
     if found and project.guards.refuse_risky:
         raise risky(found)
     for finding in found if progress is not None else ():
         progress(f"warning: {finding}")
+    for line in prechecks.unchecked(checked) if progress is not None else ():
+        progress(f"unchecked: {line}")
+
+
+def data_prechecks(project: Project, target: str) -> list[prechecks.Result]:
+    """The data prechecks of an upgrade to `target`, read with the application's user (no password);
+    none when that user cannot connect (the migration user's connection says what is wrong)."""
+    url = project.settings.database_url
+    with ExitStack() as stack:
+        try:
+            connection = stack.enter_context(project.connect(url))
+        except DeployError:
+            return []
+        with translate_errors(url):
+            current = project.check_ready(connection)
+            steps = alembic_ops.plan(project.alembic, current, target)
+            if not steps or alembic_ops.target_behind(project.alembic, current, target, steps, False):
+                return []
+            revisions = [step.revision for step in steps]
+            return prechecks.precheck(connection, project.alembic, revisions, project.guards.precheck_timeout)
+
+
+def check_data(failing: list[str]) -> None:
+    """Refuse pending operations that would fail on the rows there now (the data prechecks' lines): in
+    every settings, since the upgrade would only stop on them, half applied where DDL is not transactional."""
+    if failing:
+        raise DeployError(
+            f"{len(failing)} pending operation{'s' * (len(failing) > 1)} would fail on the rows there now: "
+            f"{'; '.join(failing)}"
+        )
 
 
 def take_backup(project: Project, url: URL, current: tuple[str, ...], progress, spare=None) -> backups.Backup | None:
@@ -566,9 +601,12 @@ def heads(project: Project) -> str:
     return alembic_ops.run_captured(command.heads, project.alembic, verbose=False)
 
 
-def status(project: Project, target: str = "head", downgrade: bool = False, room: bool = False) -> Status:
+def status(
+    project: Project, target: str = "head", downgrade: bool = False, room: bool = False, prechecked: bool = False
+) -> Status:
     """Head, current revision and the revisions an upgrade (or downgrade) to `target` would run;
-    `room`: also how many upgrades its database server has connections for now.
+    `room`: also how many upgrades its database server has connections for now; `prechecked`: also the
+    data prechecks of the upgrade.
 
     Reads with the application's own user: no password."""
     config = project.alembic
@@ -582,12 +620,17 @@ def status(project: Project, target: str = "head", downgrade: bool = False, room
             spare = dialects.dialect_for(connection).spare_connections(connection)
     pending = None
     findings = []
+    checked: list[prechecks.Result] = []
     if len(head_revisions) == 1 and (found or not tables):
         steps = alembic_ops.plan(config, found, target, downgrade)
         pending = [[step.revision, step.doc] for step in steps]
         if not downgrade:
             revisions = [step.revision for step in steps]
             findings = [str(finding) for finding in lint.lint(config, revisions, url.get_backend_name())]
+            if prechecked and revisions:
+                with project.connect(url) as connection, translate_errors(url):
+                    checked = prechecks.precheck(connection, config, revisions, project.guards.precheck_timeout)
+                findings += [str(result) for result in prechecks.unreviewed_too_slow(checked)]
     migration_url = project.settings.migration_url
     return Status(
         database=describe(url),
@@ -602,6 +645,8 @@ def status(project: Project, target: str = "head", downgrade: bool = False, room
         base=alembic_ops.base(config),
         last_run=last_run(project.settings.instance_path, describe(migration_url)),
         risks=findings,
+        data_failures=[str(result) for result in prechecks.failures(checked)],
+        not_checked=[str(result) for result in prechecks.unchecked(checked)],
         room=None if spare is None else max(1, spare // CONNECTIONS_PER_UPGRADE),
     )
 
@@ -609,7 +654,7 @@ def status(project: Project, target: str = "head", downgrade: bool = False, room
 def plan(project: Project, target: str = "head", expect_head: str | None = None, downgrade: bool = False) -> Status:
     """A migration's plan, as fab shows it before asking anything: the status, with the refusal
     `migrate` would give (in its words), and the room its database server has for more upgrades."""
-    state = status(project, target, downgrade, room=not downgrade)
+    state = status(project, target, downgrade, room=not downgrade, prechecked=not downgrade)
     try:
         check_plan(project, state, target, expect_head)
     except DeployError as exc:
@@ -628,6 +673,7 @@ def check_plan(project: Project, state: Status, target: str, expect_head: str | 
         refusals.check_expected_head(tuple(state.heads), expect_head)
     if state.target_behind:
         raise behind(project, target, alembic_ops.label(project.alembic, current_of(tuple(state.current))))
+    check_data(state.data_failures)
     if state.risks and project.guards.refuse_risky:
         raise risky(state.risks)
 

@@ -214,7 +214,8 @@ def _deduplicated(runs: list[Run]) -> list[Run]:
 
 
 def _show_one(chosen: list[Run]) -> None:
-    """A single target's plan, in full: where, from and to, each revision, each risk allowed."""
+    """A single target's plan, in full: where, from and to, each revision, each risk allowed, what the
+    data prechecks could not check."""
     (run,) = chosen
     plan, server = run.plan, run.fleet.server
     print(f"{server.name}: {server.where}, database {plan.migration_user}")
@@ -222,6 +223,8 @@ def _show_one(chosen: list[Run]) -> None:
     print("\n".join(plan.revision_lines()))
     for risk in plan.risks:
         print(f"risk: {risk}")
+    for line in plan.not_checked:
+        print(f"unchecked: {line}")
 
 
 def _show_all(chosen: list[Run]) -> None:
@@ -233,6 +236,8 @@ def _show_all(chosen: list[Run]) -> None:
         print(f"  {outcome.target.name}: {outcome.database}, {plan_line}")
         for risk in plan.risks:
             print(f"    risk: {risk}")
+        for line in plan.not_checked:
+            print(f"    unchecked: {line}")
 
 
 def _ask_passwords(runs: list[Run], alone: bool) -> None:

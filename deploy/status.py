@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from .errors import DeployError
 
 # Bump when a field is added, removed or changes meaning, or the conversation changes.
-PROTOCOL = 5
+PROTOCOL = 6
 STATUS_LINE = "deploy-status: "
 GO = "go"
 
@@ -47,6 +47,10 @@ class Status:
     last_run: str | None = None
     # Unreviewed risky operations in the pending upgrade (review.lint), one line each.
     risks: list[str] = dataclasses.field(default_factory=list)
+    # Pending operations that would fail on the rows there now (review.prechecks), one line each.
+    data_failures: list[str] = dataclasses.field(default_factory=list)
+    # What the data prechecks could not say (raw SQL, rows changed first, too slow but reviewed), one line each.
+    not_checked: list[str] = dataclasses.field(default_factory=list)
     # Why an upgrade to the target is refused, in the server's words; None: it may go ahead.
     refusal: str | None = None
     # How many upgrades the database server accepts at once now (its free connections); None: no limit known.
@@ -97,6 +101,8 @@ class Status:
         lines.append(f"pending:    {len(self.pending)}" + (" (up to date)" if not self.pending else ""))
         lines += self.revision_lines()
         lines += [f"risk:       {risk}" for risk in self.risks]
+        lines += [f"data:       {failure}" for failure in self.data_failures]
+        lines += [f"unchecked:  {line}" for line in self.not_checked]
         return "\n".join(lines)
 
 
