@@ -84,9 +84,9 @@ def test_what_the_range_created_or_changed_first_is_not_read(checkout):
     # posts.lang and notes are new: no check; the renamed column is read by the name it has now.
     assert [str(check.result()) if isinstance(check, prechecks.Unchecked) else check.subject for check in checks] == [
         "users.full_name: NOT NULL",
-        "q2: posts.ix_posts_title: unchecked: its rows are changed first, by execute UPDATE posts SET title = slug",
-        "q2: execute DROP VIEW IF EXISTS post_counts: unchecked: raw SQL the prechecks cannot read",
-        "q2: tags.ix_tags_name: unchecked: its rows are changed first, by execute DROP VIEW IF EXISTS post_counts",
+        "q2: posts.ix_posts_title: its rows are changed first, by execute UPDATE posts SET title = slug",
+        "q2: execute DROP VIEW IF EXISTS post_counts: raw SQL the prechecks cannot read",
+        "q2: tags.ix_tags_name: its rows are changed first, by execute DROP VIEW IF EXISTS post_counts",
     ]
     assert checks[0].names == ("name",)
 
@@ -136,10 +136,12 @@ def test_a_check_past_its_time_limit_is_stopped_on_sqlite(tmp_path):
 
 # An applied revision: posts get a summary, which may be NULL.
 SUMMARY = "op.add_column('posts', sa.Column('summary', sa.String(50)))"
+LANG = "op.add_column('posts', sa.Column('lang', sa.String(5), server_default='en'))"
 BREAKING = (
     "op.alter_column('posts', 'summary', existing_type=sa.String(50), nullable=False)\n"
     "    op.create_index('ix_posts_title', 'posts', ['title'], unique=True)\n"
-    "    op.alter_column('posts', 'lang', existing_type=sa.String(5), nullable=False)"
+    "    op.alter_column('posts', 'lang', existing_type=sa.String(5), nullable=False)\n"
+    "    op.execute('DROP VIEW IF EXISTS no_such_view')"
 )
 EXPECTED = (
     "2 pending operations would fail on the rows there now",
@@ -168,7 +170,7 @@ def test_rows_that_break_a_pending_operation_are_refused_before_any_password(any
     remote.upgrade()
     fill(remote.database)
     # posts.lang is added by the first pending revision: the second one's NOT NULL on it is not checked.
-    remote.add_revision("lang00000001", "op.add_column('posts', sa.Column('lang', sa.String(5)))")
+    remote.add_revision("lang00000001", LANG)
     remote.add_revision("break0000001", BREAKING)
     before = remote.state()
     line = remote.refuses(*EXPECTED)
@@ -178,6 +180,16 @@ def test_rows_that_break_a_pending_operation_are_refused_before_any_password(any
     local = remote.server.invoke("db.upgrade", "--yes", env=PRODUCTION)
     assert refused(local, *EXPECTED) and "Password" not in local.output
     assert remote.state() == before
+    # Fixed, the upgrade goes ahead (its lint findings allowed), the raw SQL shown in the plan as unchecked.
+    remote.database.query("UPDATE posts SET summary = 'filled' WHERE summary IS NULL")
+    remote.database.query("UPDATE posts SET title = 'other' WHERE id = 17")
+    result = remote.fab("prod", "db.upgrade", "--yes", "--allow-risky", stdin=STDIN_PASSWORD)
+    assert result.code == 0, result.output
+    unchecked = [line for line in result.out.splitlines() if line.startswith("unchecked: ")]
+    assert unchecked == [
+        "unchecked: break0000001: execute DROP VIEW IF EXISTS no_such_view: raw SQL the prechecks cannot read"
+    ]
+    assert remote.database.version() == "break0000001"
 
 
 def test_a_precheck_past_its_time_limit_is_not_checked_but_a_risk(checkout, any_database, server_kind):

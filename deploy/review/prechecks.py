@@ -58,7 +58,7 @@ class Result:
         if self.outcome == TOO_SLOW:
             return f"{self.revision}: {self.subject}: not checked: too slow ({self.detail})"
         if self.outcome == UNCHECKED:
-            return f"{self.revision}: {self.subject}: unchecked: {self.detail}"
+            return f"{self.revision}: {self.subject}: {self.detail}"
         return f"{self.revision}: {self.subject}: no row breaks it"
 
 
