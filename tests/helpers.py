@@ -15,6 +15,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import pexpect
 from servers import MariaDB, PostgreSQL, SSHServer, server_environment
@@ -64,22 +65,45 @@ def run(argv: list[str], cwd: Path, stdin: str | bytes | None = None, env: dict 
 
 
 @dataclass
-class Database:
-    """A MariaDB database as in production: an app user without ALTER, a privileged migration user."""
+class ProductionDatabase:
+    """A database as in production, whatever the kind: an app user that only reads and writes rows, and
+    a privileged migration user whose password is typed at run time."""
 
-    server: MariaDB
+    server: MariaDB | PostgreSQL
     name: str
     app_user: str
     migration_user: str
+    # The SQLAlchemy driver of the kind, for its URLs.
+    driver: ClassVar[str]
 
     @property
     def app_url(self) -> str:
-        return f"mysql+pymysql://{self.app_user}:{APP_PASSWORD}@127.0.0.1:{self.server.port}/{self.name}"
+        return f"{self.driver}://{self.app_user}:{APP_PASSWORD}@127.0.0.1:{self.server.port}/{self.name}"
 
     @property
     def migration_url(self) -> str:
         """The production convention: a user and an empty password, asked for at run time."""
-        return f"mysql+pymysql://{self.migration_user}:@127.0.0.1:{self.server.port}/{self.name}"
+        return f"{self.driver}://{self.migration_user}:@127.0.0.1:{self.server.port}/{self.name}"
+
+    def query(self, statement: str) -> tuple:
+        raise NotImplementedError
+
+    def tables(self) -> set[str]:
+        raise NotImplementedError
+
+    def version(self) -> str | None:
+        if "alembic_version" not in self.tables():
+            return None
+        rows = self.query("SELECT version_num FROM alembic_version")
+        return rows[0][0] if rows else None
+
+
+@dataclass
+class Database(ProductionDatabase):
+    """A MariaDB database as in production: the app user lacks ALTER."""
+
+    server: MariaDB
+    driver: ClassVar[str] = "mysql+pymysql"
 
     def query(self, sql: str) -> tuple:
         connection = self.server.admin(database=self.name)
@@ -92,12 +116,6 @@ class Database:
 
     def tables(self) -> set[str]:
         return {row[0] for row in self.query("SHOW TABLES")}
-
-    def version(self) -> str | None:
-        if "alembic_version" not in self.tables():
-            return None
-        rows = self.query("SELECT version_num FROM alembic_version")
-        return rows[0][0] if rows else None
 
 
 def make_database(server: MariaDB, password: str = PASSWORD, process: bool = True) -> Database:
@@ -114,35 +132,18 @@ def make_database(server: MariaDB, password: str = PASSWORD, process: bool = Tru
 
 
 @dataclass
-class PgDatabase:
+class PgDatabase(ProductionDatabase):
     """A PostgreSQL database as in production: owned by the migration role (whose password is typed),
     the app role only reads and writes rows. The same questions as Database answers, so Remote takes it."""
 
     server: PostgreSQL
-    name: str
-    app_user: str
-    migration_user: str
-
-    @property
-    def app_url(self) -> str:
-        return f"postgresql+psycopg://{self.app_user}:{APP_PASSWORD}@127.0.0.1:{self.server.port}/{self.name}"
-
-    @property
-    def migration_url(self) -> str:
-        """The production convention: a user and an empty password, asked for at run time."""
-        return f"postgresql+psycopg://{self.migration_user}:@127.0.0.1:{self.server.port}/{self.name}"
+    driver: ClassVar[str] = "postgresql+psycopg"
 
     def query(self, statement: str, args=None) -> tuple:
         return self.server.execute(statement, args, database=self.name)
 
     def tables(self) -> set[str]:
         return {row[0] for row in self.query("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
-
-    def version(self) -> str | None:
-        if "alembic_version" not in self.tables():
-            return None
-        rows = self.query("SELECT version_num FROM alembic_version")
-        return rows[0][0] if rows else None
 
     def schema(self) -> dict:
         """Everything reflection sees, table by table: what a half-applied revision would change."""
@@ -258,6 +259,34 @@ def held_until(release: Path, limit: float = 120) -> str:
     )
 
 
+def running(release: Path, name: str) -> Path:
+    """The file that revision `name`, a held_revision held by `release`, creates once it runs."""
+    return release.with_name(f"{name}.running")
+
+
+def held_revision(name: str, release: Path) -> str:
+    """A test revision's upgrade body: it creates table {name}_started, then, when it really runs, says
+    so in a file (`running`) and is held until `release` exists. A file is seen at once whatever the
+    database (not a table it makes: PostgreSQL's DDL is transactional; not its session's last query: the
+    guard's savepoints follow it); no fixed sleep, so a loaded machine cannot outrun it."""
+    started = f"open({str(running(release, name))!r}, 'w').close()\n    "
+    return f"op.create_table('{name}_started', sa.Column('id', sa.Integer))\n    " + live_only(
+        started + held_until(release)
+    )
+
+
+def wait_until_running(release: Path, name: str, process: subprocess.Popen | None = None, timeout: float = 60) -> None:
+    """Until revision `name` (a held_revision) runs; a `process` (fab, invoke) that ends first fails the
+    wait at once, with what it said."""
+    deadline = time.monotonic() + timeout
+    while not running(release, name).exists():
+        if process is not None and process.poll() is not None:
+            said = process.stdout.read().decode(errors="replace") if process.stdout else ""
+            raise AssertionError(f"it ended with {process.returncode} before revision {name} started:\n{said}")
+        assert time.monotonic() < deadline, f"revision {name} never started"
+        time.sleep(0.05)
+
+
 def files_containing(root: Path, secret: str) -> list[Path]:
     needle = secret.encode()
     found = []
@@ -298,6 +327,24 @@ def tables(checkout):
 def version(checkout):
     with sqlite(checkout) as db:
         return [row[0] for row in db.execute("select version_num from alembic_version")]
+
+
+# -- at a real terminal ----------------------------------------------------------------------------
+
+# The questions a migration asks at a terminal, each with the answer that lets it go on.
+APPLY = ("Apply? [y/N] ", "y")
+TYPED_PASSWORD = ("Password for ", PASSWORD)
+
+
+def answer_at_a_terminal(child: pexpect.spawn, *answers: tuple[str, str]) -> list[str]:
+    """Waits at `child`'s terminal for each prompt of `answers` in turn (as written, not a pattern) and
+    types its answer; returns what the terminal showed before each prompt."""
+    shown = []
+    for prompt, answer in answers:
+        child.expect_exact(prompt)
+        shown.append(child.before)
+        child.sendline(answer)
+    return shown
 
 
 # -- fab through the loopback sshd ----------------------------------------------------------------

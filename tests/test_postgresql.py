@@ -12,7 +12,6 @@ import threading
 import time
 from pathlib import Path
 
-import pexpect
 import psycopg
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -444,41 +443,3 @@ def test_upgrade_sql_prints_postgresqls_sql_for_the_pending_range_and_changes_no
     assert f"UPDATE alembic_version SET version_num='{HEAD}'" in result.out
     assert "BEGIN;" in result.out and "COMMIT;" in result.out  # transactional DDL, in the script too
     assert (database.schema(), database.version()) == before
-
-
-def test_ctrl_c_at_a_local_terminal_stops_between_postgresql_revisions_and_frees_the_lock(
-    production, database, tmp_path
-):
-    from helpers import environment, held_until, live_only
-
-    ok(upgrade(production))
-    release = tmp_path / "release"
-    name = "'revision slow00000001 running'"
-    production.add_revision(
-        "slow00000001",
-        HEAD,
-        "op.create_table('slow_started', sa.Column('id', sa.Integer))\n    "
-        + live_only(f'op.get_bind().exec_driver_sql("SET application_name = {name}")\n    ' + held_until(release)),
-    )
-    production.add_revision("next00000001", "slow00000001", "op.create_table('next', sa.Column('id', sa.Integer))")
-    child = production.spawn("db.upgrade", "--yes", env=environment(**PRODUCTION))
-    try:
-        child.expect("Password for ")
-        child.sendline(PASSWORD)
-        deadline = time.monotonic() + 60
-        while not database.query("SELECT 1 FROM pg_stat_activity WHERE application_name = %s", (name.strip("'"),)):
-            assert time.monotonic() < deadline, child.before
-            time.sleep(0.05)
-        child.sendintr()
-        time.sleep(0.5)
-        release.touch()
-        child.expect(pexpect.EOF)
-    finally:
-        release.touch()
-        child.close(force=True)
-    assert child.exitstatus == 1, child.before
-    assert "stopped (SIGINT received) after 1 of 2 revisions" in child.before
-    assert database.version() == "slow00000001" and "next" not in database.tables()
-    # The advisory lock went with the run: the next upgrade starts at once and goes on.
-    ok(upgrade(production, env={"INVOKE_DB_SAFETY_LOCK_WAIT": "0"}))
-    assert database.version() == "next00000001"

@@ -14,11 +14,15 @@ from helpers import (
     POSTS,
     PRODUCTION,
     STDIN_PASSWORD,
+    TYPED_PASSWORD,
+    answer_at_a_terminal,
     environment,
+    held_revision,
     held_until,
     live_only,
     one_error_line,
     refused,
+    wait_until_running,
 )
 
 
@@ -68,9 +72,7 @@ def test_fab_upgrade_in_a_pipeline_needs_yes_and_asks_no_password_first(remote):
 def test_fab_upgrade_answered_no_at_a_terminal_changes_nothing(remote):
     child = remote.spawn("prod", "db.upgrade")
     try:
-        child.expect_exact("Apply? [y/N] ")
-        plan = child.before
-        child.sendline("n")
+        (plan,) = answer_at_a_terminal(child, ("Apply? [y/N] ", "n"))
         child.expect(pexpect.EOF)
     finally:
         child.close(force=True)
@@ -84,11 +86,7 @@ def test_a_terminal_production_upgrade_shows_the_plan_before_asking(checkout, da
     checkout.use_production(database)
     child = checkout.spawn("db.upgrade", env=environment(**PRODUCTION))
     try:
-        child.expect("Password for ")
-        child.sendline(PASSWORD)
-        child.expect_exact("Apply? [y/N] ")
-        plan = child.before
-        child.sendline("")  # Enter: the default is no
+        _, plan = answer_at_a_terminal(child, TYPED_PASSWORD, ("Apply? [y/N] ", ""))  # Enter: the default is no
         child.expect(pexpect.EOF)
     finally:
         child.close(force=True)
@@ -97,88 +95,11 @@ def test_a_terminal_production_upgrade_shows_the_plan_before_asking(checkout, da
     assert database.tables() == set()
 
 
-# -- cancellation and the run log ------------------------------------------------------------------
-
-SLOW, AFTER = "5105e0000001", "af7e20000001"
-
-
-def add_slow_then_fast(remote, seconds: int = 4) -> None:
-    """Two revisions after head: the first takes a while (and marks its start in a table), the second is quick."""
-    remote.upgrade()
-    slow = live_only(f"__import__('time').sleep({seconds})")
-    remote.add_revision(SLOW, f"op.create_table('slow_started', sa.Column('id', sa.Integer))\n    {slow}")
-    for checkout in (remote.local, remote.server):
-        checkout.add_revision(AFTER, SLOW, upgrade="op.create_table('after_slow', sa.Column('id', sa.Integer))")
-
-
 def wait_for_table(database, name: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while name not in database.tables():
         assert time.monotonic() < deadline, f"{name} never appeared"
         time.sleep(0.1)
-
-
-def test_ctrl_c_on_the_laptop_finishes_the_revision_and_stops_before_the_next(remote):
-    add_slow_then_fast(remote)
-    child = remote.spawn("prod", "db.upgrade")
-    try:
-        child.expect_exact("Apply? [y/N] ")
-        child.sendline("y")
-        child.expect("Password for ")
-        child.sendline(PASSWORD)
-        wait_for_table(remote.database, "slow_started")
-        child.sendintr()  # Ctrl-C, once, while the slow revision runs
-        child.expect(pexpect.EOF)
-    finally:
-        child.close(force=True)
-    output = child.before
-    assert child.exitstatus == 1, output
-    assert "stopped (stopped from the laptop) after 1 of 2 revisions" in output, output
-    assert f"is at {SLOW}" in output
-    assert remote.database.version() == SLOW  # the revision in progress completed...
-    assert "after_slow" not in remote.database.tables()  # ...and the next one never started
-    status = remote.fab("prod", "db.status")
-    assert "last run:" in status.out and "stopped after 1 of 2 (stopped from the laptop)" in status.out
-    # The lock went with the run: the next upgrade takes it and goes on.
-    remote.upgrade()
-    assert remote.database.version() == AFTER
-
-
-def fab_upgrade_in_the_background(remote) -> subprocess.Popen:
-    """`fab prod db.upgrade --yes` started, its password sent, while the test goes on."""
-    laptop = subprocess.Popen(
-        [*remote.argv, "prod", "db.upgrade", "--yes"],
-        cwd=remote.local.path,
-        env=environment(),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    laptop.stdin.write(STDIN_PASSWORD.encode())
-    laptop.stdin.flush()
-    return laptop
-
-
-def test_a_lost_ssh_connection_finishes_the_revision_and_stops_before_the_next(remote, tmp_path):
-    add_slow_then_fast(remote)
-    laptop = fab_upgrade_in_the_background(remote)
-    try:
-        wait_for_table(remote.database, "slow_started")
-        laptop.kill()  # the laptop vanishes mid-revision: its SSH connection drops with it
-    finally:
-        laptop.wait(timeout=30)
-    log = remote.server.path / "instance" / "migration-runs.jsonl"
-    deadline = time.monotonic() + 60
-    while '"outcome": "stopped' not in (log.read_text() if log.exists() else ""):
-        assert time.monotonic() < deadline, log.read_text() if log.exists() else "no run log"
-        time.sleep(0.2)
-    assert remote.database.version() == SLOW
-    assert "after_slow" not in remote.database.tables()
-    status = remote.fab("prod", "db.status")
-    assert "stopped after 1 of 2 (the SSH connection was lost)" in status.out, status.out
-    # Nothing was left half done: the next upgrade simply goes on.
-    remote.upgrade()
-    assert remote.database.version() == AFTER
 
 
 # -- the guards, through invoke and fab ------------------------------------------------------------
@@ -354,47 +275,32 @@ def test_fab_restore_asks_for_the_name_then_restores(remote):
     assert "notes" not in remote.database.tables()
 
 
-def test_ctrl_c_at_a_local_terminal_stops_between_revisions_and_frees_the_lock(checkout, database):
+def test_ctrl_c_at_a_local_terminal_stops_between_revisions_and_frees_the_lock(checkout, any_database, tmp_path):
+    database = any_database
     env = production_with(checkout, database)
-    assert checkout.invoke("db.upgrade", "--yes", stdin=STDIN_PASSWORD, env=env).code == 0
-    slow_revision(checkout, "slow00000001", HEAD, 4)
+    first = checkout.invoke("db.upgrade", "--yes", stdin=STDIN_PASSWORD, env=env)
+    assert first.code == 0 and PASSWORD not in first.output, first.output
+    release = tmp_path / "release"
+    checkout.add_revision("slow00000001", HEAD, held_revision("slow00000001", release))
     checkout.add_revision("next00000001", "slow00000001", "op.create_table('next', sa.Column('id', sa.Integer))")
     child = checkout.spawn("db.upgrade", "--yes", env=environment(**env))
     try:
-        child.expect("Password for ")
-        child.sendline(PASSWORD)
-        wait_for_table(database, "slow00000001_started")
+        answer_at_a_terminal(child, TYPED_PASSWORD)
+        wait_until_running(release, "slow00000001")
         child.sendintr()
+        child.expect_exact("Ctrl-C again to abort it")  # the stop is taken: the revision may end
+        release.touch()
         child.expect(pexpect.EOF)
     finally:
+        release.touch()
         child.close(force=True)
     assert child.exitstatus == 1, child.before
     assert "stopped (SIGINT received) after 1 of 2 revisions" in child.before
     assert database.version() == "slow00000001" and "next" not in database.tables()
     # The lock went with the run: the next upgrade starts at once and goes on.
     again = checkout.invoke("db.upgrade", "--yes", stdin=STDIN_PASSWORD, env={**env, "INVOKE_DB_SAFETY_LOCK_WAIT": "0"})
-    assert again.code == 0, again.output
+    assert again.code == 0 and PASSWORD not in again.output, again.output
     assert database.version() == "next00000001"
-
-
-def test_two_fab_upgrades_at_once_the_second_names_the_first(remote, tmp_path):
-    # The server's own Invoke config sets the guards for fab runs: here a short wait for the lock.
-    (remote.server.path / "invoke.yaml").write_text("db:\n  safety:\n    lock_wait: 1\n")
-    remote.upgrade()
-    # Held until the second is done: a fixed sleep lost the race to a loaded machine's slow second fab.
-    release = tmp_path / "release"
-    slow = live_only(held_until(release))
-    remote.add_revision("slow00000001", f"op.create_table('slow_started', sa.Column('id', sa.Integer))\n    {slow}")
-    first = fab_upgrade_in_the_background(remote)
-    try:
-        wait_for_table(remote.database, "slow_started")
-        second = remote.fab("prod", "db.upgrade", "--yes", stdin=STDIN_PASSWORD)
-    finally:
-        release.touch()
-        out, _ = first.communicate(timeout=120)
-    refused(second, "another migration holds the lock", remote.database.migration_user)
-    assert first.returncode == 0, out.decode()
-    assert remote.database.version() == "slow00000001"
 
 
 # -- the typed confirmation ------------------------------------------------------------------------
@@ -408,8 +314,7 @@ def test_the_typed_name_confirms_only_when_exact_at_a_real_terminal(checkout, da
     for answer in (database.name.upper(), f" {database.name}", f"{database.name} "):
         child = checkout.spawn("db.downgrade", env=environment(**env))
         try:
-            child.expect_exact(prompt)
-            child.sendline(answer)
+            answer_at_a_terminal(child, (prompt, answer))
             # Accepted, it would ask for the password next: fail at once rather than wait for an end.
             accepted = child.expect([pexpect.EOF, "Password for "]) == 1
         finally:
@@ -419,10 +324,7 @@ def test_the_typed_name_confirms_only_when_exact_at_a_real_terminal(checkout, da
         assert database.version() == HEAD
     child = checkout.spawn("db.downgrade", env=environment(**env))
     try:
-        child.expect_exact(prompt)
-        child.sendline(database.name)
-        child.expect("Password for ")
-        child.sendline(PASSWORD)
+        answer_at_a_terminal(child, (prompt, database.name), TYPED_PASSWORD)
         child.expect(pexpect.EOF)
     finally:
         child.close(force=True)
@@ -472,8 +374,7 @@ def test_an_aborted_revision_is_told_from_the_run_and_blocks_the_next_migration(
     )
     child = checkout.spawn("db.upgrade", "--yes", env=environment(**env))
     try:
-        child.expect("Password for ")
-        child.sendline(PASSWORD)
+        answer_at_a_terminal(child, TYPED_PASSWORD)
         wait_for_table(database, "slow_started")
         child.sendintr()
         child.expect_exact("Ctrl-C again to abort it")

@@ -1,6 +1,6 @@
 """`fab ENV db.*` against a real sshd and a real database: the server is a second checkout on this machine.
 A test taking `any_remote` runs on MariaDB and PostgreSQL; those marked postgresql are PostgreSQL's own
-(its transactional DDL, its lock, its pg_dump backups restored over fab) and fab's other commands on it."""
+(its transactional DDL, its pg_dump backups restored over fab) and fab's other commands on it."""
 
 from __future__ import annotations
 
@@ -17,21 +17,25 @@ import psycopg
 import pytest
 from helpers import (
     APP_PASSWORD,
+    APPLY,
     BIN,
     HEAD,
     PASSWORD,
     POSTS,
     STDIN_PASSWORD,
+    TYPED_PASSWORD,
     ProcSampler,
+    answer_at_a_terminal,
     environment,
     files_containing,
+    held_revision,
     held_until,
     live_only,
     new_files_containing,
     refused,
+    wait_until_running,
 )
 from servers import SSH_KEYGEN, MariaDB, free_port
-from test_production_safety import fab_upgrade_in_the_background
 
 SLEEPY = "5133c0000001"  # a revision after head whose upgrade takes a while
 BROKEN = "b0b0c0000001"  # a revision after head whose upgrade fails
@@ -49,11 +53,9 @@ def test_upgrade_at_a_terminal(any_remote):
     child = remote.spawn("prod", "db.upgrade", dimensions=(50, 250))
     child.logfile_read = transcript
     try:
-        child.expect_exact("Apply? [y/N] ")
-        plan = transcript.getvalue()
-        child.sendline("y")
-        child.expect(f"Password for {remote.database.migration_user}@127.0.0.1")
-        child.sendline(PASSWORD)
+        plan, _ = answer_at_a_terminal(
+            child, APPLY, (f"Password for {remote.database.migration_user}@127.0.0.1", PASSWORD)
+        )
         child.expect(pexpect.EOF)
     finally:
         child.close(force=True)
@@ -150,8 +152,7 @@ def test_ctrl_c_after_the_abort_stops_waiting_for_a_server_that_does_not_end(rem
     )
     child = remote.spawn("prod", "db.upgrade", "--yes")
     try:
-        child.expect("Password for ")
-        child.sendline(PASSWORD)
+        answer_at_a_terminal(child, TYPED_PASSWORD)
         deadline = time.monotonic() + 120
         while "stuck_started" not in remote.database.tables():
             assert time.monotonic() < deadline and child.isalive(), child.before
@@ -418,49 +419,35 @@ def test_a_server_whose_status_protocol_differs_is_refused_in_one_line(remote):
     remote.refuses("the server's suite is older than yours", "deploy it first")
 
 
-# -- PostgreSQL: fab's other commands, its transactional DDL, its lock -----------------------------------
+# -- PostgreSQL's own: fab's other commands, its transactional DDL; then each kind's lock ------------
 
 SLOW, AFTER = "5105e0000001", "af7e20000001"
 
 
-def held_revision(remote, name: str, release: Path) -> None:
-    """A revision after head that runs until `release` exists (at most 120 s). It says so first, as its
-    session's application_name, which pg_stat_activity shows at once (not a table it makes: PostgreSQL's
-    DDL is transactional; not its last query: the guard's savepoints follow it). No fixed sleep, so a
-    loaded machine cannot outrun it."""
-    wait = f"op.get_bind().exec_driver_sql(\"SET application_name = 'revision {name} running'\")\n    " + held_until(
-        release
-    )
-    remote.add_revision(
-        name,
-        f"op.create_table('{name}_started', sa.Column('id', sa.Integer))\n    " + live_only(wait),
-    )
-
-
 def slow_then_after(remote, tmp_path) -> Path:
-    """The database at head, then two revisions to come: SLOW, held until the returned path exists, and
-    AFTER, which creates after_slow."""
+    """The database at head, then two revisions to come: SLOW, a held_revision held until the returned
+    path exists, and AFTER, which creates after_slow."""
     remote.upgrade()
     release = tmp_path / "release"
-    held_revision(remote, SLOW, release)
+    remote.add_revision(SLOW, held_revision(SLOW, release))
     for checkout in (remote.local, remote.server):
         checkout.add_revision(AFTER, SLOW, upgrade="op.create_table('after_slow', sa.Column('id', sa.Integer))")
     return release
 
 
-def wait_until_running(database, name: str, laptop: subprocess.Popen | None = None, timeout: float = 60) -> None:
-    """Until the migration role's connection is inside revision `name`; a `laptop` fab that ends
-    first fails the wait at once, with what it said."""
-    deadline = time.monotonic() + timeout
-    while not database.query(
-        "SELECT 1 FROM pg_stat_activity WHERE usename = %s AND application_name = %s",
-        (database.migration_user, f"revision {name} running"),
-    ):
-        if laptop is not None and laptop.poll() is not None:
-            said = laptop.stdout.read().decode(errors="replace") if laptop.stdout else ""
-            raise AssertionError(f"fab ended with {laptop.returncode} before revision {name} started:\n{said}")
-        assert time.monotonic() < deadline, f"revision {name} never started"
-        time.sleep(0.05)
+def fab_upgrade_in_the_background(remote) -> subprocess.Popen:
+    """`fab prod db.upgrade --yes` started, its password sent, while the test goes on."""
+    laptop = subprocess.Popen(
+        [*remote.argv, "prod", "db.upgrade", "--yes"],
+        cwd=remote.local.path,
+        env=environment(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    laptop.stdin.write(STDIN_PASSWORD.encode())
+    laptop.stdin.flush()
+    return laptop
 
 
 def app_connection(database) -> psycopg.Connection:
@@ -475,6 +462,18 @@ def advisory_locks(database) -> int:
         "(SELECT oid FROM pg_database WHERE datname = current_database())"
     )
     return count
+
+
+def used_locks(database) -> int:
+    from deploy.dialects.mariadb import lock_name
+
+    ((holder,),) = database.query(f"SELECT IS_USED_LOCK('{lock_name(database.name)}')")
+    return int(holder is not None)
+
+
+# How many migration locks each kind's server holds on a database, and how its refusal names their holder.
+MIGRATION_LOCKS = {"mariadb": used_locks, "postgresql": advisory_locks}
+LOCK_HOLDER = {"mariadb": "connection ", "postgresql": "backend pid "}
 
 
 def ok(result):
@@ -599,17 +598,14 @@ def test_a_revision_failing_over_fab_leaves_the_postgresql_schema_exactly_as_bef
 # -- cancellation and the lock -----------------------------------------------------------------------
 
 
-@pytest.mark.postgresql
-def test_ctrl_c_over_fab_on_postgresql_stops_between_revisions_and_frees_the_lock(pg_remote, tmp_path):
-    release = slow_then_after(pg_remote, tmp_path)
-    child = pg_remote.spawn("prod", "db.upgrade")
+def test_ctrl_c_on_the_laptop_finishes_the_revision_and_stops_before_the_next(any_remote, server_kind, tmp_path):
+    remote, database, locks = any_remote, any_remote.database, MIGRATION_LOCKS[server_kind.name]
+    release = slow_then_after(remote, tmp_path)
+    child = remote.spawn("prod", "db.upgrade")
     try:
-        child.expect_exact("Apply? [y/N] ")
-        child.sendline("y")
-        child.expect("Password for ")
-        child.sendline(PASSWORD)
-        wait_until_running(pg_remote.database, SLOW)
-        assert advisory_locks(pg_remote.database) == 1  # the run holds its lock
+        answer_at_a_terminal(child, APPLY, TYPED_PASSWORD)
+        wait_until_running(release, SLOW)
+        assert locks(database) == 1  # the run holds its lock
         child.sendintr()  # Ctrl-C, once, while the slow revision runs
         time.sleep(1.5)  # the stop crosses the SSH channel; then the revision may end
         release.touch()
@@ -620,59 +616,65 @@ def test_ctrl_c_over_fab_on_postgresql_stops_between_revisions_and_frees_the_loc
     output = child.before
     assert child.exitstatus == 1, output
     assert "stopped (stopped from the laptop) after 1 of 2 revisions" in output, output
-    assert pg_remote.database.version() == SLOW and f"{SLOW}_started" in pg_remote.database.tables()
-    assert "after_slow" not in pg_remote.database.tables()
-    status = pg_remote.fab("prod", "db.status")
-    assert "stopped after 1 of 2 (stopped from the laptop)" in status.out, status.output
+    assert f"is at {SLOW}" in output
+    # The revision in progress completed, and the next one never started.
+    assert database.version() == SLOW and f"{SLOW}_started" in database.tables()
+    assert "after_slow" not in database.tables()
+    status = remote.fab("prod", "db.status")
+    assert "last run:" in status.out and "stopped after 1 of 2 (stopped from the laptop)" in status.out, status.output
     # The lock went with the run: the next upgrade takes it at once and goes on.
-    assert advisory_locks(pg_remote.database) == 0
-    (pg_remote.server.path / "invoke.yaml").write_text("db:\n  safety:\n    lock_wait: 0\n")
-    pg_remote.upgrade()
-    assert pg_remote.database.version() == AFTER
+    assert locks(database) == 0
+    (remote.server.path / "invoke.yaml").write_text("db:\n  safety:\n    lock_wait: 0\n")
+    remote.upgrade()
+    assert database.version() == AFTER
 
 
-@pytest.mark.postgresql
-def test_two_fab_upgrades_at_once_on_postgresql_the_second_names_the_first(pg_remote, tmp_path):
-    (pg_remote.server.path / "invoke.yaml").write_text("db:\n  safety:\n    lock_wait: 1\n")
-    pg_remote.upgrade()
+def test_two_fab_upgrades_at_once_the_second_names_the_first(any_remote, server_kind, tmp_path):
+    remote = any_remote
+    # The server's own Invoke config sets the guards for fab runs: here a short wait for the lock.
+    (remote.server.path / "invoke.yaml").write_text("db:\n  safety:\n    lock_wait: 1\n")
+    remote.upgrade()
+    # Held until the second is done: a fixed sleep lost the race to a loaded machine's slow second fab.
     release = tmp_path / "release"
-    held_revision(pg_remote, "slow00000001", release)
-    first = fab_upgrade_in_the_background(pg_remote)
+    remote.add_revision("slow00000001", held_revision("slow00000001", release))
+    first = fab_upgrade_in_the_background(remote)
     try:
-        wait_until_running(pg_remote.database, "slow00000001", first)
-        second = pg_remote.fab("prod", "db.upgrade", "--yes", stdin=STDIN_PASSWORD)
+        wait_until_running(release, "slow00000001", first)
+        second = remote.fab("prod", "db.upgrade", "--yes", stdin=STDIN_PASSWORD)
     finally:
         release.touch()
         out, _ = first.communicate(timeout=120)
-    refused(second, "another migration holds the lock", "backend pid ", pg_remote.database.migration_user)
+    holder = LOCK_HOLDER[server_kind.name]
+    refused(second, "another migration holds the lock", holder, remote.database.migration_user)
     assert first.returncode == 0, out.decode()
-    assert pg_remote.database.version() == "slow00000001"
+    assert remote.database.version() == "slow00000001"
 
 
-@pytest.mark.postgresql
-def test_a_lost_ssh_connection_finishes_the_postgresql_revision_and_stops_before_the_next(pg_remote, tmp_path):
-    release = slow_then_after(pg_remote, tmp_path)
-    laptop = fab_upgrade_in_the_background(pg_remote)
+def test_a_lost_ssh_connection_finishes_the_revision_and_stops_before_the_next(any_remote, server_kind, tmp_path):
+    remote, database = any_remote, any_remote.database
+    release = slow_then_after(remote, tmp_path)
+    laptop = fab_upgrade_in_the_background(remote)
     try:
-        wait_until_running(pg_remote.database, SLOW, laptop)
+        wait_until_running(release, SLOW, laptop)
         laptop.kill()  # the laptop vanishes mid-revision: its SSH connection drops with it
         laptop.wait(timeout=30)
         time.sleep(1)  # the server sees its control channel end; then the revision may finish
     finally:
         release.touch()
         laptop.wait(timeout=30)
-    log = pg_remote.server.path / "instance" / "migration-runs.jsonl"
+    log = remote.server.path / "instance" / "migration-runs.jsonl"
     deadline = time.monotonic() + 60
     while '"outcome": "stopped' not in (log.read_text() if log.exists() else ""):
         assert time.monotonic() < deadline, log.read_text() if log.exists() else "no run log"
         time.sleep(0.2)
-    assert pg_remote.database.version() == SLOW and "after_slow" not in pg_remote.database.tables()
+    assert database.version() == SLOW and "after_slow" not in database.tables()
     # The server-side run ends (its log is written under the lock, just before the release), its lock with it.
     deadline = time.monotonic() + 10
-    while advisory_locks(pg_remote.database):
+    while MIGRATION_LOCKS[server_kind.name](database):
         assert time.monotonic() < deadline, "the lock outlived the run"
         time.sleep(0.1)
-    status = pg_remote.fab("prod", "db.status")
+    status = remote.fab("prod", "db.status")
     assert "stopped after 1 of 2 (the SSH connection was lost)" in status.out, status.output
-    pg_remote.upgrade()
-    assert pg_remote.database.version() == AFTER
+    # Nothing was left half done: the next upgrade simply goes on.
+    remote.upgrade()
+    assert database.version() == AFTER
