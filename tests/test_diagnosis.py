@@ -45,46 +45,49 @@ def left_by_failure(checkout, connection, body: str) -> diagnosis.Left:
     return diagnosis.left_by(trail, "failing", planned)
 
 
-def test_data_changes_after_the_last_schema_change_are_not_called_applied(checkout, connection):
-    left = left_by_failure(
-        checkout,
-        connection,
+# Each failing revision's body, and what it left: applied, cannot be told, failed, never ran; its state.
+FAILURES = {
+    # The ALTER committed itself; the UPDATE after it was still open when the SELECT failed.
+    "data changes after the last schema change are not called applied": (
         "op.add_column('posts', sa.Column('summary', sa.String(50)))\n    "
         "op.execute('UPDATE posts SET summary = title')\n    "
         "op.execute('SELECT * FROM no_such_table')",
-    )
-    # The ALTER committed itself; the UPDATE after it was still open when the SELECT failed.
-    assert left.applied == ["add_column posts.summary"]
-    assert left.unknown == ["execute UPDATE posts SET summary = title (its data changes may have been rolled back)"]
-    assert left.failed == ["execute SELECT * FROM no_such_table"] and left.not_run == []
-    assert left.state == "may be half applied"
-
-
-def test_data_changes_a_later_schema_change_committed_are_applied(checkout, connection):
-    left = left_by_failure(
-        checkout,
-        connection,
+        ["add_column posts.summary"],
+        ["execute UPDATE posts SET summary = title (its data changes may have been rolled back)"],
+        ["execute SELECT * FROM no_such_table"],
+        [],
+        "may be half applied",
+    ),
+    "data changes a later schema change committed are applied": (
         "op.execute('UPDATE posts SET title = title')\n    "
         "op.add_column('posts', sa.Column('summary', sa.String(50)))\n    "
         "op.add_column('posts', sa.Column('title', sa.String(50)))",  # exists: fails
-    )
-    assert left.applied == ["execute UPDATE posts SET title = title", "add_column posts.summary"]
-    assert left.failed == ["add_column posts.title"] and left.unknown == [] and left.not_run == []
-    assert left.state == "is half applied"
-
-
-def test_changes_the_script_makes_on_the_connection_itself_cannot_be_told(checkout, connection):
-    left = left_by_failure(
-        checkout,
-        connection,
+        ["execute UPDATE posts SET title = title", "add_column posts.summary"],
+        [],
+        ["add_column posts.title"],
+        [],
+        "is half applied",
+    ),
+    # Unreadable offline (the mock connection has no exec_driver_sql): what followed is not named.
+    "changes the script makes on the connection itself cannot be told": (
         "op.get_bind().exec_driver_sql('CREATE TABLE side_table (id INT)')\n    "
         "op.add_column('posts', sa.Column('title', sa.String(50)))",
-    )
-    assert left.applied == [] and left.failed == ["add_column posts.title"]
-    # Unreadable offline (the mock connection has no exec_driver_sql): what followed is not named.
-    assert left.not_run == ["the rest of the script, if any"]
-    assert left.unknown == ["1 change the script made on the connection itself"]
-    assert left.half_applied
+        [],
+        ["1 change the script made on the connection itself"],
+        ["add_column posts.title"],
+        ["the rest of the script, if any"],
+        "may be half applied",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("body", "applied", "unknown", "failed", "not_run", "state"), FAILURES.values(), ids=list(FAILURES)
+)
+def test_what_a_failed_revision_left(checkout, connection, body, applied, unknown, failed, not_run, state):
+    left = left_by_failure(checkout, connection, body)
+    assert (left.applied, left.unknown, left.failed, left.not_run) == (applied, unknown, failed, not_run)
+    assert left.state == state and left.half_applied
 
 
 def test_the_watch_ends_with_the_block(checkout, connection):
