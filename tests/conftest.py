@@ -36,20 +36,16 @@ def no_remembered_passwords(monkeypatch):
 @pytest.fixture(scope="session")
 def mariadb(tmp_path_factory):
     """One throwaway MariaDB for the session; tests get their own database and users."""
-    server = MariaDB(tmp_path_factory.mktemp("mariadb"))
-    server.start()
-    yield server
-    server.stop()
+    with MariaDB(tmp_path_factory.mktemp("mariadb")) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
 def postgresql(tmp_path_factory):
     """One throwaway PostgreSQL for the session (initdb into a temporary directory, a free loopback port);
     tests get their own database and roles."""
-    server = PostgreSQL(tmp_path_factory.mktemp("postgresql"))
-    server.start()
-    yield server
-    server.stop()
+    with PostgreSQL(tmp_path_factory.mktemp("postgresql")) as server:
+        yield server
 
 
 @pytest.fixture
@@ -69,10 +65,8 @@ def checkout(tmp_path) -> Checkout:
 
 @pytest.fixture
 def sshd(tmp_path_factory):
-    server = SSHServer(tmp_path_factory.mktemp("sshd"))
-    server.start()
-    yield server
-    server.stop()
+    with SSHServer(tmp_path_factory.mktemp("sshd")) as server:
+        yield server
 
 
 def production_remote(tmp_path, database, sshd) -> Remote:

@@ -58,19 +58,15 @@ def test_free_port_is_bindable() -> None:
 @pytest.fixture(scope="module")
 def mariadb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MariaDB]:
     """One server shared by the tests that only create users and tables."""
-    server = MariaDB(tmp_path_factory.mktemp("mariadb"))
-    server.start()
-    yield server
-    server.stop()
+    with MariaDB(tmp_path_factory.mktemp("mariadb")) as server:
+        yield server
 
 
 @pytest.fixture
 def fresh_mariadb(tmp_path: pathlib.Path) -> Iterator[MariaDB]:
     """A private server for tests that stop, kill or restart it."""
-    server = MariaDB(tmp_path / "mariadb")
-    server.start()
-    yield server
-    server.stop()
+    with MariaDB(tmp_path / "mariadb") as server:
+        yield server
 
 
 def test_mariadb_starts(mariadb: MariaDB) -> None:
@@ -197,10 +193,8 @@ def test_mariadb_failure_raises_with_log(tmp_path: pathlib.Path) -> None:
 
 @pytest.fixture
 def sshd(tmp_path: pathlib.Path) -> Iterator[SSHServer]:
-    server = SSHServer(tmp_path / "sshd")
-    server.start()
-    yield server
-    server.stop()
+    with SSHServer(tmp_path / "sshd") as server:
+        yield server
 
 
 def _ssh_client(server: SSHServer, tmp_path: pathlib.Path) -> Any:
