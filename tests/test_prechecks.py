@@ -37,7 +37,8 @@ def test_what_each_operation_is_checked_for(checkout):
             "    op.alter_column('posts', 'slug', type_=sa.String(50), existing_type=sa.String(200))\n"
             "    op.alter_column('posts', 'title', type_=sa.String(300), existing_type=sa.String(200))\n"
             "    op.create_check_constraint('ck_posts_title', 'posts', 'length(title) > 0')\n"
-            "    op.alter_column('posts', 'status', type_=sa.Enum('draft', 'live'), existing_type=sa.String(20))",
+            "    op.alter_column('posts', 'status', type_=sa.Enum('draft', 'live'), existing_type=sa.String(20))\n"
+            "    op.create_index('ix_live_slug', 'posts', ['slug'], unique=True, postgresql_where=sa.text('id > 0'))",
         ),
     )
     checks = prechecks.planned(config, revisions, "mysql")
@@ -48,8 +49,10 @@ def test_what_each_operation_is_checked_for(checkout):
         "posts.slug: VARCHAR(50)",  # the longer title is no risk: not checked
         "posts.ck_posts_title: CHECK (length(title) > 0)",
         "posts.status: enum (draft, live)",
+        "posts.ix_live_slug",  # partial: unchecked
     ]
-    assert [check.finding for check in checks][:2] == [
+    assert str(checks[-1].result()) == "p1: posts.ix_live_slug: a partial index, or one on the start of its values"
+    assert [check.finding for check in checks[:2]] == [
         "alter_column posts.status NOT NULL",
         "create_index posts.ix_posts_title",
     ]
