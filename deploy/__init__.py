@@ -18,8 +18,9 @@ LAYERS = (
     ("guards", "guards.refusals", "guards.lock", "guards.timeouts", "guards.runlog", "backups"),
     # Alembic's API, and the env.py that every migration runs through.
     ("alembic_ops", "alembic_env"),
-    # What reads revisions and the live schema: the lint, the half-applied diagnosis, the schema snapshot.
-    ("review", "review.lint", "review.diagnosis", "review.prechecks", "schema"),
+    # What reads revisions, their data and the live schema: the lint, the half-applied diagnosis, the data
+    # prechecks, the revision checksums, the schema snapshot.
+    ("review", "review.lint", "review.diagnosis", "review.prechecks", "review.checksums", "schema"),
     # One function per command, returning results.
     ("commands", "checks", "branches"),
     # The laptop's side of fab: one SSH connection per host, fleets.

@@ -21,7 +21,7 @@ from sqlalchemy.engine import Engine
 from . import alembic_ops
 from .alembic_ops import AUTOGENERATE, CONNECTION, TARGET_METADATA
 from .credentials import with_password
-from .database import connect
+from .database import SUITE_TABLES, connect
 from .errors import DeployError, mask
 
 log = logging.getLogger("alembic.env")
@@ -98,6 +98,13 @@ def _configure(config, **options) -> None:
             directives[:] = []
             log.info("No changes in schema detected.")
 
+    theirs = options.get("include_name")
+
+    def include_name(name, type_, parent_names) -> bool:
+        """The migrations' own tables are not the models' to compare, whatever else is filtered."""
+        ours = type_ == "table" and name in SUITE_TABLES
+        return not ours and (theirs is None or theirs(name, type_, parent_names))
+
     context.configure(
         **{
             "target_metadata": _target_metadata(config),
@@ -108,6 +115,7 @@ def _configure(config, **options) -> None:
             "transaction_per_migration": True,
             "process_revision_directives": skip_empty_autogenerate,
             **options,
+            "include_name": include_name,
         }
     )
 

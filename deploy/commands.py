@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from alembic import command
@@ -19,7 +20,7 @@ from .credentials import describe, needs_password, with_password
 from .database import application_tables, explain, translate_errors
 from .errors import RELAYED, DeployError, own, relayed
 from .guards import lock, refusals, runlog, timeouts
-from .review import diagnosis, lint, prechecks
+from .review import checksums, diagnosis, lint, prechecks
 from .settings import Settings
 from .status import Status
 
@@ -249,6 +250,7 @@ def migrate(
     with project.connect(url, create=not downgrade) as connection, project.lock(url):
         with translate_errors(url):
             current = project.check_ready(connection)
+            check_unedited(project, connection, current)
         steps = alembic_ops.plan(project.alembic, current, target, downgrade)
         where_now = alembic_ops.label(project.alembic, current_of(current))
         if expect_from is not None and list(current) != list(expect_from):
@@ -414,6 +416,7 @@ def run_steps(project, connection, url, steps, target, downgrade, cancellation, 
             with diagnosis.watching(connection) as trail:
                 alembic_ops.migrate(project.alembic, connection, target if merge else destination, downgrade)
             connection.commit()
+            keep_checksums(project, connection, steps[done:] if merge else [step], downgrade)
         except KeyboardInterrupt:
             raise migration_failed(project, connection, url, None, target, downgrade, backup, trail, step) from None
         except Exception as exc:
@@ -422,6 +425,30 @@ def run_steps(project, connection, url, steps, target, downgrade, cancellation, 
             return len(steps)
         done += 1
     return done
+
+
+def keep_checksums(project: Project, connection: Connection, steps: list, downgrade: bool) -> None:
+    """The revisions just run: their files' checksums kept as they ran, or dropped with the undone ones."""
+    for step in steps:
+        if downgrade:
+            checksums.forget(connection, step.revision)
+        else:
+            checksums.record(connection, checksums.of(project.alembic, step.revision, connection.dialect.name))
+    connection.commit()
+
+
+def check_unedited(project: Project, connection: Connection, current: tuple[str, ...]) -> None:
+    """Nothing migrates over an applied revision whose file changed since it ran."""
+    edited = checksums.verify(connection, project.alembic, current, connection.dialect.name).pairs()
+    if edited:
+        raise unedited_refusal(project, edited)
+
+
+def unedited_refusal(project: Project, edited: list[list[str]]) -> DeployError:
+    ways = f"`{project.command('accept')} {edited[0][0]}` after review, or put the file back as it ran"
+    if not project.guards.production:
+        ways += f"; or start over: `{project.command('reset')}`"
+    return checksums.refusal(edited, ways)
 
 
 def sql(project: Project, target: str, downgrade: bool = False, expect_head: str | None = None) -> str:
@@ -530,7 +557,26 @@ def stamp(project: Project, revision: str) -> str:
         alembic_ops.stamp(project.alembic, connection, revision)
         connection.commit()
         now = alembic_ops.current_heads(connection)
+        # What the stamp says the schema is, as its files are now; the revisions below have none.
+        keep_checksums(project, connection, [SimpleNamespace(revision=head) for head in now], False)
     return f"{describe(url)} is stamped at {alembic_ops.label(project.alembic, current_of(now))}"
+
+
+def accept(project: Project, revision: str) -> str:
+    """Keep an applied revision's file, edited after it ran, as it is now (after review): its checksum
+    is recorded anew, as Flyway's `repair` does."""
+    with alembic_ops.alembic_errors():
+        script = alembic_ops.scripts(project.alembic).get_revision(revision)
+    if script is None:
+        raise DeployError(f"no revision {revision!r} in the migration scripts")
+    url = project.migration_url_with_password()
+    with project.connect(url) as connection, translate_errors(url), project.lock(url):
+        current = project.check_ready(connection)
+        if script.revision not in checksums.applied(project.alembic, current):
+            raise DeployError(f"{script.revision} is not applied to {describe(url)}: there is nothing to accept")
+        checksums.record(connection, checksums.of(project.alembic, script.revision, connection.dialect.name))
+        connection.commit()
+    return f"{describe(url)}: {script.revision} ({Path(script.path).name}) is accepted as its file is now"
 
 
 def restore(
@@ -616,6 +662,7 @@ def status(
     with project.connect(url) as connection, translate_errors(url):
         found = alembic_ops.current_heads(connection)
         tables = application_tables(connection)
+        verdict = checksums.verify(connection, config, found, connection.dialect.name)
         if room:
             spare = dialects.dialect_for(connection).spare_connections(connection)
     pending = None
@@ -645,6 +692,8 @@ def status(
         base=alembic_ops.base(config),
         last_run=last_run(project.settings.instance_path, describe(migration_url)),
         risks=findings,
+        edited=verdict.pairs(),
+        without_checksum=len(verdict.without),
         data_failures=[str(result) for result in prechecks.failures(checked)],
         not_checked=[str(result) for result in prechecks.unchecked(checked)],
         room=None if spare is None else max(1, spare // CONNECTIONS_PER_UPGRADE),
@@ -671,6 +720,8 @@ def check_plan(project: Project, state: Status, target: str, expect_head: str | 
     refusals.check_single_head(tuple(state.heads))
     if expect_head:
         refusals.check_expected_head(tuple(state.heads), expect_head)
+    if state.edited:
+        raise unedited_refusal(project, state.edited)
     if state.target_behind:
         raise behind(project, target, alembic_ops.label(project.alembic, current_of(tuple(state.current))))
     check_data(state.data_failures)

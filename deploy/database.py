@@ -21,6 +21,10 @@ from .credentials import describe
 from .errors import DeployError, own, relayed, remember
 
 VERSION_TABLE = "alembic_version"
+# The tables the migrations keep about themselves, beside the application's: Alembic's, and the
+# checksums of the revisions applied (review/checksums.py). No comparison with the models sees them.
+CHECKSUMS_TABLE = "alembic_checksums"
+SUITE_TABLES = frozenset({VERSION_TABLE, CHECKSUMS_TABLE})
 
 
 def sqlite_path(url: URL) -> Path | None:
@@ -271,10 +275,10 @@ def _uid(pid: int) -> int | None:
 
 
 def application_tables(connection: Connection) -> list[str]:
-    """Every table but Alembic's own."""
+    """Every table but the migrations' own."""
     names = inspect(connection).get_table_names()
     connection.rollback()
-    return sorted(name for name in names if name != VERSION_TABLE)
+    return sorted(name for name in names if name not in SUITE_TABLES)
 
 
 @contextmanager

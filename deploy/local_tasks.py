@@ -156,6 +156,20 @@ def stamp(c, revision, conversation=False):
         print(commands.stamp(opened, revision))
 
 
+@command(
+    help={
+        "revision": "the applied revision, edited after it ran, whose file you reviewed and keep as it is now",
+        "conversation": CONVERSATION,
+    }
+)
+@one_line_errors
+def accept(c, revision, conversation=False):
+    """Accept an applied revision's file as it is now, after review of an edit made since it ran."""
+    opened = project(c)
+    if agreed(opened, conversation):
+        print(commands.accept(opened, revision))
+
+
 @command()
 @one_line_errors
 def current(c):
@@ -299,6 +313,7 @@ COMMANDS: tuple[Command, ...] = (
     upgrade,
     downgrade,
     stamp,
+    accept,
     current,
     history,
     heads,

@@ -146,6 +146,18 @@ def stamp(c, revision):
         go_ahead(server, talk)
 
 
+@task(help={"revision": "the applied revision, edited after it ran, whose file you reviewed and keep as it is now"})
+@one_line_errors
+def accept(c, revision):
+    """Accept an applied revision's file as it is now on the environment's database, after review."""
+    from . import alembic_ops
+
+    alembic_ops.resolve(local_config(c), revision)  # a typo fails here, before any question
+    with Server(c, one_target(c)) as server, server.conversation(["db.accept", revision]) as talk:
+        print(f"{server.name}: accepting {revision} as its file is now, on {talk.status.migration_user}")
+        go_ahead(server, talk)
+
+
 @task(help={"yes": "stamp the match without asking [y/N] (needed without a terminal)"})
 @one_line_errors
 def detect(c, yes=False):
@@ -242,7 +254,7 @@ def schema(c, diff=False):
         server.invoke(["db.schema", *(["--diff"] if diff else [])])
 
 
-COMMANDS: tuple[Command, ...] = (status, upgrade, stamp, detect, downgrade, restore, backups, lint, schema)
+COMMANDS: tuple[Command, ...] = (status, upgrade, stamp, accept, detect, downgrade, restore, backups, lint, schema)
 
 
 def environment_task(name: str) -> Task:

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from . import alembic_ops
-from .database import VERSION_TABLE
+from .database import SUITE_TABLES
 
 
 def plural(count: int, word: str) -> str:
@@ -146,9 +146,9 @@ class Snapshot:
 
 
 def snapshot(connection: Connection, database_name: str = "") -> Snapshot:
-    """Every table but alembic_version, reflected once; the transaction the reading opened is ended."""
+    """Every table but the migrations' own, reflected once; the transaction the reading opened is ended."""
     metadata = sa.MetaData()
-    metadata.reflect(connection, only=lambda name, _: name != VERSION_TABLE)
+    metadata.reflect(connection, only=lambda name, _: name not in SUITE_TABLES)
     revision = alembic_ops.current_heads(connection)
     connection.rollback()
     # Reflection also brings the tables a foreign key refers to: only this schema's are listed.

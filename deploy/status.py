@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from .errors import DeployError
 
 # Bump when a field is added, removed or changes meaning, or the conversation changes.
-PROTOCOL = 6
+PROTOCOL = 7
 STATUS_LINE = "deploy-status: "
 GO = "go"
 
@@ -47,6 +47,10 @@ class Status:
     last_run: str | None = None
     # Unreviewed risky operations in the pending upgrade (review.lint), one line each.
     risks: list[str] = dataclasses.field(default_factory=list)
+    # Applied revisions whose file changed since they ran: [revision, what changed] (review.checksums).
+    edited: list[list[str]] = dataclasses.field(default_factory=list)
+    # How many applied revisions have no checksum (applied before checksums were kept).
+    without_checksum: int = 0
     # Pending operations that would fail on the rows there now (review.prechecks), one line each.
     data_failures: list[str] = dataclasses.field(default_factory=list)
     # What the data prechecks could not say (raw SQL, rows changed first, too slow but reviewed), one line each.
@@ -91,6 +95,9 @@ class Status:
         ]
         if self.last_run:
             lines.append(f"last run:   {self.last_run}")
+        lines += [f"edited:     {what}" for _, what in self.edited]
+        if self.without_checksum:
+            lines.append(f"checksums:  none for {self.without_checksum} revisions applied before checksums were kept")
         if self.unstamped_tables:
             lines.append(f"warning:    {len(self.unstamped_tables)} tables but no alembic_version: stamp it first")
         if len(self.heads) > 1:
