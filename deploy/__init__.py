@@ -20,7 +20,7 @@ LAYERS = (
     ("alembic_ops", "alembic_env"),
     # What reads revisions, their data and the live schema: the lint, the half-applied diagnosis, the data
     # prechecks, the revision checksums, the schema snapshot.
-    ("review", "review.lint", "review.diagnosis", "review.prechecks", "review.checksums", "schema"),
+    ("review", "review.lint", "review.diagnosis", "review.prechecks", "review.checksums", "schema", "backfill"),
     # One function per command, returning results.
     ("commands", "checks", "branches"),
     # The laptop's side of fab: one SSH connection per host, fleets.

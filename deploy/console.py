@@ -54,6 +54,14 @@ def confirm(question: str, yes: bool) -> None:
 # A second Ctrl-C within this many seconds aborts the revision in progress.
 ABORT_WINDOW = 3.0
 STOP, ABORT = "stop", "abort"
+# The cancellation of the migration running in this process (see active_cancellation).
+_active: Cancellation | None = None
+
+
+def active_cancellation() -> Cancellation | None:
+    """The run's cancellation while a migration runs (inside Cancellation.active), else None: long work
+    inside a revision (deploy.backfill) asks it whether to stop early."""
+    return _active
 
 
 class Cancellation:
@@ -88,9 +96,12 @@ class Cancellation:
         previous = {signum: signal.signal(signum, self.interrupted) for signum in signals}
         if self._control is not None:
             threading.Thread(target=self._read_controls, args=(self._control,), daemon=True).start()
+        global _active
+        outer, _active = _active, self
         try:
             yield self
         finally:
+            _active = outer
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
 

@@ -24,7 +24,7 @@ VERSION_TABLE = "alembic_version"
 # The tables the migrations keep about themselves, beside the application's: Alembic's, and the
 # checksums of the revisions applied (review/checksums.py). No comparison with the models sees them.
 CHECKSUMS_TABLE = "alembic_checksums"
-SUITE_TABLES = frozenset({VERSION_TABLE, CHECKSUMS_TABLE})
+SUITE_TABLES = frozenset({VERSION_TABLE, CHECKSUMS_TABLE, "alembic_backfills"})  # and deploy.backfill's progress
 
 
 def sqlite_path(url: URL) -> Path | None:

@@ -120,6 +120,11 @@ class Dialect(ABC):
         """How many more connections the server accepts now (ordinary users'; 0 when full); None when it
         cannot be told, or there is no limit (a database without a server)."""
 
+    @abstractmethod
+    def busy_sessions(self, connection: Connection) -> int | None:
+        """How many other sessions run a statement on the server now, the load a backfill waits out
+        (deploy.backfill); None when the database has no server."""
+
     def engine_options(self, url: URL) -> dict:
         """create_engine() options for `url`'s connections (an application's own options override them)."""
         return {}

@@ -339,6 +339,7 @@ def warm_tls_context(engine: Engine, connect_args: dict) -> None:
 
 MAX_CONNECTIONS = "SELECT @@max_connections"
 CONNECTED = "SHOW GLOBAL STATUS LIKE 'Threads_connected'"
+RUNNING = "SHOW GLOBAL STATUS LIKE 'Threads_running'"
 
 
 def server_spare_connections(connection: Connection) -> int | None:
@@ -394,6 +395,10 @@ class MariaDB(Dialect):
     def spare_connections(self, connection: Connection) -> int | None:
         """@@max_connections minus Threads_connected (SHOW GLOBAL STATUS needs no privilege)."""
         return server_spare_connections(connection)
+
+    def busy_sessions(self, connection: Connection) -> int | None:
+        """Threads_running less this session's own (SHOW GLOBAL STATUS needs no privilege)."""
+        return max(0, int(connection.exec_driver_sql(RUNNING).one()[1]) - 1)
 
     def migration_lock(self, url: URL, session, wait: float):
         """GET_LOCK, on a connection of its own."""

@@ -488,6 +488,12 @@ SPARE_CONNECTIONS = """
 """
 
 
+BUSY_SESSIONS = (
+    "SELECT count(*) FROM pg_stat_activity"
+    " WHERE backend_type = 'client backend' AND state = 'active' AND pid <> pg_backend_pid()"
+)
+
+
 def pg_spare_connections(connection: Connection) -> int:
     opened_here = not connection.in_transaction()
     try:
@@ -540,6 +546,12 @@ class PostgreSQL(Dialect):
     def spare_connections(self, connection: Connection) -> int | None:
         """max_connections less the reserved slots and the client backends of pg_stat_activity."""
         return pg_spare_connections(connection)
+
+    def busy_sessions(self, connection: Connection) -> int | None:
+        """The other client backends of pg_stat_activity running a statement (other roles' need
+        pg_read_all_stats: without it they are not counted)."""
+        connection.exec_driver_sql("SELECT pg_stat_clear_snapshot()")  # else the transaction's first reading
+        return int(connection.exec_driver_sql(BUSY_SESSIONS).scalar_one())
 
     def bounded(self, connection: Connection, seconds: float):
         """SET LOCAL statement_timeout in a read-only transaction; SQLSTATE 57014 is TooSlow."""

@@ -222,6 +222,9 @@ class SQLite(Dialect):
     def spare_connections(self, connection: Connection) -> int | None:
         return None  # no server: no limit on connections
 
+    def busy_sessions(self, connection: Connection) -> int | None:
+        return None  # no server to be busy: the application's writers wait on the file's lock
+
     def backup_name(self, url: URL) -> str:
         return backed_up_file(url).stem
 
