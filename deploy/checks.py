@@ -1,6 +1,6 @@
 """The checks on migrations and the live schema: `check` (single head, each revision's round trip,
 the models against what the migrations build), `live_schema` (db.schema), `detect` (which revision an
-unstamped database matches).
+unstamped database matches), `drift` (the live schema against what its migrations build).
 
 Scratch databases are temporary SQLite files (or a database the user names): the development
 database is never opened here, except by `live_schema` and `detect`, which only read it."""
@@ -9,71 +9,30 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.engine import URL, Connection
 
-from . import alembic_ops, database
+from . import alembic_ops, schema
 from .commands import Project
 from .credentials import describe
-from .database import VERSION_TABLE, application_tables, translate_errors
+from .database import application_tables, translate_errors
 from .errors import DeployError
-from .schema import Snapshot, compare, count, dropped_tables, plural, quiet, render, snapshot
-
-# --- scratch databases
-
-
-def scratch_url(text: str) -> URL:
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        return make_url(text)
-    except (ArgumentError, ValueError):
-        raise DeployError("--url is not a database URL (dialect+driver://user:password@host/database)") from None
-
-
-@contextmanager
-def scratch_database(url: URL | None = None) -> Iterator[Connection]:
-    """A connection to an empty scratch database: a temporary SQLite file, or `url`, which must be
-    empty and is emptied again afterwards. Not the app's engine options: they are for its database."""
-    with tempfile.TemporaryDirectory(prefix="db-scratch-") as folder:
-        url = url or make_url(f"sqlite:///{Path(folder) / 'scratch.db'}")
-        with database.connect(url, create=True) as connection, translate_errors(url):
-            tables = application_tables(connection)
-            if tables or alembic_ops.current_heads(connection):
-                raise DeployError(
-                    f"the scratch database {describe(url)} is not empty ({', '.join(tables) or VERSION_TABLE}): "
-                    "name an empty one, the checks drop what they build"
-                )
-            try:
-                yield connection
-            finally:
-                empty(connection)
-
-
-def empty(connection: Connection) -> None:
-    from sqlalchemy import MetaData
-
-    connection.rollback()
-    found = MetaData()
-    found.reflect(connection)
-    found.drop_all(connection)
-    connection.commit()
-
-
-def migrate_to(config, connection: Connection, target: str, downgrade: bool = False) -> None:
-    alembic_ops.migrate(config, connection, target, downgrade)
-    connection.commit()
-
-
-def failure(exc: Exception) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
-
+from .schema import (  # noqa: F401 (scratch_url: db.check's --url, and db.drift's)
+    Snapshot,
+    compare,
+    count,
+    dropped_tables,
+    empty,
+    failure,
+    migrate_to,
+    plural,
+    quiet,
+    render,
+    scratch_database,
+    scratch_url,
+    snapshot,
+)
 
 # --- db.check
 
@@ -309,3 +268,57 @@ def detect(project: Project) -> Detection:
     matches = [revision for revision, changes in distances if changes == 0]
     closest = sorted(reversed(distances), key=lambda pair: pair[1])
     return Detection(describe(url), matches, closest)
+
+
+# --- db.drift
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    """What was changed in a database outside its migrations: its schema against the one they build at
+    its revision, in a scratch database (`scratch`); `typed`: column types compared too."""
+
+    database: str
+    revision: list[str]
+    scratch: str
+    typed: bool
+    drift: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.drift
+
+    def to_json(self) -> str:
+        return json.dumps({"ok": self.ok, **dataclasses.asdict(self)})
+
+    @property
+    def compared(self) -> str:
+        return f"against {self.scratch}" + ("" if self.typed else ", compared without types")
+
+    def __str__(self) -> str:
+        where = ", ".join(self.revision)
+        lines = [f"{self.database} at {where}, {self.compared}:"]
+        lines += [f"drift: {line}" for line in self.drift]
+        if self.drift:
+            lines.append(f"{plural(len(self.drift), 'difference')} from what the migrations build")
+        else:
+            lines.append("no drift: the schema is what the migrations build")
+        return "\n".join(lines)
+
+
+def drift(project: Project, url: URL | None = None) -> DriftReport:
+    """The database's schema, read with the application's user (no password), against the one its
+    migrations build at its revision in a scratch database: a temporary SQLite file (compared without
+    types), or `url`, an empty database of the same kind."""
+    live_url = project.settings.database_url
+    with project.connect(live_url) as live, translate_errors(live_url):
+        current = project.check_ready(live)
+        if not current:
+            raise DeployError(
+                f"{describe(live_url)} is not stamped: there is no revision to compare with "
+                f"(`{project.command('detect')}` finds the one it matches)"
+            )
+        found, typed = schema.drift(live, project.alembic, current, url)
+    return DriftReport(
+        describe(live_url), list(current), schema.scratch_name(url), typed, [item.line for item in found]
+    )

@@ -14,7 +14,7 @@ from alembic.config import Config
 from sqlalchemy import MetaData
 from sqlalchemy.engine import URL, Connection
 
-from . import alembic_ops, backups, console, database, dialects, switches
+from . import alembic_ops, backups, console, database, dialects, schema, switches
 from .console import Cancellation, confirm_restore_from
 from .credentials import describe, needs_password, with_password
 from .database import application_tables, explain, translate_errors
@@ -244,6 +244,9 @@ def migrate(
     # approved (expect_from) was checked by the same function a moment ago.
     checked = data_prechecks(project, target) if not downgrade and expect_from is None else []
     check_data([str(result) for result in prechecks.failures(checked)])
+    drift, conflicts = live_drift(project, target) if not downgrade and expect_from is None else ([], [])
+    if conflicts:
+        raise drift_refusal(project, conflicts)
     url = project.migration_url_with_password()
     guards = project.guards
     verb = "downgrade" if downgrade else "upgrade"
@@ -269,6 +272,8 @@ def migrate(
                 progress(f"  {step.revision}  {step.doc}")
         if not downgrade:
             check_risks(project, url, [step.revision for step in steps], progress, checked)
+        for line in drift if progress is not None else ():
+            progress(f"warning: drift: {line}")
         if confirm is not None:
             confirm()
         if not guards.ignore_transactions:
@@ -385,6 +390,65 @@ def check_data(failing: list[str]) -> None:
             f"{len(failing)} pending operation{'s' * (len(failing) > 1)} would fail on the rows there now: "
             f"{'; '.join(failing)}"
         )
+
+
+def live_drift(project: Project, target: str) -> tuple[list[str], list[str]]:
+    """Before a production upgrade to `target`, read with the application's user (no password): what was
+    changed outside the migrations, and the pending operations that change it; one line each. Nothing
+    outside production, or when that user cannot connect (the migration user's connection says why)."""
+    if not project.guards.production:
+        return [], []
+    url = project.settings.database_url
+    with ExitStack() as stack:
+        try:
+            connection = stack.enter_context(project.connect(url))
+        except DeployError:
+            return [], []
+        with translate_errors(url):
+            current = project.check_ready(connection)
+            steps = alembic_ops.plan(project.alembic, current, target)
+            if not steps or alembic_ops.target_behind(project.alembic, current, target, steps, False):
+                return [], []
+            return drift_of(project, connection, current, [step.revision for step in steps])
+
+
+def drift_of(project: Project, connection: Connection, current: tuple[str, ...], revisions: list[str]):
+    """The live schema against what the migrations build at `current` (a scratch SQLite, without types),
+    and the operations of the pending `revisions` that change a drifted object: (drift, conflicts)."""
+    if not current:
+        return [], []
+    try:
+        found, _ = schema.drift(connection, project.alembic, current)
+    except DeployError as exc:  # the history does not build on SQLite: said, not refused
+        return [str(exc)], []
+    conflicts = []
+    dialect_name = connection.dialect.name
+    for revision in revisions:
+        try:
+            operations = lint.operations(project.alembic, revision, dialect_name)
+        except lint.Unreadable as exc:
+            operations = exc.recorded
+        for operation in operations:
+            conflicts += [
+                f"{lint.name(operation)} ({revision}) changes what was changed by hand: {item.line}"
+                for item in found
+                if schema.touches(operation, item)
+            ]
+    return [item.line for item in found], conflicts
+
+
+def drift_refusal(project: Project, conflicts: list[str]) -> DeployError:
+    ways = (
+        f"put the schema back as the migrations build it first (`{project.command('drift')}` lists what differs), "
+        "or change the revision"
+    )
+    if not project.guards.production:
+        ways += f"; or start over: `{project.command('reset')}`"
+    many = len(conflicts) > 1
+    return DeployError(
+        f"{len(conflicts)} pending operation{'s' * many} change{'s' * (not many)} the schema where it was changed "
+        f"outside the migrations: {'; '.join(conflicts)}; {ways}"
+    )
 
 
 def take_backup(project: Project, url: URL, current: tuple[str, ...], progress, spare=None) -> backups.Backup | None:
@@ -648,11 +712,17 @@ def heads(project: Project) -> str:
 
 
 def status(
-    project: Project, target: str = "head", downgrade: bool = False, room: bool = False, prechecked: bool = False
+    project: Project,
+    target: str = "head",
+    downgrade: bool = False,
+    room: bool = False,
+    prechecked: bool = False,
+    drifted: bool = False,
 ) -> Status:
     """Head, current revision and the revisions an upgrade (or downgrade) to `target` would run;
     `room`: also how many upgrades its database server has connections for now; `prechecked`: also the
-    data prechecks of the upgrade.
+    data prechecks of the upgrade; `drifted`: also the live schema's drift from its migrations, and the
+    pending operations that change a drifted object.
 
     Reads with the application's own user: no password."""
     config = project.alembic
@@ -668,6 +738,8 @@ def status(
     pending = None
     findings = []
     checked: list[prechecks.Result] = []
+    drift: list[str] = []
+    conflicts: list[str] = []
     if len(head_revisions) == 1 and (found or not tables):
         steps = alembic_ops.plan(config, found, target, downgrade)
         pending = [[step.revision, step.doc] for step in steps]
@@ -678,6 +750,9 @@ def status(
                 with project.connect(url) as connection, translate_errors(url):
                     checked = prechecks.precheck(connection, config, revisions, project.guards.precheck_timeout)
                 findings += [str(result) for result in prechecks.unreviewed_too_slow(checked)]
+            if drifted and revisions:
+                with project.connect(url) as connection, translate_errors(url):
+                    drift, conflicts = drift_of(project, connection, found, revisions)
     migration_url = project.settings.migration_url
     return Status(
         database=describe(url),
@@ -696,6 +771,8 @@ def status(
         without_checksum=len(verdict.without),
         data_failures=[str(result) for result in prechecks.failures(checked)],
         not_checked=[str(result) for result in prechecks.unchecked(checked)],
+        drift=drift,
+        drift_conflicts=conflicts,
         room=None if spare is None else max(1, spare // CONNECTIONS_PER_UPGRADE),
     )
 
@@ -703,7 +780,15 @@ def status(
 def plan(project: Project, target: str = "head", expect_head: str | None = None, downgrade: bool = False) -> Status:
     """A migration's plan, as fab shows it before asking anything: the status, with the refusal
     `migrate` would give (in its words), and the room its database server has for more upgrades."""
-    state = status(project, target, downgrade, room=not downgrade, prechecked=not downgrade)
+    upgrading = not downgrade
+    state = status(
+        project,
+        target,
+        downgrade,
+        room=upgrading,
+        prechecked=upgrading,
+        drifted=upgrading and project.guards.production,
+    )
     try:
         check_plan(project, state, target, expect_head)
     except DeployError as exc:
@@ -725,6 +810,8 @@ def check_plan(project: Project, state: Status, target: str, expect_head: str | 
     if state.target_behind:
         raise behind(project, target, alembic_ops.label(project.alembic, current_of(tuple(state.current))))
     check_data(state.data_failures)
+    if state.drift_conflicts:
+        raise drift_refusal(project, state.drift_conflicts)
     if state.risks and project.guards.refuse_risky:
         raise risky(state.risks)
 

@@ -152,6 +152,43 @@ def statuses(c, targets: list[Target], concurrency: int) -> list[Outcome]:
     return list(outcomes.values())
 
 
+def drifts(c, targets: list[Target], concurrency: int) -> tuple[list[Outcome], dict[Target, dict]]:
+    """Each target's drift from its migrations (`db.drift --json` on its server, with the application's
+    user), read in parallel: the outcomes, a drifted target's not ok, and each target's report read."""
+    import json
+
+    outcomes = {target: Outcome(target) for target in targets}
+    reports: dict[Target, dict] = {}
+
+    def read(target: Target) -> None:
+        outcome = outcomes[target]
+        try:
+            # `table`: the run exits 0 whatever the drift; the table says it (local_tasks.drift).
+            with fleets[target].session(target, {"table": True}, hide=True) as talk:
+                said = talk.finish().strip().splitlines()
+            report = json.loads(said[-1]) if said else None
+            if not isinstance(report, dict) or "drift" not in report:
+                raise DeployError(f"{talk.server.name}: the server's `db.drift --json` gave no report")
+        except (DeployError, ValueError) as exc:
+            outcome.fail(str(exc), exc if isinstance(exc, DeployError) else None)
+            return
+        except Exit as exc:
+            outcome.fail(talk.reason() or "the server's command failed", exc)
+            return
+        outcome.database, outcome.current = report["database"], ", ".join(report["revision"])
+        compared = "" if report["typed"] else " (compared without types, scratch SQLite)"
+        found = report["drift"]
+        outcome.result = f"{len(found)} difference{'s' * (len(found) != 1)}" if found else "no drift"
+        outcome.result += compared
+        outcome.ok = not found
+        reports[target] = report
+
+    with ExitStack() as stack:
+        fleets = open_hosts(c, targets, concurrency, ["db.drift", "--json"], stack, outcomes)
+        each(read, [target for target in targets if target in fleets], concurrency)
+    return list(outcomes.values()), reports
+
+
 def described(outcome: Outcome, state: Status) -> None:
     outcome.database, outcome.current = state.database, ", ".join(state.current) or "not stamped"
     if state.pending is None:
@@ -225,6 +262,8 @@ def _show_one(chosen: list[Run]) -> None:
         print(f"risk: {risk}")
     for line in plan.not_checked:
         print(f"unchecked: {line}")
+    for line in drift_lines(plan):
+        print(f"drift: {line}")
 
 
 def _show_all(chosen: list[Run]) -> None:
@@ -238,6 +277,15 @@ def _show_all(chosen: list[Run]) -> None:
             print(f"    risk: {risk}")
         for line in plan.not_checked:
             print(f"    unchecked: {line}")
+        for line in drift_lines(plan):
+            print(f"    drift: {line}")
+
+
+def drift_lines(plan: Status) -> list[str]:
+    """A plan's drift, and how it was compared (a plan builds the history in a scratch SQLite)."""
+    if not plan.drift:
+        return []
+    return [*plan.drift, "(compared without types, scratch SQLite: only what a pending operation changes is refused)"]
 
 
 def _ask_passwords(runs: list[Run], alone: bool) -> None:

@@ -37,12 +37,24 @@ def agreed(opened: commands.Project, conversation: bool, target: str = "head", d
     return not conversation or await_go(commands.status(opened, target, downgrade))
 
 
-def warm_up(c, settings: str) -> None:
-    """Before a fleet's children fork: import the app's settings and the database's driver once."""
+def warm_up(c, settings: str, drift: bool = False) -> None:
+    """Before a fleet's children fork: import the app's settings and the database's driver once;
+    `drift`: and build the schema the migrations make at the first target's revision, which its
+    siblings share as a rule (a plan or db.drift compares each database with it)."""
     from . import database
 
     opened = commands.Project.open(Path(c.config.db.alembic_ini), settings)
     database.warm_up(opened.settings.database_url, opened.settings.engine_options)
+    if drift:
+        from . import alembic_ops, schema
+
+        try:
+            with opened.connect(opened.settings.database_url) as connection:
+                current = alembic_ops.current_heads(connection)
+            if current:
+                schema.built_at(opened.alembic, current)
+        except Exception:
+            return  # only a saving: each run says what fails, for its own target
 
 
 def project(c, **guards) -> commands.Project:
@@ -98,7 +110,9 @@ def upgrade(c, to="head", expect_head=None, sql=False, yes=False, plan=False, ex
     """Upgrade the database to head, or to --to REV."""
     if targets:
         chosen = dict(to=to, expect_head=expect_head, sql=sql, yes=yes, **guards)
-        forking.run_each(c, targets, lambda **run: upgrade.body(c, **{**chosen, **run}), partial(warm_up, c))
+        forking.run_each(
+            c, targets, lambda **run: upgrade.body(c, **{**chosen, **run}), partial(warm_up, c, drift=True)
+        )
     opened = project(c, **guards)
     if plan:
         print(STATUS_LINE + commands.plan(opened, to, expect_head).to_json())
@@ -279,6 +293,38 @@ def schema(c, diff=False):
     print(checks.live_schema(project(c), diff))
 
 
+@command(
+    help={
+        "json": "print machine-readable JSON (for monitoring: the exit status is 1 when there is drift, as without it)",
+        "url": (
+            "build the migrations in this empty database of the same kind, to compare column types too (default: a "
+            "temporary SQLite file, compared without types); an empty password in it is asked for"
+        ),
+        "targets": TARGETS,
+    }
+)
+@one_line_errors
+def drift(c, json=False, url=None, targets=None):
+    """Show what was changed in the database outside its migrations; exit 1 when anything was."""
+    if targets:
+        # A fleet's runs: the laptop tabulates their reports (fleet.drifts), so `table` runs exit 0 on drift.
+        forking.run_each(c, targets, lambda table=False: show_drift(c, True, None, table), partial(warm_up, c, True))
+    show_drift(c, json, url)
+
+
+@one_line_errors
+def show_drift(c, json: bool, url: str | None, table: bool = False) -> None:
+    from . import checks
+    from .credentials import with_password
+
+    scratch = with_password(checks.scratch_url(url)) if url else None
+    found = checks.drift(project(c), scratch)
+    print(found.to_json() if json else found)
+    if not found.ok and not table:
+        count = len(found.drift)
+        raise DeployError(f"drift: {count} difference{'s' * (count > 1)} from what the migrations build")
+
+
 # Not `db.stamp --detect`: Invoke's positional REVISION cannot be optional.
 @command(
     help={
@@ -325,6 +371,7 @@ COMMANDS: tuple[Command, ...] = (
     merge,
     schema,
     detect,
+    drift,
 )
 
 

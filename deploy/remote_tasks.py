@@ -254,7 +254,65 @@ def schema(c, diff=False):
         server.invoke(["db.schema", *(["--diff"] if diff else [])])
 
 
-COMMANDS: tuple[Command, ...] = (status, upgrade, stamp, accept, detect, downgrade, restore, backups, lint, schema)
+@task(
+    help={
+        "json": "print machine-readable JSON (for monitoring: the exit status is 1 when there is drift, as without it)"
+    }
+)
+@one_line_errors
+def drift(c, json=False):
+    """Show what was changed in the environment's database outside its migrations (a row per target of a
+    fleet); exit 1 when anything was."""
+    found, concurrency = selected_targets(c.config)
+    if len(found) > 1:
+        fleet_drift(c, found, concurrency, json)
+        return
+    with Server(c, found[0]) as server:
+        if not json:
+            print(f"{server.name}: {server.where}")
+        server.invoke(["db.drift", *(["--json"] if json else [])])
+
+
+def fleet_drift(c, targets: list[Target], concurrency: int, as_json: bool) -> None:
+    """A fleet's drift: a row per target, then each drifted target's lines (or a JSON list of the
+    reports); the command fails when a target drifted or could not be read."""
+    import json
+
+    from . import fleet
+
+    outcomes, reports = fleet.drifts(c, targets, concurrency)
+    if as_json:
+        read = [{"target": o.target.name, **reports[o.target]} for o in outcomes if o.target in reports]
+        failed = [
+            {"target": o.target.name, "ok": False, "error": o.result} for o in outcomes if o.target not in reports
+        ]
+        print(json.dumps(read + failed))
+    else:
+        print(fleet.table(outcomes))
+        for outcome in outcomes:
+            for line in reports.get(outcome.target, {}).get("drift", []):
+                print(f"{outcome.target.name}: drift: {line}")
+    unread = [outcome.target.name for outcome in outcomes if outcome.target not in reports]
+    drifted = [outcome.target.name for outcome in outcomes if outcome.target in reports and not outcome.ok]
+    said = [f"{len(drifted)} of {len(outcomes)} targets drifted: {', '.join(drifted)}"] if drifted else []
+    said += [f"{len(unread)} of {len(outcomes)} targets failed: {', '.join(unread)}"] if unread else []
+    if said:
+        raise DeployError("; ".join(said))
+
+
+COMMANDS: tuple[Command, ...] = (
+    status,
+    upgrade,
+    stamp,
+    accept,
+    detect,
+    downgrade,
+    restore,
+    backups,
+    lint,
+    schema,
+    drift,
+)
 
 
 def environment_task(name: str) -> Task:

@@ -1,5 +1,7 @@
 """The live schema: one snapshot, read once through SQLAlchemy's reflection (its Inspector), and one
-comparison, Alembic's autogenerate, against a MetaData (the models', or a snapshot's).
+comparison, Alembic's autogenerate, against a MetaData (the models', or a snapshot's); scratch
+databases, and the schema the migrations build in one at a revision; drift, what differs between the
+two.
 
 Every reader of a live schema goes through `snapshot`: what a database lists twice (MariaDB shows a
 unique constraint as an index too, PostgreSQL the other way round) is settled here, once."""
@@ -7,16 +9,20 @@ unique constraint as an index too, PostgreSQL the other way round) is settled he
 from __future__ import annotations
 
 import logging
+import tempfile
 import textwrap
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import URL, Connection, make_url
 
-from . import alembic_ops
-from .database import SUITE_TABLES
+from . import alembic_ops, database
+from .credentials import describe
+from .database import SUITE_TABLES, VERSION_TABLE, application_tables, translate_errors
+from .errors import DeployError
 
 
 def plural(count: int, word: str) -> str:
@@ -165,7 +171,11 @@ def compare(connection: Connection, target: sa.MetaData, compare_type: bool = Tr
     from alembic.autogenerate import produce_migrations
     from alembic.migration import MigrationContext
 
-    context = MigrationContext.configure(connection, opts={"compare_type": compare_type})
+    def include_name(name, type_, parent_names) -> bool:
+        return not (type_ == "table" and name in SUITE_TABLES)  # the suite's own tables are no one's schema
+
+    opts = {"compare_type": compare_type, "include_name": include_name}
+    context = MigrationContext.configure(connection, opts=opts)
     found = produce_migrations(context, target).upgrade_ops.ops
     connection.rollback()
     return found
@@ -203,3 +213,193 @@ def quiet() -> Iterator[None]:
         yield
     finally:
         logging.disable(previous)
+
+
+# --- scratch databases
+
+
+def scratch_url(text: str) -> URL:
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(text)
+    except (ArgumentError, ValueError):
+        raise DeployError("--url is not a database URL (dialect+driver://user:password@host/database)") from None
+
+
+@contextmanager
+def scratch_database(url: URL | None = None) -> Iterator[Connection]:
+    """A connection to an empty scratch database: a temporary SQLite file, or `url`, which must be
+    empty and is emptied again afterwards. Not the app's engine options: they are for its database."""
+    with tempfile.TemporaryDirectory(prefix="db-scratch-") as folder:
+        url = url or make_url(f"sqlite:///{Path(folder) / 'scratch.db'}")
+        with database.connect(url, create=True) as connection, translate_errors(url):
+            tables = application_tables(connection)
+            if tables or alembic_ops.current_heads(connection):
+                raise DeployError(
+                    f"the scratch database {describe(url)} is not empty ({', '.join(tables) or VERSION_TABLE}): "
+                    "name an empty one, the checks drop what they build"
+                )
+            try:
+                yield connection
+            finally:
+                empty(connection)
+
+
+def empty(connection: Connection) -> None:
+    connection.rollback()
+    found = sa.MetaData()
+    found.reflect(connection)
+    found.drop_all(connection)
+    connection.commit()
+
+
+def migrate_to(config, connection: Connection, target: str, downgrade: bool = False) -> None:
+    alembic_ops.migrate(config, connection, target, downgrade)
+    connection.commit()
+
+
+def failure(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
+
+
+# --- the schema the migrations build at a revision
+
+# Built schemas, by (script locations, revisions, scratch database): a fleet's server process plans
+# many targets at one revision, and builds it once (before forking, deploy.local_tasks.warm_up).
+_built: dict[tuple, sa.MetaData] = {}
+
+
+def scratch_name(url: URL | None) -> str:
+    return "a scratch SQLite database" if url is None else describe(url)
+
+
+def built_at(config, revisions: tuple[str, ...], url: URL | None = None) -> sa.MetaData:
+    """The schema the migrations build up to `revisions` (a database's current heads) in a scratch
+    database (`url`, or a temporary SQLite file), cached for this process."""
+    key = (config.get_main_option("script_location"), config.config_file_name, tuple(sorted(revisions)), str(url))
+    if key not in _built:
+        with quiet(), scratch_database(url) as scratch:
+            for revision in sorted(revisions):
+                try:
+                    migrate_to(config, scratch, revision)
+                except Exception as exc:
+                    scratch.rollback()
+                    label = alembic_ops.label(config, revision)
+                    raise DeployError(
+                        f"the migrations up to {label} do not build in {scratch_name(url)} ({failure(exc)}): "
+                        "the drift is unknown; `db.drift --url` builds them in an empty database of its kind"
+                    ) from None
+            _built[key] = snapshot(scratch).metadata
+    return _built[key]
+
+
+# --- drift: the live schema against the one its migrations build
+
+
+@dataclass(frozen=True)
+class Drifted:
+    """One difference between the live schema and what its migrations build: its table, the names it
+    concerns (columns, indexes, constraints; None: the whole table), one line for the user."""
+
+    table: str
+    names: frozenset[str] | None
+    line: str
+
+
+def _columns(item) -> list[str]:
+    return [str(getattr(part, "name", part)) for part in getattr(item, "expressions", None) or item.columns]
+
+
+def _kind(constraint) -> str:
+    return "foreign key" if isinstance(constraint, sa.ForeignKeyConstraint) else "unique constraint"
+
+
+def drifted(found: list) -> list[Drifted]:
+    """Alembic's operations that would bring the live schema to the migrations' (compare(live, built)),
+    told as what was changed outside them."""
+    from alembic.operations.ops import UpgradeOps
+
+    told = []
+    diffs = UpgradeOps(ops=found).as_diffs()
+    # An altered column is a list of tuples, one per aspect changed.
+    for diff in [part for each in diffs for part in (each if isinstance(each, list) else [each])]:
+        kind = diff[0]
+        if kind in ("add_table", "remove_table"):
+            table = diff[1]
+            said = "is missing (dropped outside the migrations)" if kind == "add_table" else "is not in the migrations"
+            told.append(Drifted(table.name, None, f"table {table.name} {said}"))
+        elif kind in ("add_column", "remove_column"):
+            table, column = diff[2], diff[3]
+            said = "is missing (dropped outside the migrations)" if kind == "add_column" else "is not in the migrations"
+            told.append(Drifted(table, frozenset({column.name}), f"column {table}.{column.name} {said}"))
+        elif kind in ("add_index", "remove_index"):
+            index = diff[1]
+            columns = _columns(index)
+            said = "is missing (dropped outside the migrations)" if kind == "add_index" else "is not in the migrations"
+            what = f"{'unique ' * bool(index.unique)}index {index.name} on {index.table.name} ({', '.join(columns)})"
+            told.append(Drifted(index.table.name, _names(index.name, *columns), f"{what} {said}"))
+        elif kind in ("add_constraint", "remove_constraint", "add_fk", "remove_fk"):
+            constraint = diff[1]
+            columns = [column.name for column in constraint.columns]
+            added = kind.startswith("add")
+            said = "is missing (dropped outside the migrations)" if added else "is not in the migrations"
+            what = f"{_kind(constraint)} {constraint.name} on {constraint.table.name} ({', '.join(columns)})"
+            told.append(Drifted(constraint.table.name, _names(constraint.name, *columns), f"{what} {said}"))
+        elif kind.startswith("modify_"):
+            table, column, live, built = diff[2], diff[3], diff[5], diff[6]
+            aspect = kind.removeprefix("modify_")
+            if aspect == "nullable":
+                live, built = ("NULL" if live else "NOT NULL"), ("NULL" if built else "NOT NULL")
+            line = f"column {table}.{column} {aspect} is {live}, the migrations make {built}"
+            told.append(Drifted(table, frozenset({column}), line))
+        else:  # comments and the like: told as Alembic names them
+            told.append(Drifted("", frozenset(), f"{kind.replace('_', ' ')}: {', '.join(map(str, diff[1:3]))}"))
+    return told
+
+
+def drift(live: Connection, config, revisions: tuple[str, ...], url: URL | None = None) -> tuple[list[Drifted], bool]:
+    """How the live schema differs from what its migrations build at `revisions`, and whether types
+    were compared: only against a scratch database of the live one's kind (`url`); SQLite's types
+    are not the server's."""
+    built = built_at(config, revisions, url)
+    typed = url is not None
+    with quiet():  # autogenerate logs each difference it detects: they are told here, once
+        return drifted(compare(live, built, compare_type=typed)), typed
+
+
+def _names(*parts) -> frozenset[str]:
+    return frozenset(str(getattr(part, "name", part)) for part in parts if part is not None)
+
+
+def touched(operation) -> tuple[str | None, frozenset[str] | None]:
+    """The table a pending operation changes and the names in it it touches (None: the whole table)."""
+    from alembic.operations import ops
+
+    match operation:
+        case ops.CreateTableOp() | ops.DropTableOp() | ops.RenameTableOp():
+            return operation.table_name, None
+        case ops.AddColumnOp():
+            return operation.table_name, _names(operation.column.name)
+        case ops.DropColumnOp() | ops.AlterColumnOp():
+            return operation.table_name, _names(operation.column_name)
+        case ops.CreateIndexOp():
+            return operation.table_name, _names(operation.index_name, *operation.columns)
+        case ops.DropIndexOp():
+            return operation.table_name, _names(operation.index_name)
+        case ops.CreateForeignKeyOp():
+            return operation.source_table, _names(operation.constraint_name, *operation.local_cols)
+        case ops.DropConstraintOp():
+            return operation.table_name, _names(operation.constraint_name)
+        case ops.AddConstraintOp():
+            columns = getattr(operation, "columns", None) or []
+            return getattr(operation, "table_name", None), _names(operation.constraint_name, *columns)
+    return None, frozenset()
+
+
+def touches(operation, item: Drifted) -> bool:
+    """Whether a pending operation changes a drifted object: the same table, and a name in common
+    (or the whole table, on either side)."""
+    table, names = touched(operation)
+    return table == item.table and (names is None or item.names is None or bool(names & item.names))

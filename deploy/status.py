@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from .errors import DeployError
 
 # Bump when a field is added, removed or changes meaning, or the conversation changes.
-PROTOCOL = 7
+PROTOCOL = 8
 STATUS_LINE = "deploy-status: "
 GO = "go"
 
@@ -55,6 +55,11 @@ class Status:
     data_failures: list[str] = dataclasses.field(default_factory=list)
     # What the data prechecks could not say (raw SQL, rows changed first, too slow but reviewed), one line each.
     not_checked: list[str] = dataclasses.field(default_factory=list)
+    # What was changed outside the migrations: the live schema against the one they build at its revision
+    # (schema.drift), one line each; filled in an upgrade's plan only (db.drift shows it any time).
+    drift: list[str] = dataclasses.field(default_factory=list)
+    # The pending operations that change a drifted object (same table and column, index or constraint).
+    drift_conflicts: list[str] = dataclasses.field(default_factory=list)
     # Why an upgrade to the target is refused, in the server's words; None: it may go ahead.
     refusal: str | None = None
     # How many upgrades the database server accepts at once now (its free connections); None: no limit known.
@@ -110,6 +115,7 @@ class Status:
         lines += [f"risk:       {risk}" for risk in self.risks]
         lines += [f"data:       {failure}" for failure in self.data_failures]
         lines += [f"unchecked:  {line}" for line in self.not_checked]
+        lines += [f"drift:      {line}" for line in self.drift]
         return "\n".join(lines)
 
 
