@@ -145,6 +145,14 @@ class PgDatabase(ProductionDatabase):
     def tables(self) -> set[str]:
         return {row[0] for row in self.query("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
 
+    def app_connection(self):
+        """A connection as the application's role (psycopg's own, not SQLAlchemy's)."""
+        import psycopg
+
+        return psycopg.connect(
+            host="127.0.0.1", port=self.server.port, dbname=self.name, user=self.app_user, password=APP_PASSWORD
+        )
+
     def schema(self) -> dict:
         """Everything reflection sees, table by table: what a half-applied revision would change."""
         from sqlalchemy import create_engine, inspect
@@ -298,6 +306,13 @@ def files_containing(root: Path, secret: str) -> list[Path]:
             except OSError:
                 pass
     return found
+
+
+def ok(result: Result) -> Result:
+    """Assert the command succeeded and showed no password; return its result."""
+    assert result.code == 0, result.output
+    assert PASSWORD not in result.output
+    return result
 
 
 def one_error_line(result: Result) -> str:

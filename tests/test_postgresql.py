@@ -17,13 +17,13 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from helpers import (
-    APP_PASSWORD,
     HEAD,
     PASSWORD,
     POSTS,
     PRODUCTION,
     PgDatabase,
     files_containing,
+    ok,
     one_error_line,
 )
 from helpers import make_pg_database as make_database
@@ -50,18 +50,6 @@ def production(checkout, database):
 def upgrade(checkout, *args, stdin=PASSWORD + "\n", env=None):
     """A production upgrade in a pipeline: the password on stdin, --yes for the [y/N]."""
     return checkout.invoke("db.upgrade", "--yes", *args, stdin=stdin, env={**PRODUCTION, **(env or {})})
-
-
-def ok(result):
-    assert result.code == 0, result.output
-    assert PASSWORD not in result.output
-    return result
-
-
-def app_connection(database: PgDatabase) -> psycopg.Connection:
-    return psycopg.connect(
-        host="127.0.0.1", port=database.server.port, dbname=database.name, user=database.app_user, password=APP_PASSWORD
-    )
 
 
 def test_every_local_task_on_postgresql(production, database, tmp_path, monkeypatch):
@@ -202,7 +190,7 @@ GUARD = {
 def test_a_blocked_alter_gives_way_and_names_the_blocker(production, database):
     ok(upgrade(production))
     production.add_revision("blocked", HEAD, upgrade=ALTER)
-    with app_connection(database) as app:
+    with database.app_connection() as app:
         app.execute("SELECT * FROM posts")  # a transaction left open: its lock on posts stays
         blocker = app.info.backend_pid
         started = time.monotonic()
@@ -242,7 +230,7 @@ def test_a_blocked_alter_retried_in_its_savepoint_keeps_the_revision_whole(produ
         "blocked", HEAD, upgrade="op.create_table('extra', sa.Column('id', sa.Integer, primary_key=True))\n    " + ALTER
     )
     seen: list[str] = []
-    with app_connection(database) as app:
+    with database.app_connection() as app:
         app.execute("SELECT * FROM posts")
         release = threading.Thread(target=release_after_a_timeout, args=(database, app, seen))
         release.start()
@@ -256,7 +244,7 @@ def test_a_blocked_alter_retried_in_its_savepoint_keeps_the_revision_whole(produ
 
 def test_open_transactions_are_refused_naming_them(production, database):
     production.add_revision("r1", HEAD)
-    with app_connection(database) as app:
+    with database.app_connection() as app:
         app.execute("SELECT 1")
         time.sleep(1.2)
         result = upgrade(production, env={"INVOKE_DB_SAFETY_OPEN_TRANSACTIONS_AFTER": "1"})
@@ -270,7 +258,7 @@ def test_open_transactions_are_refused_naming_them(production, database):
 def test_without_pg_read_all_stats_the_migration_role_is_told_to_grant_it(production, database):
     production.add_revision("r1", HEAD)
     database.server.execute(f'REVOKE pg_read_all_stats FROM "{database.migration_user}"')
-    with app_connection(database) as app:
+    with database.app_connection() as app:
         app.execute("SELECT 1")  # another role's session: its state is hidden without the role
         result = upgrade(production)
     line = one_error_line(result)
@@ -284,7 +272,7 @@ def test_without_pg_read_all_stats_the_migration_role_is_told_to_grant_it(produc
 
 def test_backup_and_restore_round_trip(production, database, tmp_path):
     ok(upgrade(production))
-    with app_connection(database) as app:
+    with database.app_connection() as app:
         app.execute("INSERT INTO users (email, name) VALUES (%s, %s)", ("o'brien@example.com", "O'Brien ünï 🎉"))
     production.add_revision(
         "extra", HEAD, upgrade="op.create_table('extra', sa.Column('id', sa.Integer, primary_key=True))"
@@ -296,7 +284,7 @@ def test_backup_and_restore_round_trip(production, database, tmp_path):
     archive = tmp_path / "archive.pgdump"
     archive.write_bytes(gzip.decompress(backed_up[0].read_bytes()))
     assert subprocess.run(["pg_restore", "--list", str(archive)], capture_output=True).returncode == 0
-    with app_connection(database) as app:
+    with database.app_connection() as app:
         app.execute("DELETE FROM users")
     listed = ok(production.invoke("db.backups", env=PRODUCTION)).out
     assert backed_up[0].name in listed
@@ -307,7 +295,7 @@ def test_backup_and_restore_round_trip(production, database, tmp_path):
     assert database.version() == HEAD and "extra" not in database.tables()
     assert database.query("SELECT email, name FROM users") == (("o'brien@example.com", "O'Brien ünï 🎉"),)
     # The app role's grants came back with the tables.
-    with app_connection(database) as app:
+    with database.app_connection() as app:
         assert app.execute("SELECT count(*) FROM posts").fetchone() == (0,)
     assert files_containing(tmp_path, PASSWORD) == []
 

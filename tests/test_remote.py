@@ -13,10 +13,8 @@ import time
 from pathlib import Path
 
 import pexpect
-import psycopg
 import pytest
 from helpers import (
-    APP_PASSWORD,
     APPLY,
     BIN,
     HEAD,
@@ -32,6 +30,7 @@ from helpers import (
     held_until,
     live_only,
     new_files_containing,
+    ok,
     refused,
     wait_until_running,
 )
@@ -450,12 +449,6 @@ def fab_upgrade_in_the_background(remote) -> subprocess.Popen:
     return laptop
 
 
-def app_connection(database) -> psycopg.Connection:
-    return psycopg.connect(
-        host="127.0.0.1", port=database.server.port, dbname=database.name, user=database.app_user, password=APP_PASSWORD
-    )
-
-
 def advisory_locks(database) -> int:
     ((count,),) = database.query(
         "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = "
@@ -474,12 +467,6 @@ def used_locks(database) -> int:
 # How many migration locks each kind's server holds on a database, and how its refusal names their holder.
 MIGRATION_LOCKS = {"mariadb": used_locks, "postgresql": advisory_locks}
 LOCK_HOLDER = {"mariadb": "connection ", "postgresql": "backend pid "}
-
-
-def ok(result):
-    assert result.code == 0, result.output
-    assert PASSWORD not in result.output
-    return result
 
 
 # -- status, stamp, detect, downgrade, backups, restore ----------------------------------------------
@@ -511,7 +498,7 @@ def test_fab_status_detect_and_stamp_on_postgresql(pg_remote):
 def test_fab_downgrade_backups_and_restore_on_postgresql(pg_remote):
     database = pg_remote.database
     pg_remote.upgrade()
-    with app_connection(database) as app:
+    with database.app_connection() as app:
         app.execute("INSERT INTO users (email, name) VALUES (%s, %s)", ("a@example.com", "Ann 'the first' ünï"))
     for checkout in (pg_remote.local, pg_remote.server):
         checkout.add_revision(
@@ -532,14 +519,14 @@ def test_fab_downgrade_backups_and_restore_on_postgresql(pg_remote):
     ok(pg_remote.fab("prod", "db.downgrade", f"--to={HEAD}", stdin=f"{database.name}\n{PASSWORD}\n"))
     assert database.version() == HEAD and "notes" not in database.tables()
 
-    with app_connection(database) as app:
+    with database.app_connection() as app:
         app.execute("DELETE FROM users")
     refused(pg_remote.fab("prod", "db.restore", name, stdin=f"nope\n{PASSWORD}\n"), "not confirmed")
     assert database.query("SELECT count(*) FROM users") == ((0,),)
     ok(pg_remote.fab("prod", "db.restore", name, stdin=f"{database.name}\n{PASSWORD}\n"))
     assert database.version() == HEAD and "notes" not in database.tables()
     assert database.query("SELECT email, name FROM users") == (("a@example.com", "Ann 'the first' ünï"),)
-    with app_connection(database) as app:  # the app role's grants came back with the tables
+    with database.app_connection() as app:  # the app role's grants came back with the tables
         assert app.execute("SELECT count(*) FROM users").fetchone() == (1,)
 
 
