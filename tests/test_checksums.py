@@ -3,16 +3,11 @@ downgrades, locally and through fab, until `db.accept` records the file as it is
 
 from __future__ import annotations
 
-from helpers import HEAD, POSTS, STDIN_PASSWORD, Result, one_error_line, refused, tables
+from helpers import HEAD, POSTS, STDIN_PASSWORD, ok, one_error_line, refused, tables
 
 from deploy.review import checksums
 
 EDITED = "7e57ed000001"
-
-
-def ok(result: Result) -> Result:
-    assert result.code == 0, result.output
-    return result
 
 
 def edit(path, old: str, new: str) -> None:
