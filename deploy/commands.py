@@ -14,7 +14,7 @@ from alembic.config import Config
 from sqlalchemy import MetaData
 from sqlalchemy.engine import URL, Connection
 
-from . import alembic_ops, backups, console, database, dialects, schema, switches
+from . import alembic_ops, backfill, backups, console, database, dialects, schema, switches
 from .console import Cancellation, confirm_restore_from
 from .credentials import describe, needs_password, with_password
 from .database import application_tables, explain, translate_errors
@@ -476,11 +476,16 @@ def run_steps(project, connection, url, steps, target, downgrade, cancellation, 
         destination = (step.down_revision or "base") if downgrade else step.revision
         merge = isinstance(destination, tuple)
         trail = diagnosis.Trail()
+        # No transaction of ours open: a revision's autocommit_block() (CREATE INDEX CONCURRENTLY) needs that.
+        connection.commit()
         try:
             with diagnosis.watching(connection) as trail:
                 alembic_ops.migrate(project.alembic, connection, target if merge else destination, downgrade)
             connection.commit()
             keep_checksums(project, connection, steps[done:] if merge else [step], downgrade)
+        except backfill.Stopped:  # between two batches: the revision is not recorded, its progress is
+            connection.rollback()
+            break
         except KeyboardInterrupt:
             raise migration_failed(project, connection, url, None, target, downgrade, backup, trail, step) from None
         except Exception as exc:
