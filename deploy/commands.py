@@ -417,10 +417,16 @@ def drift_of(project: Project, connection: Connection, current: tuple[str, ...],
     and the operations of the pending `revisions` that change a drifted object: (drift, conflicts)."""
     if not current:
         return [], []
+    url = project.settings.database_url
     try:
-        found, _ = schema.drift(connection, project.alembic, current)
-    except DeployError as exc:  # the history does not build on SQLite: said, not refused
-        return [str(exc)], []
+        schema.built_at(project.alembic, current)  # before the lock: it reads nothing live
+        # Under the migration lock: a migration in progress (MariaDB's DDL is seen at once) is no drift.
+        with project.lock(url):
+            if alembic_ops.current_heads(connection) != current:
+                return [f"not compared: {describe(url)} moved since it was read"], []
+            found, _ = schema.drift(connection, project.alembic, current)
+    except DeployError as exc:  # a migration holds the lock, or the history does not build on SQLite
+        return [f"not compared: {exc}"], []
     conflicts = []
     dialect_name = connection.dialect.name
     for revision in revisions:

@@ -289,7 +289,7 @@ def built_at(config, revisions: tuple[str, ...], url: URL | None = None) -> sa.M
                     label = alembic_ops.label(config, revision)
                     raise DeployError(
                         f"the migrations up to {label} do not build in {scratch_name(url)} ({failure(exc)}): "
-                        "the drift is unknown; `db.drift --url` builds them in an empty database of its kind"
+                        "`db.drift --url` builds them in an empty database of the live one's kind"
                     ) from None
             _built[key] = snapshot(scratch).metadata
     return _built[key]
