@@ -20,6 +20,8 @@ from typing import ClassVar
 import pexpect
 from servers import MariaDB, PostgreSQL, SSHServer, server_environment
 
+from deploy.database import SUITE_TABLES, VERSION_TABLE
+
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 # Every character a password may hold that breaks something, and a space: URL-, shell-, ConfigParser- and SQL-hostile.
@@ -115,7 +117,7 @@ class Database(ProductionDatabase):
             connection.close()
 
     def tables(self) -> set[str]:
-        return {row[0] for row in self.query("SHOW TABLES")}
+        return application_and_version({row[0] for row in self.query("SHOW TABLES")})
 
 
 def make_database(server: MariaDB, password: str = PASSWORD, process: bool = True) -> Database:
@@ -143,7 +145,9 @@ class PgDatabase(ProductionDatabase):
         return self.server.execute(statement, args, database=self.name)
 
     def tables(self) -> set[str]:
-        return {row[0] for row in self.query("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+        return application_and_version(
+            {row[0] for row in self.query("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+        )
 
     def app_connection(self):
         """A connection as the application's role (psycopg's own, not SQLAlchemy's)."""
@@ -334,9 +338,19 @@ def sqlite(checkout, name="development"):
     return sqlite3.connect(checkout.path / "instance" / f"{name}.db")
 
 
-def tables(checkout):
+def all_tables(checkout) -> set[str]:
     with sqlite(checkout) as db:
         return {row[0] for row in db.execute("select name from sqlite_master where type='table'")}
+
+
+def tables(checkout) -> set[str]:
+    return application_and_version(all_tables(checkout))
+
+
+def application_and_version(names: set[str]) -> set[str]:
+    """The application's tables and alembic_version: the suite's bookkeeping beside them (revision
+    checksums, backfill progress) is what its own tests look at."""
+    return names - (SUITE_TABLES - {VERSION_TABLE})
 
 
 def version(checkout):
@@ -572,3 +586,24 @@ class ServerKind:
 
     def database(self, password: str = PASSWORD) -> Database | PgDatabase:
         return DATABASE_MAKERS[self.name](self.server, password=password)
+
+
+def differences_from_the_models(url: str) -> list:
+    """What autogenerate finds between the example's models and the database at `url`, compared as the
+    suite's env.py compares: its own tables are not the models'."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+    from sqlalchemy import create_engine
+
+    from exampleapp.models import db as models
+
+    def include_name(name, type_, parent_names) -> bool:
+        return type_ != "table" or name not in SUITE_TABLES
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            context = MigrationContext.configure(connection, opts={"include_name": include_name})
+            return compare_metadata(context, models.metadata)
+    finally:
+        engine.dispose()

@@ -3,7 +3,7 @@ downgrades, locally and through fab, until `db.accept` records the file as it is
 
 from __future__ import annotations
 
-from helpers import HEAD, POSTS, STDIN_PASSWORD, ok, one_error_line, refused, tables
+from helpers import HEAD, POSTS, STDIN_PASSWORD, all_tables, ok, one_error_line, refused
 
 from deploy.review import checksums
 
@@ -61,7 +61,7 @@ def test_the_checksums_table_is_not_the_models_to_compare(checkout):
     checkout.invoke("db.reset")
     checkout.invoke("db.downgrade", "--to=-1")
     ok(checkout.invoke("db.upgrade"))
-    assert checksums.TABLE in tables(checkout)
+    assert checksums.TABLE in all_tables(checkout)
     result = ok(checkout.invoke("db.revision", "-m", "nothing new"))
     assert "no schema changes detected" in result.out, result.output
     assert checksums.TABLE not in ok(checkout.invoke("db.schema")).out

@@ -5,12 +5,16 @@ import json
 
 import pexpect
 import pytest
-from alembic.autogenerate import compare_metadata
-from alembic.migration import MigrationContext
-from helpers import APPLY, BIN, PASSWORD, answer_at_a_terminal, files_containing, make_database, one_error_line
-from sqlalchemy import create_engine
-
-from exampleapp.models import db as models
+from helpers import (
+    APPLY,
+    BIN,
+    PASSWORD,
+    answer_at_a_terminal,
+    differences_from_the_models,
+    files_containing,
+    make_database,
+    one_error_line,
+)
 
 HEAD = "776f3cb23823"
 
@@ -31,8 +35,7 @@ def test_history_reproduces_the_models_exactly_on_mariadb_and_sqlite(production,
     sqlite_checkout = production.path / "instance" / "development.db"
     assert production.invoke("db.upgrade").code == 0
     for url in (database.app_url, f"sqlite:///{sqlite_checkout}"):
-        with create_engine(url).connect() as connection:
-            assert compare_metadata(MigrationContext.configure(connection), models.metadata) == []
+        assert differences_from_the_models(url) == []
 
 
 def test_password_typed_at_a_real_terminal(production, database):

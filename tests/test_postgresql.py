@@ -14,24 +14,22 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from alembic.autogenerate import compare_metadata
-from alembic.migration import MigrationContext
 from helpers import (
     HEAD,
     PASSWORD,
     POSTS,
     PRODUCTION,
     PgDatabase,
+    differences_from_the_models,
     files_containing,
     ok,
     one_error_line,
 )
 from helpers import make_pg_database as make_database
 from servers import PostgreSQL
-from sqlalchemy import create_engine, make_url
+from sqlalchemy import make_url
 
 from deploy.guards.lock import migration_lock
-from exampleapp.models import db as models
 
 
 @pytest.fixture
@@ -80,10 +78,7 @@ def test_every_local_task_on_postgresql(production, database, tmp_path, monkeypa
 
 def test_history_reproduces_the_models_exactly(production, database):
     ok(upgrade(production))
-    engine = create_engine(database.app_url)
-    with engine.connect() as connection:
-        assert compare_metadata(MigrationContext.configure(connection), models.metadata) == []
-    engine.dispose()
+    assert differences_from_the_models(database.app_url) == []
 
 
 def test_wrong_password_is_one_line_and_changes_nothing(production, database):
