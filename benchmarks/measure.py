@@ -84,7 +84,7 @@ class Target:
     name: str  # e.g. "<=1.1x alembic"
     value: float | None
     limit: float
-    unit: str = "x"  # "x" ratio, "s" difference in seconds
+    unit: str = "x"  # "x" ratio, "s" difference in seconds, "s/tenant" seconds per tenant
 
     @property
     def met(self) -> bool | None:
@@ -93,7 +93,12 @@ class Target:
     def text(self) -> str:
         if self.value is None:
             return f"{self.name}: n/a"
-        shown = f"{self.value:.2f}{self.unit}" if self.unit == "x" else f"{self.value:+.2f}s"
+        if self.unit == "x":
+            shown = f"{self.value:.2f}x"
+        elif self.unit == "s":
+            shown = f"{self.value:+.2f}s"
+        else:
+            shown = f"{self.value:.3f} {self.unit}"
         return f"{self.name}: {shown} {'met' if self.met else 'MISSED'}"
 
 
@@ -110,10 +115,17 @@ class Row:
     note: str = ""
     targets: list[Target] = field(default_factory=list)
     argv: dict[str, list[str]] = field(default_factory=dict)
+    tenants: int | None = None  # a fleet's row: how many databases it upgraded
+    failure: str = ""  # a row whose runs failed: the last line said, and no times
 
     def median(self, tool: str) -> float | None:
         values = self.times.get(tool)
         return statistics.median(values) if values else None
+
+    def per_tenant(self) -> float | None:
+        """A fleet's wall time over its tenants, seconds."""
+        ours = self.median("ours")
+        return ours / self.tenants if ours is not None and self.tenants else None
 
     def ratio(self, tool: str) -> float | None:
         ours, other = self.median("ours"), self.median(tool)
@@ -138,4 +150,7 @@ class Row:
                 for t in self.targets
             ],
             "argv": self.argv,
+            "tenants": self.tenants,
+            "per_tenant": self.per_tenant(),
+            "failure": self.failure,
         }

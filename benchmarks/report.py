@@ -1,4 +1,5 @@
-"""The results: a Markdown table (stdout, the benchmarks page), CSV, and the growth plot (PNG)."""
+"""The results: a Markdown table (stdout, the benchmarks page), CSV, and the growth plot (PNG);
+`python -m benchmarks.report --compare OLD.json NEW.json`: two runs' medians side by side."""
 
 from __future__ import annotations
 
@@ -25,11 +26,14 @@ def table(rows: list[Row]) -> str:
             base += f" ({r.baseline})"
         ratio = r.ratio("alembic")
         targets = "; ".join(t.text() for t in r.targets) or "—"
+        if r.failure:
+            targets = f"FAILED: {r.failure}"
         lines.append(
             f"| {r.command} | {r.backend} | {r.app} | {_s(r.median('ours'))} | {base} | "
             f"{_s(r.median('flask-migrate'))} | {_x(ratio)} | {_x(r.ratio('flask-migrate'))} | {targets} |"
         )
     missed = [f"{r.command} ({r.backend}, {r.app}): {t.text()}" for r in rows for t in r.targets if t.met is False]
+    missed += [f"{r.command} ({r.backend}, {r.app}): FAILED: {r.failure}" for r in rows if r.failure]
     met = sum(1 for r in rows for t in r.targets if t.met)
     lines.append("")
     lines.append(f"Targets: {met} met, {len(missed)} missed." + (" Missed:" if missed else ""))
@@ -37,6 +41,35 @@ def table(rows: list[Row]) -> str:
     lines.append(
         "Medians of cold runs (a fresh Python each), seconds; baseline: the raw `alembic` CLI "
         "(remote: plain ssh + alembic; db.reset flatness: ours at fewer revisions)."
+    )
+    fleets = [r for r in rows if r.tenants]
+    if fleets:
+        lines += ["", fleet_table(fleets)]
+    return "\n".join(lines)
+
+
+def fleet_table(rows: list[Row]) -> str:
+    """The fleet rows by size: wall times, their spread, and the cost per tenant."""
+    lines = [
+        "| tenants | runs | fleet s (min–max) | one database s | fleet/one | s per tenant | added s per tenant |",
+        "|" + "---|" * 7,
+    ]
+    for r in rows:
+        ours, one = r.median("ours"), r.median("alembic")
+        if ours is None:
+            lines.append(f"| {r.tenants} | 0 | FAILED: {r.failure} | {_s(one)} | — | — | — |")
+            continue
+        spread = f"{min(r.times['ours']):.2f}–{max(r.times['ours']):.2f}"
+        # What each tenant past the first adds to one database's run.
+        added = (ours - one) / (r.tenants - 1) if one is not None and r.tenants > 1 else None
+        lines.append(
+            f"| {r.tenants} | {len(r.times['ours'])} | {ours:.3f} ({spread}) | {_s(one)} | {_x(r.ratio('alembic'))} | "
+            f"{_s(r.per_tenant())} | {_s(added)} |"
+        )
+    lines.append("")
+    lines.append(
+        "Fleet: `fab fleetN db.upgrade --yes` on N tenants' databases of one MariaDB on one host against "
+        "`fab one db.upgrade --yes`; s per tenant: the fleet's median over N; added: (fleet − one) / (N − 1)."
     )
     return "\n".join(lines)
 
@@ -46,7 +79,8 @@ def write_csv(rows: list[Row], path: Path) -> None:
         out = csv.writer(file)
         out.writerow(
             ["group", "command", "backend", "app", "models", "revisions", "runs", "ours_s", "baseline", "baseline_s",
-             "flask_migrate_s", "ours_over_baseline", "ours_over_flask_migrate", "targets", "all_targets_met", "note"]
+             "flask_migrate_s", "ours_over_baseline", "ours_over_flask_migrate", "targets", "all_targets_met",
+             "tenants", "s_per_tenant", "failure", "note"]
         )  # fmt: skip
         for r in rows:
             met = [t.met for t in r.targets]
@@ -55,7 +89,8 @@ def write_csv(rows: list[Row], path: Path) -> None:
                  _s(r.median("ours")), r.baseline, _s(r.median("alembic")), _s(r.median("flask-migrate")),
                  _x(r.ratio("alembic")),
                  _x(r.ratio("flask-migrate")), "; ".join(t.text() for t in r.targets),
-                 "" if not met else all(met), r.note]
+                 "" if not met else all(met), r.tenants or "", _s(r.per_tenant()) if r.tenants else "",
+                 r.failure, r.note]
             )  # fmt: skip
 
 
@@ -113,7 +148,42 @@ def replot(json_path: Path) -> None:
     plot(rows, json_path.with_suffix(".png"))
 
 
+def compare(old_path: Path, new_path: Path) -> str:
+    """Ours' medians of two runs, row by row: a row got worse when its median grew by more than its noise,
+    half the larger of the two runs' ranges (max − min of its repetitions)."""
+    import json
+
+    def rows(path: Path) -> dict[tuple, dict]:
+        return {(r["command"], r["backend"], r["app"]): r for r in json.loads(path.read_text())["rows"]}
+
+    old, new = rows(old_path), rows(new_path)
+    lines = ["| command | backend | app | before s | after s | change | noise ± s | before/baseline | after/baseline |"]
+    lines.append("|" + "---|" * 9)
+    worse = []
+    for key, after in new.items():
+        before = old.get(key)
+        now = after["median"].get("ours")
+        if before is None or now is None:
+            lines.append(f"| {' | '.join(key)} | — | {_s(now)} | new | — | — | {_x(after['ours/alembic'])} |")
+            continue
+        was = before["median"]["ours"]
+        noise = max((max(r["times"]["ours"]) - min(r["times"]["ours"])) / 2 for r in (before, after))
+        change = f"{(now - was) / was:+.0%}"
+        if now - was > noise:
+            change += " worse"
+            worse.append(" ".join(key))
+        lines.append(
+            f"| {' | '.join(key)} | {was:.3f} | {now:.3f} | {change} | {noise:.3f} | "
+            f"{_x(before['ours/alembic'])} | {_x(after['ours/alembic'])} |"
+        )
+    lines += ["", "Worse by more than their noise: " + ("; ".join(worse) if worse else "none") + "."]
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     import sys
 
-    replot(Path(sys.argv[1]))
+    if sys.argv[1] == "--compare":
+        print(compare(Path(sys.argv[2]), Path(sys.argv[3])))
+    else:
+        replot(Path(sys.argv[1]))

@@ -35,10 +35,11 @@ class Plan:
     sqlite_sizes: list[tuple[int, int]]  # generated (models, revisions), all commands
     mariadb_sizes: list[tuple[int, int]]
     flat_low: tuple[int, int]  # db.reset at few revisions, same models as the largest size
+    fleet_sizes: tuple[int, ...]  # tenants per fleet row (heavy_reps above 64)
 
 
-FULL = Plan(5, 3, [(30, 20), (100, 70), (300, 200)], [(300, 200)], (300, 20))
-QUICK = Plan(2, 2, [(30, 20)], [(30, 20)], (30, 5))
+FULL = Plan(5, 3, [(30, 20), (100, 70), (300, 200)], [(300, 200)], (300, 20), (16, 64, 256))
+QUICK = Plan(2, 2, [(30, 20)], [(30, 20)], (30, 5), (16,))
 
 
 @dataclass
