@@ -245,7 +245,7 @@ def migrate(
     checked = data_prechecks(project, target) if not downgrade and expect_from is None else []
     check_data([str(result) for result in prechecks.failures(checked)])
     drift, conflicts = live_drift(project, target) if not downgrade and expect_from is None else ([], [])
-    if conflicts:
+    if conflicts and not project.guards.allow_drift:
         raise drift_refusal(project, conflicts)
     url = project.migration_url_with_password()
     guards = project.guards
@@ -272,7 +272,7 @@ def migrate(
                 progress(f"  {step.revision}  {step.doc}")
         if not downgrade:
             check_risks(project, url, [step.revision for step in steps], progress, checked)
-        for line in drift if progress is not None else ():
+        for line in [*drift, *conflicts] if progress is not None else ():
             progress(f"warning: drift: {line}")
         if confirm is not None:
             confirm()
@@ -446,7 +446,7 @@ def drift_of(project: Project, connection: Connection, current: tuple[str, ...],
 def drift_refusal(project: Project, conflicts: list[str]) -> DeployError:
     ways = (
         f"put the schema back as the migrations build it first (`{project.command('drift')}` lists what differs), "
-        "or change the revision"
+        "or change the revision; or, if the revision is meant to meet it, pass --allow-drift"
     )
     if not project.guards.production:
         ways += f"; or start over: `{project.command('reset')}`"
@@ -821,7 +821,7 @@ def check_plan(project: Project, state: Status, target: str, expect_head: str | 
     if state.target_behind:
         raise behind(project, target, alembic_ops.label(project.alembic, current_of(tuple(state.current))))
     check_data(state.data_failures)
-    if state.drift_conflicts:
+    if state.drift_conflicts and not project.guards.allow_drift:
         raise drift_refusal(project, state.drift_conflicts)
     if state.risks and project.guards.refuse_risky:
         raise risky(state.risks)

@@ -45,6 +45,11 @@ GUARDS: tuple[Switch, ...] = (
         ("upgrade",),
         fab_help="apply although the lint finds unreviewed risky operations",
     ),
+    Switch(
+        "allow_drift",
+        "apply although a pending operation changes what was changed outside the migrations (told as warnings)",
+        ("upgrade",),
+    ),
 )
 
 
