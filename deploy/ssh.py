@@ -34,8 +34,6 @@ CONNECT_TIMEOUT = 10
 # SSH handshakes at once from this process: OpenSSH's MaxStartups (default 10:30:100) starts dropping
 # connections past 10 unauthenticated ones, as a fleet of one host's tenants would open.
 HANDSHAKES = threading.BoundedSemaphore(8)
-# Seconds a fleet's server process gets to end once the laptop is done with it (its runs have ended).
-DONE_WAIT = 10
 # What fab starts on the server: its checkout's `db.*` tasks, with the options only the laptop passes.
 SERVER_ENTRY = "deploy.server"
 # An older suite on the server: Python's words for a module it lacks (no SERVER_ENTRY), Invoke's for a
@@ -369,13 +367,13 @@ class Fleet:
         return talk
 
     def done(self, *exc) -> None:
-        """No more runs: the server process ends once the running ones have. Ended without an error
-        here, wait for it, and show what it said of its own (which Python runs it, when it chose)."""
+        """No more runs: the server process ends once the running ones have. What it said of its own
+        before its runs (which Python runs it, when it chose) is shown here, unless it failed: then its
+        runs told it, as their own failure."""
         self.mux.done()
-        if exc and exc[0] is not None:
-            return  # Ctrl-C or a failure here: a server that never ends must not hold the laptop
-        if self.mux.ended.wait(DONE_WAIT) and self.mux.code == 0 and self.mux.own_stderr:
-            Output(self.server.name if len(self.targets) > 1 else None).write(2, self.mux.own_stderr, final=True)
+        said = self.mux.own_stderr
+        if said and self.mux.code in (None, 0) and not (exc and exc[0] is not None):
+            Output(self.server.name if len(self.targets) > 1 else None).write(2, said, final=True)
 
 
 class Multiplexed:
@@ -387,7 +385,6 @@ class Multiplexed:
         self.runs: dict[int, VirtualChannel] = {}
         self._lock = threading.Lock()
         self._ended: int | None = None  # the process's exit status, once it has ended
-        self.ended = threading.Event()
         self._stderr = bytearray()  # the server process's own: a failure before any run, told to each
         self._stderr_reader = threading.Thread(target=self._read_stderr, daemon=True)
         self._stderr_reader.start()
@@ -439,7 +436,6 @@ class Multiplexed:
                 runs = list(self.runs.values())
             for run in runs:  # those that never ended on their own end with the process
                 run.end(code or -1, bytes(self._stderr))
-            self.ended.set()
 
     @property
     def code(self) -> int | None:

@@ -77,6 +77,7 @@ class Unreadable(DeployError):
 
     def __init__(self, revision: str, cause: str, recorded: list):
         super().__init__(f"{revision}: upgrade() cannot be read without a database ({cause})")
+        self.revision = revision
         self.cause = cause
         self.recorded = recorded
 
@@ -130,7 +131,21 @@ def _script(config, revision: str):
 def operations(config, revision: str, dialect_name: str) -> list[ops.MigrateOperation]:
     """What `revision`'s upgrade() would do on a `dialect_name` database, in order (nothing runs).
 
-    Raises Unreadable when upgrade() needs a database (it reads from op.get_bind(), say)."""
+    Raises Unreadable when upgrade() needs a database (it reads from op.get_bind(), say). Recorded once
+    per command (kept with the loaded scripts): the lint, the prechecks, drift and the checksums all ask."""
+    kept = config.attributes.setdefault("recorded_operations", {})
+    if (revision, dialect_name) not in kept:
+        try:
+            kept[revision, dialect_name] = _recorded(config, revision, dialect_name)
+        except Unreadable as exc:
+            kept[revision, dialect_name] = exc
+    found = kept[revision, dialect_name]
+    if isinstance(found, Unreadable):
+        raise Unreadable(found.revision, found.cause, list(found.recorded))
+    return list(found)
+
+
+def _recorded(config, revision: str, dialect_name: str) -> list[ops.MigrateOperation]:
     script = _script(config, revision)
     recorded: list = []
     recorder = _Recorder(offline_context(dialect_name), recorded)
