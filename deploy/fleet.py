@@ -251,34 +251,33 @@ def _deduplicated(runs: list[Run]) -> list[Run]:
 
 
 def _show_one(chosen: list[Run]) -> None:
-    """A single target's plan, in full: where, from and to, each revision, each risk allowed, what the
-    data prechecks could not check."""
+    """A single target's plan, in full: where, from and to, each revision, and its notes."""
     (run,) = chosen
     plan, server = run.plan, run.fleet.server
     print(f"{server.name}: {server.where}, database {plan.migration_user}")
     print(f"{run.outcome.current} -> {plan.pending[-1][0]}, {len(plan.pending)} pending:")
-    print("\n".join(plan.revision_lines()))
-    for risk in plan.risks:
-        print(f"risk: {risk}")
-    for line in plan.not_checked:
-        print(f"unchecked: {line}")
-    for line in drift_lines(plan):
-        print(f"drift: {line}")
+    print("\n".join([*plan.revision_lines(), *notes(plan)]))
 
 
 def _show_all(chosen: list[Run]) -> None:
-    """A fleet's plan: a line per database, and the risks allowed beneath it."""
+    """A fleet's plan: a line per database, and its notes beneath it."""
     print(f"{len(chosen)} database{'s' * (len(chosen) > 1)} to upgrade:")
     for run in chosen:
         outcome, plan = run.outcome, run.plan
         plan_line = f"{outcome.current} -> {plan.pending[-1][0]}, {len(plan.pending)} pending"
         print(f"  {outcome.target.name}: {outcome.database}, {plan_line}")
-        for risk in plan.risks:
-            print(f"    risk: {risk}")
-        for line in plan.not_checked:
-            print(f"    unchecked: {line}")
-        for line in drift_lines(plan):
-            print(f"    drift: {line}")
+        for line in notes(plan):
+            print(f"    {line}")
+
+
+def notes(plan: Status) -> list[str]:
+    """What a plan says beside its revisions: the risks allowed, what the data prechecks could not
+    check, the drift."""
+    return [
+        *(f"risk: {risk}" for risk in plan.risks),
+        *(f"unchecked: {line}" for line in plan.not_checked),
+        *(f"drift: {line}" for line in drift_lines(plan)),
+    ]
 
 
 def drift_lines(plan: Status) -> list[str]:
