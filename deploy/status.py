@@ -102,7 +102,7 @@ class Status:
             lines.append(f"last run:   {self.last_run}")
         lines += [f"edited:     {what}" for _, what in self.edited]
         if self.without_checksum:
-            lines.append(f"checksums:  none for {self.without_checksum} revisions applied before checksums were kept")
+            lines.append(f"checksums:  none kept for {self.without_checksum} applied revisions (they did not run here)")
         if self.unstamped_tables:
             lines.append(f"warning:    {len(self.unstamped_tables)} tables but no alembic_version: stamp it first")
         if len(self.heads) > 1:

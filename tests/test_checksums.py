@@ -50,10 +50,10 @@ def test_only_applied_revisions_can_be_accepted(checkout):
 def test_revisions_applied_before_checksums_were_kept_are_counted_not_judged(checkout):
     checkout.invoke("db.reset")  # stamps head: no revision has run here
     status = ok(checkout.invoke("db.status")).out
-    assert "checksums:  none for 3 revisions applied before checksums were kept" in status, status
+    assert "checksums:  none kept for 3 applied revisions (they did not run here)" in status, status
     checkout.invoke("db.downgrade", "--to=-1")
     checkout.invoke("db.upgrade")
-    assert "none for 2 revisions" in ok(checkout.invoke("db.status")).out
+    assert "none kept for 2 applied revisions" in ok(checkout.invoke("db.status")).out
 
 
 def test_the_checksums_table_is_not_the_models_to_compare(checkout):
