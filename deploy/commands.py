@@ -242,9 +242,8 @@ def migrate(
         return there
     # Read with the application's user, before any question or password; under fab, the plan the laptop
     # approved (expect_from) was checked by the same function a moment ago.
-    checked = data_prechecks(project, target) if not downgrade and expect_from is None else []
+    checked, drift, conflicts = read_ahead(project, target) if not downgrade and expect_from is None else ([], [], [])
     check_data([str(result) for result in prechecks.failures(checked)])
-    drift, conflicts = live_drift(project, target) if not downgrade and expect_from is None else ([], [])
     if conflicts and not project.guards.allow_drift:
         raise drift_refusal(project, conflicts)
     url = project.migration_url_with_password()
@@ -364,24 +363,6 @@ def check_risks(project: Project, url: URL, revisions: list[str], progress, chec
         progress(f"unchecked: {line}")
 
 
-def data_prechecks(project: Project, target: str) -> list[prechecks.Result]:
-    """The data prechecks of an upgrade to `target`, read with the application's user (no password);
-    none when that user cannot connect (the migration user's connection says what is wrong)."""
-    url = project.settings.database_url
-    with ExitStack() as stack:
-        try:
-            connection = stack.enter_context(project.connect(url))
-        except DeployError:
-            return []
-        with translate_errors(url):
-            current = project.check_ready(connection)
-            steps = alembic_ops.plan(project.alembic, current, target)
-            if not steps or alembic_ops.target_behind(project.alembic, current, target, steps, False):
-                return []
-            revisions = [step.revision for step in steps]
-            return prechecks.precheck(connection, project.alembic, revisions, project.guards.precheck_timeout)
-
-
 def check_data(failing: list[str]) -> None:
     """Refuse pending operations that would fail on the rows there now (the data prechecks' lines): in
     every settings, since the upgrade would only stop on them, half applied where DDL is not transactional."""
@@ -392,24 +373,34 @@ def check_data(failing: list[str]) -> None:
         )
 
 
-def live_drift(project: Project, target: str) -> tuple[list[str], list[str]]:
-    """Before a production upgrade to `target`, read with the application's user (no password): what was
-    changed outside the migrations, and the pending operations that change it; one line each. Nothing
-    outside production, or when that user cannot connect (the migration user's connection says why)."""
-    if not project.guards.production:
-        return [], []
+def read_ahead(project: Project, target: str) -> tuple[list[prechecks.Result], list[str], list[str]]:
+    """Before an upgrade to `target` asks anything, read with the application's user (no password): the
+    data prechecks, and in production the drift and the pending operations that change it (one line
+    each). Nothing when that user cannot connect (the migration user's connection says what is wrong)."""
     url = project.settings.database_url
     with ExitStack() as stack:
         try:
             connection = stack.enter_context(project.connect(url))
         except DeployError:
-            return [], []
+            return [], [], []
         with translate_errors(url):
             current = project.check_ready(connection)
             steps = alembic_ops.plan(project.alembic, current, target)
             if not steps or alembic_ops.target_behind(project.alembic, current, target, steps, False):
-                return [], []
-            return drift_of(project, connection, current, [step.revision for step in steps])
+                return [], [], []
+            revisions = [step.revision for step in steps]
+            return looked_ahead(project, connection, current, revisions, project.guards.production)
+
+
+def looked_ahead(project: Project, connection: Connection, current, revisions: list[str], drifted: bool):
+    """The data prechecks of the pending `revisions` on the application's `connection`, and (`drifted`)
+    the drift and the pending operations that change a drifted object: (checked, drift, conflicts).
+    Each starts with no transaction open on it, as on a connection of its own."""
+    connection.rollback()
+    checked = prechecks.precheck(connection, project.alembic, revisions, project.guards.precheck_timeout)
+    connection.rollback()
+    drift, conflicts = drift_of(project, connection, current, revisions) if drifted else ([], [])
+    return checked, drift, conflicts
 
 
 def drift_of(project: Project, connection: Connection, current: tuple[str, ...], revisions: list[str]):
@@ -732,38 +723,33 @@ def status(
 ) -> Status:
     """Head, current revision and the revisions an upgrade (or downgrade) to `target` would run;
     `room`: also how many upgrades its database server has connections for now; `prechecked`: also the
-    data prechecks of the upgrade; `drifted`: also the live schema's drift from its migrations, and the
-    pending operations that change a drifted object.
+    data prechecks of the upgrade; `drifted` (with `prechecked`): also the live schema's drift from its
+    migrations, and the pending operations that change a drifted object. One connection reads it all.
 
     Reads with the application's own user: no password."""
     config = project.alembic
     head_revisions = project.heads()
     url = project.settings.database_url
     spare = None
+    pending = None
+    findings = []
+    checked: list[prechecks.Result] = []
+    drift: list[str] = []
+    conflicts: list[str] = []
     with project.connect(url) as connection, translate_errors(url):
         found = alembic_ops.current_heads(connection)
         tables = application_tables(connection)
         verdict = checksums.verify(connection, config, found, connection.dialect.name)
         if room:
             spare = dialects.dialect_for(connection).spare_connections(connection)
-    pending = None
-    findings = []
-    checked: list[prechecks.Result] = []
-    drift: list[str] = []
-    conflicts: list[str] = []
-    if len(head_revisions) == 1 and (found or not tables):
-        steps = alembic_ops.plan(config, found, target, downgrade)
-        pending = [[step.revision, step.doc] for step in steps]
-        if not downgrade:
-            revisions = [step.revision for step in steps]
+        if len(head_revisions) == 1 and (found or not tables):
+            steps = alembic_ops.plan(config, found, target, downgrade)
+            pending = [[step.revision, step.doc] for step in steps]
+            revisions = [] if downgrade else [step.revision for step in steps]
             findings = [str(finding) for finding in lint.lint(config, revisions, url.get_backend_name())]
             if prechecked and revisions:
-                with project.connect(url) as connection, translate_errors(url):
-                    checked = prechecks.precheck(connection, config, revisions, project.guards.precheck_timeout)
+                checked, drift, conflicts = looked_ahead(project, connection, found, revisions, drifted)
                 findings += [str(result) for result in prechecks.unreviewed_too_slow(checked)]
-            if drifted and revisions:
-                with project.connect(url) as connection, translate_errors(url):
-                    drift, conflicts = drift_of(project, connection, found, revisions)
     migration_url = project.settings.migration_url
     return Status(
         database=describe(url),
