@@ -476,7 +476,10 @@ def run_steps(project, connection, url, steps, target, downgrade, cancellation, 
         # No transaction of ours open: a revision's autocommit_block() (CREATE INDEX CONCURRENTLY) needs that.
         connection.commit()
         try:
-            with diagnosis.watching(connection) as trail:
+            with (
+                diagnosis.watching(connection) as trail,
+                dialects.dialect_for(connection).online(connection, project.guards),
+            ):
                 alembic_ops.migrate(project.alembic, connection, target if merge else destination, downgrade)
             connection.commit()
             keep_checksums(project, connection, steps[done:] if merge else [step], downgrade)

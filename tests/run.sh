@@ -2,7 +2,7 @@
 # Sets up everything the tests need on a Debian/Ubuntu machine, then runs them.
 # Installs what is missing with apt (sudo when not root): mariadb-server, mariadb-client (the backups'
 # dump and load tools), postgresql (initdb, postgres, pg_dump and pg_restore; its own service is never
-# used), openssh-server, iproute2 (a second host in a network namespace), git (the
+# used), openssh-server, percona-toolkit (pt-online-schema-change), iproute2 (a second host in a network namespace), git (the
 # branch workflow), locales (localedef, for a PostgreSQL speaking German), python3-venv; then the Python packages into .venv. The tests start their own
 # servers on loopback and in namespaces of their own.
 set -euo pipefail
@@ -15,6 +15,8 @@ compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql
 [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
 command -v ip >/dev/null || missing+=(iproute2)
 command -v git >/dev/null || missing+=(git)
+# pt-online-schema-change: the copy of a MariaDB table that cannot be altered online.
+command -v pt-online-schema-change >/dev/null || missing+=(percona-toolkit)
 # localedef and its sources: a PostgreSQL that answers in German, compiled into its own directory.
 { command -v localedef >/dev/null && [ -e /usr/share/i18n/locales/de_DE ]; } || missing+=(locales)
 python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)

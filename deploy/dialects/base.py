@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from importlib import import_module
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
@@ -124,6 +124,11 @@ class Dialect(ABC):
     def busy_sessions(self, connection: Connection) -> int | None:
         """How many other sessions run a statement on the server now, the load a backfill waits out
         (deploy.backfill); None when the database has no server."""
+
+    def online(self, connection: Connection, guards) -> AbstractContextManager[None]:
+        """Around each revision as it runs on `connection`: its DDL takes the least-locking form this
+        database offers, within what `guards` (the run's switches) allow. As written by default."""
+        return nullcontext()
 
     def engine_options(self, url: URL) -> dict:
         """create_engine() options for `url`'s connections (an application's own options override them)."""
