@@ -11,9 +11,21 @@ naming a database loads no driver); see docs/dialects.md.
 
 from __future__ import annotations
 
-from .base import Dialect, database_error, database_file, describe, dialect_for, explain, find, name_of, registry
+from .base import (
+    Alteration,
+    Dialect,
+    database_error,
+    database_file,
+    describe,
+    dialect_for,
+    explain,
+    find,
+    name_of,
+    registry,
+)
 
 __all__ = [
+    "Alteration",
     "Dialect",
     "database_error",
     "database_file",

@@ -9,6 +9,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from importlib import import_module
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
@@ -30,6 +31,21 @@ POLL = 0.1  # seconds between tries, for a lock that cannot be waited for
 
 class TooSlow(Exception):
     """A statement ran past the time limit bounded() set; it was stopped, the connection is still usable."""
+
+
+@dataclass(frozen=True)
+class Alteration:
+    """What one Alembic operation does to a table that already exists, on this server, in the form the
+    suite runs it: how the server does it (its own word: "INSTANT", "INPLACE", "COPY", "catalog only",
+    "index build", "validation scan", "rewrite"), what it blocks while it works ("nothing", "writes",
+    "reads and writes"), and whether its time grows with the table's rows (a copy, a scan, a build)."""
+
+    how: str
+    blocks: str
+    per_row: bool
+    # The safer form the suite runs instead of what the revision wrote, when it does
+    # ("ALGORITHM=INPLACE, LOCK=NONE", "CONCURRENTLY", "NOT VALID, then VALIDATE", "pt-online-schema-change").
+    online: str | None = None
 
 
 class Dialect(ABC):
@@ -124,6 +140,16 @@ class Dialect(ABC):
     def busy_sessions(self, connection: Connection) -> int | None:
         """How many other sessions run a statement on the server now, the load a backfill waits out
         (deploy.backfill); None when the database has no server."""
+
+    def alteration(self, connection: Connection, operation) -> Alteration | None:
+        """What `operation` (an alembic.operations.ops object) does to its existing table on the server of
+        `connection`, as the suite runs it; None when it changes no existing table, or cannot be told."""
+        return None
+
+    def table_size(self, connection: Connection, table: str, schema: str | None = None) -> tuple[int, int] | None:
+        """(rows, bytes) of a table as the server's statistics estimate them, without scanning it; None when
+        the database keeps no such statistics or the table does not exist."""
+        return None
 
     def online(self, connection: Connection, guards) -> AbstractContextManager[None]:
         """Around each revision as it runs on `connection`: its DDL takes the least-locking form this
