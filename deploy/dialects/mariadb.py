@@ -461,3 +461,15 @@ class MariaDB(Dialect):
             return int(path.read_text().split()[0])
         except (OSError, ValueError, IndexError):
             raise LookupError(f"no readable pid file {path} on this machine") from None
+
+    def table_size(self, connection: Connection, table: str, schema: str | None = None) -> tuple[int, int] | None:
+        """information_schema.TABLES: InnoDB's estimated rows, and its data and index bytes."""
+        found = connection.execute(
+            text(
+                "SELECT TABLE_ROWS, DATA_LENGTH + INDEX_LENGTH FROM information_schema.TABLES"
+                " WHERE TABLE_SCHEMA = COALESCE(:schema, DATABASE()) AND TABLE_NAME = :table"
+                " AND TABLE_TYPE = 'BASE TABLE'"
+            ),
+            {"schema": schema, "table": table},
+        ).first()
+        return (int(found[0] or 0), int(found[1] or 0)) if found else None

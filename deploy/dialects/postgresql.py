@@ -630,3 +630,25 @@ class PostgreSQL(Dialect):
         (pid,) = connection.exec_driver_sql("SELECT pg_backend_pid()").one()
         connection.rollback()
         return int(pid)
+
+    def table_size(self, connection: Connection, table: str, schema: str | None = None) -> tuple[int, int] | None:
+        """pg_class's rows per page times the pages the table has now (as the planner scales them), and its
+        bytes with indexes and TOAST; for a table never analyzed, the planner's own guess."""
+        found = connection.execute(
+            text(
+                "SELECT c.oid::regclass::text, c.reltuples, c.relpages, pg_relation_size(c.oid),"
+                " pg_total_relation_size(c.oid), current_setting('block_size')::int"
+                " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE c.relname = :table AND n.nspname = COALESCE(:schema, current_schema()) AND c.relkind = 'r'"
+            ),
+            {"schema": schema, "table": table},
+        ).first()
+        if found is None:
+            return None
+        name, rows, pages, heap, total, block = found
+        if rows >= 0 and pages > 0:
+            rows = rows / pages * (heap // block)
+        elif rows < 0 and heap:  # never vacuumed nor analyzed
+            plan = connection.exec_driver_sql(f"EXPLAIN (FORMAT JSON) SELECT * FROM {name}").scalar()
+            rows = plan[0]["Plan"]["Plan Rows"]
+        return max(0, int(rows)), int(total)
