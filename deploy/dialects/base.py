@@ -201,6 +201,25 @@ class Dialect(ABC):
         orig = getattr(exc, "orig", None) or exc
         return own(self.explain(orig, url, self.describe(url)))
 
+    # -- a rehearsal's copy (deploy.rehearsal): a scratch database beside the live one, on its server
+
+    def create_database(self, connection: Connection, name: str) -> bool:
+        """Create the empty database `name` on the server of `connection` (in autocommit), with the character
+        set and collation of the connection's own; False when its user may not create one."""
+        raise DeployError(f"a rehearsal needs a database server: {connection.dialect.name} has none to copy on")
+
+    def drop_database(self, connection: Connection, name: str) -> None:
+        """Drop the database `name` (made by create_database), if it is there, though sessions remain on it."""
+        raise DeployError(f"a rehearsal needs a database server: {connection.dialect.name} has none to copy on")
+
+    def database_bytes(self, connection: Connection) -> int | None:
+        """How much disk the connection's database takes, as the server's statistics say; None if they don't."""
+        return None
+
+    def data_directory(self, connection: Connection) -> str | None:
+        """Where the server keeps its databases' files, on its own machine; None when it will not say."""
+        return None
+
 
 class Tool:
     """Runs a client program for a dialect's dump, load or check (deploy/safety/backups.py gives one)."""

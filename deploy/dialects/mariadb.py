@@ -473,3 +473,28 @@ class MariaDB(Dialect):
             {"schema": schema, "table": table},
         ).first()
         return (int(found[0] or 0), int(found[1] or 0)) if found else None
+
+    def create_database(self, connection: Connection, name: str) -> bool:
+        charset, collation = connection.exec_driver_sql(
+            "SELECT DEFAULT_CHARACTER_SET_NAME, DEFAULT_COLLATION_NAME FROM information_schema.SCHEMATA"
+            " WHERE SCHEMA_NAME = DATABASE()"
+        ).one()
+        try:
+            connection.exec_driver_sql(f"CREATE DATABASE {quote(name)} CHARACTER SET {charset} COLLATE {collation}")
+        except DBAPIError as exc:
+            if server_code(exc.orig) in {DATABASE_DENIED, *PRIVILEGE_MISSING}:
+                return False
+            raise
+        return True
+
+    def drop_database(self, connection: Connection, name: str) -> None:
+        connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {quote(name)}")
+
+    def database_bytes(self, connection: Connection) -> int | None:
+        found = connection.exec_driver_sql(
+            "SELECT SUM(DATA_LENGTH + INDEX_LENGTH) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE()"
+        ).scalar()
+        return int(found or 0)
+
+    def data_directory(self, connection: Connection) -> str | None:
+        return connection.exec_driver_sql("SELECT @@datadir").scalar() or None

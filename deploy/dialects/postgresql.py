@@ -652,3 +652,36 @@ class PostgreSQL(Dialect):
             plan = connection.exec_driver_sql(f"EXPLAIN (FORMAT JSON) SELECT * FROM {name}").scalar()
             rows = plan[0]["Plan"]["Plan Rows"]
         return max(0, int(rows)), int(total)
+
+    def create_database(self, connection: Connection, name: str) -> bool:
+        quote = connection.dialect.identifier_preparer.quote
+        encoding, collate, ctype = connection.exec_driver_sql(
+            "SELECT pg_encoding_to_char(encoding), datcollate, datctype FROM pg_database"
+            " WHERE datname = current_database()"
+        ).one()
+
+        def literal(value: str) -> str:
+            return "'" + value.replace("'", "''") + "'"
+
+        try:
+            connection.exec_driver_sql(
+                f"CREATE DATABASE {quote(name)} TEMPLATE template0 ENCODING {literal(encoding)}"
+                f" LC_COLLATE {literal(collate)} LC_CTYPE {literal(ctype)}"
+            )
+        except DBAPIError as exc:
+            if pg_code(exc.orig) == PG_PRIVILEGE_MISSING:
+                return False
+            raise
+        return True
+
+    def drop_database(self, connection: Connection, name: str) -> None:
+        # FORCE (PostgreSQL 13): a session left on the copy does not keep it.
+        quote = connection.dialect.identifier_preparer.quote
+        connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {quote(name)} WITH (FORCE)")
+
+    def database_bytes(self, connection: Connection) -> int | None:
+        return int(connection.exec_driver_sql("SELECT pg_database_size(current_database())").scalar())
+
+    def data_directory(self, connection: Connection) -> str | None:
+        # Shown to superusers and pg_read_all_settings only; others get no row.
+        return connection.exec_driver_sql("SELECT setting FROM pg_settings WHERE name = 'data_directory'").scalar()
