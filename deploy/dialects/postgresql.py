@@ -22,7 +22,7 @@ from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from ..errors import DeployError, own, relayed, remember
-from .base import LOCK_NAME_PREFIX, POLL, Dialect, Tool, TooSlow, busy, describe, explain, merged, said
+from .base import LOCK_NAME_PREFIX, POLL, Alteration, Dialect, Tool, TooSlow, busy, describe, explain, merged, said
 from .guarded import Transaction, retrying, what_blocks
 
 # PostgreSQL SQLSTATE codes (psycopg errors carry them as `.sqlstate`).
@@ -354,18 +354,42 @@ def pg_open_transactions(connection: Connection, older_than: float) -> list[Tran
             dbapi_connection.rollback()
 
 
-# The lint's rules.
+# What each operation does to a table that holds rows, in the form the suite runs it (pg_alteration), and
+# what the lint says of what still blocks the application (lint_risks): one table of facts for both.
 PG_REWRITE = "PostgreSQL rewrites the table under an ACCESS EXCLUSIVE lock, blocking reads and writes until done"
 PG_SCAN = "PostgreSQL scans the whole table under an ACCESS EXCLUSIVE lock, blocking reads and writes"
 PG_INDEX = "PostgreSQL blocks writes to the table while it builds the index: create it with postgresql_concurrently"
 PG_VALIDATE = "PostgreSQL blocks writes while it checks every row: add it with postgresql_not_valid, then validate"
+CATALOG = Alteration("catalog only", "reads and writes", False)  # a moment's ACCESS EXCLUSIVE lock
+REWRITE = Alteration("rewrite", "reads and writes", True)
+CONCURRENTLY = "CONCURRENTLY"
+NOT_VALID = "NOT VALID, then VALIDATE"
+NOT_NULL_BY_CHECK = "a CHECK (column IS NOT NULL) NOT VALID, then VALIDATE, then SET NOT NULL"
+# The versions that made each form possible: a column's constant default kept in the catalog (11),
+# SET NOT NULL that trusts a validated CHECK instead of scanning (12).
+FAST_DEFAULT, NOT_NULL_TRUSTS_CHECK = (11,), (12,)
+# Defaults evaluated once per row, which a new column's rows must each get: the table is rewritten.
+VOLATILE_DEFAULT = re.compile(
+    r"\b(random|clock_timestamp|timeofday|gen_random_uuid|uuid_generate_v\w*|nextval)\s*\(", re.IGNORECASE
+)
+# How much each answer costs, for the one an operation of several changes is told by.
+WEIGHT = {"catalog only": 0, "validation scan": 1, "index build": 1, "rewrite": 2}
 
 
 def _pg_keeps_rows(old, new) -> bool:
     """Whether PostgreSQL changes the type without rewriting the table: a string type made no shorter
-    (VARCHAR(n) to VARCHAR(m >= n), or to TEXT / unbounded VARCHAR), same collation."""
+    (VARCHAR(n) to VARCHAR(m >= n), or to TEXT / unbounded VARCHAR), same collation; a NUMERIC given more
+    digits at the same scale."""
+    if old is None:
+        return False
+    if all(type_.__visit_name__ == "numeric" for type_ in (old, new)):
+        return (
+            old.scale == new.scale
+            and old.precision is not None
+            and (new.precision is None or new.precision >= old.precision)
+        )
     strings = {"string", "VARCHAR", "unicode", "NVARCHAR", "text", "TEXT", "unicode_text"}
-    if old is None or not all(type_.__visit_name__ in strings for type_ in (old, new)):
+    if not all(type_.__visit_name__ in strings for type_ in (old, new)):
         return False
     if getattr(old, "collation", None) != getattr(new, "collation", None):
         return False
@@ -375,14 +399,79 @@ def _pg_keeps_rows(old, new) -> bool:
     return old_length is not None and new_length >= old_length and old.__visit_name__ not in ("text", "TEXT")
 
 
+def _changes_type(operation: ops.AlterColumnOp) -> bool:
+    new, old = operation.modify_type, operation.existing_type
+    return new is not None and (old is None or repr(old) != repr(new))
+
+
+def _sets_not_null(operation: ops.AlterColumnOp) -> bool:
+    return operation.modify_nullable is False and operation.existing_nullable is not False
+
+
+def _new_column(column, version: tuple) -> Alteration:
+    """ADD COLUMN: kept in the catalog, unless each existing row needs a value of its own."""
+    default = column.server_default
+    default_text = str(getattr(default, "arg", "")) if default is not None else ""
+    if (
+        column.primary_key
+        or column.identity is not None
+        or column.computed is not None
+        or (default is not None and (version < FAST_DEFAULT or VOLATILE_DEFAULT.search(default_text)))
+    ):
+        return REWRITE
+    return CATALOG
+
+
+def _column_change(operation: ops.AlterColumnOp, version: tuple) -> Alteration:
+    """ALTER COLUMN: the costliest of what it changes (a type, NOT NULL, a default, a name)."""
+    found = [CATALOG]
+    if _changes_type(operation) and (
+        operation.kw.get("postgresql_using") or not _pg_keeps_rows(operation.existing_type, operation.modify_type)
+    ):
+        found.append(REWRITE)
+    if _sets_not_null(operation):
+        if version >= NOT_NULL_TRUSTS_CHECK:
+            found.append(Alteration("validation scan", "nothing", True, NOT_NULL_BY_CHECK))
+        else:
+            found.append(Alteration("validation scan", "reads and writes", True))
+    return max(found, key=lambda alteration: WEIGHT[alteration.how])
+
+
+def pg_alteration(operation, version: tuple = NOT_NULL_TRUSTS_CHECK) -> Alteration | None:
+    """What `operation` does to its existing table on a PostgreSQL server of `version`, as online() runs it
+    (see PostgreSQL's manual, ALTER TABLE and CREATE INDEX, "Notes")."""
+    match operation:
+        case ops.CreateIndexOp() if operation.kw.get("postgresql_concurrently"):
+            return Alteration("index build", "nothing", True)
+        case ops.CreateIndexOp():
+            return Alteration("index build", "nothing", True, CONCURRENTLY)
+        case ops.CreateForeignKeyOp() | ops.CreateCheckConstraintOp() if operation.kw.get("postgresql_not_valid"):
+            return Alteration("catalog only", "writes", False)  # the author validates it later
+        case ops.CreateForeignKeyOp() | ops.CreateCheckConstraintOp() if operation.constraint_name:
+            # SHARE UPDATE EXCLUSIVE while VALIDATE scans: reads and writes go on.
+            return Alteration("validation scan", "nothing", True, NOT_VALID)
+        case ops.CreateForeignKeyOp() | ops.CreateCheckConstraintOp():
+            return Alteration("validation scan", "writes", True)  # unnamed: there is no name to validate
+        case ops.CreateUniqueConstraintOp():
+            return Alteration("index build", "writes", True)
+        case ops.CreatePrimaryKeyOp():
+            return Alteration("index build", "reads and writes", True)
+        case ops.AddColumnOp():
+            return _new_column(operation.column, version)
+        case ops.AlterColumnOp():
+            return _column_change(operation, version)
+        case ops.DropColumnOp() | ops.DropIndexOp() | ops.DropConstraintOp() | ops.DropTableOp() | ops.RenameTableOp():
+            return CATALOG
+    return None  # a new table, raw SQL, rows: no existing table's structure changes, or it cannot be told
+
+
 def lint_risks(operation, named: str):
     """What blocks the application while PostgreSQL runs the operation on a table that holds rows."""
     match operation:
         case ops.AlterColumnOp():
-            new, old = operation.modify_type, operation.existing_type
-            if new is not None and (old is None or repr(old) != repr(new)) and not _pg_keeps_rows(old, new):
+            if _changes_type(operation) and not _pg_keeps_rows(operation.existing_type, operation.modify_type):
                 yield f"{named} type", PG_REWRITE
-            if operation.modify_nullable is False and operation.existing_nullable is not False:
+            if _sets_not_null(operation):
                 yield f"{named} NOT NULL", PG_SCAN
         case ops.CreateIndexOp() if not operation.kw.get("postgresql_concurrently"):
             yield named, PG_INDEX
@@ -571,6 +660,10 @@ class PostgreSQL(Dialect):
             # NOT VALID: existing rows are not checked (a later VALIDATE CONSTRAINT does, without blocking).
             found = [finding for finding in found if finding[0] != named]
         return merged(found, lint_risks(operation, named))
+
+    def alteration(self, connection: Connection, operation) -> Alteration | None:
+        """By the operation and the server's version (pg_alteration)."""
+        return pg_alteration(operation, connection.dialect.server_version_info or NOT_NULL_TRUSTS_CHECK)
 
     def dump(self, url: URL, tool: Tool, write: Callable[[bytes], object]) -> None:
         """pg_dump: a custom-format archive."""
