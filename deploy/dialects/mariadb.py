@@ -11,6 +11,7 @@ import ssl
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 from types import ModuleType
@@ -21,7 +22,19 @@ from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from ..errors import DeployError, own, relayed, remember
-from .base import LOCK_NAME_PREFIX, Dialect, Tool, TooSlow, busy, describe, explain, merged, said, widens_varchar
+from .base import (
+    LOCK_NAME_PREFIX,
+    Alteration,
+    Dialect,
+    Tool,
+    TooSlow,
+    busy,
+    describe,
+    explain,
+    merged,
+    said,
+    widens_varchar,
+)
 from .guarded import Transaction, retrying, what_blocks
 
 # MySQL/MariaDB client error numbers that have a clear meaning for the user.
@@ -190,13 +203,6 @@ def server_open_transactions(connection: Connection, older_than: float) -> list[
         raise DeployError(explain(exc, connection.engine.url)) from None
 
 
-def widened_in_place(old, new) -> bool:
-    """Whether MariaDB widens a VARCHAR in place: while its length prefix keeps its size (1 byte up to
-    255 bytes, else 2). The charset is unknown here (1 to 4 bytes a character): in place means at most
-    63 characters, or from 256."""
-    return new.length <= 63 or old.length >= 256
-
-
 def lint_risks(operation, named: str):
     """What blocks the application while MariaDB runs the operation on a table that holds rows."""
     match operation:
@@ -219,6 +225,165 @@ def lint_risks(operation, named: str):
             yield named, REBUILD
         case ops.DropConstraintOp(constraint_type="primary"):
             yield named, COPY
+
+
+# -- Online DDL: how the server alters a table that holds rows ------------------------------------------
+#
+# As measured on MariaDB 10.11.19 (each operation tried with ALGORITHM=INSTANT, then NOCOPY and INPLACE
+# with LOCK=NONE, then COPY), and for older servers and MySQL from their manuals (mariadb.com/kb: "InnoDB
+# Online DDL Operations with the INSTANT / NOCOPY / INPLACE Alter Algorithm"; MySQL 8.0 "Online DDL
+# Operations"):
+# - INSTANT (metadata only): adding a column (MariaDB 10.3.2, at the end; MySQL 8.0.12), dropping one
+#   (10.4; MySQL 8.0.29) unless an index holds it, renaming one (MySQL 8.0.28), defaults, comments,
+#   NOT NULL -> NULL (10.4), a longer VARCHAR whose length prefix keeps its size (1 byte up to 255 bytes,
+#   else 2; 10.4), renaming a table or an index, dropping a foreign key or a CHECK;
+# - NOCOPY (no rebuild; writes go on): building an index (its time grows with the rows), dropping one;
+# - INPLACE with LOCK=NONE (a rebuild; writes go on, as long as a copy): NULL -> NOT NULL, a primary key added;
+# - COPY only (writes blocked, LOCK=NONE refused before 11.2): other type changes (INT -> BIGINT, VARCHAR ->
+#   TEXT, a shorter VARCHAR, a VARCHAR crossing 255 bytes), a foreign key added (foreign_key_checks on),
+#   a CHECK added, a primary key dropped, a stored generated or AUTO_INCREMENT column added.
+# Each form the suite adds makes the server refuse at once (errors 1845, 1846) rather than copy silently.
+INSTANT_FORM = "ALGORITHM=INSTANT"
+INPLACE_FORM = "ALGORITHM=INPLACE, LOCK=NONE"
+ONLINE_COPY = "pt-online-schema-change"
+INSTANT = Alteration("INSTANT", "nothing", False, INSTANT_FORM)
+INDEX_BUILD = Alteration("NOCOPY", "nothing", True, INPLACE_FORM)  # reads every row to build the index
+INDEX_DROP = Alteration("NOCOPY", "nothing", False, INPLACE_FORM)
+IN_PLACE = Alteration("INPLACE", "nothing", False, INPLACE_FORM)  # no rebuild, where INSTANT is unknown
+REBUILT = Alteration("INPLACE", "nothing", True, INPLACE_FORM)
+COPIED = Alteration("COPY", "writes", True, ONLINE_COPY)
+# DROP INDEX takes no ALGORITHM or LOCK clause (MariaDB 10.11's parser refuses them); it drops in place.
+DROPPED_INDEX = Alteration("NOCOPY", "nothing", False, None)
+RANKS = ("INSTANT", "NOCOPY", "INPLACE", "COPY")
+
+
+@dataclass(frozen=True)
+class Server:
+    """The server's kind and version, which decide what it does in place."""
+
+    mariadb: bool
+    version: tuple[int, ...]
+
+    def at_least(self, mariadb: tuple[int, ...], mysql: tuple[int, ...]) -> bool:
+        return self.version >= (mariadb if self.mariadb else mysql)
+
+    @property
+    def knows_instant(self) -> bool:
+        """Whether ALGORITHM=INSTANT is in its grammar (MariaDB 10.3.7, MySQL 8.0.12)."""
+        return self.at_least((10, 3, 7), (8, 0, 12))
+
+    def instant(self, since_mariadb: tuple[int, ...], since_mysql: tuple[int, ...], before: Alteration) -> Alteration:
+        """INSTANT from these versions on, `before` on older servers."""
+        return INSTANT if self.knows_instant and self.at_least(since_mariadb, since_mysql) else before
+
+
+def server_of(connection: Connection) -> Server:
+    info = tuple(part for part in connection.dialect.server_version_info or () if isinstance(part, int))
+    return Server(bool(getattr(connection.dialect, "is_mariadb", False)), info)
+
+
+def worst(*found: Alteration | None) -> Alteration | None:
+    """The alteration of several changes made by one statement: its slowest part decides."""
+    known = [alteration for alteration in found if alteration is not None]
+    if not known:
+        return None
+    slowest = max(known, key=lambda alteration: (RANKS.index(alteration.how), alteration.per_row))
+    return replace(slowest, per_row=any(alteration.per_row for alteration in known))
+
+
+def prefix_bytes(characters: int, bytes_per_character: int) -> int:
+    """The bytes of a VARCHAR's length prefix: 1 while its longest value fits in 255 bytes, else 2."""
+    return 1 if characters * bytes_per_character <= 255 else 2
+
+
+def widened_in_place(old, new, bytes_per_character: int | None = None) -> bool:
+    """Whether MariaDB widens a VARCHAR without a copy: while its length prefix keeps its size. An unknown
+    charset (1 to 4 bytes a character) means: for every charset (at most 63 characters, or from 256)."""
+    sizes = [bytes_per_character] if bytes_per_character else [1, 2, 3, 4]
+    return all(prefix_bytes(old.length, size) == prefix_bytes(new.length, size) for size in sizes)
+
+
+def column_alterations(server: Server, operation: ops.AlterColumnOp, bytes_per_character: int | None = None):
+    """(aspect, Alteration) for each change an alter_column makes: "type", "NOT NULL", "NULL", "rename",
+    "default", "comment"."""
+    new, old = operation.modify_type, operation.existing_type
+    if new is not None and (old is None or repr(old) != repr(new)):
+        if widens_varchar(old, new) and widened_in_place(old, new, bytes_per_character):
+            yield "type", server.instant((10, 4), (99,), IN_PLACE)
+        else:
+            yield "type", COPIED
+    if operation.modify_nullable is False and operation.existing_nullable is not False:
+        yield "NOT NULL", REBUILT
+    elif operation.modify_nullable is True and operation.existing_nullable is False:
+        yield "NULL", server.instant((10, 4), (99,), REBUILT)
+    if operation.modify_name:
+        yield "rename", server.instant((10, 3, 7), (8, 0, 28), IN_PLACE)
+    if operation.modify_server_default is not False:
+        yield "default", server.instant((10, 3, 7), (8, 0, 12), IN_PLACE)
+    if operation.modify_comment is not False:
+        yield "comment", server.instant((10, 3, 7), (8, 0, 12), IN_PLACE)
+
+
+def server_alteration(server: Server, operation, bytes_per_character: int | None = None, indexed: bool = False):
+    """What `operation` does to its existing table on `server`; None when it changes none, or cannot be told.
+    `bytes_per_character`: the altered column's charset; `indexed`: an index holds the dropped column."""
+    match operation:
+        case ops.AddColumnOp():
+            column = operation.column
+            stored = column.computed is not None and column.computed.persisted is not False
+            if column.foreign_keys or column.primary_key or stored:
+                return COPIED
+            added = server.instant((10, 3, 2), (8, 0, 12), REBUILT)
+            return worst(added, INDEX_BUILD) if column.index or column.unique else added
+        case ops.DropColumnOp():
+            return INDEX_DROP if indexed else server.instant((10, 4), (8, 0, 29), REBUILT)
+        case ops.AlterColumnOp():
+            return worst(*(found for _, found in column_alterations(server, operation, bytes_per_character)))
+        case ops.CreateIndexOp():
+            fulltext = {operation.kw.get(f"{kind}_prefix") for kind in ("mysql", "mariadb")} & {"FULLTEXT", "SPATIAL"}
+            return Alteration("INPLACE", "writes", True, None) if fulltext else INDEX_BUILD
+        case ops.DropIndexOp():
+            return DROPPED_INDEX
+        case ops.CreateUniqueConstraintOp():
+            return INDEX_BUILD
+        case ops.CreateForeignKeyOp() | ops.CreateCheckConstraintOp():
+            return COPIED  # foreign_key_checks stays on: the rows there are checked, which needs a copy
+        case ops.CreatePrimaryKeyOp():
+            return REBUILT
+        case ops.DropConstraintOp(constraint_type="primary"):
+            return COPIED
+        case ops.DropConstraintOp(constraint_type="unique"):
+            return INDEX_DROP
+        case ops.DropConstraintOp(constraint_type="foreignkey" | "check"):
+            return server.instant((10, 3, 7), (8, 0, 12), IN_PLACE)
+        case ops.RenameTableOp():
+            # LOCK=NONE is refused for a rename (error 1845): its instant form has no lock clause.
+            return INSTANT if server.knows_instant else Alteration("INPLACE", "nothing", False, None)
+        case ops.CreateTableCommentOp() | ops.DropTableCommentOp():
+            return server.instant((10, 3, 7), (8, 0, 12), IN_PLACE)
+    return None
+
+
+COLUMN_FACTS = """
+    SELECT CHARACTER_OCTET_LENGTH DIV NULLIF(CHARACTER_MAXIMUM_LENGTH, 0),
+           EXISTS (SELECT 1 FROM information_schema.STATISTICS AS s WHERE s.TABLE_SCHEMA = c.TABLE_SCHEMA
+                   AND s.TABLE_NAME = c.TABLE_NAME AND s.COLUMN_NAME = c.COLUMN_NAME)
+    FROM information_schema.COLUMNS AS c
+    WHERE c.TABLE_SCHEMA = COALESCE(:schema, DATABASE()) AND c.TABLE_NAME = :table AND c.COLUMN_NAME = :column
+"""
+
+
+def live_alteration(connection: Connection, operation) -> Alteration | None:
+    """server_alteration() with what the server says of the column an operation alters or drops."""
+    bytes_per_character, indexed = None, False
+    if isinstance(operation, (ops.AlterColumnOp, ops.DropColumnOp)):
+        found = connection.execute(
+            text(COLUMN_FACTS),
+            {"schema": operation.schema, "table": operation.table_name, "column": operation.column_name},
+        ).first()
+        if found is not None:
+            bytes_per_character, indexed = (int(found[0]) if found[0] else None), bool(found[1])
+    return server_alteration(server_of(connection), operation, bytes_per_character, indexed)
 
 
 # -- Backups: mariadb-dump and mariadb, the URL's password on a pipe ---------------------------------
@@ -421,6 +586,11 @@ class MariaDB(Dialect):
 
     def lint_risks(self, operation, found: list[tuple[str, str]], named: str) -> list[tuple[str, str]]:
         return merged(found, lint_risks(operation, named))
+
+    def alteration(self, connection: Connection, operation) -> Alteration | None:
+        """INSTANT, NOCOPY, INPLACE (LOCK=NONE) or COPY, by the server's kind and version and, for a column
+        altered or dropped, its charset and indexes (see server_alteration)."""
+        return live_alteration(connection, operation)
 
     def dump(self, url: URL, tool: Tool, write: Callable[[bytes], object]) -> None:
         """mariadb-dump (or mysqldump): SQL, ending in its completion marker."""
