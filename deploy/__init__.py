@@ -5,8 +5,9 @@ below it, never up (tests/test_layers.py holds every module to this, and to no i
 """
 
 LAYERS = (
-    # The ground: the one error type and its masking, declared switches, plain process plumbing.
-    ("errors", "switches", "forking"),
+    # The ground: the one error type and its masking, declared switches, plain process plumbing; the script
+    # another release's models run in (it imports nothing of the suite).
+    ("errors", "switches", "forking", "release_probe"),
     # What differs by database, one module each, behind a registry keyed by SQLAlchemy's dialect name.
     ("dialects", "dialects.base", "dialects.guarded", "dialects.mariadb", "dialects.postgresql", "dialects.sqlite"),
     # Settings and secrets: the Flask config, the Invoke config, the environments of fabric.yaml, the
@@ -19,8 +20,19 @@ LAYERS = (
     # Alembic's API, and the env.py that every migration runs through.
     ("alembic_ops", "alembic_env"),
     # What reads revisions, their data and the live schema: the lint, the half-applied diagnosis, the data
-    # prechecks, the revision checksums, the schema snapshot.
-    ("review", "review.lint", "review.diagnosis", "review.prechecks", "review.checksums", "schema", "backfill"),
+    # prechecks, the revision checksums, the schema snapshot; the releases running against a database, and the
+    # code of one against the schema pending revisions build.
+    (
+        "review",
+        "review.lint",
+        "review.diagnosis",
+        "review.prechecks",
+        "review.checksums",
+        "schema",
+        "backfill",
+        "releases",
+        "compatibility",
+    ),
     # One function per command, returning results.
     ("commands", "checks", "branches"),
     # The laptop's side of fab: one SSH connection per host, fleets.

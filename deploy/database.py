@@ -24,7 +24,10 @@ VERSION_TABLE = "alembic_version"
 # The tables the migrations keep about themselves, beside the application's: Alembic's, and the
 # checksums of the revisions applied (review/checksums.py). No comparison with the models sees them.
 CHECKSUMS_TABLE = "alembic_checksums"
-SUITE_TABLES = frozenset({VERSION_TABLE, CHECKSUMS_TABLE, "alembic_backfills"})  # and deploy.backfill's progress
+# The release (commit) of the code each upgrade, downgrade and stamp ran with (deploy/releases.py).
+RELEASES_TABLE = "alembic_releases"
+# And deploy.backfill's progress.
+SUITE_TABLES = frozenset({VERSION_TABLE, CHECKSUMS_TABLE, RELEASES_TABLE, "alembic_backfills"})
 
 
 def sqlite_path(url: URL) -> Path | None:
