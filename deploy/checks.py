@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.engine import URL, Connection
 
-from . import alembic_ops, schema
+from . import alembic_ops, compatibility, schema
 from .commands import Project
 from .credentials import describe
 from .database import application_tables, translate_errors
@@ -56,6 +56,8 @@ class CheckReport:
     round_tripped: int = 0
     skipped: list[str] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    # With --compatible-with: what a release still running says of the new revisions (compatibility.Verdict).
+    compatibility: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -71,13 +73,16 @@ class CheckReport:
             f"checked {checked} on {self.database}: {self.round_tripped} round trips (upgrade, downgrade, upgrade)"
         )
         lines += [f"not round-tripped: {reason}" for reason in self.skipped]
+        if self.compatibility and self.ok:
+            lines.append(self.compatibility)
         lines.append("ok" if self.ok else f"{plural(len(self.problems), 'problem')} found")
         return "\n".join(lines)
 
 
-def check(project: Project, url: URL | None = None) -> CheckReport:
+def check(project: Project, url: URL | None = None, compatible_with: str | None = None) -> CheckReport:
     """Single head; each downgrade restores the schema before its revision; the models match what
-    the migrations build. All on a scratch database, never the development one."""
+    the migrations build; `compatible_with`: the code of that release (a git ref) still works on the
+    schema of the revisions it lacks. All on a scratch database, never the development one."""
     config = project.alembic
     heads = project.heads()
     directory = alembic_ops.scripts(config)
@@ -125,7 +130,23 @@ def check(project: Project, url: URL | None = None) -> CheckReport:
                 [render(operation) for operation in drift],
             )
         )
+    if compatible_with and len(heads) == 1:
+        compatible(project, compatible_with, url, report)
     return report
+
+
+def compatible(project: Project, release: str, url: URL | None, report: CheckReport) -> None:
+    """The code of `release` against the schema of the revisions it lacks, built in a scratch database
+    (`url`, or a temporary SQLite file): as a production upgrade checks the release still running."""
+    config = project.alembic
+    revisions = compatibility.pending_since(config, release)
+    verdict = compatibility.check(config, release, revisions, "heads", project.settings.name, url)
+    if verdict.unchecked:
+        report.problems.append(Problem("compatible", verdict.unchecked))
+    elif verdict.failures:
+        what = f"{plural(len(revisions), 'revision')} since release {verdict.release} would break it while both run"
+        report.problems.append(Problem("compatible", what, verdict.failures))
+    report.compatibility = str(verdict)
 
 
 def round_trip(config, connection: Connection, report: CheckReport) -> bool:

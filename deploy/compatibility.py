@@ -133,7 +133,8 @@ def _check(config, release: str, revisions: list[str], target: str, settings_nam
                 found = probe(tree / root.relative_to(top), scratch_url, settings_name)
     if "error" in found:
         return unchecked(named, revisions, found["error"])
-    failures = told(config, named, found["failures"], built, revisions, dialect_name)
+    with quiet():  # reading the revisions' operations offline logs Alembic's context
+        failures = told(config, named, found["failures"], built, revisions, dialect_name)
     return Verdict(named, revisions, failures)
 
 

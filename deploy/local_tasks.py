@@ -262,14 +262,18 @@ def lint(c, to="head"):
     help={
         "json": "print machine-readable JSON",
         "url": "run the scratch checks on this empty database instead of a temporary SQLite file",
+        "compatible_with": (
+            "also run release REF's code (a git ref: the one in production) on the schema of the revisions it "
+            "lacks: select, insert, update and delete through each of its models, as it does while both run"
+        ),
     }
 )
 @one_line_errors
-def check(c, json=False, url=None):
+def check(c, json=False, url=None, compatible_with=None):
     """CI gate: one head, downgrades that undo their upgrades, models that match the migrations."""
     from . import checks
 
-    found = checks.check(project(c), checks.scratch_url(url) if url else None)
+    found = checks.check(project(c), checks.scratch_url(url) if url else None, compatible_with)
     print(found.to_json() if json else found)
     if not found.ok:
         raise DeployError(f"db.check failed: {', '.join(dict.fromkeys(problem.check for problem in found.problems))}")
