@@ -17,8 +17,8 @@ LAYERS = (
     ("database",),
     # The guards: refusals, the lock, short lock waits, the run log; backups and restore.
     ("guards", "guards.refusals", "guards.lock", "guards.timeouts", "guards.runlog", "backups"),
-    # Alembic's API, and the env.py that every migration runs through.
-    ("alembic_ops", "alembic_env"),
+    # Alembic's API, the env.py that every migration runs through, and the renames it writes for autogenerate.
+    ("alembic_ops", "alembic_env", "renames"),
     # What reads revisions, their data and the live schema: the lint, the half-applied diagnosis, the data
     # prechecks, the revision checksums, the schema snapshot; the releases running against a database, and the
     # code of one against the schema pending revisions build.

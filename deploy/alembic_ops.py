@@ -157,20 +157,26 @@ def alembic_errors() -> Iterator[None]:
 
 # config.attributes keys through which `run` hands env.py (deploy.alembic_env) what it needs.
 CONNECTION, TARGET_METADATA, AUTOGENERATE = "connection", "target_metadata", "autogenerate"
+# db.revision's answers about renames (a deploy.renames.Renames), for autogenerate's drops and adds.
+RENAMES = "renames"
 
 
-def hand_over(config: Config, connection: Connection | None, models=None, autogenerate: bool = False) -> None:
-    """What env.py (deploy.alembic_env) takes from the attributes: our connection, and the models."""
+def hand_over(
+    config: Config, connection: Connection | None, models=None, autogenerate: bool = False, renames=None
+) -> None:
+    """What env.py (deploy.alembic_env) takes from the attributes: our connection, the models, and
+    the answers about renames."""
     config.attributes[CONNECTION] = connection
     # None tells env.py not to import the models: only autogenerate needs them.
     config.attributes[TARGET_METADATA] = models
     config.attributes[AUTOGENERATE] = autogenerate
+    config.attributes[RENAMES] = renames
 
 
-def run(command, config: Config, connection: Connection | None, *args, models=None, **kwargs):
+def run(command, config: Config, connection: Connection | None, *args, models=None, renames=None, **kwargs):
     """Call an alembic.command function on our connection; env.py takes it from the attributes."""
     scripts(config)  # a broken script fails here in one line, not inside the command
-    hand_over(config, connection, models, bool(kwargs.get("autogenerate")))
+    hand_over(config, connection, models, bool(kwargs.get("autogenerate")), renames)
     with alembic_errors():
         return command(config, *args, **kwargs)
 

@@ -22,6 +22,7 @@ from .commands import Project, current_of
 from .database import translate_errors
 from .errors import DeployError
 from .guards import refusals
+from .renames import Renames
 from .schema import plural
 from .settings import SETTINGS_VARIABLE
 
@@ -101,10 +102,11 @@ def build_base_schema(base_root: Path, url: URL, settings_name: str, branch: str
         raise DeployError(f"cannot build {branch}'s schema: {said}")
 
 
-def revision_against(project: Project, message: str, base: str) -> Path | None:
+def revision_against(project: Project, message: str, base: str, renames: Renames | None = None) -> Path | None:
     """Autogenerate a revision with this checkout's models against the schema `base`'s models build,
     stamped at `base`'s head, in a scratch SQLite: neither the working tree nor the development
-    database is touched. The script written, or None when there is no change."""
+    database is touched. The script written, or None when there is no change; `renames` as for
+    commands.revision."""
     refusals.check_single_head(project.heads())
     root = alembic_ops.root(project.alembic)
     top = Path(
@@ -135,7 +137,7 @@ def revision_against(project: Project, message: str, base: str) -> Path | None:
             # This branch's own revisions since `base`, so the new one follows them.
             alembic_ops.migrate(project.alembic, connection, "head")
             connection.commit()
-        return commands.revision(scratch_project(project, url), message)
+        return commands.revision(scratch_project(project, url), message, renames=renames)
 
 
 def scratch_project(project: Project, url: URL) -> Project:

@@ -20,6 +20,7 @@ from .credentials import describe, needs_password, with_password
 from .database import application_tables, explain, translate_errors
 from .errors import RELAYED, DeployError, own, relayed
 from .guards import lock, refusals, runlog, timeouts
+from .renames import Renames
 from .review import checksums, diagnosis, lint, prechecks
 from .settings import Settings
 from .status import Status
@@ -168,10 +169,13 @@ def reset(project: Project, allowed_settings: list[str], force: bool = False) ->
     return Reset(describe(url), via, len(models.tables), alembic_ops.label(project.alembic, head))
 
 
-def revision(project: Project, message: str, empty: bool = False) -> Path | None:
+def revision(project: Project, message: str, empty: bool = False, renames: Renames | None = None) -> Path | None:
     """Autogenerate a revision from the models against the database (or a blank one with `empty`):
-    the script written, or None when the models and the database agree."""
+    the script written, or None when the models and the database agree. `renames`: the answers about
+    drops and adds that may be renames, and what came of them (deploy.renames)."""
     if empty:
+        if renames is not None and renames.given:
+            raise DeployError("--renames answers autogenerate's questions: it does not go with --empty")
         return Path(alembic_ops.run(command.revision, project.alembic, None, message=message).path)
     head_revisions = project.heads()
     refusals.check_single_head(head_revisions)  # before the password prompt
@@ -188,7 +192,13 @@ def revision(project: Project, message: str, empty: bool = False) -> Path | None
         models = alembic_ops.metadata(project.alembic)
         # A Script, or [] when env.py dropped an empty autogenerate.
         written = alembic_ops.run(
-            command.revision, project.alembic, connection, message=message, autogenerate=True, models=models
+            command.revision,
+            project.alembic,
+            connection,
+            message=message,
+            autogenerate=True,
+            models=models,
+            renames=renames,
         )
     return Path(written.path) if written else None
 

@@ -40,6 +40,11 @@ def confirm_restore_from(name: str, source: str) -> None:
         raise DeployError("not confirmed: nothing changed")
 
 
+def agrees(question: str) -> bool:
+    """A [y/N] question at a terminal that changes nothing itself: yes only for y or yes."""
+    return ask(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+
+
 def confirm(question: str, yes: bool) -> None:
     """[y/N] before a production change; `yes` (--yes) answers for pipelines. Without a terminal
     and without --yes the answer is no: a piped first line is the password, never an answer."""

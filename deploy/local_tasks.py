@@ -13,6 +13,8 @@ from . import commands, console, forking, task_config
 from .console import Cancellation
 from .errors import DeployError, one_line_errors
 from .options import FROM_DATABASE, Command, command
+from .renames import Renames
+from .renames import parse as parse_renames
 from .status import STATUS_LINE, await_go
 
 # The options only fab's server command line passes (options.SERVER_ONLY): the server's entry point
@@ -79,17 +81,29 @@ def reset(c, force=False):
         "message": "the revision's message, e.g. 'add tags'",
         "empty": "write a blank revision to fill in by hand instead of autogenerating",
         "base": "autogenerate against the schema BRANCH's models build (a scratch database), not the development one",
+        "renames": (
+            "say which dropped-and-added columns or tables are renames, without a terminal: OLD:NEW pairs, "
+            "comma-separated (title:headline, posts.title:headline, notes:memos for a table); at a terminal, "
+            "the others are asked"
+        ),
     }
 )
 @one_line_errors
-def revision(c, message, empty=False, base=None):
-    """Autogenerate a revision from the models against the development database (or --base BRANCH's schema)."""
+def revision(c, message, empty=False, base=None, renames=None):
+    """Autogenerate a revision from the models against the development database (or --base BRANCH's schema);
+    a column or table dropped and another added alike is asked about (or named by --renames) as a rename."""
+    asked = (lambda candidate: console.agrees(candidate.question)) if sys.stdin.isatty() else None
+    answers = Renames(parse_renames(renames) if renames is not None else (), asked)
     if base and not empty:
         from . import branches
 
-        written = branches.revision_against(project(c), message, base)
+        written = branches.revision_against(project(c), message, base, answers)
     else:
-        written = commands.revision(project(c), message, empty)
+        written = commands.revision(project(c), message, empty, answers)
+    for renamed in answers.renamed:
+        print(f"written as a rename: {renamed}")
+    if note := answers.note():
+        print(note, file=sys.stderr)
     # The path last, alone on its line: scripts and editors take it from there.
     print(written or "no schema changes detected: no revision written (use --empty for a hand-written one)")
 
