@@ -75,6 +75,8 @@ class Project:
     # What the user typed before `db.*`: `invoke` here, `fab prod` when the laptop drives the server.
     caller: str = "invoke"
     guards: Guards = Guards()
+    # --running: the release of the code serving now, where the operator knows better than the one recorded.
+    running: str | None = None
 
     @classmethod
     def open(
@@ -256,6 +258,7 @@ def migrate(
     check_data([str(result) for result in prechecks.failures(checked)])
     if conflicts and not project.guards.allow_drift:
         raise drift_refusal(project, conflicts)
+    compatible = check_compatible(project, target) if not downgrade and expect_from is None else None
     url = project.migration_url_with_password()
     guards = project.guards
     verb = "downgrade" if downgrade else "upgrade"
@@ -283,6 +286,8 @@ def migrate(
             check_risks(project, url, [step.revision for step in steps], progress, checked)
         for line in [*drift, *conflicts] if progress is not None else ():
             progress(f"warning: drift: {line}")
+        for line in compatibility_lines(compatible) if progress is not None else ():
+            progress(line)
         if confirm is not None:
             confirm()
         if not guards.ignore_transactions:
@@ -301,6 +306,7 @@ def migrate(
                     f"stopped ({cancellation.reason}) after {done} of {len(steps)} revisions, none left half "
                     f"done: {describe(url)} is at {now}; run `{project.command(verb)}` again to go on"
                 )
+            keep_release(project, connection, verb)
     return Migration(describe(url), len(steps), now)
 
 
@@ -455,6 +461,83 @@ def drift_refusal(project: Project, conflicts: list[str]) -> DeployError:
     return DeployError(
         f"{len(conflicts)} pending operation{'s' * many} change{'s' * (not many)} the schema where it was changed "
         f"outside the migrations: {'; '.join(conflicts)}; {ways}"
+    )
+
+
+def keep_release(project: Project, connection: Connection, command: str) -> None:
+    """Outside development, this checkout's release recorded as the code the database now runs with."""
+    from . import releases
+
+    if not project.guards.production:
+        return
+    root = alembic_ops.root(project.alembic)
+    release = releases.of_checkout(root, project.alembic.get_main_option("flask_app"))
+    if release is not None:
+        releases.record(connection, release, alembic_ops.current_heads(connection), command)
+        connection.commit()
+
+
+def running_release(project: Project, connection: Connection) -> tuple[str | None, str | None]:
+    """The release of the code running against the database, and how status shows it: --running's, or
+    the one recorded last."""
+    from . import releases
+
+    if project.running:
+        return project.running, f"{project.running} (named with --running)"
+    found = releases.recorded(connection)
+    return (found.release, str(found)) if found is not None else (None, None)
+
+
+def compatibility_of(project: Project, release: str | None, target: str, revisions: list[str]):
+    """The running `release`'s code against the schema the pending `revisions` build (a scratch SQLite);
+    None when nothing is pending."""
+    from . import compatibility
+
+    if not revisions:
+        return None
+    if release is None:
+        count = f"{len(revisions)} pending revision{'s' * (len(revisions) > 1)}"
+        why = (
+            "the release running is not known (each upgrade outside development records its own; "
+            f"--running REF names it): {count} not checked against it"
+        )
+        return compatibility.Verdict("?", revisions, [], why)
+    return compatibility.check(project.alembic, release, revisions, target, project.settings.name)
+
+
+def check_compatible(project: Project, target: str):
+    """Outside development, before an upgrade asks anything: the running release's code against the
+    schema the pending revisions build, read with the application's user; refused where it fails,
+    unless --allow-incompatible. The verdict, for the plan's lines; None in development."""
+    if not project.guards.production:
+        return None
+    url = project.settings.database_url
+    with ExitStack() as stack:
+        try:
+            connection = stack.enter_context(project.connect(url))
+        except DeployError:
+            return None  # the migration user's connection says what is wrong, if anything
+        with translate_errors(url):
+            current = project.check_ready(connection)
+            release, _ = running_release(project, connection)
+    steps = alembic_ops.plan(project.alembic, current, target)
+    verdict = compatibility_of(project, release, target, [step.revision for step in steps])
+    if verdict is not None and verdict.failures and not project.guards.allow_incompatible:
+        raise incompatible_refusal(verdict.failures)
+    return verdict
+
+
+def compatibility_lines(verdict) -> list[str]:
+    """What an upgrade shows of the running release's verdict: its failures (allowed), then its note."""
+    if verdict is None:
+        return []
+    return [*(f"warning: incompatible: {line}" for line in verdict.failures), verdict.note]
+
+
+def incompatible_refusal(failures: list[str]) -> DeployError:
+    return DeployError(
+        f"{'; '.join(failures)}; nothing was run: ship the release that stops using it first; or, in a planned "
+        "maintenance window with the app stopped, pass --allow-incompatible"
     )
 
 
@@ -638,6 +721,7 @@ def stamp(project: Project, revision: str) -> str:
         now = alembic_ops.current_heads(connection)
         # What the stamp says the schema is, as its files are now; the revisions below have none.
         keep_checksums(project, connection, [SimpleNamespace(revision=head) for head in now], False)
+        keep_release(project, connection, "stamp")
     return f"{describe(url)} is stamped at {alembic_ops.label(project.alembic, current_of(now))}"
 
 
@@ -749,10 +833,12 @@ def status(
     checked: list[prechecks.Result] = []
     drift: list[str] = []
     conflicts: list[str] = []
+    revisions: list[str] = []
     with project.connect(url) as connection, translate_errors(url):
         found = alembic_ops.current_heads(connection)
         tables = application_tables(connection)
         verdict = checksums.verify(connection, config, found, connection.dialect.name)
+        release, running = running_release(project, connection)
         if room:
             spare = dialects.dialect_for(connection).spare_connections(connection)
         if len(head_revisions) == 1 and (found or not tables):
@@ -763,6 +849,8 @@ def status(
             if prechecked and revisions:
                 checked, drift, conflicts = looked_ahead(project, connection, found, revisions, drifted)
                 findings += [str(result) for result in prechecks.unreviewed_too_slow(checked)]
+    # In an upgrade's plan outside development: the code still running against the schema it would build.
+    compatible = compatibility_of(project, release, target, revisions) if drifted and prechecked else None
     migration_url = project.settings.migration_url
     return Status(
         database=describe(url),
@@ -783,6 +871,9 @@ def status(
         not_checked=[str(result) for result in prechecks.unchecked(checked)],
         drift=drift,
         drift_conflicts=conflicts,
+        release=running,
+        incompatible=compatible.failures if compatible else [],
+        compatibility=compatible.note if compatible else None,
         room=None if spare is None else max(1, spare // CONNECTIONS_PER_UPGRADE),
     )
 
@@ -822,6 +913,8 @@ def check_plan(project: Project, state: Status, target: str, expect_head: str | 
     check_data(state.data_failures)
     if state.drift_conflicts and not project.guards.allow_drift:
         raise drift_refusal(project, state.drift_conflicts)
+    if state.incompatible and not project.guards.allow_incompatible:
+        raise incompatible_refusal(state.incompatible)
     if state.risks and project.guards.refuse_risky:
         raise risky(state.risks)
 

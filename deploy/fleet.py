@@ -277,6 +277,8 @@ def notes(plan: Status) -> list[str]:
         *(f"risk: {risk}" for risk in plan.risks),
         *(f"unchecked: {line}" for line in plan.not_checked),
         *(f"drift: {line}" for line in drift_lines(plan)),
+        *(f"incompatible: {line}" for line in plan.incompatible),  # allowed: --allow-incompatible
+        *([plan.compatibility] if plan.compatibility else []),
     ]
 
 

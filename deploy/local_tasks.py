@@ -12,7 +12,7 @@ from invoke import Collection
 from . import commands, console, forking, task_config
 from .console import Cancellation
 from .errors import DeployError, one_line_errors
-from .options import FROM_DATABASE, Command, command
+from .options import FROM_DATABASE, RUNNING, Command, command
 from .renames import Renames
 from .renames import parse as parse_renames
 from .status import STATUS_LINE, await_go
@@ -116,18 +116,31 @@ def revision(c, message, empty=False, base=None, renames=None):
         "yes": "outside development, apply without asking [y/N] (for pipelines; fab passes it after asking you)",
         "plan": PLAN,
         "expect_from": EXPECT_FROM,
+        "running": RUNNING,
         "targets": TARGETS,
     }
 )
 @one_line_errors
-def upgrade(c, to="head", expect_head=None, sql=False, yes=False, plan=False, expect_from=None, targets=None, **guards):
+def upgrade(
+    c,
+    to="head",
+    expect_head=None,
+    sql=False,
+    yes=False,
+    plan=False,
+    expect_from=None,
+    targets=None,
+    running=None,
+    **guards,
+):
     """Upgrade the database to head, or to --to REV."""
     if targets:
-        chosen = dict(to=to, expect_head=expect_head, sql=sql, yes=yes, **guards)
+        chosen = dict(to=to, expect_head=expect_head, sql=sql, yes=yes, running=running, **guards)
         forking.run_each(
             c, targets, lambda **run: upgrade.body(c, **{**chosen, **run}), partial(warm_up, c, drift=True)
         )
     opened = project(c, **guards)
+    opened.running = running
     if plan:
         print(STATUS_LINE + commands.plan(opened, to, expect_head).to_json())
         return
@@ -224,15 +237,18 @@ def heads(c):
         "to": "target revision (default: head; with --downgrade: -1)",
         "json": "print machine-readable JSON",
         "downgrade": "list what a downgrade to --to would undo instead",
+        "running": RUNNING,
         "targets": TARGETS,
     }
 )
 @one_line_errors
-def status(c, to=None, json=False, downgrade=False, targets=None):
+def status(c, to=None, json=False, downgrade=False, targets=None, running=None):
     """Show head, current revision and the pending revisions."""
     if targets:
-        forking.run_each(c, targets, lambda: status.body(c, to, json, downgrade), partial(warm_up, c))
-    found = commands.status(project(c), to or ("-1" if downgrade else "head"), downgrade)
+        forking.run_each(c, targets, lambda: status.body(c, to, json, downgrade, running=running), partial(warm_up, c))
+    opened = project(c)
+    opened.running = running
+    found = commands.status(opened, to or ("-1" if downgrade else "head"), downgrade)
     print(found.to_json() if json else found)
 
 

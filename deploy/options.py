@@ -16,6 +16,12 @@ from .switches import guard_help, of
 # How the laptop talks to the server's tasks: `python -m deploy.server` takes them, `invoke` does not.
 SERVER_ONLY = ("conversation", "targets", "plan", "expect_from")
 
+# --running of db.upgrade and db.status, the same help under invoke and fab.
+RUNNING = (
+    "the release of the code serving now (a git ref), where it is not the one the last upgrade recorded: an app "
+    "server not yet restarted"
+)
+
 # db.restore's --from-database, the same help under invoke and fab.
 FROM_DATABASE = "the backup is of database NAME, not this one: replace this one with it all the same"
 

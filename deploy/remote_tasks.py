@@ -16,7 +16,7 @@ from . import console, credentials, switches
 from .console import confirm_restore_from, forwarding_interrupts
 from .environments import ONLY, SELECTED, Target, selected_targets
 from .errors import DeployError, one_line_errors
-from .options import FROM_DATABASE, Command, command
+from .options import FROM_DATABASE, RUNNING, Command, command
 from .ssh import Server, Session
 
 # A `fab ENV db.*` task: Fabric's, with fab's help for the guard switches, built when fab_tasks runs.
@@ -85,9 +85,9 @@ def go_ahead(server: Server, talk: Session, controlled: bool = False) -> None:
         talk.finish()
 
 
-@task()
+@task(help={"running": RUNNING})
 @one_line_errors
-def status(c):
+def status(c, running=None):
     """Show the server's head, the database's revision and the pending revisions (a row per target of a fleet)."""
     found, concurrency = selected_targets(c.config)
     if len(found) > 1:
@@ -97,7 +97,7 @@ def status(c):
         return
     with Server(c, found[0]) as server:
         print(f"{server.name}: {server.where}")
-        server.invoke(["db.status"])
+        server.invoke(["db.status", *([f"--running={running}"] if running else [])])
 
 
 @task(
@@ -105,16 +105,18 @@ def status(c):
         "to": "an explicit target revision; without it the server's head must equal yours",
         "sql": "print the SQL the upgrade would run on the server's database; change nothing, ask nothing",
         "yes": "apply without asking [y/N] (needed without a terminal)",
+        "running": RUNNING,
     }
 )
 @one_line_errors
-def upgrade(c, to=None, sql=False, yes=False, **guards):
+def upgrade(c, to=None, sql=False, yes=False, running=None, **guards):
     """Upgrade the environment's database to head, after checks, a [y/N] and a password prompt."""
     from . import fleet
 
     # Only an explicit revision skips the same-head check: `--to=head` is the default spelled out.
     explicit = to not in (None, "", "head")
     args = ["db.upgrade", f"--to={to if explicit else 'head'}", *switches.forwarded("upgrade", guards)]
+    args += [f"--running={running}"] if running else []
     if sql:
         expected = [] if explicit else [f"--expect-head={local_head(c)}"]
         with Server(c, one_target(c)) as server:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from .errors import DeployError
 
 # Bump when a field is added, removed or changes meaning, or the conversation changes.
-PROTOCOL = 8
+PROTOCOL = 9
 STATUS_LINE = "deploy-status: "
 GO = "go"
 
@@ -60,6 +60,14 @@ class Status:
     drift: list[str] = dataclasses.field(default_factory=list)
     # The pending operations that change a drifted object (same table and column, index or constraint).
     drift_conflicts: list[str] = dataclasses.field(default_factory=list)
+    # The release of the code running against the database (deploy/releases.py): the one its last upgrade,
+    # downgrade or stamp recorded, or --running's; None: not known.
+    release: str | None = None
+    # In an upgrade's plan, outside development: what the running release's code fails on in the schema the
+    # pending revisions build (deploy/compatibility.py), one line each; and the plan's line about it
+    # (compatible with the running release, or why it is unchecked).
+    incompatible: list[str] = dataclasses.field(default_factory=list)
+    compatibility: str | None = None
     # Why an upgrade to the target is refused, in the server's words; None: it may go ahead.
     refusal: str | None = None
     # How many upgrades the database server accepts at once now (its free connections); None: no limit known.
@@ -100,6 +108,8 @@ class Status:
         ]
         if self.last_run:
             lines.append(f"last run:   {self.last_run}")
+        if self.release:
+            lines.append(f"release:    {self.release}")
         lines += [f"edited:     {what}" for _, what in self.edited]
         if self.without_checksum:
             lines.append(f"checksums:  none kept for {self.without_checksum} applied revisions (they did not run here)")
@@ -116,6 +126,7 @@ class Status:
         lines += [f"data:       {failure}" for failure in self.data_failures]
         lines += [f"unchecked:  {line}" for line in self.not_checked]
         lines += [f"drift:      {line}" for line in self.drift]
+        lines += [f"incompatible: {line}" for line in self.incompatible]
         return "\n".join(lines)
 
 

@@ -50,6 +50,14 @@ GUARDS: tuple[Switch, ...] = (
         "apply although a pending operation changes what was changed outside the migrations (told as warnings)",
         ("upgrade",),
     ),
+    Switch(
+        "allow_incompatible",
+        "outside development, apply although the release still running fails on the new schema (a planned "
+        "maintenance window, with the app stopped)",
+        ("upgrade",),
+        fab_help="apply although the release still running fails on the new schema (a planned maintenance window, "
+        "with the app stopped)",
+    ),
 )
 
 
