@@ -284,6 +284,7 @@ def migrate(
                 progress(f"  {step.revision}  {step.doc}")
         if not downgrade:
             check_risks(project, url, [step.revision for step in steps], progress, checked)
+            check_online(project, [step.revision for step in steps], connection)
         for line in [*drift, *conflicts] if progress is not None else ():
             progress(f"warning: drift: {line}")
         for line in compatibility_lines(compatible) if progress is not None else ():
@@ -377,6 +378,31 @@ def check_risks(project: Project, url: URL, revisions: list[str], progress, chec
         progress(f"warning: {finding}")
     for line in prechecks.unchecked(checked) if progress is not None else ():
         progress(f"unchecked: {line}")
+
+
+def check_online(project: Project, revisions: list[str], connection: Connection | None = None) -> None:
+    """Refuse a pending operation that would block the application for as long as its table takes to copy,
+    where no online form can make it and this run's switches do not allow it (the dialect says why). Read
+    on `connection`, else on one of the application's own (no password)."""
+    url = connection.engine.url if connection is not None else project.settings.database_url
+    refused = []
+    with ExitStack() as stack:
+        if connection is None:
+            connection = stack.enter_context(project.connect(url))
+        stack.enter_context(translate_errors(url))
+        dialect = dialects.dialect_for(connection)
+        for revision in revisions:
+            try:
+                operations = lint.operations(project.alembic, revision, connection.dialect.name)
+            except lint.Unreadable as exc:
+                operations = exc.recorded
+            for operation in operations:
+                if reason := dialect.online_refusal(connection, operation, project.guards):
+                    refused.append(f"{revision}: {lint.name(operation)}: {reason}")
+        connection.rollback()
+    if refused:
+        many = len(refused) > 1
+        raise DeployError(f"{len(refused)} pending operation{'s' * many} cannot run online: {'; '.join(refused)}")
 
 
 def check_data(failing: list[str]) -> None:
@@ -892,6 +918,8 @@ def plan(project: Project, target: str = "head", expect_head: str | None = None,
     )
     try:
         check_plan(project, state, target, expect_head)
+        if upgrading and state.pending:
+            check_online(project, [revision for revision, _ in state.pending])
     except DeployError as exc:
         return replace(state, refusal=str(exc))
     return state

@@ -51,6 +51,12 @@ GUARDS: tuple[Switch, ...] = (
         ("upgrade",),
     ),
     Switch(
+        "allow_copy",
+        "where MariaDB can only copy a table to change it, copy it in place (writes to it wait for the copy) "
+        "rather than online with pt-online-schema-change",
+        ("upgrade", "downgrade"),
+    ),
+    Switch(
         "allow_incompatible",
         "outside development, apply although the release still running fails on the new schema (a planned "
         "maintenance window, with the app stopped)",
@@ -148,6 +154,19 @@ SETTINGS: tuple[Setting, ...] = (
         "seconds each data precheck before an upgrade may run before it is stopped as too slow; 0: no limit",
     ),
     Setting("retries", COUNT, 5, "times a statement that waited too long for a lock is tried again"),
+    Setting(
+        "copy_in_place_rows",
+        COUNT,
+        10_000,
+        "rows up to which a table MariaDB can only copy is copied in place (writes wait for the copy); a bigger "
+        "one is copied online (pt-online-schema-change)",
+    ),
+    Setting(
+        "online_copy_max_running",
+        COUNT,
+        25,
+        "statements running on the server (Threads_running) above which an online copy pauses",
+    ),
     Setting("backups_kept", COUNT, 10, "backups kept in the backup directory, the oldest removed first"),
     Setting("backup_dir", PATH, None, "where backups go; default: backups/ in the instance folder"),
 )

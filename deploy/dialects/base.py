@@ -156,6 +156,12 @@ class Dialect(ABC):
         database offers, within what `guards` (the run's switches) allow. As written by default."""
         return nullcontext()
 
+    def online_refusal(self, connection: Connection, operation, guards) -> str | None:
+        """Why `operation` will not run on the server of `connection` within what `guards` allow: it would
+        block the application for as long as its table takes to copy, and no online form can make it
+        (the way out said too). None: it may run."""
+        return None
+
     def engine_options(self, url: URL) -> dict:
         """create_engine() options for `url`'s connections (an application's own options override them)."""
         return {}
