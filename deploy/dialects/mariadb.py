@@ -8,6 +8,8 @@ import os
 import re
 import shutil
 import ssl
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -17,11 +19,11 @@ from pathlib import Path
 from types import ModuleType
 
 from alembic.operations import ops
-from sqlalchemy import func, text
+from sqlalchemy import event, func, text
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from ..errors import DeployError, own, relayed, remember
+from ..errors import DeployError, mask, own, relayed, remember
 from .base import (
     LOCK_NAME_PREFIX,
     Alteration,
@@ -235,10 +237,11 @@ def lint_risks(operation, named: str):
 # Operations"):
 # - INSTANT (metadata only): adding a column (MariaDB 10.3.2, at the end; MySQL 8.0.12), dropping one
 #   (10.4; MySQL 8.0.29) unless an index holds it, renaming one (MySQL 8.0.28), defaults, comments,
-#   NOT NULL -> NULL (10.4), a longer VARCHAR whose length prefix keeps its size (1 byte up to 255 bytes,
+#   a longer VARCHAR whose length prefix keeps its size (1 byte up to 255 bytes,
 #   else 2; 10.4), renaming a table or an index, dropping a foreign key or a CHECK;
 # - NOCOPY (no rebuild; writes go on): building an index (its time grows with the rows), dropping one;
-# - INPLACE with LOCK=NONE (a rebuild; writes go on, as long as a copy): NULL -> NOT NULL, a primary key added;
+# - INPLACE with LOCK=NONE (a rebuild; writes go on, as long as a copy): NULL -> NOT NULL and back, a primary
+#   key added;
 # - COPY only (writes blocked, LOCK=NONE refused before 11.2): other type changes (INT -> BIGINT, VARCHAR ->
 #   TEXT, a shorter VARCHAR, a VARCHAR crossing 255 bytes), a foreign key added (foreign_key_checks on),
 #   a CHECK added, a primary key dropped, a stored generated or AUTO_INCREMENT column added.
@@ -315,7 +318,7 @@ def column_alterations(server: Server, operation: ops.AlterColumnOp, bytes_per_c
     if operation.modify_nullable is False and operation.existing_nullable is not False:
         yield "NOT NULL", REBUILT
     elif operation.modify_nullable is True and operation.existing_nullable is False:
-        yield "NULL", server.instant((10, 4), (99,), REBUILT)
+        yield "NULL", REBUILT  # INSTANT and NOCOPY refused (error 1845) on 10.11 too
     if operation.modify_name:
         yield "rename", server.instant((10, 3, 7), (8, 0, 28), IN_PLACE)
     if operation.modify_server_default is not False:
@@ -386,6 +389,340 @@ def live_alteration(connection: Connection, operation) -> Alteration | None:
     return server_alteration(server_of(connection), operation, bytes_per_character, indexed)
 
 
+# -- Online DDL as it runs: the strongest form the server accepts, else an online copy ------------------
+
+NOT_ONLINE = {1845, 1846}  # ER_ALTER_OPERATION_NOT_SUPPORTED(_REASON): that form is refused, nothing done
+NAME = r"(?:`(?:[^`]|``)+`|[\w$]+)"
+QUALIFIED = rf"{NAME}(?:\s*\.\s*{NAME})?"
+ALTER_TABLE = re.compile(
+    rf"\s*ALTER\s+TABLE\s+(?P<table>{QUALIFIED})\s+(?P<spec>.+?)[\s;]*\Z", re.IGNORECASE | re.DOTALL
+)
+CREATE_INDEX = re.compile(
+    rf"\s*CREATE\s+(?:UNIQUE\s+)?INDEX\s+{NAME}\s+ON\s+(?P<table>{QUALIFIED})\s*\(.*?[\s;]*\Z",
+    re.IGNORECASE | re.DOTALL,
+)
+CHOSEN_FORM = re.compile(r"\b(?:ALGORITHM|LOCK)\s*=", re.IGNORECASE)
+RENAME_ONLY = re.compile(rf"RENAME\s+(?:TO\s+|AS\s+)?{QUALIFIED}\Z", re.IGNORECASE)
+DROPS_PRIMARY_KEY = re.compile(r"\bDROP\s+PRIMARY\s+KEY\b", re.IGNORECASE)
+ONLINE_COPY_STOPPED = 30  # seconds pt-online-schema-change is given to stop after being told to
+
+
+@dataclass(frozen=True)
+class Altering:
+    """A statement that alters an existing table: the forms tried in turn, strongest first, and its changes
+    as pt-online-schema-change takes them (None: it is never a copy, and runs as written if refused)."""
+
+    database: str | None
+    table: str
+    forms: tuple[str, ...]
+    copy_spec: str | None
+
+
+def unquoted(qualified: str) -> tuple[str | None, str]:
+    """(database, table) of a name as a statement writes it."""
+    names = [name[1:-1].replace("``", "`") if name.startswith("`") else name for name in re.findall(NAME, qualified)]
+    return (names[0], names[1]) if len(names) == 2 else (None, names[0])
+
+
+def altering(server: Server, statement: str) -> Altering | None:
+    """The online forms of an ALTER TABLE or CREATE INDEX; None for another statement, or one whose author
+    chose its own ALGORITHM or LOCK."""
+    if CHOSEN_FORM.search(statement):
+        return None
+    text_ = statement.strip().rstrip(";").rstrip()
+    instant = (f"{text_}, {INSTANT_FORM}",) if server.knows_instant else ()
+    if found := ALTER_TABLE.match(text_):
+        database, table = unquoted(found["table"])
+        if RENAME_ONLY.match(found["spec"]):  # LOCK=NONE is refused for a rename, which never copies
+            return Altering(database, table, instant, None) if instant else None
+        return Altering(database, table, (*instant, f"{text_}, {INPLACE_FORM}"), found["spec"])
+    if found := CREATE_INDEX.match(text_):
+        database, table = unquoted(found["table"])
+        return Altering(database, table, (f"{text_} ALGORITHM=INPLACE LOCK=NONE",), None)
+    return None
+
+
+def quoted_name(*names: str) -> str:
+    return ".".join(quote(name) for name in names)
+
+
+def copy_obstacle(dbapi_connection, database: str, table: str, drops_primary_key: bool) -> str | None:
+    """Why pt-online-schema-change cannot copy `table` online (its triggers, its swap by RENAME); None if it can."""
+    if not online_copy_program():
+        return "pt-online-schema-change is not installed (Debian's percona-toolkit)"
+    if drops_primary_key:
+        return "it drops the primary key, which pt-online-schema-change copies by"
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(TABLE_OBSTACLES, {"database": database, "table": table})
+        keyed, referring, referred, triggers = cursor.fetchone()
+    finally:
+        cursor.close()
+    if not keyed:
+        return f"{table} has no primary key or unique index, which pt-online-schema-change copies by"
+    if referring:
+        return (
+            f"foreign keys of other tables refer to {table} ({referring}), which pt-online-schema-change would "
+            "have to rebuild or drop"
+        )
+    if referred:
+        return f"{table}'s own foreign keys would be renamed by pt-online-schema-change (an underscore added)"
+    if triggers:
+        return f"{table} has triggers of its own ({triggers}), which pt-online-schema-change does not carry over"
+    return None
+
+
+TABLE_OBSTACLES = """
+    SELECT
+        EXISTS (SELECT 1 FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = %(database)s
+                AND TABLE_NAME = %(table)s AND NON_UNIQUE = 0),
+        (SELECT GROUP_CONCAT(DISTINCT TABLE_NAME ORDER BY TABLE_NAME SEPARATOR ', ')
+         FROM information_schema.REFERENTIAL_CONSTRAINTS WHERE UNIQUE_CONSTRAINT_SCHEMA = %(database)s
+         AND REFERENCED_TABLE_NAME = %(table)s AND NOT (CONSTRAINT_SCHEMA = %(database)s AND TABLE_NAME = %(table)s)),
+        EXISTS (SELECT 1 FROM information_schema.REFERENTIAL_CONSTRAINTS WHERE CONSTRAINT_SCHEMA = %(database)s
+                AND TABLE_NAME = %(table)s),
+        (SELECT GROUP_CONCAT(TRIGGER_NAME ORDER BY TRIGGER_NAME SEPARATOR ', ') FROM information_schema.TRIGGERS
+         WHERE EVENT_OBJECT_SCHEMA = %(database)s AND EVENT_OBJECT_TABLE = %(table)s)
+"""
+
+
+def online_copy_program() -> str | None:
+    return shutil.which(ONLINE_COPY) or shutil.which(ONLINE_COPY, path=os.defpath)
+
+
+def copied_in_place(rows: int | None, guards) -> bool:
+    """Whether a table only a copy can change is copied in place, writes blocked meanwhile: when asked to
+    (--allow-copy), or when it is small enough that the copy is over in a moment (db.safety.copy_in_place_rows)."""
+    return bool(guards.allow_copy) or (rows is not None and rows <= guards.copy_in_place_rows)
+
+
+def copy_refusal(dialect: MariaDB, connection: Connection, operation, guards) -> str | None:
+    """Why a pending operation will not run: MariaDB can only copy its table, the table is too big for a
+    copy in place, and pt-online-schema-change cannot copy it online."""
+    alteration = dialect.alteration(connection, operation)
+    if alteration is None or alteration.how != COPIED.how:
+        return None
+    table, schema = altered_table(operation)
+    database = schema or connection.engine.url.database or ""
+    found = dialect.table_size(connection, table, schema)
+    if found is None:
+        return None  # not there yet: made by a pending revision, and empty
+    rows, size = found
+    if copied_in_place(rows, guards):
+        return None
+    dropping = isinstance(operation, ops.DropConstraintOp) and operation.constraint_type == "primary"
+    obstacle = copy_obstacle(connection.connection.dbapi_connection, database, table, dropping)
+    if obstacle is None:
+        return None
+    sized = f"{rows:,} rows, {math.ceil(size / 1_000_000)} MB"
+    return (
+        f"MariaDB can only copy {table} (COPY; {sized}), and not online: {obstacle}; pass --allow-copy to copy "
+        f"it in place, writes to {table} blocked for the copy"
+    )
+
+
+def altered_table(operation) -> tuple[str, str | None]:
+    if isinstance(operation, ops.CreateForeignKeyOp):
+        return operation.source_table, operation.kw.get("source_schema")
+    return operation.table_name, operation.schema
+
+
+class OnlineCopy:
+    """pt-online-schema-change run on one table, as the URL's user: chunked copy into a shadow table kept
+    up to date by triggers, paused while the server is busy, then swapped in under a short lock wait.
+
+    The password reaches it in an option file held in memory (memfd): never argv, environment or disk;
+    pt-online-schema-change opens it anew for each of its connections, as a pipe could not be."""
+
+    def __init__(self, url: URL, database: str, table: str, spec: str, guards) -> None:
+        self.url, self.database, self.table, self.spec, self.guards = url, database, table, spec, guards
+        self.lines: list[str] = []
+
+    def argv(self, options_fd: int) -> list[str]:
+        seconds = max(1, math.ceil(self.guards.lock_wait_timeout))
+        tries = f"{int(self.guards.retries) + 1}:{max(0.1, float(self.guards.retry_pause)):g}"
+        running = int(self.guards.online_copy_max_running)
+        socket = self.url.query.get("unix_socket")
+        where = [f"S={socket}"] if socket else [f"h={self.url.host or 'localhost'}", f"P={self.url.port or 3306}"]
+        user = [f"u={self.url.username}"] if self.url.username else []
+        dsn = ",".join([*where, *user, f"D={self.database}", f"t={self.table}", "A=utf8mb4", f"F=/dev/fd/{options_fd}"])
+        return [
+            online_copy_program() or ONLINE_COPY,
+            f"--alter={self.spec}",
+            "--execute",
+            "--recursion-method=processlist",  # replicas found as the server's binlog dump threads; their lag
+            f"--max-load=Threads_running={running}",  # paused while more statements run than this
+            f"--critical-load=Threads_running={max(50, 2 * running)}",
+            f"--set-vars=lock_wait_timeout={seconds},innodb_lock_wait_timeout={seconds}",
+            f"--tries=create_triggers:{tries},drop_triggers:{tries},swap_tables:{tries}",
+            "--progress=time,5",
+            dsn,
+        ]
+
+    def run(self, dbapi_connection) -> None:
+        ssl = [
+            f"{key.replace('_', '-')}={option_value(self.url.query[key])}"
+            for key in SSL_OPTIONS
+            if key in self.url.query
+        ]
+        remember(self.url.password)
+        options = os.memfd_create("online-copy-options")
+        try:
+            os.write(options, option_file(self.url, ONLINE_COPY, ssl).encode())
+            process = subprocess.Popen(
+                self.argv(options),
+                pass_fds=(options,),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                errors="replace",
+                start_new_session=True,  # a Ctrl-C at the terminal is ours to pass on, after our clean-up
+            )
+        finally:
+            os.close(options)  # the child has its own copy
+        reader = threading.Thread(target=self._read, args=(process.stdout,), daemon=True)
+        reader.start()
+        try:
+            while process.poll() is None:
+                try:
+                    process.wait(timeout=0.2)
+                except subprocess.TimeoutExpired:
+                    pass
+        except BaseException:  # an abort (KeyboardInterrupt), or the run's own end
+            self._stop(process, reader)
+            self.remove_leftovers(dbapi_connection)
+            print(
+                f"online copy of {self.table} stopped: its triggers and shadow table were removed, "
+                f"{self.table} is as it was",
+                file=sys.stderr,
+            )
+            raise
+        reader.join()
+        if process.returncode != 0:
+            self.remove_leftovers(dbapi_connection)
+            raise DeployError(
+                own(
+                    f"pt-online-schema-change did not change {self.table}: {relayed(self.reason())}; "
+                    "its triggers and shadow table were removed"
+                )
+            )
+
+    def _read(self, stream) -> None:
+        for line in stream:
+            line = line.rstrip("\n")
+            self.lines.append(line)
+            if line.startswith(("Copying ", "Pausing ", "Successfully altered")):
+                print(f"  online copy: {mask(line)}", file=sys.stderr, flush=True)
+
+    def _stop(self, process, reader) -> None:
+        if process.poll() is None:
+            process.terminate()  # pt-online-schema-change ends after its chunk, naming what it leaves
+            try:
+                process.wait(timeout=ONLINE_COPY_STOPPED)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        reader.join(timeout=ONLINE_COPY_STOPPED)
+
+    def reason(self) -> str:
+        said_ = [line for line in self.lines if line.strip() and not line.startswith(("#", "DROP ", "Not dropping"))]
+        for line in said_:
+            if line.startswith(("Error", "You ", "Cannot", "The ")) or " failed" in line:
+                return line
+        return said_[-1] if said_ else "it ended without a word"
+
+    def made(self) -> list[str]:
+        """The statements that remove what it made and left: its triggers, and its shadow table unless swapped in."""
+        triggers = [f"pt_osc_{self.database}_{self.table}_{event}" for event in ("del", "upd", "ins")]
+        statements = [f"DROP TRIGGER IF EXISTS {quoted_name(self.database, name)}" for name in triggers]
+        swapped = any(line.startswith("Swapped original and new tables OK") for line in self.lines)
+        for line in self.lines:
+            found = re.match(r"Created new table (\S+?)\.(\S+) OK\.", line)
+            if found and not swapped:
+                statements.append(f"DROP TABLE IF EXISTS {quoted_name(found[1], found[2])}")
+        return statements
+
+    def remove_leftovers(self, dbapi_connection) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            for statement in self.made():
+                cursor.execute(statement)
+        finally:
+            cursor.close()
+
+
+@contextmanager
+def server_online(dialect: MariaDB, connection: Connection, guards) -> Iterator[None]:
+    """Each ALTER TABLE and CREATE INDEX the block runs takes the first form the server accepts: INSTANT,
+    then INPLACE with LOCK=NONE; one the server can only copy is copied in place when the table is small
+    or --allow-copy says so, else by pt-online-schema-change. The statement runs through the listeners
+    after this one (the guarded session's retries), as SQLAlchemy would have run it."""
+    server = server_of(connection)
+    driver = connection.dialect
+    inside: list[bool] = []
+
+    def handler(name: str):
+        def execute(cursor, statement, *rest):
+            if inside:
+                return False  # one of our own forms, on its way through the other listeners
+            found = altering(server, statement)
+            if found is None:
+                return False
+
+            def run(form: str) -> None:
+                inside.append(True)
+                try:
+                    for listener in getattr(driver.dispatch, name):
+                        if listener(cursor, form, *rest):
+                            return
+                    getattr(driver, name)(cursor, form, *rest)
+                finally:
+                    inside.pop()
+
+            for form in found.forms:
+                try:
+                    return run(form) or True
+                except driver.loaded_dbapi.Error as exc:
+                    if server_code(exc) not in NOT_ONLINE:
+                        raise
+            if found.copy_spec is None:
+                return run(statement) or True
+            rows = (dialect.table_size(connection, found.table, found.database) or (None, None))[0]
+            if copied_in_place(rows, guards):
+                return run(statement) or True
+            database = found.database or connection.engine.url.database or ""
+            dropping = bool(DROPS_PRIMARY_KEY.search(found.copy_spec))
+            obstacle = copy_obstacle(cursor.connection, database, found.table, dropping)
+            if obstacle is not None:
+                raise DeployError(f"MariaDB can only copy {found.table}, and not online: {obstacle}; pass --allow-copy")
+            cursor.connection.commit()  # as the ALTER would have: our transaction must not block the swap
+            print(f"{found.table}: MariaDB can only copy it: copying online (pt-online-schema-change)", file=sys.stderr)
+            OnlineCopy(connection.engine.url, database, found.table, found.copy_spec, guards).run(cursor.connection)
+            return True
+
+        return execute
+
+    engine, listeners = connection.engine, {name: handler(name) for name in ONLINE_EVENTS}
+    for name, listener in listeners.items():
+        # Ours first, the guard's after it (it runs our forms): the dialect events take no insert=True, so
+        # the connection's own listeners are put back behind ours.
+        before = list(getattr(getattr(driver.dispatch, name), "listeners", ()))
+        for other in before:
+            event.remove(engine, name, other)
+        event.listen(engine, name, listener)
+        for other in before:
+            event.listen(engine, name, other)
+    try:
+        yield
+    finally:
+        for name, listener in listeners.items():
+            event.remove(connection.engine, name, listener)
+
+
+ONLINE_EVENTS = ("do_execute", "do_execute_no_params")
+
+
 # -- Backups: mariadb-dump and mariadb, the URL's password on a pipe ---------------------------------
 
 
@@ -416,15 +753,11 @@ def connection_args(url: URL) -> list[str]:
     return [f"--protocol={protocol}", *where, *ssl, *user, "--default-character-set=utf8mb4"]
 
 
-def run_tool(programs: tuple[str, ...], url: URL, args: list[str], tool: Tool, feed=None, sink=None) -> None:
-    """Run a client tool as the URL's user, feeding its stdin from `feed` or its stdout to `sink`.
-
-    The password reaches it in an option file on a pipe: never argv, environment or disk. It is the
-    tool's only option file (--defaults-extra-file would let a [client] password in ~/.my.cnf win);
-    the global ones are included first, so their settings still apply."""
-    program = client_program(*programs)
-    password_line = f"password={option_value(url.password or '')}"
-    if len(password_line.encode()) > OPTION_LINE_BYTES:
+def option_file(url: URL, program: str, more: Iterable[str] = ()) -> str:
+    """A client's only option file: the global ones included, then [client] with the URL's password (and
+    `more` lines). A line too long for the client is refused rather than sent in part."""
+    lines = [f"password={option_value(url.password or '')}", *more]
+    if any(len(line.encode()) > OPTION_LINE_BYTES for line in lines):
         # The tool would read the rest of the line as options of its own, and name them in its error.
         raise DeployError(
             own(
@@ -434,9 +767,19 @@ def run_tool(programs: tuple[str, ...], url: URL, args: list[str], tool: Tool, f
             )
         )
     includes = "".join(f"!include {name}\n" for name in GLOBAL_OPTION_FILES if os.access(name, os.R_OK))
+    return includes + "[client]\n" + "".join(f"{line}\n" for line in lines)
+
+
+def run_tool(programs: tuple[str, ...], url: URL, args: list[str], tool: Tool, feed=None, sink=None) -> None:
+    """Run a client tool as the URL's user, feeding its stdin from `feed` or its stdout to `sink`.
+
+    The password reaches it in an option file on a pipe: never argv, environment or disk. It is the
+    tool's only option file (--defaults-extra-file would let a [client] password in ~/.my.cnf win);
+    the global ones are included first, so their settings still apply."""
+    program = client_program(*programs)
     read, write = os.pipe()
     with os.fdopen(write, "w", encoding="utf-8") as options:  # a few kB at most: the pipe's buffer holds them
-        options.write(f"{includes}[client]\n{password_line}\n")
+        options.write(option_file(url, program))
     argv = [program, f"--defaults-file=/dev/fd/{read}", *connection_args(url), *args]
     still_open = [read]
 
@@ -586,6 +929,14 @@ class MariaDB(Dialect):
 
     def lint_risks(self, operation, found: list[tuple[str, str]], named: str) -> list[tuple[str, str]]:
         return merged(found, lint_risks(operation, named))
+
+    def online(self, connection: Connection, guards):
+        """ALGORITHM=INSTANT, else INPLACE with LOCK=NONE; a copy online or, small or allowed, in place."""
+        return server_online(self, connection, guards)
+
+    def online_refusal(self, connection: Connection, operation, guards) -> str | None:
+        """A copy that is neither cheap, nor allowed (--allow-copy), nor possible online (copy_refusal)."""
+        return copy_refusal(self, connection, operation, guards)
 
     def alteration(self, connection: Connection, operation) -> Alteration | None:
         """INSTANT, NOCOPY, INPLACE (LOCK=NONE) or COPY, by the server's kind and version and, for a column
