@@ -20,14 +20,15 @@ LAYERS = (
     # Alembic's API, the env.py that every migration runs through, and the renames it writes for autogenerate.
     ("alembic_ops", "alembic_env", "renames"),
     # What reads revisions, their data and the live schema: the lint, the half-applied diagnosis, the data
-    # prechecks, the revision checksums, the schema snapshot; the releases running against a database, and the
-    # code of one against the schema pending revisions build.
+    # prechecks, the revision checksums, the operations' costs, the schema snapshot; the releases running
+    # against a database, and the code of one against the schema pending revisions build.
     (
         "review",
         "review.lint",
         "review.diagnosis",
         "review.prechecks",
         "review.checksums",
+        "review.costs",
         "schema",
         "backfill",
         "releases",

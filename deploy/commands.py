@@ -21,7 +21,7 @@ from .database import application_tables, explain, translate_errors
 from .errors import RELAYED, DeployError, own, relayed
 from .guards import lock, refusals, runlog, timeouts
 from .renames import Renames
-from .review import checksums, diagnosis, lint, prechecks
+from .review import checksums, costs, diagnosis, lint, prechecks
 from .settings import Settings
 from .status import Status
 
@@ -287,6 +287,10 @@ def migrate(
             check_online(project, [step.revision for step in steps], connection)
         for line in [*drift, *conflicts] if progress is not None else ():
             progress(f"warning: drift: {line}")
+        with translate_errors(url):
+            estimated = [] if downgrade else estimate(project, connection, [step.revision for step in steps])
+        for line in estimated if progress is not None else ():
+            progress(f"estimate: {line}")
         for line in compatibility_lines(compatible) if progress is not None else ():
             progress(line)
         if confirm is not None:
@@ -298,8 +302,10 @@ def migrate(
         cancellation = cancellation or Cancellation()
         log = runlog.recorded(project.settings.instance_path, f"db.{verb}", describe(url), where_now, target)
         guard = timeouts.guard_session(connection, guards.lock_wait_timeout, guards.retries, guards.retry_pause)
+        measured = costs.Measured(estimated)
         with log as run, cancellation.active(), guard:
-            done = run_steps(project, connection, url, steps, target, downgrade, cancellation, backup)
+            run.timings = measured.records  # what later estimates learn from, as the run log keeps it
+            done = run_steps(project, connection, url, steps, target, downgrade, cancellation, backup, measured)
             now = alembic_ops.label(project.alembic, current_of(alembic_ops.current_heads(connection)))
             if done < len(steps):
                 run.outcome = f"stopped after {done} of {len(steps)} ({cancellation.reason})"
@@ -445,6 +451,15 @@ def looked_ahead(project: Project, connection: Connection, current, revisions: l
     return checked, drift, conflicts
 
 
+def estimate(project: Project, connection: Connection, revisions: list[str]) -> list[costs.Cost]:
+    """What each pending operation on a table there now costs (review.costs), read on `connection`, its
+    rates learned from this checkout's run log; nothing left open on it."""
+    try:
+        return costs.estimate(connection, project.alembic, revisions, project.settings.instance_path)
+    finally:
+        connection.rollback()
+
+
 def drift_of(project: Project, connection: Connection, current: tuple[str, ...], revisions: list[str]):
     """The live schema against what the migrations build at `current` (a scratch SQLite, without types),
     and the operations of the pending `revisions` that change a drifted object: (drift, conflicts)."""
@@ -581,8 +596,9 @@ def take_backup(project: Project, url: URL, current: tuple[str, ...], progress, 
     return taken
 
 
-def run_steps(project, connection, url, steps, target, downgrade, cancellation, backup=None) -> int:
-    """Run the planned revisions one Alembic call each, checking for a stop between them; how many ran."""
+def run_steps(project, connection, url, steps, target, downgrade, cancellation, backup=None, measured=None) -> int:
+    """Run the planned revisions one Alembic call each, checking for a stop between them; how many ran.
+    `measured` (costs.Measured) is told how long each took."""
     done = 0
     for step in steps:
         if cancellation.requested:
@@ -598,6 +614,7 @@ def run_steps(project, connection, url, steps, target, downgrade, cancellation, 
             with (
                 diagnosis.watching(connection) as trail,
                 dialects.dialect_for(connection).online(connection, project.guards),
+                costs.timing(measured, step.revision),
             ):
                 alembic_ops.migrate(project.alembic, connection, target if merge else destination, downgrade)
             connection.commit()
@@ -857,6 +874,7 @@ def status(
     pending = None
     findings = []
     checked: list[prechecks.Result] = []
+    estimated: list[costs.Cost] = []
     drift: list[str] = []
     conflicts: list[str] = []
     revisions: list[str] = []
@@ -874,6 +892,7 @@ def status(
             findings = [str(finding) for finding in lint.lint(config, revisions, url.get_backend_name())]
             if prechecked and revisions:
                 checked, drift, conflicts = looked_ahead(project, connection, found, revisions, drifted)
+                estimated = estimate(project, connection, revisions)
                 findings += [str(result) for result in prechecks.unreviewed_too_slow(checked)]
     # In an upgrade's plan outside development: the code still running against the schema it would build.
     compatible = compatibility_of(project, release, target, revisions) if drifted and prechecked else None
@@ -897,6 +916,7 @@ def status(
         not_checked=[str(result) for result in prechecks.unchecked(checked)],
         drift=drift,
         drift_conflicts=conflicts,
+        estimates=[str(cost) for cost in estimated],
         release=running,
         incompatible=compatible.failures if compatible else [],
         compatibility=compatible.note if compatible else None,

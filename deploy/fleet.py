@@ -271,9 +271,10 @@ def _show_all(chosen: list[Run]) -> None:
 
 
 def notes(plan: Status) -> list[str]:
-    """What a plan says beside its revisions: the risks allowed, what the data prechecks could not
-    check, the drift."""
+    """What a plan says beside its revisions: what each operation takes, the risks allowed, what the data
+    prechecks could not check, the drift."""
     return [
+        *(f"estimate: {line}" for line in plan.estimates),
         *(f"risk: {risk}" for risk in plan.risks),
         *(f"unchecked: {line}" for line in plan.not_checked),
         *(f"drift: {line}" for line in drift_lines(plan)),

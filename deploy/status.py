@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from .errors import DeployError
 
 # Bump when a field is added, removed or changes meaning, or the conversation changes.
-PROTOCOL = 9
+PROTOCOL = 10
 STATUS_LINE = "deploy-status: "
 GO = "go"
 
@@ -68,6 +68,9 @@ class Status:
     # (compatible with the running release, or why it is unchecked).
     incompatible: list[str] = dataclasses.field(default_factory=list)
     compatibility: str | None = None
+    # What each pending operation on a table there now takes (review.costs): how, rows, about how long, what
+    # it blocks; one line each, filled in an upgrade's plan only.
+    estimates: list[str] = dataclasses.field(default_factory=list)
     # Why an upgrade to the target is refused, in the server's words; None: it may go ahead.
     refusal: str | None = None
     # How many upgrades the database server accepts at once now (its free connections); None: no limit known.
@@ -122,6 +125,7 @@ class Status:
             return "\n".join(lines)
         lines.append(f"pending:    {len(self.pending)}" + (" (up to date)" if not self.pending else ""))
         lines += self.revision_lines()
+        lines += [f"estimate:   {line}" for line in self.estimates]
         lines += [f"risk:       {risk}" for risk in self.risks]
         lines += [f"data:       {failure}" for failure in self.data_failures]
         lines += [f"unchecked:  {line}" for line in self.not_checked]

@@ -50,6 +50,9 @@ class Run:
     outcome: str | None = None
     ended: str | None = None
     left: dict | None = None  # HalfApplied.left, when the run left a revision half applied
+    # Per revision that ran an operation growing with its table's rows: its seconds and those operations'
+    # rows (review.costs.Measured), what later estimates learn their rates from.
+    timings: list | None = None
 
     def in_progress(self) -> bool:
         """No outcome yet, and its process still alive on this host."""
@@ -126,6 +129,11 @@ def unresolved(instance_path: Path, database: str) -> Run | None:
         elif run.command in RESOLVING and run.outcome == "done":
             found = None
     return found
+
+
+def runs(instance_path: Path) -> list[Run]:
+    """Every run kept, in the order they started."""
+    return _runs(instance_path, None)
 
 
 def _runs(instance_path: Path, database: str | None) -> list[Run]:
