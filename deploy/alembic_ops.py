@@ -21,12 +21,24 @@ from .errors import DeployError
 from .guards.refusals import check_single_head, check_stamped
 from .settings import Settings, load_metadata, load_settings, settings_name
 
+# A server process's config, its scripts loaded and their operations recorded before it forks its
+# workers (deploy.forking): each worker takes it instead of reading every revision file again.
+_preloaded: dict[Path, Config] = {}
+
 
 def load_config(ini_path: Path) -> Config:
     """alembic.ini, the file plain `alembic` reads too."""
+    if (preloaded := _preloaded.get(ini_path.resolve())) is not None:
+        return preloaded
     if not ini_path.is_file():
         raise DeployError(f"no {ini_path}: run this from the project's checkout")
     return Config(str(ini_path))
+
+
+def preload(config: Config) -> None:
+    """Before forking workers: they take `config` (and what it keeps: the scripts, once loaded)."""
+    scripts(config)
+    _preloaded[root(config) / Path(config.config_file_name).name] = config
 
 
 def root(config: Config) -> Path:

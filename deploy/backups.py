@@ -11,6 +11,7 @@ of the database taken just before it, and a backup of another database is refuse
 
 from __future__ import annotations
 
+import glob
 import gzip
 import json
 import os
@@ -270,7 +271,9 @@ def list_backups(directory: str | os.PathLike, database: str | URL | None = None
     """The backups in `directory` (of one database: its name, or its URL), newest first."""
     if isinstance(database, URL):
         database = dialect_for(database, "backup").backup_name(database)
-    found = (_read_sidecar(sidecar.with_suffix("")) for sidecar in Path(directory).glob("*.json"))
+    # Files are named after their database: tenants sharing a directory do not read each other's sidecars.
+    pattern = "*.json" if database is None else f"{glob.escape(_safe(database))}-*.json"
+    found = (_read_sidecar(sidecar.with_suffix("")) for sidecar in Path(directory).glob(pattern))
     backups = [b for b in found if b is not None and b.path.is_file() and database in (None, b.name)]
     return sorted(backups, key=lambda b: (b.time, b.path.name), reverse=True)
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import MetaData
+from sqlalchemy import MetaData, inspect
 from sqlalchemy.engine import URL, Connection
 
 from . import alembic_ops, backfill, backups, console, database, dialects, schema, switches
@@ -93,9 +93,10 @@ class Project:
             else backups.default_directory(self.settings.instance_path)
         )
 
-    def lock(self, url: URL):
-        """One migration at a time on this database; the refusal names the holder."""
-        return lock.migration_lock(url, self.settings.engine_options, self.guards.lock_wait)
+    def lock(self, url: URL, connection: Connection | None = None):
+        """One migration at a time on this database; the refusal names the holder. Held by `connection`
+        when given (a read that must not overlap a migration), else by a session of its own."""
+        return lock.migration_lock(url, self.settings.engine_options, self.guards.lock_wait, connection)
 
     def command(self, task: str) -> str:
         """The command line the user can run where they are, for hints: `invoke db.status`."""
@@ -250,8 +251,10 @@ def migrate(
     if expect_head:
         refusals.check_expected_head(head_revisions, expect_head)
     check_resolved(project)
-    if needs_password(project.settings.migration_url) and (there := already_there(project, target, downgrade)):
-        return there
+    # Under fab the laptop starts a run only for a plan with work to do; that run checks the plan still holds.
+    if expect_from is None and needs_password(project.settings.migration_url):
+        if there := already_there(project, target, downgrade):
+            return there
     # Read with the application's user, before any question or password; under fab, the plan the laptop
     # approved (expect_from) was checked by the same function a moment ago.
     checked, drift, conflicts = read_ahead(project, target) if not downgrade and expect_from is None else ([], [], [])
@@ -468,8 +471,10 @@ def drift_of(project: Project, connection: Connection, current: tuple[str, ...],
     url = project.settings.database_url
     try:
         schema.built_at(project.alembic, current)  # before the lock: it reads nothing live
-        # Under the migration lock: a migration in progress (MariaDB's DDL is seen at once) is no drift.
-        with project.lock(url):
+        # Under the migration lock: a migration in progress (MariaDB's DDL is seen at once) is no drift. Taken
+        # by this connection, its reads so far ended, so that alembic_version is read afresh once it is held.
+        connection.rollback()
+        with project.lock(url, connection):
             if alembic_ops.current_heads(connection) != current:
                 return [f"not compared: {describe(url)} moved since it was read"], []
             found, _ = schema.drift(connection, project.alembic, current)
@@ -978,3 +983,20 @@ def last_run(instance_path: Path, database: str) -> str | None:
 
 def current_of(heads: tuple[str, ...]) -> str | None:
     return heads[0] if heads else None
+
+
+def warm_up(project: Project) -> None:
+    """Before a server process forks a run per target: what the first target's plan and upgrade read, which
+    its siblings share as a rule, loaded here once for every run to inherit: the schema the migrations make
+    at its revision (drift), the pending revisions' operations and checksums, the reflection's own set-up."""
+    url = project.settings.database_url
+    with project.connect(url) as connection:
+        current = alembic_ops.current_heads(connection)
+        if not current:
+            return
+        # MySQL's reflection compiles some fifty regular expressions on its first table; compiled here,
+        # they are in every child's cache.
+        inspect(connection).get_columns(database.VERSION_TABLE)
+    schema.built_at(project.alembic, current)
+    for step in alembic_ops.plan(project.alembic, current, "head"):
+        checksums.of(project.alembic, step.revision, connection.dialect.name)

@@ -40,23 +40,20 @@ def agreed(opened: commands.Project, conversation: bool, target: str = "head", d
 
 
 def warm_up(c, settings: str, drift: bool = False) -> None:
-    """Before a fleet's children fork: import the app's settings and the database's driver once;
-    `drift`: and build the schema the migrations make at the first target's revision, which its
-    siblings share as a rule (a plan or db.drift compares each database with it)."""
-    from . import database
+    """Before a fleet's children fork: import the app's settings and the database's driver, and load the
+    migration scripts, once; `drift`: and what the first target's plan reads, which its siblings share as
+    a rule: the schema the migrations make at its revision, the pending revisions' operations and
+    checksums, and the reflection's own set-up."""
+    from . import alembic_ops, database
 
     opened = commands.Project.open(Path(c.config.db.alembic_ini), settings)
     database.warm_up(opened.settings.database_url, opened.settings.engine_options)
-    if drift:
-        from . import alembic_ops, schema
-
-        try:
-            with opened.connect(opened.settings.database_url) as connection:
-                current = alembic_ops.current_heads(connection)
-            if current:
-                schema.built_at(opened.alembic, current)
-        except Exception:
-            return  # only a saving: each run says what fails, for its own target
+    try:
+        alembic_ops.preload(opened.alembic)
+        if drift:
+            commands.warm_up(opened)
+    except Exception:
+        return  # only a saving: each run says what fails, for its own target
 
 
 def project(c, **guards) -> commands.Project:

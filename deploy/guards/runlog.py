@@ -143,7 +143,11 @@ def _runs(instance_path: Path, database: str | None) -> list[Run]:
         lines = (instance_path / FILE).read_text().splitlines()
     except OSError:
         return []
+    # Tenants of a fleet share one log: another database's lines are passed over before they are parsed.
+    quoted = None if database is None else json.dumps(database)
     for line in lines:
+        if quoted is not None and quoted not in line:
+            continue
         try:
             run = Run(**json.loads(line))
         except (ValueError, TypeError):

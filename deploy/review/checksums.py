@@ -90,13 +90,18 @@ def _path(config, revision: str) -> Path:
 
 
 def of(config, revision: str, dialect_name: str) -> Checksum:
-    """`revision`'s checksums as its file is now."""
-    file = _sha256(_path(config, revision).read_bytes())
-    try:
-        recorded = lint.operations(config, revision, dialect_name)
-    except lint.Unreadable:
-        return Checksum(revision, file, "")
-    return Checksum(revision, file, _sha256("\n".join(map(_rendered, recorded)).encode()))
+    """`revision`'s checksums as its file is now (computed once per command, as the operations are recorded)."""
+    kept = config.attributes.setdefault("checksums", {})
+    if (revision, dialect_name) not in kept:
+        file = _sha256(_path(config, revision).read_bytes())
+        try:
+            recorded = lint.operations(config, revision, dialect_name)
+        except lint.Unreadable:
+            kept[revision, dialect_name] = Checksum(revision, file, "")
+        else:
+            operations = _sha256("\n".join(map(_rendered, recorded)).encode())
+            kept[revision, dialect_name] = Checksum(revision, file, operations)
+    return kept[revision, dialect_name]
 
 
 def kept(connection: Connection) -> dict[str, Checksum]:
