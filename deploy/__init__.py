@@ -15,8 +15,8 @@ LAYERS = (
     ("settings", "task_config", "environments", "credentials", "status", "console"),
     # Connections and their errors.
     ("database",),
-    # The guards: refusals, the lock, short lock waits, the run log; backups and restore.
-    ("guards", "guards.refusals", "guards.lock", "guards.timeouts", "guards.runlog", "backups"),
+    # The guards: refusals, the lock, short lock waits, the run log; backups and restore, a rehearsal's copy.
+    ("guards", "guards.refusals", "guards.lock", "guards.timeouts", "guards.runlog", "backups", "rehearsal"),
     # Alembic's API, the env.py that every migration runs through, and the renames it writes for autogenerate.
     ("alembic_ops", "alembic_env", "renames"),
     # What reads revisions, their data and the live schema: the lint, the half-applied diagnosis, the data

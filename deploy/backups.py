@@ -375,6 +375,12 @@ def restore(url: URL, path: str | os.PathLike, progress=None, before: Backup | N
     return backup
 
 
+def load_copy(url: URL, backup: Backup, progress=None) -> None:
+    """Load the verified `backup` into the URL's database, an empty one made for it (a rehearsal's copy):
+    nothing there to put back should the load fail; whoever made the database drops it."""
+    _load(url, dialect_for(url, "restore"), backup, progress)
+
+
 def _load(url: URL, dialect: Dialect, backup: Backup, progress=None) -> None:
     dialect.load(url, _gunzipped(backup.path), _Tool(_Meter(progress)), _connected)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
@@ -14,7 +15,7 @@ from alembic.config import Config
 from sqlalchemy import MetaData, inspect
 from sqlalchemy.engine import URL, Connection
 
-from . import alembic_ops, backfill, backups, console, database, dialects, schema, switches
+from . import alembic_ops, backfill, backups, console, database, dialects, rehearsal, schema, switches
 from .console import Cancellation, confirm_restore_from
 from .credentials import describe, needs_password, with_password
 from .database import application_tables, explain, translate_errors
@@ -141,8 +142,11 @@ class Migration:
     database: str
     steps: int
     now: str
+    rehearsed: bool = False  # only rehearsed on a copy (fab asks in between): nothing ran on it
 
     def __str__(self) -> str:
+        if self.rehearsed:
+            return f"{self.database} is still at {self.now}: the upgrade was rehearsed on a copy only"
         if not self.steps:
             return f"{self.database} is already at {self.now}: nothing to do"
         return f"{self.database} is now at {self.now}"
@@ -214,10 +218,12 @@ def upgrade(
     confirm=None,
     cancellation: Cancellation | None = None,
     expect_from: list[str] | None = None,
+    rehearsal_only: bool = False,
 ) -> Migration:
     """Upgrade to `target`, refusing first what could go wrong; `confirm()` may still say no.
-    `expect_from`: the revisions the database was at when the plan was approved (under fab)."""
-    return migrate(project, target, expect_head, False, progress, confirm, cancellation, expect_from)
+    `expect_from`: the revisions the database was at when the plan was approved (under fab);
+    `rehearsal_only`: with --rehearse, only the rehearsal on a copy (fab asks before the real run)."""
+    return migrate(project, target, expect_head, False, progress, confirm, cancellation, expect_from, rehearsal_only)
 
 
 def downgrade(
@@ -242,10 +248,15 @@ def migrate(
     confirm=None,
     cancellation: Cancellation | None = None,
     expect_from: list[str] | None = None,
+    rehearsal_only: bool = False,
 ) -> Migration:
     """`progress` (the task's print) hears the plan before Alembic reports each revision it runs;
     `confirm()`, called after the plan and before any change, raises to say no. Revisions run one
-    at a time: a `cancellation` stops the run between two, never inside one."""
+    at a time: a `cancellation` stops the run between two, never inside one. With --rehearse they
+    run on a copy first (`rehearse`), before `confirm()`; under fab, in a run of its own (`rehearsal_only`)."""
+    rehearsing = project.guards.rehearse and not downgrade and (expect_from is None or rehearsal_only)
+    if rehearsing:
+        rehearsal.check_switches(project.settings.migration_url, project.guards)
     head_revisions = project.heads()
     refusals.check_single_head(head_revisions)
     if expect_head:
@@ -296,13 +307,17 @@ def migrate(
             progress(f"estimate: {line}")
         for line in compatibility_lines(compatible) if progress is not None else ():
             progress(line)
+        cancellation = cancellation or Cancellation()
+        if rehearsing:
+            rehearse(project, url, current, steps, target, progress, cancellation)
+            if rehearsal_only:
+                return Migration(describe(url), 0, where_now, rehearsed=True)
         if confirm is not None:
             confirm()
         if not guards.ignore_transactions:
             with translate_errors(url):
                 timeouts.check_no_open_transactions(connection, guards.open_transactions_after)
         backup = take_backup(project, url, current, progress)
-        cancellation = cancellation or Cancellation()
         log = runlog.recorded(project.settings.instance_path, f"db.{verb}", describe(url), where_now, target)
         guard = timeouts.guard_session(connection, guards.lock_wait_timeout, guards.retries, guards.retry_pause)
         measured = costs.Measured(estimated)
@@ -589,8 +604,8 @@ def incompatible_refusal(failures: list[str]) -> DeployError:
 
 def take_backup(project: Project, url: URL, current: tuple[str, ...], progress, spare=None) -> backups.Backup | None:
     """A verified backup before a production change, or a loud line saying there is none; retention
-    leaves `spare` (a backup about to be restored) alone."""
-    if not project.guards.backup:
+    leaves `spare` (a backup about to be restored) alone; a rehearsal's copy is made from one, in any settings."""
+    if not (project.guards.backup or project.guards.rehearse):
         if progress is not None and project.guards.production:  # --no-backup said so
             progress(f"warning: --no-backup: no backup of {describe(url)} is taken; db.restore cannot undo this run")
         return None
@@ -599,6 +614,35 @@ def take_backup(project: Project, url: URL, current: tuple[str, ...], progress, 
     if progress is not None:
         progress(f"backup: {taken.path} ({taken.size} bytes, verified)")
     return taken
+
+
+def rehearse(project: Project, url: URL, current, steps: list, target: str, progress, cancellation) -> None:
+    """The pending `steps` run first on a copy of the database (deploy.rehearsal) as the upgrade runs them,
+    guards and all, one at a time and timed; the timings told to `progress`. A revision that fails there,
+    or a stop, is raised: nothing ran on the database itself."""
+    told = progress or (lambda line: None)
+    guards, database = project.guards, describe(url)
+    timings: list[rehearsal.Timing] = []
+    with rehearsal.copy_of(url, lambda: take_backup(project, url, current, progress), told) as (copy_url, copy):
+        told(f"rehearsal: {len(steps)} revision{'s' * (len(steps) > 1)} on {copy_url.database}")
+        guard = timeouts.guard_session(copy, guards.lock_wait_timeout, guards.retries, guards.retry_pause)
+        with cancellation.active(), guard:
+            for step in steps:
+                started = time.monotonic()
+                try:
+                    done = run_steps(project, copy, copy_url, [step], target, False, cancellation)
+                except DeployError as exc:
+                    raise rehearsal.failed(database, copy_url.database, exc) from None
+                if done:
+                    label = alembic_ops.label(project.alembic, step.revision)
+                    timings.append(rehearsal.Timing(label, time.monotonic() - started))
+                if cancellation.requested:  # the last revision too: a stop asked during a rehearsal ends it
+                    raise DeployError(
+                        f"rehearsal stopped ({cancellation.reason}) after {len(timings)} of {len(steps)} revisions "
+                        f"on a copy: nothing was run on {database} (the copy is removed)"
+                    )
+    for line in rehearsal.report(database, copy_url.database, timings):
+        told(line)
 
 
 def run_steps(project, connection, url, steps, target, downgrade, cancellation, backup=None, measured=None) -> int:
@@ -952,6 +996,7 @@ def plan(project: Project, target: str = "head", expect_head: str | None = None,
 
 def check_plan(project: Project, state: Status, target: str, expect_head: str | None) -> None:
     """What `migrate` refuses, judged from the status, in the order it would meet them."""
+    rehearsal.check_switches(project.settings.migration_url, project.guards)
     check_resolved(project)
     stamped = bool(state.current)
     where = describe(project.settings.database_url)

@@ -28,6 +28,7 @@ EXPECT_FROM = (
     "used by fab: the revisions (comma-separated) of the plan you approved: refuse if the database has moved "
     "since; the password comes on stdin, which stays open: 'stop' or its end stops between revisions"
 )
+REHEARSAL = "used by fab, with --expect-from: only the rehearsal on a copy; the laptop asks before the real run"
 CONVERSATION = (
     "used by fab: print the status line first and go on only at the laptop's answer (the password follows "
     "it on stdin, which stays open: 'stop' or its end stops between revisions)"
@@ -114,6 +115,7 @@ def revision(c, message, empty=False, base=None, renames=None):
         "plan": PLAN,
         "expect_from": EXPECT_FROM,
         "running": RUNNING,
+        "rehearsal": REHEARSAL,
         "targets": TARGETS,
     }
 )
@@ -126,6 +128,7 @@ def upgrade(
     yes=False,
     plan=False,
     expect_from=None,
+    rehearsal=False,
     targets=None,
     running=None,
     **guards,
@@ -148,7 +151,7 @@ def upgrade(
         # Under fab, after the laptop showed the plan and asked: no question here, and stdin is the laptop's.
         approved = [revision for revision in expect_from.split(",") if revision]
         cancellation = Cancellation(sys.stdin.fileno())
-        print(commands.upgrade(opened, to, expect_head, print, None, cancellation, approved))
+        print(commands.upgrade(opened, to, expect_head, print, None, cancellation, approved, rehearsal))
         return
     # Outside development, the plan is shown and applied only when confirmed.
     confirm = None if not opened.guards.production else partial(console.confirm, "Apply?", yes)

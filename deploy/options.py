@@ -14,7 +14,7 @@ from invoke import Task
 from .switches import guard_help, of
 
 # How the laptop talks to the server's tasks: `python -m deploy.server` takes them, `invoke` does not.
-SERVER_ONLY = ("conversation", "targets", "plan", "expect_from")
+SERVER_ONLY = ("conversation", "targets", "plan", "expect_from", "rehearsal")
 
 # --running of db.upgrade and db.status, the same help under invoke and fab.
 RUNNING = (

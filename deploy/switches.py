@@ -16,7 +16,7 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Switch:
-    """An option that turns one guard off for one run: off unless given."""
+    """An option that turns one guard off (or, --rehearse, one on) for one run: off unless given."""
 
     name: str  # the keyword argument and the Guards attribute; its flag is --name-with-dashes
     help: str
@@ -63,6 +63,14 @@ GUARDS: tuple[Switch, ...] = (
         ("upgrade",),
         fab_help="apply although the release still running fails on the new schema (a planned maintenance window, "
         "with the app stopped)",
+    ),
+    Switch(
+        "rehearse",
+        "first run the pending revisions on a copy of the database (from the backup, on its server, removed "
+        "after), timed, and only then ask",
+        ("upgrade",),
+        fab_help="first run the pending revisions on a copy of the database (the first target's, for a fleet), "
+        "timed, and only then ask",
     ),
 )
 

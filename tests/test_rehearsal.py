@@ -1,0 +1,227 @@
+"""`db.upgrade --rehearse`: the pending revisions run first on a copy of the database (the backup loaded
+into a scratch database on the same server), timed, and only then the question about the real upgrade.
+
+On real MariaDB and PostgreSQL servers, locally and through fab (a single target, and a fleet whose first
+target is the canary): a rehearsal that fails leaves the database as it was (schema and rows compared), one
+that passes reports each revision's time; the copy is gone afterwards whatever happens; the refusals come
+in one line. The disk check's arithmetic is in-process, on a real file system."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+
+import pytest
+import sqlalchemy as sa
+from helpers import (
+    BIN,
+    HEAD,
+    PASSWORD,
+    PRODUCTION,
+    STDIN_PASSWORD,
+    Checkout,
+    Database,
+    PgDatabase,
+    environment,
+    held_revision,
+    ok,
+    refused,
+    wait_until_running,
+)
+
+from deploy import rehearsal
+from deploy.errors import DeployError
+
+# Two revisions that pass: a column added, a table made.
+PASSING = (
+    ("r0000000000a", "op.add_column('posts', sa.Column('lang', sa.String(5)))"),
+    ("r0000000000b", "op.create_table('notes', sa.Column('id', sa.Integer, primary_key=True))"),
+)
+# One that fails part way, on what no precheck reads: raw SQL on a table that is not there.
+FAILING = (
+    "r0000000000f",
+    "op.add_column('posts', sa.Column('lang', sa.String(5)))\n    op.execute('UPDATE no_such_table SET x = 1')",
+)
+
+
+# --- in-process: the copy's name and the disk check
+
+
+def test_the_copys_name_is_new_each_time_and_fits_the_servers_limit():
+    names = {rehearsal.scratch_name("blog") for _ in range(50)}
+    assert len(names) == 50 and all(name.startswith("blog_rehearsal_") for name in names)
+    long = rehearsal.scratch_name("x" * 200)
+    assert len(long) <= rehearsal.NAME_LIMIT and long.startswith("x" * 40)
+
+
+def test_a_copy_the_disk_would_not_hold_is_refused_in_one_line(tmp_path):
+    status = os.statvfs(tmp_path)
+    free = status.f_bavail * status.f_frsize
+    line = rehearsal.check_room(1024, str(tmp_path), "u@h/blog")
+    assert line.startswith("disk: the copy takes about 0.0 MB") and str(tmp_path) in line
+    with pytest.raises(DeployError) as refusal:
+        rehearsal.check_room(free * 2 + 2**30, str(tmp_path), "u@h/blog")
+    said = str(refusal.value)
+    assert "a copy of u@h/blog would not fit on the server's disk" in said and "\n" not in said
+    assert "upgrade without --rehearse" in said
+
+
+# --- the servers: what the kinds do their own way
+
+
+def allow_copies(database: Database | PgDatabase) -> None:
+    """What the docs ask of the migration user: to create (and drop) the rehearsal's databases, and on
+    PostgreSQL to read where the server keeps its files (for the disk check)."""
+    if isinstance(database, PgDatabase):
+        database.server.execute(f'ALTER ROLE "{database.migration_user}" CREATEDB')
+        database.server.execute(f'GRANT pg_read_all_settings TO "{database.migration_user}"')
+    else:
+        pattern = database.name.replace("_", "\\_") + "\\_rehearsal\\_%%"  # %% : a placeholder's escape
+        database.server.execute(f"GRANT ALL PRIVILEGES ON `{pattern}`.* TO %s@'%%'", (database.migration_user,))
+
+
+def copies_left(database: Database | PgDatabase) -> list[str]:
+    if isinstance(database, PgDatabase):
+        rows = database.server.execute(
+            "SELECT datname FROM pg_database WHERE datname LIKE %s", (f"{database.name}_rehearsal_%",)
+        )
+    else:
+        rows = database.server.execute(
+            "SHOW DATABASES LIKE %s", (database.name.replace("_", "\\_") + "\\_rehearsal\\_%",)
+        )
+    return [row[0] for row in rows]
+
+
+def admin_url(database: Database | PgDatabase) -> sa.URL:
+    """The migration user's URL with its password: it owns every table (reads them whole)."""
+    return sa.make_url(database.migration_url).set(password=PASSWORD)
+
+
+def state(database: Database | PgDatabase) -> dict:
+    """Every table's reflected columns, indexes and foreign keys, and its rows in key order."""
+    engine = sa.create_engine(admin_url(database), poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as connection:
+            inspector = sa.inspect(connection)
+            found = {}
+            for name in sorted(inspector.get_table_names()):
+                table = sa.Table(name, sa.MetaData(), autoload_with=connection)
+                columns = [(c.name, str(c.type), c.nullable) for c in table.columns]
+                indexes = sorted((i["name"], tuple(i["column_names"])) for i in inspector.get_indexes(name))
+                keys = sorted(str(k["referred_table"]) for k in inspector.get_foreign_keys(name))
+                rows = connection.execute(sa.select(table).order_by(*table.primary_key.columns or table.columns)).all()
+                found[name] = (columns, indexes, keys, [tuple(row) for row in rows])
+            return found
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def production(checkout, any_database) -> tuple[Checkout, Database | PgDatabase]:
+    """A checkout whose production settings point at the database, upgraded to the example's head, with rows."""
+    checkout.use_production(any_database)
+    ok(checkout.invoke("db.upgrade", "--yes", stdin=STDIN_PASSWORD, env=PRODUCTION))
+    engine = sa.create_engine(admin_url(any_database), poolclass=sa.pool.NullPool)
+    with engine.begin() as connection:
+        connection.execute(sa.text("INSERT INTO users (id, name, email) VALUES (1, 'ada', 'ada@example.org')"))
+        connection.execute(
+            sa.text("INSERT INTO posts (id, author_id, title, slug, body) VALUES (1, 1, 'hi', 'hi', 'first')")
+        )
+    engine.dispose()
+    return checkout, any_database
+
+
+def add(checkout: Checkout, *revisions: tuple[str, str]) -> None:
+    down = checkout.head()
+    for name, body in revisions:
+        checkout.add_revision(name, down, body)
+        down = name
+
+
+# --- locally
+
+
+def test_a_rehearsal_that_passes_reports_each_revisions_time_then_upgrades(production):
+    checkout, database = production
+    allow_copies(database)
+    add(checkout, *PASSING)
+    result = ok(checkout.invoke("db.upgrade", "--rehearse", "--yes", stdin=STDIN_PASSWORD, env=PRODUCTION))
+    out = result.out
+    assert "rehearsal passed on " in out and "2 revisions in " in out
+    timed = [line for line in out.splitlines() if line.startswith("  r00000000") and line.endswith(" s")]
+    assert [line.split(":")[0].split()[0] for line in timed] == ["r0000000000a", "r0000000000b"]
+    # The copy was timed before the question, and the real run came after it.
+    assert out.index("rehearsal passed") < out.rindex("is now at")
+    assert database.version() == "r0000000000b"
+    assert copies_left(database) == []
+    assert checkout.files_containing(PASSWORD) == []
+
+
+def test_a_rehearsal_that_fails_leaves_the_database_untouched_and_no_copy(production):
+    checkout, database = production
+    allow_copies(database)
+    add(checkout, FAILING)
+    before = state(database)
+    result = checkout.invoke("db.upgrade", "--rehearse", "--yes", stdin=STDIN_PASSWORD, env=PRODUCTION)
+    line = refused(
+        result, "the rehearsal failed on ", f"nothing was run on {database.migration_user}@", "no_such_table"
+    )
+    assert "r0000000000f" in line and "ways out" not in line
+    assert state(database) == before
+    assert copies_left(database) == []
+    # Nothing half applied was recorded for the database itself: a fixed revision goes on at once.
+    checkout.add_revision(FAILING[0], HEAD, "op.add_column('posts', sa.Column('lang', sa.String(5)))")
+    ok(checkout.invoke("db.upgrade", "--rehearse", "--yes", stdin=STDIN_PASSWORD, env=PRODUCTION))
+    assert database.version() == FAILING[0]
+
+
+def test_a_user_that_may_not_create_a_database_is_refused_before_any_backup(production):
+    checkout, database = production
+    add(checkout, *PASSING)
+    before, backups = state(database), sorted((checkout.path / "instance" / "backups").iterdir())
+    result = checkout.invoke("db.upgrade", "--rehearse", "--yes", stdin=STDIN_PASSWORD, env=PRODUCTION)
+    refused(result, f"{database.migration_user} may not create a database", "nothing was run")
+    assert state(database) == before
+    assert sorted((checkout.path / "instance" / "backups").iterdir()) == backups
+    assert copies_left(database) == []
+
+
+def test_rehearse_does_not_go_with_no_backup_nor_sqlite(checkout):
+    add(checkout, *PASSING)
+    line = refused(checkout.invoke("db.upgrade", "--rehearse", "--no-backup", "--yes"), "--no-backup skips")
+    assert "nothing was run" in line
+    refused(checkout.invoke("db.upgrade", "--rehearse", "--yes"), "--rehearse makes its copy on the database's server")
+
+
+def test_ctrl_c_during_a_rehearsal_removes_the_copy_and_changes_nothing(production, tmp_path):
+    checkout, database = production
+    allow_copies(database)
+    release = tmp_path / "release"
+    add(checkout, ("r0000000000h", held_revision("held", release)))
+    before = state(database)
+    process = subprocess.Popen(
+        [str(BIN / "python"), "-m", "invoke", "db.upgrade", "--rehearse", "--yes"],
+        cwd=checkout.path,
+        env=environment(**PRODUCTION),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    process.stdin.write(STDIN_PASSWORD.encode())
+    process.stdin.close()
+    try:
+        wait_until_running(release, "held", process)
+        assert [name for name in copies_left(database)], "the copy exists while the rehearsal runs"
+        process.send_signal(signal.SIGINT)  # stop after the revision in progress
+        release.touch()
+        said = process.stdout.read().decode()
+        process.wait(timeout=120)
+    finally:
+        release.touch()
+        process.kill()
+    assert process.returncode != 0
+    assert "error: rehearsal stopped (SIGINT received) after 1 of 1 revisions on a copy: nothing was run on" in said
+    assert "is now at" not in said and said.count("backup: /") == 1
+    assert state(database) == before
+    assert copies_left(database) == []
