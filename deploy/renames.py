@@ -71,7 +71,13 @@ class Renames:
         if not self.unanswered:
             return None
         pairs = ", ".join(str(candidate) for candidate in self.unanswered)
-        answers = ",".join(candidate.answer for candidate in self.unanswered)
+        # The likeliest of each column's candidates (the first), as --renames takes them: each name once.
+        olds, news, likeliest = set(), set(), []
+        for candidate in self.unanswered:
+            old, new = (candidate.table, candidate.old), (candidate.table, candidate.new)
+            if old not in olds and new not in news:
+                olds.add(old), news.add(new), likeliest.append(candidate.answer)
+        answers = ",".join(likeliest)
         return (
             f"written as drop and add, though they may be renames (which keep the data): {pairs}; "
             f"to write them as renames, remove the revision and run it again at a terminal or with --renames {answers}"
