@@ -37,7 +37,7 @@ from .base import (
     said,
     widens_varchar,
 )
-from .guarded import Transaction, retrying, what_blocks
+from .guarded import GaveWay, Transaction, retrying, what_blocks
 
 # MySQL/MariaDB client error numbers that have a clear meaning for the user.
 ACCESS_DENIED = {1045, 1698}
@@ -527,6 +527,11 @@ def altered_table(operation) -> tuple[str, str | None]:
     return operation.table_name, operation.schema
 
 
+class CopyStopped(GaveWay):
+    """An online copy aborted and cleaned away: the table is as it was, so the revision's operation left
+    nothing, and the way out is only to run it again (as after a statement that gave way)."""
+
+
 class OnlineCopy:
     """pt-online-schema-change run on one table, as the URL's user: chunked copy into a shadow table kept
     up to date by triggers, paused while the server is busy, then swapped in under a short lock wait.
@@ -589,14 +594,13 @@ class OnlineCopy:
                     process.wait(timeout=0.2)
                 except subprocess.TimeoutExpired:
                     pass
-        except BaseException:  # an abort (KeyboardInterrupt), or the run's own end
+        except BaseException as exc:  # an abort (KeyboardInterrupt), or the process's own end
             self._stop(process, reader)
             self.remove_leftovers(dbapi_connection)
-            print(
-                f"online copy of {self.table} stopped: its triggers and shadow table were removed, "
-                f"{self.table} is as it was",
-                file=sys.stderr,
-            )
+            stopped = f"online copy of {self.table} stopped: its triggers and shadow table were removed"
+            print(f"{stopped}, {self.table} is as it was", file=sys.stderr)
+            if isinstance(exc, KeyboardInterrupt):
+                raise CopyStopped(f"{stopped}, nothing of it is in {self.table} (aborted)") from None
             raise
         reader.join()
         if process.returncode != 0:
