@@ -101,7 +101,7 @@ def revision(c, message, empty=False, base=None, renames=None):
     for renamed in answers.renamed:
         print(f"written as a rename: {renamed}")
     if note := answers.note():
-        print(note, file=sys.stderr)
+        print(f"warning: {note}", file=sys.stderr)
     # The path last, alone on its line: scripts and editors take it from there.
     print(written or "no schema changes detected: no revision written (use --empty for a hand-written one)")
 
