@@ -1042,6 +1042,10 @@ def warm_up(project: Project) -> None:
         # MySQL's reflection compiles some fifty regular expressions on its first table; compiled here,
         # they are in every child's cache.
         inspect(connection).get_columns(database.VERSION_TABLE)
+        release, _ = running_release(project, connection)
     schema.built_at(project.alembic, current)
-    for step in alembic_ops.plan(project.alembic, current, "head"):
+    steps = alembic_ops.plan(project.alembic, current, "head")
+    for step in steps:
         checksums.of(project.alembic, step.revision, connection.dialect.name)
+    # The running release's code against the new schema: a worktree and a process, once per server process.
+    compatibility_of(project, release, "head", [step.revision for step in steps])
