@@ -194,6 +194,7 @@ def test_renames_answered_on_the_command_line_keep_the_rows_on_sqlite(developmen
 def test_without_a_terminal_or_answers_one_line_names_the_pairs(development):
     written = ok(development.invoke("db.revision", "-m", "unanswered"))
     (note,) = [line for line in written.err.splitlines() if "may be renames" in line]
+    assert note.startswith("warning: written as drop and add, though they may be renames (which keep the data): ")
     for pair in ("table tags -> labels", "posts.status -> posts.state", "posts.title -> posts.headline"):
         assert pair in note
     # Also posts.status -> posts.headline, and posts.title -> posts.state; the likeliest are suggested.
