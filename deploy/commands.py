@@ -276,7 +276,8 @@ def migrate(
     url = project.migration_url_with_password()
     guards = project.guards
     verb = "downgrade" if downgrade else "upgrade"
-    with project.connect(url, create=not downgrade) as connection, project.lock(url):
+    # The lock held by the connection that migrates: one connection fewer a run, and its holder is that one.
+    with project.connect(url, create=not downgrade) as connection, project.lock(url, connection):
         with translate_errors(url):
             current = project.check_ready(connection)
             check_unedited(project, connection, current)
