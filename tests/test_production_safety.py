@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from pathlib import Path
 
 import pexpect
 from helpers import (
@@ -111,19 +112,19 @@ def production_with(checkout, database, **safety) -> dict:
     return {**PRODUCTION, **{f"INVOKE_DB_SAFETY_{key.upper()}": str(value) for key, value in safety.items()}}
 
 
-def slow_revision(checkout, name: str, down: str, seconds: int) -> None:
+def slow_revision(checkout, name: str, down: str, release: Path) -> None:
     checkout.add_revision(
         name,
         down,
-        f"op.create_table('{name}_started', sa.Column('id', sa.Integer))\n    "
-        + live_only(f"__import__('time').sleep({seconds})"),
+        f"op.create_table('{name}_started', sa.Column('id', sa.Integer))\n    " + live_only(held_until(release)),
     )
 
 
-def test_two_upgrades_at_once_the_second_waits_then_names_the_first(checkout, database):
+def test_two_upgrades_at_once_the_second_waits_then_names_the_first(checkout, database, tmp_path):
     env = production_with(checkout, database, lock_wait=1)
     assert checkout.invoke("db.upgrade", "--yes", stdin=STDIN_PASSWORD, env=env).code == 0
-    slow_revision(checkout, "slow00000001", HEAD, 6)
+    release = tmp_path / "release"
+    slow_revision(checkout, "slow00000001", HEAD, release)
     first = subprocess.Popen(
         [str(BIN / "python"), "-m", "invoke", "db.upgrade", "--yes"],
         cwd=checkout.path,
@@ -138,6 +139,7 @@ def test_two_upgrades_at_once_the_second_waits_then_names_the_first(checkout, da
         wait_for_table(database, "slow00000001_started")
         second = checkout.invoke("db.upgrade", "--yes", stdin=STDIN_PASSWORD, env=env)
     finally:
+        release.touch()  # the first holds the lock until the second has had its answer, however slow the machine
         out, _ = first.communicate(timeout=120)
     line = one_error_line(second)
     assert "another migration holds the lock" in line and database.migration_user in line
