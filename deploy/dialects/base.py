@@ -93,7 +93,7 @@ class Dialect(ABC):
     @abstractmethod
     def migration_lock(self, url: URL, session, wait: float) -> AbstractContextManager[None]:
         """One migration at a time: the database's lock, held for the block, waited for up to `wait` s,
-        else busy(). `session(acquire, release)` holds one taken by a session of its own (see safety.lock)."""
+        else busy(). `session(acquire, release)` holds one taken by a session (see guards.lock)."""
 
     @abstractmethod
     def guard(

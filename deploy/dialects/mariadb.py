@@ -913,7 +913,7 @@ class MariaDB(Dialect):
         return max(0, int(connection.exec_driver_sql(RUNNING).one()[1]) - 1)
 
     def migration_lock(self, url: URL, session, wait: float):
-        """GET_LOCK, on a connection of its own."""
+        """GET_LOCK, on the session `session` gives it."""
         return server_lock(url, session, wait)
 
     def guard(self, connection: Connection, lock_wait_timeout: float, retries: int, pause: float):

@@ -621,7 +621,7 @@ class PostgreSQL(Dialect):
         return f"database error on {where}: {_pg_detail(orig)}"
 
     def migration_lock(self, url: URL, session, wait: float):
-        """A session-level advisory lock (pg_try_advisory_lock, polled), on a connection of its own."""
+        """A session-level advisory lock (pg_try_advisory_lock, polled), on the session `session` gives it."""
         return advisory_lock(url, session, wait)
 
     def guard(self, connection: Connection, lock_wait_timeout: float, retries: int, pause: float):
