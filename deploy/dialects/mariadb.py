@@ -49,7 +49,10 @@ GET_LOCK_NAME_MAX = 64  # bytes; MySQL refuses longer names (MariaDB does not, b
 # An idle lock connection must outlive the longest migration: the server's default wait_timeout (8 h)
 # would end the session, and with it the lock, in the middle of one.
 IDLE_FOR_A_YEAR = "SET SESSION wait_timeout = 31536000"
-COPY = "MariaDB copies the table, blocking writes until it is done"
+COPY = (
+    "MariaDB can only copy the table: the upgrade copies it online (pt-online-schema-change), or in place, "
+    "blocking writes until it is done, when it is small or --allow-copy says so"
+)
 REBUILD = "MariaDB rebuilds the table (writes go on, but it takes as long as a copy)"
 LOCK_WAIT_TIMEOUT = 1205  # MariaDB raises it for metadata-lock (DDL) and InnoDB row-lock waits alike
 NEEDS_PROCESS = 1227
@@ -206,27 +209,27 @@ def server_open_transactions(connection: Connection, older_than: float) -> list[
 
 
 def lint_risks(operation, named: str):
-    """What blocks the application while MariaDB runs the operation on a table that holds rows."""
-    match operation:
-        case ops.AlterColumnOp():
-            new, old = operation.modify_type, operation.existing_type
-            if new is not None and (old is None or repr(old) != repr(new)):
-                if not widens_varchar(old, new):
-                    yield f"{named} type", COPY
-                elif widened_in_place(old, new):
-                    yield f"{named} type", "MariaDB does it in place"
-                else:
-                    yield f"{named} type", f"{COPY} (unless it stays under or over 255 bytes)"
-            if operation.modify_nullable is False and operation.existing_nullable is not False:
+    """What MariaDB can only copy or rebuild to run the operation on a table that holds rows, as
+    server_alteration() tells it for a current MariaDB (the charset unknown: the lint errs toward a copy)."""
+    if isinstance(operation, ops.AlterColumnOp):
+        for aspect, found in column_alterations(LINTED, operation):
+            if aspect == "type" and found.how != COPIED.how:
+                yield f"{named} type", "MariaDB does it in place"
+            elif aspect == "type":
+                widened = widens_varchar(operation.existing_type, operation.modify_type)
+                yield f"{named} type", COPY + (" (unless it stays under or over 255 bytes)" if widened else "")
+            elif aspect == "NOT NULL":
                 yield f"{named} NOT NULL", REBUILD
-        case ops.AddColumnOp() if operation.column.foreign_keys:
-            yield f"{named} foreign key", f"adds a foreign key: {COPY}"
-        case ops.CreateForeignKeyOp() | ops.CreateCheckConstraintOp():
-            yield named, COPY
-        case ops.CreatePrimaryKeyOp():
-            yield named, REBUILD
-        case ops.DropConstraintOp(constraint_type="primary"):
-            yield named, COPY
+        return
+    found = server_alteration(LINTED, operation)
+    if found is None:
+        return
+    if found.how == COPIED.how and isinstance(operation, ops.AddColumnOp) and operation.column.foreign_keys:
+        yield f"{named} foreign key", f"adds a foreign key: {COPY}"
+    elif found.how == COPIED.how:
+        yield named, COPY
+    elif found == REBUILT:
+        yield named, REBUILD
 
 
 # -- Online DDL: how the server alters a table that holds rows ------------------------------------------
@@ -258,6 +261,8 @@ COPIED = Alteration("COPY", "writes", True, ONLINE_COPY)
 # DROP INDEX takes no ALGORITHM or LOCK clause (MariaDB 10.11's parser refuses them); it drops in place.
 DROPPED_INDEX = Alteration("NOCOPY", "nothing", False, None)
 RANKS = ("INSTANT", "NOCOPY", "INPLACE", "COPY")
+# What the lint assumes, without a server to ask.
+LINTED_VERSION = (10, 11)
 
 
 @dataclass(frozen=True)
@@ -278,6 +283,9 @@ class Server:
     def instant(self, since_mariadb: tuple[int, ...], since_mysql: tuple[int, ...], before: Alteration) -> Alteration:
         """INSTANT from these versions on, `before` on older servers."""
         return INSTANT if self.knows_instant and self.at_least(since_mariadb, since_mysql) else before
+
+
+LINTED = Server(mariadb=True, version=LINTED_VERSION)
 
 
 def server_of(connection: Connection) -> Server:

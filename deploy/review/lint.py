@@ -12,18 +12,11 @@ The reviewed marker: a module-level dict in the revision script, operation name 
 A finding whose name is a key there is reviewed: `lint` leaves it out (or, asked, reports it as reviewed).
 The names are those `lint` prints, e.g. "alter_column users.email type".
 
-MariaDB 10.11 (InnoDB), as measured on 10.11.19 with ALGORITHM=INSTANT/NOCOPY/INPLACE/COPY and LOCK=NONE:
-- table copy, writes blocked until done (COPY cannot run with LOCK=NONE before 11.2): column type changes
-  (INT -> BIGINT, signedness, VARCHAR -> TEXT, a shorter VARCHAR, another charset); dropping a primary key;
-  adding a foreign key (foreign_key_checks is on); adding a CHECK constraint;
-- rebuilt in place, writes go on but it takes as long as a copy: NULL -> NOT NULL, adding a primary key;
-- no rebuild: adding or dropping a column, renaming a column (same type) or a table, defaults, indexes
-  (unique ones too: NOCOPY, LOCK=NONE), a longer VARCHAR whose length prefix stays 1 byte (up to 255
-  bytes) or 2, another collation of the same charset.
-The lint errs toward warning where it cannot know: it calls a collation change a copy, and a longer VARCHAR
-in place only when that holds for any charset (1 to 4 bytes a character).
-See mariadb.com/kb/en/innodb-online-ddl-operations-with-the-instant-alter-algorithm/ (and -inplace-,
--nocopy-), and error 1846 ("Cannot change column type INPLACE"), 1851 (foreign keys), 1853 (primary key).
+MariaDB and MySQL: what the server does to a table for each operation (INSTANT, NOCOPY, INPLACE with
+LOCK=NONE, or a COPY that blocks writes) is the dialect's table, as measured on 10.11.19
+(deploy/dialects/mariadb.py, server_alteration); the lint names the copies and the rebuilds for a current
+MariaDB, erring toward a copy where it cannot know (a longer VARCHAR is in place only when that holds for
+any charset). An upgrade runs a copy online with pt-online-schema-change, or refuses it (docs/online.md).
 
 PostgreSQL (see "ALTER TABLE" and "CREATE INDEX" in its manual, "Notes"):
 - CREATE INDEX blocks writes while it builds; CONCURRENTLY does not (`postgresql_concurrently=True`,
