@@ -72,11 +72,13 @@ class Renames:
             return None
         pairs = ", ".join(str(candidate) for candidate in self.unanswered)
         # The likeliest of each column's candidates (the first), as --renames takes them: each name once.
-        olds, news, likeliest = set(), set(), []
+        used: set[tuple] = set()
+        likeliest = []
         for candidate in self.unanswered:
-            old, new = (candidate.table, candidate.old), (candidate.table, candidate.new)
-            if old not in olds and new not in news:
-                olds.add(old), news.add(new), likeliest.append(candidate.answer)
+            names = {("old", candidate.table, candidate.old), ("new", candidate.table, candidate.new)}
+            if not names & used:
+                used |= names
+                likeliest.append(candidate.answer)
         answers = ",".join(likeliest)
         return (
             f"written as drop and add, though they may be renames (which keep the data): {pairs}; "

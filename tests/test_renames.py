@@ -4,6 +4,7 @@ revision renames instead and the rows stay. In process for the candidates and th
 on SQLite, at a real terminal, and on each kind of database server for the rows."""
 
 import sqlite3
+import subprocess
 
 import pexpect
 import pytest
@@ -238,6 +239,22 @@ def test_renames_asked_at_a_real_terminal(development):
     upgrade = upgrade_source(development.path / child.before.strip().splitlines()[-1])
     assert 'new_column_name="state"' in upgrade and 'new_column_name="headline"' in upgrade
     assert "rename_table" not in upgrade and 'op.drop_table("tags")' in upgrade
+
+
+def test_renames_answered_against_a_base_branch(checkout):
+    def git(*args):
+        command = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args]
+        subprocess.run(command, cwd=checkout.path, check=True, capture_output=True)
+
+    git("init", "-q", "-b", "main")
+    git("add", "-A")
+    git("commit", "-q", "-m", "base")
+    git("switch", "-q", "-c", "feature")
+    rename_in_models(checkout)
+    written = ok(checkout.invoke("db.revision", "-m", "renames", "--base", "main", "--renames", ALL_RENAMES))
+    upgrade = upgrade_source(checkout.path / written.out.strip().splitlines()[-1])
+    assert upgrade.count("new_column_name") == 2 and 'op.rename_table("tags", "labels")' in upgrade
+    assert "drop_column" not in upgrade and "drop_table" not in upgrade
 
 
 # -- on each kind of database server ---------------------------------------------------------------
