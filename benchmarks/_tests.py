@@ -11,6 +11,16 @@ if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
 from helpers import COPY_IGNORE, PASSWORD, REPO, Checkout, Remote, make_database  # noqa: E402
-from servers import MariaDB, SSHServer  # noqa: E402
+from servers import MariaDB, PostgreSQL, SSHServer  # noqa: E402
 
-__all__ = ["COPY_IGNORE", "PASSWORD", "REPO", "Checkout", "MariaDB", "Remote", "SSHServer", "make_database"]
+__all__ = [
+    "COPY_IGNORE",
+    "PASSWORD",
+    "REPO",
+    "Checkout",
+    "MariaDB",
+    "PostgreSQL",
+    "Remote",
+    "SSHServer",
+    "make_database",
+]

@@ -36,16 +36,20 @@ class Plan:
     mariadb_sizes: list[tuple[int, int]]
     flat_low: tuple[int, int]  # db.reset at few revisions, same models as the largest size
     fleet_sizes: tuple[int, ...]  # tenants per fleet row (heavy_reps above 64)
+    estimate_sizes: tuple[int, ...]  # rows of the tables the estimates group times each operation on
 
 
-FULL = Plan(5, 3, [(30, 20), (100, 70), (300, 200)], [(300, 200)], (300, 20), (16, 64, 256))
-QUICK = Plan(2, 2, [(30, 20)], [(30, 20)], (30, 5), (16,))
+FULL = Plan(
+    5, 3, [(30, 20), (100, 70), (300, 200)], [(300, 200)], (300, 20), (16, 64, 256), (10_000, 100_000, 1_000_000)
+)
+QUICK = Plan(2, 2, [(30, 20)], [(30, 20)], (30, 5), (16,), (10_000, 100_000))
 
 
 @dataclass
 class Context:
     plan: Plan
     scratch: Path
+    out: Path = RESULTS  # where the results go
     started: list = field(default_factory=list)  # servers we started, stopped at the end
     profiles: list[dict] = field(default_factory=list)
     projects: list = field(default_factory=list)
@@ -234,8 +238,14 @@ def fleet(ctx: Context) -> list[Row]:
     return fleet_benchmarks(ctx)
 
 
+def estimates(ctx: Context) -> list[Row]:
+    from .estimates import estimate_benchmarks
+
+    return estimate_benchmarks(ctx)
+
+
 # The benchmark groups, run in this order.
-GROUPS = [local_sqlite, local_mariadb, remote_ssh, fleet]
+GROUPS = [local_sqlite, local_mariadb, remote_ssh, fleet, estimates]
 
 
 # -- main ------------------------------------------------------------------------------------------
@@ -269,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     started = time.time()
     scratch = Path(tempfile.mkdtemp(prefix="bench-", dir=args.tmp))
-    ctx = Context(plan, scratch)
+    ctx = Context(plan, scratch, args.out)
     rows: list[Row] = []
     try:
         projects.prepare_library(scratch)
@@ -293,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_at_end": os.getloadavg(),
         "duration_s": round(time.time() - started, 1),
     }
+    if not rows:  # groups that write results of their own (estimates): the command results stay as they are
+        return 0
     table = report.table(rows)
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
