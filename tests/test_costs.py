@@ -167,3 +167,13 @@ def test_runs_in_the_run_log_teach_the_rates_of_later_estimates(tmp_path):
     assert learned == {named: 100_000.0}  # the quick first r1 (under LEARN_FROM_SECONDS) taught nothing
     assert costs.rates(tmp_path, "postgresql") == {}
     assert costs.rate(named, learned) == 100_000.0
+
+
+def test_a_form_s_fixed_seconds_are_not_taken_for_rows():
+    """pt-online-schema-change builds a table and triggers whatever the rows: a revision's time less that is
+    what its rows took."""
+    online = "mysql|COPY|pt-online-schema-change|alter_column"
+    fixed = costs.fixed(online)
+    assert fixed > 0 and costs.fixed("mysql|COPY||alter_column") == 0
+    record = {"seconds": fixed + 8.0, "operations": [{"key": online, "rows": 400_000, "estimate": fixed + 4.0}]}
+    assert costs.learned(record) == {online: 50_000.0}
