@@ -9,8 +9,6 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from .commands import Project, current_of
 from .database import translate_errors
 from .errors import DeployError
 from .guards import refusals
+from .releases import git, worktree
 from .renames import Renames
 from .schema import plural
 from .settings import SETTINGS_VARIABLE
@@ -53,30 +52,7 @@ def merge(project: Project, message: str | None = None) -> Merged:
     return Merged(heads, Path(written.path))
 
 
-# --- db.revision --base
-
-
-def git(cwd: Path, *args: str, failure: str | None = None) -> str:
-    try:
-        done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
-    except FileNotFoundError:
-        raise DeployError("git is not installed: --base needs it") from None
-    if done.returncode:
-        said = done.stderr.strip().splitlines()
-        raise DeployError(failure or f"git {args[0]} failed: {said[-1] if said else done.returncode}")
-    return done.stdout.strip()
-
-
-@contextmanager
-def worktree(top: Path, commit: str, path: Path) -> Iterator[Path]:
-    """A temporary checkout of `commit` beside the user's, removed afterwards whatever happens."""
-    git(top, "worktree", "add", "--detach", "--quiet", str(path), commit)
-    try:
-        yield path
-    finally:
-        # --force: the settings file written there is untracked. Prune whatever remove could not.
-        subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=top, capture_output=True)
-        subprocess.run(["git", "worktree", "prune"], cwd=top, capture_output=True)
+# --- db.revision --base (git and its worktrees: deploy.releases, which the compatibility check shares)
 
 
 def build_base_schema(base_root: Path, url: URL, settings_name: str, branch: str) -> None:
