@@ -426,3 +426,19 @@ def test_a_copy_that_cannot_be_online_is_refused_before_anything_runs_and_allowe
         "SELECT CHARACTER_MAXIMUM_LENGTH FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() "
         "AND TABLE_NAME = 'posts' AND COLUMN_NAME = 'status'"
     ) == ((100,),)
+
+
+def test_fab_plans_the_refusal_before_any_password_and_passes_allow_copy_on(remote, database):
+    remote.upgrade()
+    database.query("INSERT INTO users (id, email, name) VALUES (1, 'a@example.org', 'A')")
+    database.query("INSERT INTO posts (author_id, slug, title, body) VALUES (1, 'one', 'One', '')")
+    database.query("ANALYZE TABLE posts")
+    (remote.server.path / "invoke.yaml").write_text("db:\n  safety:\n    copy_in_place_rows: 0\n")
+    remote.add_revision("wider0000001", STATUS_WIDER)
+    remote.refuses(
+        "1 pending operation cannot run online: wider0000001: alter_column posts.status: MariaDB can only copy posts",
+        "foreign keys of other tables refer to posts (post_tags)",
+        args=("prod", "db.upgrade", "--allow-risky"),
+    )
+    remote.upgrade("--allow-risky", "--allow-copy")
+    assert database.version() == "wider0000001"
