@@ -6,7 +6,9 @@ starts (forking.py), so it imports the suite and the app once. An upgrade goes i
 1. every target's plan, computed by its server: where the database is, what would run, and the
    server's own refusal if any (commands.plan); the laptop shows it, it does not judge it again;
 2. one [y/N] for the whole plan and one password per distinct migration user, asked here, before
-   anything runs;
+   anything runs; with --rehearse, the passwords first, then the first target's (the canary's) rehearsal
+   on a copy of its database, its times shown as its server reports them, and only then the [y/N]: a
+   rehearsal that fails ends the upgrade before any target is touched;
 3. the runs that apply, `concurrency` at a time and no more than each database server has
    connections for, each told the revisions it was approved from. A target that fails does not
    stop the others; Ctrl-C stops the running ones between revisions and starts no more."""
@@ -14,6 +16,7 @@ starts (forking.py), so it imports the suite and the app once. An upgrade goes i
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from contextlib import ExitStack, nullcontext
@@ -197,9 +200,12 @@ def described(outcome: Outcome, state: Status) -> None:
         outcome.result = f"{len(state.pending)} pending" if state.pending else UP_TO_DATE
 
 
-def upgrade(c, targets: list[Target], concurrency: int, args: list[str], expect_head, yes: bool) -> list[Outcome]:
+def upgrade(
+    c, targets: list[Target], concurrency: int, args: list[str], expect_head, yes: bool, rehearse: bool = False
+) -> list[Outcome]:
     """Upgrade every target (see the module's docstring); `expect_head()` is the head the servers'
-    migrations must end at (this checkout's), or None for an explicit target."""
+    migrations must end at (this checkout's), or None for an explicit target; `rehearse`: on the first
+    target's copy first."""
     runs = {target: Run(Outcome(target)) for target in targets}
     outcomes = {target: run.outcome for target, run in runs.items()}
     alone = len(targets) == 1
@@ -212,8 +218,16 @@ def upgrade(c, targets: list[Target], concurrency: int, args: list[str], expect_
         chosen = _deduplicated([run for run in runs.values() if run.outcome.ok and run.plan and run.plan.pending])
         if chosen:
             (_show_one if alone else _show_all)(chosen)
-            console.confirm("Apply?", yes)
-            _ask_passwords(chosen, alone)
+            if rehearse:
+                if not yes and not sys.stdin.isatty():
+                    console.confirm("Apply?", yes)  # refused now: no answer could come after the rehearsal
+                _ask_passwords(chosen, alone)
+                if not _rehearse(chosen, head, alone):
+                    return list(outcomes.values())
+                console.confirm("Apply?", yes)
+            else:
+                console.confirm("Apply?", yes)
+                _ask_passwords(chosen, alone)
             _apply(chosen, concurrency, head, alone)
     return list(outcomes.values())
 
@@ -305,6 +319,29 @@ def _ask_passwords(runs: list[Run], alone: bool) -> None:
         password = credentials.read_password(prompt)
         for run in sharing:
             run.password = password
+
+
+def _rehearse(runs: list[Run], head: str | None, alone: bool) -> bool:
+    """The first run's rehearsal on a copy of its database, by its server (which shows what it measured);
+    whether it passed. When it did not, no target is started."""
+    canary = runs[0]
+    outcome, plan = canary.outcome, canary.plan
+    if not alone:
+        print(f"rehearsing on {outcome.target.name} first ({outcome.database}):")
+    rehearsal = {"expect_from": ",".join(plan.current), "expect_head": head, "rehearsal": True}
+    talk = canary.fleet.session(outcome.target, rehearsal, prefix=not alone)
+    try:
+        with forwarding_interrupts(talk.send), talk:
+            if plan.needs_password:
+                talk.send(canary.password)
+            talk.finish()
+    except DeployError as exc:
+        outcome.fail(str(exc), exc)
+    except Exit as exc:
+        outcome.fail(talk.reason() or "the server's command failed", exc)
+    for run in runs[1:] if not outcome.ok else ():
+        run.outcome.fail(f"not started: the rehearsal on {outcome.target.name} failed")
+    return outcome.ok
 
 
 def _room(runs: list[Run]) -> dict[str, threading.Semaphore]:

@@ -119,8 +119,14 @@ def copy_of(
         backups.load_copy(copy, backup)
         with connect(copy) as connection:
             yield copy, connection
-    finally:
-        drop(url, name)
+    except BaseException as exc:
+        try:
+            drop(url, name)
+        except DeployError as left:  # both told: why the rehearsal ended, and the copy to drop by hand
+            if isinstance(exc, DeployError):
+                raise DeployError(own(f"{said(exc)}; and {said(left)}")) from None
+        raise
+    drop(url, name)
 
 
 def check_switches(url: URL, guards) -> None:

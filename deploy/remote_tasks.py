@@ -126,7 +126,7 @@ def upgrade(c, to=None, sql=False, yes=False, running=None, **guards):
     with ThreadPoolExecutor(1) as background:
         # Alembic loads this checkout's scripts while the connections open and the servers import.
         expected = background.submit(lambda: None if explicit else local_head(c))
-        outcomes = fleet.upgrade(c, found, concurrency, args, expected.result, yes)
+        outcomes = fleet.upgrade(c, found, concurrency, args, expected.result, yes, bool(guards.get("rehearse")))
     (one_done if len(found) == 1 else fleet_done)(outcomes[0] if len(found) == 1 else outcomes)
 
 

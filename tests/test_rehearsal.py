@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 
+import pexpect
 import pytest
 import sqlalchemy as sa
 from helpers import (
@@ -25,10 +26,12 @@ from helpers import (
     PgDatabase,
     environment,
     held_revision,
+    make_database,
     ok,
     refused,
     wait_until_running,
 )
+from test_fleet import fleet_remote
 
 from deploy import rehearsal
 from deploy.errors import DeployError
@@ -225,3 +228,91 @@ def test_ctrl_c_during_a_rehearsal_removes_the_copy_and_changes_nothing(producti
     assert "is now at" not in said and said.count("backup: /") == 1
     assert state(database) == before
     assert copies_left(database) == []
+
+
+# --- through fab: a single target
+
+
+def test_through_fab_a_rehearsal_reports_its_times_before_the_question_then_upgrades(any_remote, tmp_path):
+    remote, database = any_remote, any_remote.database
+    remote.upgrade()
+    allow_copies(database)
+    for name, body in PASSING:
+        remote.add_revision(name, body)
+    child = remote.spawn("prod", "db.upgrade", "--rehearse")
+    transcript = []
+    try:
+        child.expect_exact("Password for ")
+        child.sendline(PASSWORD)
+        child.expect_exact("Apply? [y/N] ")
+        transcript.append(child.before)
+        assert database.version() == HEAD and copies_left(database) == []  # the question comes first
+        child.sendline("y")
+        child.expect(pexpect.EOF)
+        transcript.append(child.before)
+    finally:
+        child.close(force=True)
+    said = "".join(transcript)
+    assert child.exitstatus == 0, said
+    before_question = transcript[0]
+    assert "rehearsal passed on " in before_question and "2 revisions in " in before_question
+    assert [line.split()[0] for line in before_question.splitlines() if line.strip().endswith(" s")][-2:] == [
+        "r0000000000a",
+        "r0000000000b",
+    ]
+    assert database.version() == "r0000000000b"
+    assert PASSWORD not in said
+    assert remote.server.files_containing(PASSWORD) == [] and remote.local.files_containing(PASSWORD) == []
+
+
+def test_through_fab_a_rehearsal_that_fails_leaves_the_database_untouched(any_remote):
+    remote, database = any_remote, any_remote.database
+    remote.upgrade()
+    allow_copies(database)
+    remote.add_revision(*FAILING)
+    before = state(database)
+    result = remote.fab("prod", "db.upgrade", "--rehearse", "--yes", stdin=STDIN_PASSWORD)
+    refused(result, "the rehearsal failed on ", "nothing was run on", "no_such_table")
+    assert state(database) == before
+    assert copies_left(database) == []
+
+
+# --- through fab: a fleet rehearses on its first target, the canary
+
+
+@pytest.fixture
+def two_tenants(tmp_path, mariadb, sshd):
+    """Two tenants' databases on one server, one migration user for both, upgraded to the example's head."""
+    first = make_database(mariadb)
+    second = make_database(mariadb)
+    mariadb.execute(f"GRANT ALL PRIVILEGES ON `{second.name}`.* TO %s@'%%'", (first.migration_user,))
+    databases = {
+        "tenant_a": first,
+        "tenant_b": Database(mariadb, second.name, second.app_user, first.migration_user),
+    }
+    remote = fleet_remote(tmp_path, sshd, databases)
+    ok(remote.fab("tenants", "db.upgrade", "--yes", stdin=STDIN_PASSWORD))
+    allow_copies(databases["tenant_a"])
+    return remote, databases
+
+
+def test_a_fleet_rehearses_on_its_canary_and_a_failure_there_touches_no_target(two_tenants):
+    remote, databases = two_tenants
+    remote.add_revision(*FAILING)
+    before = {name: state(database) for name, database in databases.items()}
+    result = remote.fab("tenants", "db.upgrade", "--rehearse", "--yes", stdin=STDIN_PASSWORD)
+    assert result.code != 0, result.output
+    assert "rehearsing on tenant_a first" in result.out
+    assert "the rehearsal failed on " in result.output and "not started: the rehearsal on tenant_a failed" in result.out
+    assert {name: state(database) for name, database in databases.items()} == before
+    assert copies_left(databases["tenant_a"]) == [] and copies_left(databases["tenant_b"]) == []
+
+
+def test_a_fleet_whose_canary_rehearsal_passes_upgrades_every_target(two_tenants):
+    remote, databases = two_tenants
+    for name, body in PASSING:
+        remote.add_revision(name, body)
+    result = ok(remote.fab("tenants", "db.upgrade", "--rehearse", "--yes", stdin=STDIN_PASSWORD))
+    assert result.out.count("rehearsal passed on ") == 1 and "rehearsing on tenant_a first" in result.out
+    assert all(database.version() == "r0000000000b" for database in databases.values())
+    assert copies_left(databases["tenant_a"]) == []
