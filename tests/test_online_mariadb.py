@@ -126,6 +126,35 @@ def test_each_operation_runs_in_the_form_alteration_tells(database, kind):
         assert sent.index(final) == (0 if told.how == "INSTANT" else len(sent) - 1), sent
 
 
+@pytest.mark.parametrize(
+    ("statement", "expected"),
+    [
+        (
+            "ALTER TABLE `blog`.`order``s` MODIFY total BIGINT NOT NULL;",
+            ("blog", "order`s", "MODIFY total BIGINT NOT NULL", ", ALGORITHM=INSTANT"),
+        ),
+        ("ALTER TABLE orders RENAME TO purchases", (None, "orders", None, ", ALGORITHM=INSTANT")),
+        ("CREATE UNIQUE INDEX ix ON orders (total)", (None, "orders", None, " ALGORITHM=INPLACE LOCK=NONE")),
+        ("ALTER TABLE orders ADD COLUMN x INT, LOCK=SHARED", None),  # its author chose
+        ("CREATE FULLTEXT INDEX ix ON orders (note)", None),
+        ("DROP INDEX ix ON orders", None),  # MariaDB takes no ALGORITHM there
+        ("UPDATE orders SET total = 1", None),
+    ],
+)
+def test_the_statements_given_online_forms(statement, expected):
+    found = mariadb.altering(mariadb.Server(True, (10, 11, 19)), statement)
+    if expected is None:
+        assert found is None
+    else:
+        assert (found.database, found.table, found.copy_spec, found.forms[0][-len(expected[3]) :]) == expected
+    assert mariadb.altering(mariadb.Server(True, (10, 2, 44)), "ALTER TABLE t RENAME u") is None  # no INSTANT then
+
+
+def test_a_copy_that_also_renames_the_column_is_not_online():
+    assert mariadb.renames("CHANGE `total` amount BIGINT NOT NULL")
+    assert not mariadb.renames("CHANGE total `total` BIGINT NOT NULL")
+
+
 def test_a_form_chosen_in_the_revision_is_left_alone(database):
     filled(database, rows=10)
     with migration_engine(database).connect() as connection, online(connection) as sent:

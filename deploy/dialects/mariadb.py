@@ -412,6 +412,7 @@ CREATE_INDEX = re.compile(
 CHOSEN_FORM = re.compile(r"\b(?:ALGORITHM|LOCK)\s*=", re.IGNORECASE)
 RENAME_ONLY = re.compile(rf"RENAME\s+(?:TO\s+|AS\s+)?{QUALIFIED}\Z", re.IGNORECASE)
 DROPS_PRIMARY_KEY = re.compile(r"\bDROP\s+PRIMARY\s+KEY\b", re.IGNORECASE)
+CHANGES_COLUMN = re.compile(rf"\bCHANGE\s+(?:COLUMN\s+)?(?P<old>{NAME})\s+(?P<new>{NAME})", re.IGNORECASE)
 ONLINE_COPY_STOPPED = 30  # seconds pt-online-schema-change is given to stop after being told to
 
 
@@ -450,16 +451,25 @@ def altering(server: Server, statement: str) -> Altering | None:
     return None
 
 
+def renames(spec: str) -> bool:
+    """Whether ALTER TABLE's changes rename a column (CHANGE old new ...)."""
+    return any(unquoted(found["old"]) != unquoted(found["new"]) for found in CHANGES_COLUMN.finditer(spec))
+
+
 def quoted_name(*names: str) -> str:
     return ".".join(quote(name) for name in names)
 
 
-def copy_obstacle(dbapi_connection, database: str, table: str, drops_primary_key: bool) -> str | None:
+def copy_obstacle(
+    dbapi_connection, database: str, table: str, drops_primary_key: bool, renames_column: bool
+) -> str | None:
     """Why pt-online-schema-change cannot copy `table` online (its triggers, its swap by RENAME); None if it can."""
     if not online_copy_program():
         return "pt-online-schema-change is not installed (Debian's percona-toolkit)"
     if drops_primary_key:
         return "it drops the primary key, which pt-online-schema-change copies by"
+    if renames_column:
+        return "it renames a column too, which pt-online-schema-change will not do in a copy (rename it on its own)"
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute(TABLE_OBSTACLES, {"database": database, "table": table})
@@ -519,7 +529,8 @@ def copy_refusal(dialect: MariaDB, connection: Connection, operation, guards) ->
     if copied_in_place(rows, guards):
         return None
     dropping = isinstance(operation, ops.DropConstraintOp) and operation.constraint_type == "primary"
-    obstacle = copy_obstacle(connection.connection.dbapi_connection, database, table, dropping)
+    renaming = isinstance(operation, ops.AlterColumnOp) and bool(operation.modify_name)
+    obstacle = copy_obstacle(connection.connection.dbapi_connection, database, table, dropping, renaming)
     if obstacle is None:
         return None
     sized = f"{rows:,} rows, {math.ceil(size / 1_000_000)} MB"
@@ -705,7 +716,7 @@ def server_online(dialect: MariaDB, connection: Connection, guards) -> Iterator[
                 return run(statement) or True
             database = found.database or connection.engine.url.database or ""
             dropping = bool(DROPS_PRIMARY_KEY.search(found.copy_spec))
-            obstacle = copy_obstacle(cursor.connection, database, found.table, dropping)
+            obstacle = copy_obstacle(cursor.connection, database, found.table, dropping, renames(found.copy_spec))
             if obstacle is not None:
                 raise DeployError(f"MariaDB can only copy {found.table}, and not online: {obstacle}; pass --allow-copy")
             cursor.connection.commit()  # as the ALTER would have: our transaction must not block the swap
