@@ -116,7 +116,7 @@ class Measurement:
 
     @property
     def judged(self) -> bool:
-        return self.actual_s > OVER or (self.estimate_s or 0) > OVER
+        return self.actual_s > OVER
 
     @property
     def met(self) -> bool | None:
@@ -251,6 +251,15 @@ def table(found: list[Measurement]) -> str:
     return "\n".join(lines)
 
 
+def report(found: list[Measurement]) -> str:
+    """The table, and the rates each key was seen at."""
+    shown = table(found)
+    shown += "\n\nRows per second between the two largest tables, and the fixed seconds left, by key "
+    shown += "(kind|form|online form|operation):\n\n"
+    rates = sorted(slopes(found).items())
+    return shown + "\n".join(f"- `{key}`: {rate:,.0f} rows/s, {fixed:g} s" for key, (rate, fixed) in rates)
+
+
 def plot(found: list[Measurement], path: Path) -> None:
     """Estimate against actual time, log-log, one colour per operation, a marker per database; the band
     is the target's factor."""
@@ -298,11 +307,8 @@ def estimate_benchmarks(ctx) -> list:
         found += measure_kind(kind, server, url, sizes)
     out = ctx.out
     out.mkdir(parents=True, exist_ok=True)
-    shown = table(found)
+    shown = report(found)
     rates = slopes(found)
-    shown += "\n\nRows per second between the two largest tables, and the fixed seconds left, by key "
-    shown += "(kind|form|online form|operation):\n\n"
-    shown += "\n".join(f"- `{key}`: {rate:,.0f} rows/s, {fixed:g} s" for key, (rate, fixed) in sorted(rates.items()))
     print(shown)
     (out / f"{name}.md").write_text(shown + "\n")
     (out / f"{name}.json").write_text(
@@ -314,10 +320,11 @@ def estimate_benchmarks(ctx) -> list:
 
 
 def replot(json_path: Path) -> None:
-    """Redraw the table and plot beside a results JSON: `python -m benchmarks.estimates results/estimates.json`."""
+    """Redraw the table (.md) and plot (.png) beside a results JSON, as measured:
+    `python -m benchmarks.estimates benchmarks/results/estimates.json`."""
     data = json.loads(json_path.read_text())
     found = [Measurement(**measured) for measured in data["measurements"]]
-    print(table(found))
+    json_path.with_suffix(".md").write_text(report(found) + "\n")
     plot(found, json_path.with_suffix(".png"))
 
 
