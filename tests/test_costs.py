@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+import sqlalchemy as sa
 from helpers import HEAD, PRODUCTION, STDIN_PASSWORD, make_database, ok
 from test_fleet import fleet_remote
 
@@ -179,3 +180,33 @@ def test_a_form_s_fixed_seconds_are_not_taken_for_rows():
     assert fixed > 0 and costs.fixed("mysql|COPY||alter_column") == 0
     record = {"seconds": fixed + 8.0, "operations": [{"key": online, "rows": 400_000, "estimate": fixed + 4.0}]}
     assert costs.learned(record) == {online: 50_000.0}
+
+
+FILL = {
+    "mariadb": "INSERT INTO sized SELECT seq, CONCAT('note ', seq) FROM seq_1_to_2000",
+    "postgresql": "INSERT INTO sized SELECT g, 'note ' || g FROM generate_series(1, 2000) g",
+}
+
+
+def test_a_table_s_size_is_the_server_s_estimate_without_a_scan(any_database, server_kind):
+    """Read with the application's user; before any ANALYZE too (PostgreSQL's never-analyzed table gets the
+    planner's guess, not its -1)."""
+    from deploy import dialects
+
+    any_database.query("CREATE TABLE sized (id INTEGER PRIMARY KEY, note VARCHAR(100))")
+    any_database.query(FILL[server_kind.name])
+    engine = sa.create_engine(any_database.app_url)
+    try:
+        with engine.connect() as connection:
+            dialect = dialects.dialect_for(connection)
+            if server_kind.name == "postgresql":  # not the migration role's: the application may not read it
+                assert dialect.table_size(connection, "sized") is None
+                any_database.query(f"GRANT SELECT ON sized TO {any_database.app_user}")
+            rows, size = dialect.table_size(connection, "sized")
+            assert rows > 0 and size > 0
+            assert dialect.table_size(connection, "no_such_table") is None
+            any_database.query(ANALYZE[server_kind.name].replace("posts", "sized"))
+            connection.rollback()
+            assert dialect.table_size(connection, "sized")[0] == 2000
+    finally:
+        engine.dispose()

@@ -726,11 +726,13 @@ class PostgreSQL(Dialect):
 
     def table_size(self, connection: Connection, table: str, schema: str | None = None) -> tuple[int, int] | None:
         """pg_class's rows per page times the pages the table has now (as the planner scales them), and its
-        bytes with indexes and TOAST; for a table never analyzed, the planner's own guess."""
+        bytes with indexes and TOAST; for a table never analyzed, the planner's own guess (None when the
+        user may not read it)."""
         found = connection.execute(
             text(
                 "SELECT c.oid::regclass::text, c.reltuples, c.relpages, pg_relation_size(c.oid),"
-                " pg_total_relation_size(c.oid), current_setting('block_size')::int"
+                " pg_total_relation_size(c.oid), current_setting('block_size')::int,"
+                " has_table_privilege(c.oid, 'SELECT')"
                 " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
                 " WHERE c.relname = :table AND n.nspname = COALESCE(:schema, current_schema()) AND c.relkind = 'r'"
             ),
@@ -738,10 +740,12 @@ class PostgreSQL(Dialect):
         ).first()
         if found is None:
             return None
-        name, rows, pages, heap, total, block = found
+        name, rows, pages, heap, total, block, readable = found
         if rows >= 0 and pages > 0:
             rows = rows / pages * (heap // block)
-        elif rows < 0 and heap:  # never vacuumed nor analyzed
+        elif rows < 0 and heap:  # never vacuumed nor analyzed: the planner guesses, for a user who may read it
+            if not readable:
+                return None
             plan = connection.exec_driver_sql(f"EXPLAIN (FORMAT JSON) SELECT * FROM {name}").scalar()
             rows = plan[0]["Plan"]["Plan Rows"]
         return max(0, int(rows)), int(total)
