@@ -48,7 +48,6 @@ from .errors import DeployError
 from .review import lint
 
 TABLE = "alembic_backfills"  # one of database.SUITE_TABLES: no comparison with the models sees it
-PROGRESS_EVERY = 5.0  # seconds between progress lines when stderr is not a terminal
 LOAD_WAIT = 1.0  # seconds between readings of the load while it is above max_busy
 
 progress_table = Table(
@@ -156,7 +155,7 @@ class Run:
         self.stoppable = stoppable
         self.dialect = dialects.dialect_for(context.connection, "a backfill")
         self.key = self._primary_key()
-        self.terminal = sys.stderr.isatty()
+        self.shown: console.Progress | None = None
 
     @property
     def connection(self):
@@ -197,21 +196,19 @@ class Run:
         last, rows = self._start()
         highest = self.connection.execute(text(f"SELECT max({key}) FROM {table}")).scalar()
         first = last
-        started = shown = time.monotonic()
-        done_here = batches = 0
+        started = time.monotonic()
+        done_here = 0
         self._commit()
+        self.shown = console.Progress(f"backfill {operation.name}", "rows", start=rows)
         while highest is not None and last < highest:
             self._stop_if_asked(last, rows)
             self._wait_for_load()
             upto = self._batch_end(table, key, last, highest)
             changed = self.connection.execute(statement, {"last": last, "upto": upto}).rowcount
-            rows, last, done_here, batches = rows + changed, upto, done_here + changed, batches + 1
+            rows, last, done_here = rows + changed, upto, done_here + changed
             self._keep(last, rows)
             self._commit()
-            now = time.monotonic()
-            if self.terminal or now - shown >= PROGRESS_EVERY or batches == 1:
-                self._show(rows, done_here, now - started, last - first, highest - last)
-                shown = now
+            self.shown.update(rows, (last - first) / (highest - first))  # the keys this run has gone through
             if operation.pause and last < highest:
                 time.sleep(operation.pause)
         # Forgotten with alembic_version's update, in the revision's last transaction.
@@ -222,9 +219,7 @@ class Run:
         )
         if highest is None:
             return  # an empty table (a scratch database's, in db.check): nothing to tell
-        elapsed = time.monotonic() - started
-        end = "\n" if self.terminal else ""
-        print(f"{end}backfill {operation.name}: done, {rows} rows ({done_here} in {elapsed:.1f} s)", file=sys.stderr)
+        self.shown.end(f"done, {rows} rows ({done_here} in {time.monotonic() - started:.1f} s)")
 
     def _start(self) -> tuple[int, int]:
         """The last key done and the rows done so far: where an earlier run stopped, or the start."""
@@ -272,8 +267,8 @@ class Run:
         cancellation = console.active_cancellation()
         if cancellation is None or not cancellation.requested or not self.stoppable:
             return
-        if self.terminal:
-            print(file=sys.stderr)
+        if self.shown is not None:
+            self.shown.end()
         stopped = Stopped(
             f"backfill {self.operation.name} stopped ({cancellation.reason}) after key {last}, {rows} rows "
             "done: the next upgrade goes on from there"
@@ -294,25 +289,6 @@ class Run:
             print(f"backfill {self.operation.name}: {busy} busy sessions, waiting for {limit}", file=sys.stderr)
             time.sleep(LOAD_WAIT)
 
-    def _show(self, rows: int, done_here: int, elapsed: float, keys_done: int, keys_left: int) -> None:
-        rate = done_here / elapsed if elapsed > 0 else 0.0
-        keys_rate = keys_done / elapsed if elapsed > 0 else 0.0
-        left = f"about {_duration(keys_left / keys_rate)} left" if keys_rate else "time left unknown"
-        line = f"backfill {self.operation.name}: {rows} rows, {rate:,.0f} rows/s, {left}"
-        if self.terminal:
-            print(f"\r{line}\033[K", end="", file=sys.stderr, flush=True)
-        else:
-            print(line, file=sys.stderr, flush=True)
-
 
 def _now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
-
-
-def _duration(seconds: float) -> str:
-    seconds = round(seconds)
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"

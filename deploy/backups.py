@@ -52,6 +52,8 @@ class Backup:
     revision: str | None
     time: datetime  # UTC, when the dump started
     size: int  # bytes on disk
+    # Bytes of the dump before compression: how far a restore of it, or the next backup, has got.
+    dump_size: int | None = None
 
     def __str__(self) -> str:
         size = f"{self.size / 2**20:.1f} MB" if self.size >= 2**20 else f"{self.size / 1024:.1f} kB"
@@ -63,16 +65,17 @@ def default_directory(instance_path: str | os.PathLike) -> Path:
 
 
 class _Meter:
-    """Calls progress(bytes so far) at most every PROGRESS_SECONDS."""
+    """Calls progress(bytes so far, the fraction of `expected` bytes that is, or None) at most every
+    PROGRESS_SECONDS."""
 
-    def __init__(self, progress: Callable[[int], object] | None):
-        self.progress, self.done, self.last = progress, 0, clock.monotonic()
+    def __init__(self, progress: Callable[[int, float | None], object] | None, expected: int | None = None):
+        self.progress, self.done, self.last, self.expected = progress, 0, clock.monotonic(), expected
 
     def add(self, count: int) -> None:
         self.done += count
         if self.progress and clock.monotonic() - self.last >= PROGRESS_SECONDS:
             self.last = clock.monotonic()
-            self.progress(self.done)
+            self.progress(self.done, self.done / self.expected if self.expected else None)
 
 
 # -- Client tools --------------------------------------------------------------------------------------
@@ -186,7 +189,8 @@ def _read_sidecar(path: Path) -> Backup | None:
     try:
         record = json.loads(_sidecar(path).read_text())
         time = datetime.fromisoformat(record["time"])
-        return Backup(path, record["database"], record["name"], record["revision"], time, record["size"])
+        dump_size = record.get("dump_size")
+        return Backup(path, record["database"], record["name"], record["revision"], time, record["size"], dump_size)
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -290,10 +294,12 @@ def take(url: URL, directory: str | os.PathLike, revision: str | None, keep: int
     """A verified, compressed backup of the URL's database in `directory`; then only the newest `keep`
     stay, and `spare` (the path of a backup about to be restored).
 
-    `progress(bytes)` is called every PROGRESS_SECONDS while the dump runs (bytes of uncompressed dump)."""
+    `progress(bytes, fraction)` is called every PROGRESS_SECONDS while the dump runs: bytes of uncompressed
+    dump, and the fraction of the last backup's dump that is (None when there is none), for the time left."""
     if keep < 1:
         raise DeployError("keep at least one backup")
-    backup = _write(url, Path(directory), revision, progress)
+    last = list_backups(directory, dialect_for(url, "backup").backup_name(url))[:1]
+    backup = _write(url, Path(directory), revision, progress, expected=last[0].dump_size if last else None)
     spared = Path(spare).resolve() if spare is not None else None
     for old in list_backups(directory, backup.name)[keep:]:
         if old.path.resolve() != spared:
@@ -301,7 +307,9 @@ def take(url: URL, directory: str | os.PathLike, revision: str | None, keep: int
     return backup
 
 
-def _write(url: URL, directory: Path, revision: str | None, progress=None, label: str = "base") -> Backup:
+def _write(
+    url: URL, directory: Path, revision: str | None, progress=None, label: str = "base", expected: int | None = None
+) -> Backup:
     """A verified backup in `directory`, its file named after the revision (or `label`); no retention."""
     dialect = dialect_for(url, "backup")
     name = dialect.backup_name(url)
@@ -314,10 +322,10 @@ def _write(url: URL, directory: Path, revision: str | None, progress=None, label
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)  # backups hold all the data: owner only
         with open(partial, "xb", opener=_private) as raw:
             with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=6) as out:
-                dialect.dump(url, _Tool(_Meter(progress)), out.write)
+                dialect.dump(url, _Tool(meter := _Meter(progress, expected)), out.write)
             raw.flush()
             os.fsync(raw.fileno())
-        backup = Backup(path, describe(url), name, revision, started, partial.stat().st_size)
+        backup = Backup(path, describe(url), name, revision, started, partial.stat().st_size, meter.done)
         if problem := _damage(partial, dialect):
             raise DeployError(own(f"backup of {describe(url)} failed: {problem}"))
         record = {**backup.__dict__, "path": path.name, "time": started.isoformat()}
@@ -346,7 +354,8 @@ def restore(url: URL, path: str | os.PathLike, progress=None, before: Backup | N
     All or nothing: should the load fail (or Ctrl-C stop it), the database is put back as it was from
     `before`, a backup of it just taken; without one, a backup is taken here first and removed after
     (SQLite needs none: its load is one transaction).
-    `progress(bytes)` as for `take`. Asking the user to confirm is the caller's job."""
+    `progress(bytes, fraction)` as for `take`, the fraction of the backup's dump. Asking the user to confirm
+    is the caller's job."""
     dialect = dialect_for(url, "restore")
     backup = verify(path)
     if _dialect_of(backup.path) is not dialect:
@@ -382,7 +391,7 @@ def load_copy(url: URL, backup: Backup, progress=None) -> None:
 
 
 def _load(url: URL, dialect: Dialect, backup: Backup, progress=None) -> None:
-    dialect.load(url, _gunzipped(backup.path), _Tool(_Meter(progress)), _connected)
+    dialect.load(url, _gunzipped(backup.path), _Tool(_Meter(progress, backup.dump_size)), _connected)
 
 
 @contextmanager

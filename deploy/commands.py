@@ -610,9 +610,11 @@ def take_backup(project: Project, url: URL, current: tuple[str, ...], progress, 
         if progress is not None and project.guards.production:  # --no-backup said so
             progress(f"warning: --no-backup: no backup of {describe(url)} is taken; db.restore cannot undo this run")
         return None
-    shown = (lambda done: progress(f"  backup: {done // 1_000_000} MB")) if progress is not None else None
-    taken = backups.take(url, project.backup_dir, current_of(current), project.guards.backups_kept, shown, spare)
-    if progress is not None:
+    shown = console.Progress("backup", "MB") if progress is not None else None
+    kept = project.guards.backups_kept
+    taken = backups.take(url, project.backup_dir, current_of(current), kept, shown and shown.update, spare)
+    if shown is not None:
+        shown.end()
         progress(f"backup: {taken.path} ({taken.size} bytes, verified)")
     return taken
 
@@ -858,7 +860,10 @@ def restore(
         taken = take_backup(project, url, current, progress, spare=path)
         with runlog.recorded(project.settings.instance_path, "db.restore", describe(url), "?", name):
             # Should the load fail, the database is put back from the backup just taken.
-            restored = backups.restore(url, path, before=taken)
+            shown = console.Progress("restore", "MB") if progress is not None else None
+            restored = backups.restore(url, path, shown and shown.update, before=taken)
+            if shown is not None:
+                shown.end()
         with project.connect(url) as connection, translate_errors(url):
             now = alembic_ops.label(project.alembic, current_of(alembic_ops.current_heads(connection)))
     return f"{describe(url)} is restored from {restored.path.name}: it is at {now}"

@@ -160,3 +160,64 @@ def forwarding_interrupts(send: Callable[[str], None]):
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+# -- progress on a long wait --------------------------------------------------------------------------
+
+PROGRESS_EVERY = 5.0  # seconds between progress lines when stderr is not a terminal
+
+
+class Progress:
+    """A long wait told on stderr (a backup, a restore, a backfill), so that no one stares at a silent
+    terminal wondering whether to press Ctrl-C: at a terminal one line redrawn in place, else a line every
+    PROGRESS_EVERY seconds, the first at once. `unit` is "rows", or "MB" for counts of bytes; `start`, what
+    was done before this run (a resumed backfill's rows), which the rate leaves out."""
+
+    def __init__(self, label: str, unit: str = "rows", start: int = 0) -> None:
+        self.label, self.unit, self.start = label, unit, start
+        self.terminal = sys.stderr.isatty()
+        self.began = time.monotonic()
+        self.shown: float | None = None
+        self.drawn = False
+
+    def update(self, done: int, fraction: float | None = None) -> None:
+        """`done` so far and, when it is known, the fraction of the whole that is, for the time left."""
+        now = time.monotonic()
+        if not self.terminal and self.shown is not None and now - self.shown < PROGRESS_EVERY:
+            return
+        self.shown = now
+        line = f"{self.label}: {self.told(done, fraction, now - self.began)}"
+        if self.terminal:
+            print(f"\r{line}\033[K", end="", file=sys.stderr, flush=True)
+            self.drawn = True
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    def end(self, line: str | None = None) -> None:
+        """The wait is over: the line redrawn is kept, and `line` said after it."""
+        if self.drawn:
+            print(file=sys.stderr)
+            self.drawn = False
+        if line:
+            print(f"{self.label}: {line}", file=sys.stderr, flush=True)
+
+    def told(self, done: int, fraction: float | None, elapsed: float) -> str:
+        rate = (done - self.start) / elapsed if elapsed > 0 else 0.0
+        if self.unit == "MB":
+            said = f"{done / 1e6:,.1f} MB, {rate / 1e6:,.1f} MB/s"
+        else:
+            said = f"{done} {self.unit}, {rate:,.0f} {self.unit}/s"
+        if fraction is None:
+            return said
+        if 0 < fraction <= 1 and elapsed > 0:
+            return f"{said}, about {duration(elapsed * (1 - fraction) / fraction)} left"
+        return f"{said}, time left unknown"
+
+
+def duration(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
