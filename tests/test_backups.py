@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -17,7 +18,7 @@ import pytest
 from helpers import PASSWORD, Database, PgDatabase, ProcSampler, files_containing, make_database, make_pg_database
 from sqlalchemy.engine import make_url
 
-from deploy import backups
+from deploy import backups, console
 from deploy.database import connect
 from deploy.dialects.mariadb import OPTION_LINE_BYTES
 from deploy.dialects.sqlite import SQLite
@@ -343,7 +344,7 @@ def test_backup_and_restore_leak_the_password_nowhere(mariadb, tmp_path, monkeyp
     sampler = ProcSampler(PASSWORD, deadline=60)
     reported: list[int] = []
 
-    def progress(done: int) -> None:
+    def progress(done: int, fraction: float | None) -> None:
         """Hold the running tool until the sampler has read all of /proc at least once meanwhile."""
         if not reported:
             rounds = sampler.rounds
@@ -603,7 +604,7 @@ def test_a_restore_stopped_by_sigterm_puts_the_database_back_first(mariadb, tmp_
     def terminated(signum, frame):
         raise RuntimeError("the process would have ended here")
 
-    def progress(done: int) -> None:
+    def progress(done: int, fraction: float | None) -> None:
         """From the second chunk on, the drops that lead the first are in the client's hands."""
         chunks.append(done)
         if len(chunks) == 2:
@@ -651,3 +652,51 @@ def test_a_postgresql_archive_without_its_note_names_its_database(pg_database, p
     with pytest.raises(DeployError, match=f"is a backup of {pg_database.name}, not of .*--from-database"):
         backups.check_source(bare, url_of(other))
     assert backups.check_source(bare, url_of(other), pg_database.name) == pg_database.name
+
+
+# -- progress on a long wait ------------------------------------------------------------------------------
+
+
+def test_a_backup_and_its_restore_tell_how_much_is_done_and_how_long_is_left(database, tmp_path, monkeypatch, capsys):
+    big_blog(database, rows=40)
+    monkeypatch.setattr(backups, "PROGRESS_SECONDS", 0)
+    monkeypatch.setattr(console, "PROGRESS_EVERY", 0)  # a line for every chunk, not every few seconds
+    url, directory = url_of(database), tmp_path / "backups"
+    for told in ("first backup", "backup"):  # the second knows the first's size
+        shown = console.Progress(told, "MB")
+        backup = backups.take(url, directory, "abc123", keep=2, progress=shown.update)
+        shown.end()
+    shown = console.Progress("restore", "MB")
+    backups.restore(url, backup.path, progress=shown.update)
+    said = capsys.readouterr().err.splitlines()
+    first = [told for told in said if told.startswith("first backup: ")]
+    assert first and all(re.fullmatch(r"first backup: [\d,.]+ MB, [\d,.]+ MB/s", told) for told in first), said
+    # The whole is known from the first backup's dump, which the second is as big as, and the restore reads
+    # (with the drops it sends first: its last line may be past the whole, where no time left is told).
+    for label in ("backup", "restore"):
+        lines = [told for told in said if told.startswith(f"{label}: ")]
+        pattern = rf"{label}: [\d,.]+ MB, [\d,.]+ MB/s, about [\d hmins]+ left"
+        assert len(lines) > 2 and all(re.fullmatch(pattern, told) for told in lines[:-1]), said
+
+
+def test_progress_at_a_terminal_is_one_line_redrawn_then_kept(capsys):
+    shown = console.Progress("backfill posts")
+    shown.terminal = True
+    shown.update(10, 0.5)
+    shown.update(20, 1.0)
+    shown.end("done, 20 rows")
+    told = capsys.readouterr().err
+    assert told.count("\r") == 2 and told.count("\n") == 2, repr(told)
+    assert told.endswith("about 0 s left\x1b[K\nbackfill posts: done, 20 rows\n"), repr(told)
+
+
+def test_progress_without_a_terminal_says_a_line_every_few_seconds(capsys):
+    shown = console.Progress("backup", "MB")
+    shown.update(1_000_000)
+    shown.update(2_000_000)  # within PROGRESS_EVERY of the first: not said
+    assert capsys.readouterr().err.count("backup: ") == 1
+    assert shown.told(30_000_000, 0.25, 10.0) == "30.0 MB, 3.0 MB/s, about 30 s left"
+    assert shown.told(30_000_000, None, 10.0) == "30.0 MB, 3.0 MB/s"
+    assert shown.told(30_000_000, 1.5, 10.0).endswith("time left unknown")  # past an estimate of the whole
+    rows = console.Progress("backfill posts", start=100)
+    assert rows.told(400, 0.5, 100.0) == "400 rows, 3 rows/s, about 1 min 40 s left"
