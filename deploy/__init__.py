@@ -11,7 +11,7 @@ LAYERS = (
     # What differs by database, one module each, behind a registry keyed by SQLAlchemy's dialect name.
     ("dialects", "dialects.base", "dialects.guarded", "dialects.mariadb", "dialects.postgresql", "dialects.sqlite"),
     # Settings and secrets: the Flask config, the Invoke config, the environments of fabric.yaml, the
-    # password prompt, and the status a server reports; the console: confirmations and Ctrl-C.
+    # password prompt, and the status a server reports; the console: confirmations, Ctrl-C, progress.
     ("settings", "task_config", "environments", "credentials", "status", "console"),
     # Connections and their errors.
     ("database",),
