@@ -18,6 +18,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import sqlalchemy as sa
 from alembic.operations import ops
 from sqlalchemy.engine import URL
 
@@ -97,18 +98,46 @@ _checked: dict[tuple, Verdict] = {}
 
 
 def check(
-    config, release: str, revisions: list[str], target: str, settings_name: str, url: URL | None = None
+    config,
+    release: str,
+    revisions: list[str],
+    target: str,
+    settings_name: str,
+    url: URL | None = None,
+    current: tuple[str, ...] | None = None,
 ) -> Verdict:
     """The code of `release` (a git ref) against the schema the migrations build at `target` (built in a
     scratch database: `url`, an empty one, or a temporary SQLite file), the failures told in terms of
-    the pending `revisions`."""
-    key = (release, tuple(revisions), target, str(url), settings_name)
+    the pending `revisions`. What fails on the schema before them (at `current`, by default where the
+    history stands without them) is not theirs to answer for, and is left out."""
+    key = (release, tuple(revisions), target, str(url), settings_name, current)
     if key not in _checked:
-        _checked[key] = _check(config, release, revisions, target, settings_name, url)
+        _checked[key] = _check(config, release, revisions, target, settings_name, url, current)
     return _checked[key]
 
 
-def _check(config, release: str, revisions: list[str], target: str, settings_name: str, url: URL | None) -> Verdict:
+def below(config, revisions: list[str]) -> tuple[str, ...]:
+    """The heads of the history without `revisions`: where it stands before them."""
+    pending = set(revisions)
+    with alembic_ops.alembic_errors():
+        kept = [script for script in alembic_ops.scripts(config).walk_revisions() if script.revision not in pending]
+    downs = {down for script in kept for down in _tuple(script.down_revision)}
+    return tuple(script.revision for script in kept if script.revision not in downs)
+
+
+def _tuple(down) -> tuple[str, ...]:
+    return tuple(down) if isinstance(down, (tuple, list)) else ((down,) if down else ())
+
+
+def _check(
+    config,
+    release: str,
+    revisions: list[str],
+    target: str,
+    settings_name: str,
+    url: URL | None,
+    current: tuple[str, ...] | None,
+) -> Verdict:
     named = releases.short(release)
     if not revisions:
         return Verdict(named, [])
@@ -118,6 +147,11 @@ def _check(config, release: str, revisions: list[str], target: str, settings_nam
     except DeployError as exc:
         return unchecked(named, revisions, str(exc))
     named = releases.short(commit) if commit.startswith(release) else f"{release} ({releases.short(commit)})"
+    start = below(config, revisions) if current is None else current
+    try:
+        before = schema.built_at(config, start, url) if start else sa.MetaData()
+    except DeployError as exc:
+        return unchecked(named, revisions, str(exc))
     with tempfile.TemporaryDirectory(prefix="db-compatible-") as folder:
         with quiet(), schema.scratch_database(url) as scratch:
             try:
@@ -134,7 +168,7 @@ def _check(config, release: str, revisions: list[str], target: str, settings_nam
     if "error" in found:
         return unchecked(named, revisions, found["error"])
     with quiet():  # reading the revisions' operations offline logs Alembic's context
-        failures = told(config, named, found["failures"], built, revisions, dialect_name)
+        failures = told(config, named, found["failures"], built, before, revisions, dialect_name)
     return Verdict(named, revisions, failures)
 
 
@@ -217,16 +251,24 @@ def requiring(pending, table: str, column: str) -> str | None:
     return None
 
 
-def told(config, release: str, failures: list[dict], built, revisions: list[str], dialect_name: str) -> list[str]:
-    """The probe's failures as lines a developer acts on: the column, the revision, what to do."""
+def told(
+    config, release: str, failures: list[dict], built, before: sa.MetaData, revisions: list[str], dialect_name: str
+) -> list[str]:
+    """The probe's failures as lines a developer acts on: the column, the revision, what to do; not what
+    fails on the schema `before` the pending revisions too."""
     pending = operations(config, revisions, dialect_name)
-    label = lambda revision: f"revision {alembic_ops.label(config, revision)}"  # noqa: E731
+
+    def label(revision: str) -> str:
+        return f"revision {alembic_ops.label(config, revision)}"
+
     lines: list[str] = []
     unreadable = {failure["table"] for failure in failures if failure["step"] == "select"}
     for failure in failures:
         table, step, error = failure["table"], failure["step"], failure["error"]
         if step == "select":
             if built.table(table) is None:
+                if table not in before.tables:
+                    continue  # it failed before these revisions too
                 cause = removing(pending, table, None)
                 lines.append(
                     f"release {release} still maps table {table}, which "
@@ -234,6 +276,8 @@ def told(config, release: str, failures: list[dict], built, revisions: list[str]
                 )
                 continue
             for column in failure["columns"] or [None]:
+                if column and not had(before, table, column):
+                    continue  # missing before these revisions too
                 cause = removing(pending, table, column) if column else None
                 what = f"{table}.{column}" if column else table
                 if cause:
@@ -244,7 +288,11 @@ def told(config, release: str, failures: list[dict], built, revisions: list[str]
             continue  # the column it still maps, told once
         elif step == "insert":
             missing = without(built, table, failure["sets"])
+            if missing and all(required(before, table, column) for column in missing):
+                continue  # required before these revisions too
             for column in missing:
+                if required(before, table, column):
+                    continue
                 cause = requiring(pending, table, column)
                 why = f"which {label(cause)} makes NOT NULL without a server default" if cause else "which is NOT NULL"
                 lines.append(f"release {release} inserts into {table} without {column}, {why}: {NOT_NULL_LATER}")
@@ -254,13 +302,20 @@ def told(config, release: str, failures: list[dict], built, revisions: list[str]
             lines.append(f"release {release} cannot update {table} ({', '.join(failure['columns'])}): {error}")
         elif step == "delete":
             lines.append(f"release {release} cannot delete from {table}: {error}")
-    if not lines:  # only parent rows failed, for no reason told above
-        lines += [
-            f"release {release} cannot insert the rows {failure['table']} refers to: {failure['error']}"
-            for failure in failures
-            if failure["step"] == "parent"
-        ]
+    # A parent row that could not be inserted ("parent") fails its own table's check too: told there.
     return list(dict.fromkeys(lines))
+
+
+def had(before: sa.MetaData, table: str, column: str) -> bool:
+    return table in before.tables and column in before.tables[table].c
+
+
+def required(before: sa.MetaData, table: str, column: str) -> bool:
+    """Whether `table`.`column` was NOT NULL without a server default before the pending revisions."""
+    if not had(before, table, column):
+        return False
+    found = before.tables[table].c[column]
+    return not found.nullable and found.server_default is None
 
 
 def without(built, table: str, sets: list[str]) -> list[str]:

@@ -109,6 +109,22 @@ def test_through_fab_the_plan_checks_the_release_running_on_the_server(any_remot
     assert f"incompatible: release {second[:7]} inserts into users without nick" in result.out
     assert remote.database.version() == "nick"
 
+    # A dropped column the running release maps: refused; passes once the release serving stops mapping it
+    # (deployed, its app servers restarted, before any upgrade recorded it: --running names it).
+    remote.add_revision("drop_title", DROP_TITLE)
+    release(remote.server, "drop posts.title")  # deployed, not yet run: the release recorded still serves
+    remote.refuses(
+        f"release {second[:7]} still maps posts.title, which revision drop_title (drop_title) drops: drop it one "
+        "release after the code stops using it",
+        args=("prod", "db.upgrade", "--yes", "--allow-risky"),
+    )
+    models = remote.server.path / "exampleapp" / "models.py"
+    models.write_text(models.read_text().replace(TITLE, ""))
+    fourth = release(remote.server, "stop using posts.title")
+    done = remote.upgrade("--allow-risky", f"--running={fourth}")
+    assert f"compatible with the running release {fourth[:7]}" in done.out
+    assert remote.database.version() == "drop_title"
+
 
 def test_a_release_that_is_not_a_commit_is_unchecked_not_refused(checkout):
     git(checkout, "init", "-q", "-b", "main")
