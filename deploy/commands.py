@@ -550,9 +550,9 @@ def running_release(project: Project, connection: Connection) -> tuple[str | Non
     return (found.release, str(found)) if found is not None else (None, None)
 
 
-def compatibility_of(project: Project, release: str | None, target: str, revisions: list[str]):
-    """The running `release`'s code against the schema the pending `revisions` build (a scratch SQLite);
-    None when nothing is pending."""
+def compatibility_of(project: Project, release: str | None, target: str, revisions: list[str], current=()):
+    """The running `release`'s code against the schema the pending `revisions` build on the database's
+    `current` revisions (in a scratch SQLite); None when nothing is pending."""
     from . import compatibility
 
     if not revisions:
@@ -564,7 +564,7 @@ def compatibility_of(project: Project, release: str | None, target: str, revisio
             f"--running REF names it): {count} not checked against it"
         )
         return compatibility.Verdict("?", revisions, [], why)
-    return compatibility.check(project.alembic, release, revisions, target, project.settings.name)
+    return compatibility.check(project.alembic, release, revisions, target, project.settings.name, None, current)
 
 
 def check_compatible(project: Project, target: str):
@@ -583,7 +583,7 @@ def check_compatible(project: Project, target: str):
             current = project.check_ready(connection)
             release, _ = running_release(project, connection)
     steps = alembic_ops.plan(project.alembic, current, target)
-    verdict = compatibility_of(project, release, target, [step.revision for step in steps])
+    verdict = compatibility_of(project, release, target, [step.revision for step in steps], current)
     if verdict is not None and verdict.failures and not project.guards.allow_incompatible:
         raise incompatible_refusal(verdict.failures)
     return verdict
@@ -950,7 +950,7 @@ def status(
                 estimated = estimate(project, connection, revisions)
                 findings += [str(result) for result in prechecks.unreviewed_too_slow(checked)]
     # In an upgrade's plan outside development: the code still running against the schema it would build.
-    compatible = compatibility_of(project, release, target, revisions) if drifted and prechecked else None
+    compatible = compatibility_of(project, release, target, revisions, found) if drifted and prechecked else None
     migration_url = project.settings.migration_url
     return Status(
         database=describe(url),
@@ -1054,4 +1054,4 @@ def warm_up(project: Project) -> None:
     for step in steps:
         checksums.of(project.alembic, step.revision, connection.dialect.name)
     # The running release's code against the new schema: a worktree and a process, once per server process.
-    compatibility_of(project, release, "head", [step.revision for step in steps])
+    compatibility_of(project, release, "head", [step.revision for step in steps], current)
