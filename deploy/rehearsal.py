@@ -114,11 +114,12 @@ def copy_of(
                 f"copy: nothing was run; grant it (the docs say how), or upgrade without --rehearse"
             )
     try:
-        backup = backed_up()
-        progress(f"rehearsal: loading the backup into {name}")
-        backups.load_copy(copy, backup)
-        with connect(copy) as connection:
-            yield copy, connection
+        with ended_by_signals():
+            backup = backed_up()
+            progress(f"rehearsal: loading the backup into {name}")
+            backups.load_copy(copy, backup)
+            with connect(copy) as connection:
+                yield copy, connection
     except BaseException as exc:
         try:
             drop(url, name)
@@ -166,6 +167,26 @@ def drop(url: URL, name: str) -> None:
         raise DeployError(
             own(f"the rehearsal's copy {name} could not be dropped: {said(exc)}; drop it by hand")
         ) from None
+
+
+@contextmanager
+def ended_by_signals():
+    """SIGTERM and SIGHUP (a service stopped, a terminal closed) end the block as Ctrl-C does, so that the
+    copy is dropped before the process ends; while revisions run, they ask to stop between two instead
+    (console.Cancellation, which sets its own handlers meanwhile)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 @contextmanager

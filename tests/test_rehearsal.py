@@ -152,6 +152,8 @@ def test_a_rehearsal_that_passes_reports_each_revisions_time_then_upgrades(produ
     result = ok(checkout.invoke("db.upgrade", "--rehearse", "--yes", stdin=STDIN_PASSWORD, env=PRODUCTION))
     out = result.out
     assert "rehearsal passed on " in out and "2 revisions in " in out
+    # The server runs on this machine, and says where its files are: the disk was checked.
+    assert "disk: the copy takes about " in out
     timed = [line for line in out.splitlines() if line.startswith("  r00000000") and line.endswith(" s")]
     assert [line.split(":")[0].split()[0] for line in timed] == ["r0000000000a", "r0000000000b"]
     # The copy was timed before the question, and the real run came after it.
@@ -273,6 +275,43 @@ def test_through_fab_a_rehearsal_that_fails_leaves_the_database_untouched(any_re
     before = state(database)
     result = remote.fab("prod", "db.upgrade", "--rehearse", "--yes", stdin=STDIN_PASSWORD)
     refused(result, "the rehearsal failed on ", "nothing was run on", "no_such_table")
+    assert state(database) == before
+    assert copies_left(database) == []
+
+
+def test_through_fab_what_cannot_go_with_a_rehearsal_is_refused_in_the_plan(any_remote):
+    remote = any_remote
+    remote.upgrade()
+    remote.add_revision(*PASSING[0])
+    # Before the password: the refusal is in the server's plan.
+    remote.refuses(
+        "--rehearse loads the backup that --no-backup skips", args=("prod", "db.upgrade", "--rehearse", "--no-backup")
+    )
+
+
+def test_through_fab_ctrl_c_stops_the_rehearsal_and_removes_the_copy(any_remote, tmp_path):
+    remote, database = any_remote, any_remote.database
+    remote.upgrade()
+    allow_copies(database)
+    release = tmp_path / "release"
+    remote.add_revision("r0000000000h", held_revision("held", release))
+    before = state(database)
+    child = remote.spawn("prod", "db.upgrade", "--rehearse", "--yes")
+    try:
+        child.expect_exact("Password for ")
+        child.sendline(PASSWORD)
+        wait_until_running(release, "held")
+        assert copies_left(database), "the copy exists while the rehearsal runs"
+        child.sendintr()
+        child.expect_exact("asking the server to stop after the revision in progress")
+        release.touch()
+        child.expect(pexpect.EOF)
+        said = child.before
+    finally:
+        release.touch()
+        child.close(force=True)
+    assert child.exitstatus != 0
+    assert "rehearsal stopped (stopped from the laptop) after 1 of 1 revisions on a copy: nothing was run on" in said
     assert state(database) == before
     assert copies_left(database) == []
 
