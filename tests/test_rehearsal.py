@@ -24,6 +24,7 @@ from helpers import (
     Checkout,
     Database,
     PgDatabase,
+    PortForward,
     environment,
     held_revision,
     make_database,
@@ -34,6 +35,7 @@ from helpers import (
 from test_fleet import fleet_remote
 
 from deploy import rehearsal
+from deploy.database import connect
 from deploy.errors import DeployError
 
 # Two revisions that pass: a column added, a table made.
@@ -118,6 +120,26 @@ def state(database: Database | PgDatabase) -> dict:
             return found
     finally:
         engine.dispose()
+
+
+def test_the_disk_is_checked_only_where_it_can_be_told(any_database):
+    url = admin_url(any_database)
+    if isinstance(any_database, PgDatabase):  # data_directory is shown to pg_read_all_settings only
+        with connect(url) as connection:
+            assert (
+                rehearsal.room(connection, "db")
+                == "disk: not checked: the server does not say where it keeps its files"
+            )
+    allow_copies(any_database)
+    with connect(url) as connection:
+        assert rehearsal.room(connection, "db").startswith("disk: the copy takes about ")
+    # Through a port forward (ssh -L), the server's files are on another machine as far as anyone can tell.
+    with (
+        PortForward(("127.0.0.1", any_database.server.port)) as forward,
+        connect(url.set(port=forward.port)) as connection,
+    ):
+        line = rehearsal.room(connection, "db")
+    assert line.startswith("disk: not checked: the server is not on this machine ("), line
 
 
 @pytest.fixture
