@@ -3,12 +3,12 @@ how long, from the table's estimated size and a rate.
 
 The table's rows come from the server's statistics (`Dialect.table_size`, no scan); how the server changes
 the table, what that blocks and whether it grows with the rows come from `Dialect.alteration`. An operation
-whose time grows with the rows takes rows / rate seconds; the others take a moment (they still take their
-lock for that moment). Tables created earlier in the pending range are empty and cost nothing, as the data
-prechecks know them (review.prechecks).
+whose time grows with the rows takes its form's fixed seconds and rows / rate more; the others take a moment
+(they still take their lock for that moment). Tables created earlier in the pending range are empty and
+cost nothing, as the data prechecks know them (review.prechecks).
 
 The rates, in rows per second, are keyed by database kind, the server's form and its online form, and the
-operation's verb (CALIBRATION below). The defaults were measured on the suite's own test servers by the
+operation's verb (DEFAULTS below). The defaults were measured on the suite's own test servers by the
 benchmark's `estimates` group (docs/benchmarks.md); runs recorded in the run log improve them: each upgrade
 (and rehearsal) records per revision its measured seconds and the rows of its operations (`Measured`), and
 `rates()` takes the median of the latest rates each key was seen to run at on this machine's databases.
