@@ -1042,3 +1042,22 @@ class MariaDB(Dialect):
 
     def data_directory(self, connection: Connection) -> str | None:
         return connection.exec_driver_sql("SELECT @@datadir").scalar() or None
+
+    # -- expand and contract (deploy.expand)
+
+    def sync_columns(self, table: str, old: str, new: str, name: str, quote: Callable[[str], str]) -> list[str]:
+        # An insert that sets the new column (only the new release does: it has no default yet) gives it
+        # to the old one, else takes the old one's; an update gives the column it changed to the other.
+        on, old, new = quote(table), quote(old), quote(new)
+        inserted = f"IF NEW.{new} IS NULL THEN SET NEW.{new} = NEW.{old}; ELSE SET NEW.{old} = NEW.{new}; END IF"
+        updated = (
+            f"IF NOT (NEW.{new} <=> OLD.{new}) THEN SET NEW.{old} = NEW.{new};"
+            f" ELSEIF NOT (NEW.{old} <=> OLD.{old}) THEN SET NEW.{new} = NEW.{old}; END IF"
+        )
+        return [
+            f"CREATE TRIGGER {quote(name + '_ins')} BEFORE INSERT ON {on} FOR EACH ROW {inserted}",
+            f"CREATE TRIGGER {quote(name + '_upd')} BEFORE UPDATE ON {on} FOR EACH ROW {updated}",
+        ]
+
+    def unsync_columns(self, table: str, name: str, quote: Callable[[str], str]) -> list[str]:
+        return [f"DROP TRIGGER IF EXISTS {quote(name + suffix)}" for suffix in ("_ins", "_upd")]

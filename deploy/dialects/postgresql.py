@@ -782,3 +782,25 @@ class PostgreSQL(Dialect):
     def data_directory(self, connection: Connection) -> str | None:
         # Shown to superusers and pg_read_all_settings only; others get no row.
         return connection.exec_driver_sql("SELECT setting FROM pg_settings WHERE name = 'data_directory'").scalar()
+
+    # -- expand and contract (deploy.expand)
+
+    def sync_columns(self, table: str, old: str, new: str, name: str, quote: Callable[[str], str]) -> list[str]:
+        # As MariaDB's: an insert that sets the new column gives it to the old one, else takes the old
+        # one's; an update gives the column it changed to the other. NOT NULL is checked after this.
+        trigger, old, new = quote(name), quote(old), quote(new)
+        body = (
+            f"BEGIN IF TG_OP = 'INSERT' THEN"
+            f" IF NEW.{new} IS NULL THEN NEW.{new} = NEW.{old}; ELSE NEW.{old} = NEW.{new}; END IF;"
+            f" ELSIF NEW.{new} IS DISTINCT FROM OLD.{new} THEN NEW.{old} = NEW.{new};"
+            f" ELSIF NEW.{old} IS DISTINCT FROM OLD.{old} THEN NEW.{new} = NEW.{old};"
+            " END IF; RETURN NEW; END"
+        )
+        return [
+            f"CREATE FUNCTION {trigger}() RETURNS trigger LANGUAGE plpgsql AS $sync$ {body} $sync$",
+            f"CREATE TRIGGER {trigger} BEFORE INSERT OR UPDATE ON {quote(table)}"
+            f" FOR EACH ROW EXECUTE FUNCTION {trigger}()",
+        ]
+
+    def unsync_columns(self, table: str, name: str, quote: Callable[[str], str]) -> list[str]:
+        return [f"DROP TRIGGER IF EXISTS {quote(name)} ON {quote(table)}", f"DROP FUNCTION IF EXISTS {quote(name)}()"]
