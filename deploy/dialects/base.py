@@ -226,6 +226,18 @@ class Dialect(ABC):
         """Where the server keeps its databases' files, on its own machine; None when it will not say."""
         return None
 
+    # -- expand and contract (deploy.expand): a renamed column's old and new names kept equal by triggers
+
+    def sync_columns(self, table: str, old: str, new: str, name: str, quote: Callable[[str], str]) -> list[str]:
+        """The statements that keep `table`.`old` and `table`.`new` equal under the writes of a release
+        that knows one name only (the triggers called `name`...); `quote` quotes a name. None by default:
+        a database without a server (SQLite) is never served by two releases at once."""
+        return []
+
+    def unsync_columns(self, table: str, name: str, quote: Callable[[str], str]) -> list[str]:
+        """The statements that remove what sync_columns(..., `name`, ...) made, where it is."""
+        return []
+
 
 class Tool:
     """Runs a client program for a dialect's dump, load or check (deploy/safety/backups.py gives one)."""
@@ -332,15 +344,3 @@ def widens_varchar(old, new) -> bool:
     if any(getattr(old, key, None) != getattr(new, key, None) for key in ("collation", "charset")):
         return False
     return new.length >= old.length
-
-    # -- expand and contract (deploy.expand): a renamed column's old and new names kept equal by triggers
-
-    def sync_columns(self, table: str, old: str, new: str, name: str, quote: Callable[[str], str]) -> list[str]:
-        """The statements that keep `table`.`old` and `table`.`new` equal under the writes of a release
-        that knows one name only (the triggers called `name`...); `quote` quotes a name. None by default:
-        a database without a server (SQLite) is never served by two releases at once."""
-        return []
-
-    def unsync_columns(self, table: str, name: str, quote: Callable[[str], str]) -> list[str]:
-        """The statements that remove what sync_columns(..., `name`, ...) made, where it is."""
-        return []
