@@ -17,8 +17,9 @@ LAYERS = (
     ("database",),
     # The guards: refusals, the lock, short lock waits, the run log; backups and restore, a rehearsal's copy.
     ("guards", "guards.refusals", "guards.lock", "guards.timeouts", "guards.runlog", "backups", "rehearsal"),
-    # Alembic's API, the env.py that every migration runs through, and the renames it writes for autogenerate.
-    ("alembic_ops", "alembic_env", "renames"),
+    # Alembic's API, the env.py that every migration runs through, the renames it writes for autogenerate,
+    # and their expand and contract operations.
+    ("alembic_ops", "alembic_env", "renames", "expand"),
     # What reads revisions, their data and the live schema: the lint, the half-applied diagnosis, the data
     # prechecks, the revision checksums, the operations' costs, the schema snapshot; the releases running
     # against a database, and the code of one against the schema pending revisions build.

@@ -100,6 +100,8 @@ def _configure(config, **options) -> None:
         answers = config.attributes.get(RENAMES)
         if answers is not None:
             renames.rewrite(migration_context, directives[0], answers)
+            if answers.contract is not None:  # --expand: the second revision, written after the first
+                directives.append(answers.contract)
         if directives[0].upgrade_ops.is_empty():
             directives[:] = []
             log.info("No changes in schema detected.")

@@ -207,6 +207,9 @@ def revision(project: Project, message: str, empty: bool = False, renames: Renam
             models=models,
             renames=renames,
         )
+    if isinstance(written, list):  # --expand: the expand revision, then the contract one
+        renames.contract_path = Path(written[-1].path)
+        written = written[0]
     return Path(written.path) if written else None
 
 

@@ -84,14 +84,20 @@ def reset(c, force=False):
             "comma-separated (title:headline, posts.title:headline, notes:memos for a table); at a terminal, "
             "the others are asked"
         ),
+        "expand": (
+            "write each column's rename as two revisions, for a database two releases serve at once: expand "
+            "(add the new column, keep both in sync) and contract (drop the old one, once no release maps it)"
+        ),
     }
 )
 @one_line_errors
-def revision(c, message, empty=False, base=None, renames=None):
+def revision(c, message, empty=False, base=None, renames=None, expand=False):
     """Autogenerate a revision from the models against the development database (or --base BRANCH's schema);
     a column or table dropped and another added alike is asked about (or named by --renames) as a rename."""
     asked = (lambda candidate: console.agrees(candidate.question)) if sys.stdin.isatty() else None
-    answers = Renames(parse_renames(renames) if renames is not None else (), asked)
+    if expand and empty:
+        raise DeployError("--expand writes autogenerate's renames as two revisions: it does not go with --empty")
+    answers = Renames(parse_renames(renames) if renames is not None else (), asked, expand=expand)
     if base and not empty:
         from . import branches
 
@@ -99,11 +105,14 @@ def revision(c, message, empty=False, base=None, renames=None):
     else:
         written = commands.revision(project(c), message, empty, answers)
     for renamed in answers.renamed:
-        print(f"written as a rename: {renamed}")
+        print(f"written as {'expand and contract' if expand else 'a rename'}: {renamed}")
     if note := answers.note():
         print(f"warning: {note}", file=sys.stderr)
-    # The path last, alone on its line: scripts and editors take it from there.
+    # The path last, alone on its line: scripts and editors take it from there (--expand: the contract's
+    # after the expand's).
     print(written or "no schema changes detected: no revision written (use --empty for a hand-written one)")
+    if answers.contract_path is not None:
+        print(answers.contract_path)
 
 
 @command(

@@ -8,7 +8,12 @@ or a table dropped and one created with the same column names, each pair compati
 answered yes is written with Alembic's own operations: `alter_column(..., new_column_name=...)` or
 `rename_table`, in the place of the add (or create), the drop gone, and the downgrade renaming back.
 env.py (deploy.alembic_env) calls `rewrite` on the revision autogenerate produced, with the answers
-db.revision collected (`Renames`)."""
+db.revision collected (`Renames`).
+
+With `expand` (db.revision --expand), a column's rename answered yes is written in two revisions for
+a production database served by two releases at once (deploy.expand): the revision autogenerate
+produced adds the new column and keeps both in sync, and a second one, `Renames.contract`, which
+follows it, drops the old column."""
 
 from __future__ import annotations
 
@@ -16,11 +21,14 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from difflib import SequenceMatcher
+from pathlib import Path
 
+from alembic import util
 from alembic.autogenerate import renderers
 from alembic.operations import ops
 from sqlalchemy import PrimaryKeyConstraint
 
+from . import expand
 from .errors import DeployError
 
 RENAMES_FORMAT = (
@@ -65,6 +73,10 @@ class Renames:
     ask: Callable[[Rename], bool] | None = None
     renamed: list[Rename] = field(default_factory=list)
     unanswered: list[Rename] = field(default_factory=list)
+    # --expand: each column renamed in two revisions; the second, to be written after the first.
+    expand: bool = False
+    contract: ops.MigrationScript | None = None
+    contract_path: Path | None = None
 
     def note(self) -> str | None:
         """One line on the candidates left as drop and add, or None."""
@@ -126,14 +138,58 @@ def rewrite(context, script: ops.MigrationScript, renames: Renames) -> None:
     """Ask about each candidate (or take its answer) and write each yes as a rename, in the upgrade
     and the downgrade. An answer given for no candidate is a DeployError: nothing is written."""
     pairs = _pairs(context, script.upgrade_ops)
-    for pair in _decide(pairs, renames):
+    chosen = _decide(pairs, renames)
+    tables = [str(pair.rename) for pair in chosen if renames.expand and pair.rename.table is None]
+    if tables:
+        raise DeployError(
+            f"--expand writes a column's rename as expand and contract; {', '.join(tables)} is a table's: "
+            "rename it in a revision of its own without --expand (in a maintenance window); nothing written"
+        )
+    for pair in chosen:
         before, after = _shape(pair.dropped), _shape(pair.added)
+        if renames.expand:
+            _expand(script, pair, before, after, renames)
+            continue
         _apply(context, pair.container, pair.rename, before, after)
         reverse = Rename(pair.rename.new, pair.rename.old, pair.rename.table)
         for container in _containers(script.downgrade_ops, pair.rename.table):
             if _apply(context, container, reverse, after, before):
                 break
         renames.renamed.append(pair.rename)
+
+
+def _expand(script: ops.MigrationScript, pair: _Pair, before, after, renames: Renames) -> None:
+    """The pair's drop and add become the expand half in `script` and the contract half in
+    renames.contract (made on the first rename, following `script`)."""
+    rename, schema = pair.rename, pair.dropped.schema
+    pair.container.remove(pair.added)
+    pair.container.remove(pair.dropped)
+    for container in _containers(script.downgrade_ops, rename.table):
+        undone = [
+            op
+            for op in container
+            if (isinstance(op, ops.AddColumnOp) and op.column.name == rename.old)
+            or (isinstance(op, ops.DropColumnOp) and op.column_name == rename.new)
+        ]
+        for op in undone:
+            container.remove(op)
+    for operations in (script.upgrade_ops, script.downgrade_ops):
+        operations.ops[:] = [op for op in operations.ops if not (isinstance(op, ops.ModifyTableOps) and not op.ops)]
+    halves = expand.expanded(rename.table, schema, before, after)
+    script.upgrade_ops.ops.extend(halves.expand_upgrade)
+    script.downgrade_ops.ops[:0] = halves.expand_downgrade
+    if renames.contract is None:
+        renames.contract = ops.MigrationScript(
+            rev_id=util.rev_id(),
+            message=f"{script.message or 'renames'}: contract",
+            upgrade_ops=ops.UpgradeOps([]),
+            downgrade_ops=ops.DowngradeOps([]),
+            head=script.rev_id,
+            version_path=script.version_path,
+        )
+    renames.contract.upgrade_ops.ops.extend(halves.contract_upgrade)
+    renames.contract.downgrade_ops.ops[:0] = halves.contract_downgrade
+    renames.renamed.append(rename)
 
 
 def _shape(op):
