@@ -57,6 +57,12 @@ GUARDS: tuple[Switch, ...] = (
         ("upgrade", "downgrade"),
     ),
     Switch(
+        "allow_rewrite",
+        "where PostgreSQL must rewrite a table that holds rows (most column type changes), rewrite it, its reads "
+        "and writes blocked throughout",
+        ("upgrade",),
+    ),
+    Switch(
         "allow_incompatible",
         "outside development, apply although the release still running fails on the new schema (a planned "
         "maintenance window, with the app stopped)",
@@ -166,8 +172,9 @@ SETTINGS: tuple[Setting, ...] = (
         "copy_in_place_rows",
         COUNT,
         10_000,
-        "rows up to which a table MariaDB can only copy is copied in place (writes wait for the copy); a bigger "
-        "one is copied online (pt-online-schema-change)",
+        "rows up to which a table MariaDB can only copy is copied in place (writes wait for the copy), and one "
+        "PostgreSQL must rewrite is rewritten; a bigger one is copied online (pt-online-schema-change), or its "
+        "rewrite refused without --allow-rewrite",
     ),
     Setting(
         "online_copy_max_running",

@@ -532,7 +532,8 @@ def test_fab_downgrade_backups_and_restore_on_postgresql(pg_remote):
 
 # -- dry runs, schema, lint ---------------------------------------------------------------------------
 
-UNCONCURRENT = "op.create_index('ix_posts_status', 'posts', ['status'])"
+# The suite builds an index CONCURRENTLY by itself; a type change that rewrites the table stays the lint's.
+REWRITING = "op.alter_column('posts', 'author_id', type_=sa.BigInteger(), existing_type=sa.Integer())"
 
 
 @pytest.mark.postgresql
@@ -547,15 +548,16 @@ def test_fab_sql_schema_and_lint_on_postgresql(pg_remote):
     assert "table users\n  id INTEGER NOT NULL PRIMARY KEY" in schema.out
     assert schema.out.rstrip().endswith("the models match the database") and "Password" not in schema.output
 
-    pg_remote.add_revision("index0000001", UNCONCURRENT)
+    pg_remote.add_revision("rewrite00001", REWRITING)
     lint = pg_remote.fab("prod", "db.lint")
     assert lint.code == 1, lint.output
-    assert "index0000001: create_index posts.ix_posts_status: PostgreSQL blocks writes to the table" in lint.out
+    assert "rewrite00001: alter_column posts.author_id type: changes the type" in lint.out
+    assert "; PostgreSQL rewrites the table under an ACCESS EXCLUSIVE lock" in lint.out
     refused(pg_remote.fab("prod", "db.upgrade", "--yes", stdin=STDIN_PASSWORD), "1 risky operation", "--allow-risky")
     assert database.version() == HEAD
     result = ok(pg_remote.fab("prod", "db.upgrade", "--yes", "--allow-risky", stdin=STDIN_PASSWORD))
-    assert "risk: index0000001: create_index posts.ix_posts_status" in result.out
-    assert database.version() == "index0000001"
+    assert "risk: rewrite00001: alter_column posts.author_id type" in result.out
+    assert database.version() == "rewrite00001"
 
 
 BROKEN_DDL = (

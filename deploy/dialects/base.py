@@ -112,6 +112,11 @@ class Dialect(ABC):
         the general ones, with this database's own added (see merged()) or let go; `named` is the
         operation's name, to build its findings' names from."""
 
+    def lint_in_revision(self, operations: list) -> dict[int, str]:
+        """Reasons, by position in one revision's `operations`, that an operation blocks the application
+        where it stands among the others (its least-locking form cannot run there). None by default."""
+        return {}
+
     @abstractmethod
     def bounded(self, connection: Connection, seconds: float) -> AbstractContextManager[None]:
         """Within the block a statement runs at most `seconds` (0: no limit), else it is stopped and TooSlow

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from alembic.operations import ops
-from sqlalchemy import func, text
+from sqlalchemy import event, func, text
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
@@ -357,9 +357,11 @@ def pg_open_transactions(connection: Connection, older_than: float) -> list[Tran
 # What each operation does to a table that holds rows, in the form the suite runs it (pg_alteration), and
 # what the lint says of what still blocks the application (lint_risks): one table of facts for both.
 PG_REWRITE = "PostgreSQL rewrites the table under an ACCESS EXCLUSIVE lock, blocking reads and writes until done"
-PG_SCAN = "PostgreSQL scans the whole table under an ACCESS EXCLUSIVE lock, blocking reads and writes"
-PG_INDEX = "PostgreSQL blocks writes to the table while it builds the index: create it with postgresql_concurrently"
-PG_VALIDATE = "PostgreSQL blocks writes while it checks every row: add it with postgresql_not_valid, then validate"
+PG_VALIDATE = "PostgreSQL blocks writes while it checks every row: name it, and it is added NOT VALID, then validated"
+PG_AFTER_CHANGES = (
+    "PostgreSQL blocks writes while it runs: after other changes of its revision it runs in their transaction, "
+    "not online; give it a revision of its own, or put it first"
+)
 CATALOG = Alteration("catalog only", "reads and writes", False)  # a moment's ACCESS EXCLUSIVE lock
 REWRITE = Alteration("rewrite", "reads and writes", True)
 CONCURRENTLY = "CONCURRENTLY"
@@ -466,17 +468,337 @@ def pg_alteration(operation, version: tuple = NOT_NULL_TRUSTS_CHECK) -> Alterati
 
 
 def lint_risks(operation, named: str):
-    """What blocks the application while PostgreSQL runs the operation on a table that holds rows."""
+    """What still blocks the application while PostgreSQL runs the operation on a table that holds rows,
+    once online() has put it in its least-locking form: what the suite cannot do for the author."""
+    alteration = pg_alteration(operation)
+    if alteration is None or alteration.online is not None or alteration.blocks == "nothing":
+        return
     match operation:
-        case ops.AlterColumnOp():
-            if _changes_type(operation) and not _pg_keeps_rows(operation.existing_type, operation.modify_type):
-                yield f"{named} type", PG_REWRITE
-            if _sets_not_null(operation):
-                yield f"{named} NOT NULL", PG_SCAN
-        case ops.CreateIndexOp() if not operation.kw.get("postgresql_concurrently"):
-            yield named, PG_INDEX
-        case ops.CreateForeignKeyOp() | ops.CreateCheckConstraintOp() if not operation.kw.get("postgresql_not_valid"):
+        case ops.AlterColumnOp() if alteration.how == "rewrite":
+            yield f"{named} type", PG_REWRITE
+        case ops.AddColumnOp() if alteration.how == "rewrite":
+            yield named, PG_REWRITE
+        case ops.CreateForeignKeyOp() | ops.CreateCheckConstraintOp() if alteration.per_row:
             yield named, PG_VALIDATE
+
+
+def pg_in_revision(operations: list) -> dict[int, str]:
+    """The operations whose least-locking form would leave the revision's transaction (a concurrent build,
+    a validation apart) but come after another change of the revision: they run in its transaction, in the
+    plain form (OnlineForms.may_leave), so that a failure still rolls the revision back whole."""
+    found, changed, created = {}, False, set()
+    for position, operation in enumerate(operations):
+        if isinstance(operation, ops.CreateTableOp):
+            created.add((operation.table_name, operation.schema))
+        table = (
+            (operation.source_table, operation.kw.get("source_schema"))
+            if isinstance(operation, ops.CreateForeignKeyOp)
+            else (getattr(operation, "table_name", None), getattr(operation, "schema", None))
+        )
+        alteration = pg_alteration(operation)
+        if isinstance(operation, ops.CreateIndexOp) and operation.kw.get("postgresql_concurrently"):
+            continue  # the author's own, in an autocommit_block(): out of the transaction already
+        if alteration is None or alteration.online is None or table in created:
+            changed = True
+        elif changed:
+            found[position] = PG_AFTER_CHANGES
+    return found
+
+
+def rewrite_refusal(dialect: PostgreSQL, connection: Connection, operation, guards) -> str | None:
+    """Why a pending operation will not run: PostgreSQL must rewrite a table, which no online form avoids,
+    the table is bigger than db.safety.copy_in_place_rows, and --allow-rewrite was not given."""
+    alteration = dialect.alteration(connection, operation)
+    if guards.allow_rewrite or alteration is None or alteration.how != REWRITE.how:
+        return None
+    table, schema = operation.table_name, operation.schema
+    found = dialect.table_size(connection, table, schema)
+    if found is None:
+        return None  # not there yet: made by a pending revision, and empty
+    rows, size = found
+    if rows <= guards.copy_in_place_rows:
+        return None  # small enough that the rewrite is over in a moment
+    instead = (
+        "add the column without its default, then backfill it"
+        if isinstance(operation, ops.AddColumnOp)
+        else "add a new column and backfill it"
+    )
+    return (
+        f"PostgreSQL rewrites {table} ({rows:,} rows, {math.ceil(size / 1_000_000)} MB), its reads and writes "
+        f"blocked throughout: {instead}, or pass --allow-rewrite"
+    )
+
+
+# -- The least-locking forms, applied to each revision's statements as they run (PostgreSQL.online) --------
+#
+# A revision's statements are rewritten on their way to the server (before_cursor_execute), on a table the
+# revision did not create itself (one it did is empty, and the plain forms run in its transaction):
+# - CREATE INDEX runs CONCURRENTLY outside the transaction, as Alembic's autocommit_block() runs it; an
+#   invalid index of the same name, left by a build that failed or was cancelled, is dropped first;
+# - a named FOREIGN KEY or CHECK is added NOT VALID and committed, then validated in a step of its own,
+#   which lets reads and writes go on;
+# - SET NOT NULL (PostgreSQL 12 on) is preceded by a CHECK (column IS NOT NULL) added NOT VALID and
+#   validated, so that it trusts the check instead of scanning; the check is dropped after.
+# Each leaves the revision's transaction only when nothing of the revision is in it yet (no transaction id
+# assigned): committing the rest early would break the promise that a revision that fails is rolled back
+# whole. After an earlier change of the same revision, the plain form runs in the transaction (the lint
+# says so). When the revision fails after a form committed, what the form made is dropped again, so that
+# the database is exactly as before the revision.
+# The long steps (the build, the validation) wait on no lock that stops the application, so they run
+# without lock_timeout; the short ones keep the guard's lock wait and its retries.
+_NAME = r'(?:"(?:[^"]|"")+"|[^\s"(),.;]+)'
+_QUALIFIED = rf"(?:{_NAME}\.)?{_NAME}"
+CREATE_TABLE = re.compile(
+    rf"\s*CREATE\s+(?:UNLOGGED\s+)?TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?(?P<table>{_QUALIFIED})", re.I
+)
+CREATE_INDEX = re.compile(
+    rf"(?P<head>\s*CREATE\s+(?:UNIQUE\s+)?INDEX\s+)(?P<concurrently>CONCURRENTLY\s+)?(?P<exists>IF\s+NOT\s+EXISTS\s+)?"
+    rf"(?P<index>{_NAME})\s+ON\s+(?:ONLY\s+)?(?P<table>{_QUALIFIED})",
+    re.I,
+)
+ADD_CONSTRAINT = re.compile(
+    rf"\s*ALTER\s+TABLE\s+(?:ONLY\s+)?(?P<table>{_QUALIFIED})\s+ADD\s+CONSTRAINT\s+(?P<constraint>{_NAME})\s+"
+    r"(?:FOREIGN\s+KEY|CHECK)\b",
+    re.I,
+)
+NOT_VALID_ALREADY = re.compile(r"\bNOT\s+VALID\s*;?\s*$", re.I)
+SET_NOT_NULL = re.compile(
+    rf"\s*ALTER\s+TABLE\s+(?:ONLY\s+)?(?P<table>{_QUALIFIED})\s+ALTER\s+COLUMN\s+(?P<column>{_NAME})\s+"
+    r"SET\s+NOT\s+NULL\s*;?\s*$",
+    re.I,
+)
+# pg_index of a name in the table's schema: whether it is valid, and whether it is on that very table.
+PG_INDEX_STATE = """
+    SELECT i.indisvalid, i.indrelid = to_regclass(%(table)s)
+    FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.indexrelid JOIN pg_namespace AS n ON n.oid = c.relnamespace
+    WHERE c.relname = %(name)s AND n.nspname = COALESCE(%(schema)s, current_schema())
+"""
+PG_CONSTRAINT_VALIDATED = (
+    "SELECT convalidated FROM pg_constraint WHERE conrelid = to_regclass(%(table)s) AND conname = %(name)s"
+)
+# Whether the transaction changed anything yet: a write, DDL included, assigns it an id (PostgreSQL 10 on).
+PG_WROTE = "SELECT txid_current_if_assigned() IS NOT NULL"
+WROTE_TOLD = (10,)
+NOT_NULL_CHECK_SUFFIX = "_not_null"  # the name of the check SET NOT NULL goes through: <table>_<column>_not_null
+PG_IDENTIFIER_BYTES = 63
+_IDLE = 0  # psycopg.pq.TransactionStatus.IDLE
+
+
+def _unquoted(name: str) -> str:
+    """An identifier as the catalog keeps it: a quoted one as written, else folded to lower case."""
+    return name[1:-1].replace('""', '"') if name.startswith('"') else name.lower()
+
+
+def _schema_of(table: str) -> str | None:
+    """The schema a rendered table name is qualified with, as the catalog keeps it; None for none."""
+    found = re.match(rf"({_NAME})\.", table)
+    return _unquoted(found.group(1)) if found else None
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+class OnlineForms:
+    """One revision's statements put in their least-locking forms (see above), on the driver's connection
+    under SQLAlchemy's: what is committed or switched to autocommit here, SQLAlchemy's transaction follows
+    (it commits or rolls back whatever the driver's connection holds when the revision ends)."""
+
+    def __init__(self, version: tuple, retries: int, pause: float):
+        self.version = version
+        self.retries, self.pause = retries, pause
+        self.created: set[str] = set()  # the tables this revision made: empty, the plain forms are fine there
+        self.after: Callable[[object], None] | None = None  # what follows the statement once it ran
+        self.building: tuple[str, str] | None = None  # (index, table) of the concurrent build under way
+        self.restore: tuple[bool, str] | None = None  # autocommit and lock_timeout, as before a long step
+        self.made: list[tuple[str, str, str]] = []  # (kind, table, name) committed by a form: undone on failure
+
+    def before(self, conn, cursor, statement, parameters, context, executemany):
+        self.after = None
+        if executemany or not isinstance(statement, str):
+            return statement, parameters
+        dbapi = cursor.connection
+        if found := CREATE_TABLE.match(statement):
+            self.created.add(found["table"])
+        elif (found := CREATE_INDEX.match(statement)) and self.may_leave(dbapi, found["table"]):
+            statement = self.build_concurrently(dbapi, statement, found)
+        elif (
+            (found := ADD_CONSTRAINT.match(statement))
+            and not NOT_VALID_ALREADY.search(statement)
+            and self.may_leave(dbapi, found["table"])
+        ):
+            statement = self.add_not_valid(dbapi, statement, found)
+        elif (
+            (found := SET_NOT_NULL.match(statement))
+            and self.version >= NOT_NULL_TRUSTS_CHECK
+            and self.may_leave(dbapi, found["table"])
+        ):
+            self.check_not_null(dbapi, found)
+        return statement, parameters
+
+    def after_statement(self, conn, cursor, statement, parameters, context, executemany) -> None:
+        after, self.after = self.after, None
+        if after is not None:
+            after(cursor.connection)
+
+    def may_leave(self, dbapi, table: str) -> bool:
+        """Whether a form may leave the transaction for `table`: one the revision did not create, and
+        nothing of the revision in the transaction that leaving it would commit."""
+        if table in self.created:
+            return False
+        if dbapi.autocommit:  # in an autocommit_block(): out of any transaction already
+            return True
+        return self.version >= WROTE_TOLD and not dbapi.execute(PG_WROTE).fetchone()[0]
+
+    # -- CREATE INDEX CONCURRENTLY, outside the revision's transaction
+    def build_concurrently(self, dbapi, statement: str, found) -> str:
+        index, table = found["index"], found["table"]
+        ours = not dbapi.autocommit  # else the author's own autocommit_block(), theirs to undo
+        self.go_long(dbapi)
+        self.drop_invalid_index(dbapi, index, table)
+        self.building = (index, table)
+
+        def built(dbapi) -> None:
+            self.building = None
+            if ours:
+                self.made.append(("index", table, index))
+            self.come_back(dbapi)
+
+        self.after = built
+        if found["concurrently"]:
+            return statement
+        return found["head"] + "CONCURRENTLY " + statement[len(found["head"]) :]
+
+    def drop_invalid_index(self, dbapi, index: str, table: str) -> None:
+        """An index of this name on this table that a build left invalid (failed, cancelled, its process
+        killed): dropped, so that the build can run again. A valid one is left alone (the build then says
+        it exists). Outside any transaction."""
+        schema = _schema_of(table)
+        row = dbapi.execute(PG_INDEX_STATE, {"name": _unquoted(index), "schema": schema, "table": table}).fetchone()
+        if row is not None and not row[0] and row[1]:
+            self.drop_index(dbapi, table, index)
+
+    def drop_index(self, dbapi, table: str, index: str) -> None:
+        schema = _schema_of(table)
+        dbapi.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {_quoted(schema) + '.' if schema else ''}{index}")
+
+    # -- FOREIGN KEY, CHECK: NOT VALID in the transaction, then validated in a step of its own
+    def add_not_valid(self, dbapi, statement: str, found) -> str:
+        table, constraint = found["table"], found["constraint"]
+        self.drop_unvalidated(dbapi, table, constraint)
+
+        def validate(dbapi) -> None:
+            dbapi.commit()  # the constraint, NOT VALID: the revision held nothing else
+            self.made.append(("constraint", table, constraint))
+            self.validate(dbapi, table, constraint)
+
+        self.after = validate
+        return statement.rstrip().rstrip(";") + " NOT VALID"
+
+    def drop_unvalidated(self, dbapi, table: str, constraint: str) -> None:
+        """A constraint of this name left not validated by a validation that failed or was stopped: dropped
+        before it is added again (one the revision's author added NOT VALID is never met: it is not rewritten)."""
+        row = dbapi.execute(PG_CONSTRAINT_VALIDATED, {"table": table, "name": _unquoted(constraint)}).fetchone()
+        if row is not None and not row[0]:
+            self.brief(dbapi, f"ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {constraint}")
+
+    def validate(self, dbapi, table: str, constraint: str) -> None:
+        """VALIDATE CONSTRAINT in its own transaction (when rows break it, the revision fails, and
+        abandoned() drops the constraint)."""
+        self.go_long(dbapi)
+        try:
+            dbapi.execute(f"ALTER TABLE {table} VALIDATE CONSTRAINT {constraint}")
+        finally:
+            self.come_back(dbapi)
+
+    # -- SET NOT NULL through a validated CHECK (column IS NOT NULL)
+    def check_not_null(self, dbapi, found) -> None:
+        table, column = found["table"], found["column"]
+        base = f"{_unquoted(table.rpartition('.')[2])}_{_unquoted(column)}"
+        limit = PG_IDENTIFIER_BYTES - len(NOT_NULL_CHECK_SUFFIX)
+        check = _quoted(base.encode()[:limit].decode(errors="ignore") + NOT_NULL_CHECK_SUFFIX)
+        dbapi.rollback()  # what may_leave() read: nothing else is in the transaction
+        self.drop_unvalidated(dbapi, table, check)
+        self.brief(dbapi, f"ALTER TABLE {table} ADD CONSTRAINT {check} CHECK ({column} IS NOT NULL) NOT VALID")
+        self.made.append(("constraint", table, check))
+        self.validate(dbapi, table, check)
+
+        def drop_check(dbapi) -> None:  # SET NOT NULL holds the table's lock: this waits for nothing
+            dbapi.execute(f"ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {check}")
+
+        self.after = drop_check
+
+    # -- the driver's connection: out of the transaction for a long step, and back
+    def go_long(self, dbapi) -> None:
+        """Commit, autocommit, no lock_timeout: a long step that blocks no reader or writer may wait."""
+        if dbapi.info.transaction_status != _IDLE:
+            dbapi.commit()
+        autocommit, dbapi.autocommit = dbapi.autocommit, True
+        self.restore = (autocommit, dbapi.execute("SELECT current_setting('lock_timeout')").fetchone()[0])
+        dbapi.execute("SET lock_timeout = 0")
+
+    def come_back(self, dbapi) -> None:
+        if self.restore is None:
+            return
+        autocommit, lock_timeout = self.restore
+        self.restore = None
+        dbapi.execute("SELECT set_config('lock_timeout', %(value)s, false)", {"value": lock_timeout})
+        dbapi.autocommit = autocommit
+
+    def brief(self, dbapi, statement: str) -> None:
+        """A statement under a short lock (in a transaction of its own, or a savepoint of the one open),
+        given the guard's lock wait and retries: it queues the application behind it while it waits."""
+        for attempt in range(self.retries + 1):
+            try:
+                with dbapi.transaction():
+                    dbapi.execute(statement)
+                return
+            except dbapi.Error as exc:
+                if pg_code(exc) != PG_LOCK_NOT_AVAILABLE or attempt == self.retries:
+                    raise
+            time.sleep(self.pause)
+
+    def abandoned(self, dbapi) -> None:
+        """The revision failed or was stopped: its transaction is rolled back, the index a build left
+        invalid dropped, and what the forms committed dropped again, last first. On a broken connection
+        nothing can be: the next run drops what a build left invalid, and says what else is there."""
+        try:
+            if dbapi.closed:
+                return
+            if dbapi.info.transaction_status != _IDLE:
+                dbapi.rollback()
+            self.come_back(dbapi)
+            autocommit, dbapi.autocommit = dbapi.autocommit, True  # DROP INDEX CONCURRENTLY needs it
+            try:
+                if self.building is not None:
+                    self.drop_invalid_index(dbapi, *self.building)
+                for kind, table, name in reversed(self.made):
+                    if kind == "index":
+                        self.drop_index(dbapi, table, name)
+                    else:
+                        self.brief(dbapi, f"ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {name}")
+            finally:
+                dbapi.autocommit = autocommit
+        except Exception:
+            pass  # the error that ended the revision is the one to tell
+
+
+@contextmanager
+def pg_online(connection: Connection, guards) -> Iterator[None]:
+    forms = OnlineForms(
+        connection.dialect.server_version_info or NOT_NULL_TRUSTS_CHECK, guards.retries, guards.retry_pause
+    )
+    dbapi = connection.connection.dbapi_connection
+    event.listen(connection, "before_cursor_execute", forms.before, retval=True)
+    event.listen(connection, "after_cursor_execute", forms.after_statement)
+    try:
+        yield
+    except BaseException:
+        forms.abandoned(dbapi)
+        raise
+    finally:
+        event.remove(connection, "before_cursor_execute", forms.before)
+        event.remove(connection, "after_cursor_execute", forms.after_statement)
 
 
 # -- Backups: pg_dump and pg_restore, the URL's password in a private password file -------------
@@ -660,6 +982,18 @@ class PostgreSQL(Dialect):
             # NOT VALID: existing rows are not checked (a later VALIDATE CONSTRAINT does, without blocking).
             found = [finding for finding in found if finding[0] != named]
         return merged(found, lint_risks(operation, named))
+
+    def online(self, connection: Connection, guards):
+        """CREATE INDEX CONCURRENTLY, constraints NOT VALID then validated, SET NOT NULL through a validated
+        check, on the tables a revision did not create (OnlineForms)."""
+        return pg_online(connection, guards)
+
+    def lint_in_revision(self, operations: list) -> dict[int, str]:
+        return pg_in_revision(operations)
+
+    def online_refusal(self, connection: Connection, operation, guards) -> str | None:
+        """A table rewrite (rewrite_refusal), unless --allow-rewrite."""
+        return rewrite_refusal(self, connection, operation, guards)
 
     def alteration(self, connection: Connection, operation) -> Alteration | None:
         """By the operation and the server's version (pg_alteration)."""

@@ -45,7 +45,7 @@ from sqlalchemy.exc import NoSuchModuleError
 from sqlalchemy.sql import dml
 
 from .. import alembic_ops, dialects
-from ..dialects.base import widens_varchar
+from ..dialects.base import merged, widens_varchar
 from ..errors import DeployError
 
 REVIEWED = "reviewed_risks"
@@ -299,7 +299,8 @@ def risks(
     dialect = dialects.find(dialect_name)
     empty = set() if empty_tables is None else empty_tables
     found = []
-    for operation in operations:
+    where_they_stand = dialect.lint_in_revision(operations) if dialect is not None else {}
+    for position, operation in enumerate(operations):
         table = table_of(operation)
         if isinstance(operation, ops.CreateTableOp):
             empty.add(_table(operation.table_name, operation.schema))
@@ -310,6 +311,8 @@ def risks(
             risky = list(_risks(operation))
             if dialect is not None:
                 risky = dialect.lint_risks(operation, risky, name(operation))
+            if position in where_they_stand:
+                risky = merged(risky, [(name(operation), where_they_stand[position])])
             found.extend(risky)
         _fill(operation, table, empty)
     return found
