@@ -167,12 +167,33 @@ def add(checkout: Checkout, *revisions: tuple[str, str]) -> None:
 # --- locally
 
 
-def test_a_rehearsal_that_passes_reports_each_revisions_time_then_upgrades(production):
+def test_refused_without_the_right_then_failing_untouched_then_passing_with_its_times(production):
+    """The user may not create a database: refused before any backup. Allowed, a revision that fails on
+    the copy leaves the database as it was. Fixed, the rehearsal reports each revision's time, then the
+    real upgrade runs. No copy is left at any point."""
     checkout, database = production
+    add(checkout, FAILING)
+    backup_dir = checkout.path / "instance" / "backups"
+    before, backups = state(database), sorted(backup_dir.iterdir())
+    result = checkout.invoke("db.upgrade", "--rehearse", "--yes", stdin=STDIN_PASSWORD, env=PRODUCTION)
+    refused(result, f"{database.migration_user} may not create a database", "nothing was run")
+    assert state(database) == before and sorted(backup_dir.iterdir()) == backups
+    assert copies_left(database) == []
+
     allow_copies(database)
-    add(checkout, *PASSING)
-    result = ok(checkout.invoke("db.upgrade", "--rehearse", "--yes", stdin=STDIN_PASSWORD, env=PRODUCTION))
-    out = result.out
+    result = checkout.invoke("db.upgrade", "--rehearse", "--yes", stdin=STDIN_PASSWORD, env=PRODUCTION)
+    line = refused(
+        result, "the rehearsal failed on ", f"nothing was run on {database.migration_user}@", "no_such_table"
+    )
+    assert FAILING[0] in line and "ways out" not in line
+    assert state(database) == before
+    assert copies_left(database) == []
+
+    # Nothing half applied was recorded for the database itself: the fixed revision goes on at once.
+    checkout.add_revision(PASSING[0][0], HEAD, PASSING[0][1])
+    checkout.add_revision(PASSING[1][0], PASSING[0][0], PASSING[1][1])
+    (checkout.versions / f"{FAILING[0]}.py").unlink()
+    out = ok(checkout.invoke("db.upgrade", "--rehearse", "--yes", stdin=STDIN_PASSWORD, env=PRODUCTION)).out
     assert "rehearsal passed on " in out and "2 revisions in " in out
     # The server runs on this machine, and says where its files are: the disk was checked.
     assert "disk: the copy takes about " in out
@@ -183,35 +204,6 @@ def test_a_rehearsal_that_passes_reports_each_revisions_time_then_upgrades(produ
     assert database.version() == "r0000000000b"
     assert copies_left(database) == []
     assert checkout.files_containing(PASSWORD) == []
-
-
-def test_a_rehearsal_that_fails_leaves_the_database_untouched_and_no_copy(production):
-    checkout, database = production
-    allow_copies(database)
-    add(checkout, FAILING)
-    before = state(database)
-    result = checkout.invoke("db.upgrade", "--rehearse", "--yes", stdin=STDIN_PASSWORD, env=PRODUCTION)
-    line = refused(
-        result, "the rehearsal failed on ", f"nothing was run on {database.migration_user}@", "no_such_table"
-    )
-    assert "r0000000000f" in line and "ways out" not in line
-    assert state(database) == before
-    assert copies_left(database) == []
-    # Nothing half applied was recorded for the database itself: a fixed revision goes on at once.
-    checkout.add_revision(FAILING[0], HEAD, "op.add_column('posts', sa.Column('lang', sa.String(5)))")
-    ok(checkout.invoke("db.upgrade", "--rehearse", "--yes", stdin=STDIN_PASSWORD, env=PRODUCTION))
-    assert database.version() == FAILING[0]
-
-
-def test_a_user_that_may_not_create_a_database_is_refused_before_any_backup(production):
-    checkout, database = production
-    add(checkout, *PASSING)
-    before, backups = state(database), sorted((checkout.path / "instance" / "backups").iterdir())
-    result = checkout.invoke("db.upgrade", "--rehearse", "--yes", stdin=STDIN_PASSWORD, env=PRODUCTION)
-    refused(result, f"{database.migration_user} may not create a database", "nothing was run")
-    assert state(database) == before
-    assert sorted((checkout.path / "instance" / "backups").iterdir()) == backups
-    assert copies_left(database) == []
 
 
 def test_rehearse_does_not_go_with_no_backup_nor_sqlite(checkout):
@@ -257,12 +249,24 @@ def test_ctrl_c_during_a_rehearsal_removes_the_copy_and_changes_nothing(producti
 # --- through fab: a single target
 
 
-def test_through_fab_a_rehearsal_reports_its_times_before_the_question_then_upgrades(any_remote, tmp_path):
+def test_through_fab_refused_in_the_plan_then_failing_untouched_then_passing_before_the_question(any_remote):
     remote, database = any_remote, any_remote.database
     remote.upgrade()
     allow_copies(database)
-    for name, body in PASSING:
-        remote.add_revision(name, body)
+    remote.add_revision(*FAILING)
+    # What cannot go with a rehearsal is in the server's plan: refused before the password.
+    remote.refuses("--no-backup skips", args=("prod", "db.upgrade", "--rehearse", "--no-backup"))
+
+    before = state(database)
+    result = remote.fab("prod", "db.upgrade", "--rehearse", "--yes", stdin=STDIN_PASSWORD)
+    refused(result, "the rehearsal failed on ", "nothing was run on", "no_such_table")
+    assert state(database) == before
+    assert copies_left(database) == []
+
+    for checkout in (remote.local, remote.server):  # the revision fixed, and another after it
+        checkout.add_revision(PASSING[0][0], HEAD, PASSING[0][1])
+        checkout.add_revision(PASSING[1][0], PASSING[0][0], PASSING[1][1])
+        (checkout.versions / f"{FAILING[0]}.py").unlink()
     child = remote.spawn("prod", "db.upgrade", "--rehearse")
     transcript = []
     try:
@@ -270,7 +274,7 @@ def test_through_fab_a_rehearsal_reports_its_times_before_the_question_then_upgr
         child.sendline(PASSWORD)
         child.expect_exact("Apply? [y/N] ")
         transcript.append(child.before)
-        assert database.version() == HEAD and copies_left(database) == []  # the question comes first
+        assert database.version() == HEAD and copies_left(database) == []  # the question comes after
         child.sendline("y")
         child.expect(pexpect.EOF)
         transcript.append(child.before)
@@ -280,35 +284,11 @@ def test_through_fab_a_rehearsal_reports_its_times_before_the_question_then_upgr
     assert child.exitstatus == 0, said
     before_question = transcript[0]
     assert "rehearsal passed on " in before_question and "2 revisions in " in before_question
-    assert [line.split()[0] for line in before_question.splitlines() if line.strip().endswith(" s")][-2:] == [
-        "r0000000000a",
-        "r0000000000b",
-    ]
+    timed = [line.split()[0] for line in before_question.splitlines() if line.strip().endswith(" s")]
+    assert timed[-2:] == ["r0000000000a", "r0000000000b"]
     assert database.version() == "r0000000000b"
     assert PASSWORD not in said
     assert remote.server.files_containing(PASSWORD) == [] and remote.local.files_containing(PASSWORD) == []
-
-
-def test_through_fab_a_rehearsal_that_fails_leaves_the_database_untouched(any_remote):
-    remote, database = any_remote, any_remote.database
-    remote.upgrade()
-    allow_copies(database)
-    remote.add_revision(*FAILING)
-    before = state(database)
-    result = remote.fab("prod", "db.upgrade", "--rehearse", "--yes", stdin=STDIN_PASSWORD)
-    refused(result, "the rehearsal failed on ", "nothing was run on", "no_such_table")
-    assert state(database) == before
-    assert copies_left(database) == []
-
-
-def test_through_fab_what_cannot_go_with_a_rehearsal_is_refused_in_the_plan(any_remote):
-    remote = any_remote
-    remote.upgrade()
-    remote.add_revision(*PASSING[0])
-    # Before the password: the refusal is in the server's plan.
-    remote.refuses(
-        "--rehearse loads the backup that --no-backup skips", args=("prod", "db.upgrade", "--rehearse", "--no-backup")
-    )
 
 
 def test_through_fab_ctrl_c_stops_the_rehearsal_and_removes_the_copy(any_remote, tmp_path):
@@ -357,7 +337,7 @@ def two_tenants(tmp_path, mariadb, sshd):
     return remote, databases
 
 
-def test_a_fleet_rehearses_on_its_canary_and_a_failure_there_touches_no_target(two_tenants):
+def test_a_fleet_rehearses_on_its_canary_whose_failure_touches_no_target(two_tenants):
     remote, databases = two_tenants
     remote.add_revision(*FAILING)
     before = {name: state(database) for name, database in databases.items()}
@@ -368,12 +348,11 @@ def test_a_fleet_rehearses_on_its_canary_and_a_failure_there_touches_no_target(t
     assert {name: state(database) for name, database in databases.items()} == before
     assert copies_left(databases["tenant_a"]) == [] and copies_left(databases["tenant_b"]) == []
 
-
-def test_a_fleet_whose_canary_rehearsal_passes_upgrades_every_target(two_tenants):
-    remote, databases = two_tenants
-    for name, body in PASSING:
-        remote.add_revision(name, body)
+    # Fixed: the canary's rehearsal passes, once, and every target is upgraded.
+    for checkout in (remote.local, remote.server):
+        checkout.add_revision(PASSING[0][0], HEAD, PASSING[0][1])
+        (checkout.versions / f"{FAILING[0]}.py").unlink()
     result = ok(remote.fab("tenants", "db.upgrade", "--rehearse", "--yes", stdin=STDIN_PASSWORD))
     assert result.out.count("rehearsal passed on ") == 1 and "rehearsing on tenant_a first" in result.out
-    assert all(database.version() == "r0000000000b" for database in databases.values())
+    assert all(database.version() == PASSING[0][0] for database in databases.values())
     assert copies_left(databases["tenant_a"]) == []
