@@ -27,6 +27,8 @@ PostgreSQL (see "ALTER TABLE" and "CREATE INDEX" in its manual, "Notes"):
 - a column type change rewrites the table (and its indexes) under an ACCESS EXCLUSIVE lock, blocking
   reads and writes, unless the old type converts without it: a longer VARCHAR, VARCHAR to TEXT;
 - SET NOT NULL scans the table under the same lock (no rewrite).
+An upgrade runs the index, the constraints and SET NOT NULL in their least-locking forms without the
+revision asking (PostgreSQL.online): the PostgreSQL findings are what it cannot do.
 """
 
 from __future__ import annotations
