@@ -645,7 +645,7 @@ def rehearse(project: Project, url: URL, current, steps: list, target: str, prog
                 if cancellation.requested:  # the last revision too: a stop asked during a rehearsal ends it
                     raise DeployError(
                         f"rehearsal stopped ({cancellation.reason}) after {len(timings)} of {len(steps)} revisions "
-                        f"on a copy: nothing was run on {database} (the copy is removed)"
+                        f"on a copy: nothing was run on {database}"
                     )
     for line in rehearsal.report(database, copy_url.database, timings):
         told(line)

@@ -151,8 +151,8 @@ def failed(database: str, copy: str, exc: DeployError) -> DeployError:
         what = what.split(cut)[0]
     return DeployError(
         own(
-            f"the rehearsal failed on {copy}, a copy of {database}: {what}; nothing was run on {database} "
-            "(the copy is removed): fix the revision, then upgrade again"
+            f"the rehearsal failed on {copy}, a copy of {database}: {what}; nothing was run on {database}: "
+            "fix the revision, then upgrade again"
         )
     )
 
