@@ -41,16 +41,17 @@ def agreed(opened: commands.Project, conversation: bool, target: str = "head", d
 
 
 def warm_up(c, settings: str, drift: bool = False) -> None:
-    """Before a fleet's children fork: import the app's settings and the database's driver, and load the
-    migration scripts, once; `drift`: and what the first target's plan reads, which its siblings share as
-    a rule: the schema the migrations make at its revision, the pending revisions' operations and
-    checksums, and the reflection's own set-up."""
-    from . import alembic_ops, database
+    """Before a fleet's children fork: import the app's settings and the database's driver, and read the
+    migration scripts and the checkout's release, once; `drift`: and what the first target's plan reads,
+    which its siblings share as a rule: the schema the migrations make at its revision, the pending
+    revisions' operations and checksums, and the reflection's own set-up."""
+    from . import alembic_ops, database, releases
 
     opened = commands.Project.open(Path(c.config.db.alembic_ini), settings)
     database.warm_up(opened.settings.database_url, opened.settings.engine_options)
     try:
         alembic_ops.preload(opened.alembic)
+        releases.preload(alembic_ops.root(opened.alembic), opened.alembic.get_main_option("flask_app"))
         if drift:
             commands.warm_up(opened)
     except Exception:
