@@ -495,9 +495,9 @@ def pg_in_revision(operations: list) -> dict[int, str]:
             if isinstance(operation, ops.CreateForeignKeyOp)
             else (getattr(operation, "table_name", None), getattr(operation, "schema", None))
         )
-        alteration = pg_alteration(operation)
         if isinstance(operation, ops.CreateIndexOp) and operation.kw.get("postgresql_concurrently"):
             continue  # the author's own, in an autocommit_block(): out of the transaction already
+        alteration = pg_alteration(operation)
         if alteration is None or alteration.online is None or table in created:
             changed = True
         elif changed:
