@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import produce_migrations, render_python_code
 from alembic.migration import MigrationContext
-from helpers import PASSWORD, ok, one_error_line
+from helpers import HEAD, PASSWORD, PRODUCTION, STDIN_PASSWORD, ok, one_error_line
 
 from deploy import alembic_ops, compatibility, dialects, expand, renames
 from deploy.errors import DeployError
@@ -215,3 +215,34 @@ def test_both_names_stay_in_sync_under_writes_through_either_while_both_releases
     titles = [row[0] for row in query("SELECT title FROM posts ORDER BY id")]
     assert titles == ["Old edits", "New edits", "Synced again", "Old writes", "New writes"]
     query("INSERT INTO posts (id, author_id, slug, title, body) VALUES (7, 1, 'seven', 'No trigger left', '')")
+
+
+def test_a_production_upgrade_runs_the_contract_only_once_the_old_release_is_gone(checkout, any_database):
+    production = {"env": PRODUCTION, "stdin": STDIN_PASSWORD}
+    ok(checkout.invoke("db.upgrade"))  # the development database, which db.revision compares with
+    checkout.write_settings(
+        "production", SQLALCHEMY_DATABASE_URI=any_database.app_url, SQLALCHEMY_ALEMBIC_URI=any_database.migration_url
+    )
+    git(checkout, "init", "-q", "-b", "main")
+    old = release(checkout, "the release in production, which maps posts.title")
+    ok(checkout.invoke("db.upgrade", "--yes", **production))
+    rename_title(checkout)
+    expanding, contracting = written_pair(
+        checkout, ok(checkout.invoke("db.revision", "-m", "headline", "--renames", "title:headline", "--expand"))
+    )
+    new = release(checkout, "the release that maps posts.headline")
+
+    # Straight to the head while the old release runs: the contract is refused, nothing runs.
+    line = one_error_line(checkout.invoke("db.upgrade", "--yes", "--allow-risky", **production))
+    assert f"release {old[:7]} still maps posts.title, which revision {contracting} (headline: contract) drops" in line
+    assert any_database.version() == HEAD
+    # The expand is compatible with it; the upgrade records the new release as the one running.
+    done = ok(checkout.invoke("db.upgrade", "--yes", "--to", expanding, **production))
+    assert f"compatible with the running release {old[:7]}" in done.out
+    # An app server still on the old code, named: the contract is still refused.
+    refused = checkout.invoke("db.upgrade", "--yes", "--allow-risky", "--running", old, **production)
+    assert "still maps posts.title" in one_error_line(refused)
+    # The old release gone: the contract runs (its drop_column is a risk the lint asks to be reviewed).
+    done = ok(checkout.invoke("db.upgrade", "--yes", "--allow-risky", **production))
+    assert f"compatible with the running release {new[:7]}" in done.out
+    assert any_database.version() == contracting
