@@ -9,6 +9,7 @@ import json
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pexpect
 import pymysql
@@ -471,3 +472,45 @@ def test_fab_plans_the_refusal_before_any_password_and_passes_allow_copy_on(remo
     )
     remote.upgrade("--allow-risky", "--allow-copy")
     assert database.version() == "wider0000001"
+
+
+def test_a_killed_run_takes_its_online_copy_down_with_it_and_the_next_is_told(ledger, database):
+    """No copy goes on to swap a table in for a revision nobody records: killed with its run, it leaves its
+    triggers, which the next upgrade names before anything runs."""
+    with busy_server(database):
+        process = started(
+            ledger,
+            str(BIN / "python"),
+            "-m",
+            "invoke",
+            "db.upgrade",
+            "--yes",
+            "--no-backup",
+            "--allow-risky",
+            INVOKE_DB_SAFETY_ONLINE_COPY_MAX_RUNNING=str(MAX_RUNNING),
+        )
+        until(lambda: copying(database), process, "the online copy started")
+        copier = until(lambda: online_copy_process(database), process, "its process is seen")
+        process.kill()
+        process.wait()
+        deadline = time.monotonic() + 60
+        while copier.exists():
+            assert time.monotonic() < deadline, "the online copy outlived its run"
+            time.sleep(0.05)
+    assert amount_type(database) == "int" and database.version() == LEDGER
+    line = one_error_line(upgrade(ledger, "--allow-risky"))
+    assert f"an online copy that was killed left its triggers on ledger (pt_osc_{database.name}_ledger_" in line
+
+
+def online_copy_process(database) -> Path | None:
+    """/proc/PID of the pt-online-schema-change copying this database's ledger, if one runs."""
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(b"pt-online-schema-change" in arg for arg in argv[:2]) and any(
+            f"D={database.name},t=ledger".encode() in arg for arg in argv
+        ):
+            return proc
+    return None

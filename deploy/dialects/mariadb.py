@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import math
 import os
 import re
 import shutil
+import signal
 import ssl
 import subprocess
 import sys
@@ -413,6 +415,7 @@ CHOSEN_FORM = re.compile(r"\b(?:ALGORITHM|LOCK)\s*=", re.IGNORECASE)
 RENAME_ONLY = re.compile(rf"RENAME\s+(?:TO\s+|AS\s+)?{QUALIFIED}\Z", re.IGNORECASE)
 DROPS_PRIMARY_KEY = re.compile(r"\bDROP\s+PRIMARY\s+KEY\b", re.IGNORECASE)
 CHANGES_COLUMN = re.compile(rf"\bCHANGE\s+(?:COLUMN\s+)?(?P<old>{NAME})\s+(?P<new>{NAME})", re.IGNORECASE)
+PR_SET_PDEATHSIG = 1  # prctl(2)
 ONLINE_COPY_STOPPED = 30  # seconds pt-online-schema-change is given to stop after being told to
 
 
@@ -485,9 +488,20 @@ def copy_obstacle(
         )
     if referred:
         return f"{table}'s own foreign keys would be renamed by pt-online-schema-change (an underscore added)"
+    if triggers and f"pt_osc_{database}_{table}_" in triggers:
+        return (
+            f"an online copy that was killed left its triggers on {table} ({triggers}): drop them, and its shadow "
+            f"table _{table}_new"
+        )
     if triggers:
         return f"{table} has triggers of its own ({triggers}), which pt-online-schema-change does not carry over"
     return None
+
+
+def ended_with_us() -> None:
+    """In the online copy's process, before it starts: SIGTERM when the process that started it dies (a
+    killed run), so that no copy swaps a table in for a revision nobody records."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 TABLE_OBSTACLES = """
@@ -602,6 +616,7 @@ class OnlineCopy:
                 text=True,
                 errors="replace",
                 start_new_session=True,  # a Ctrl-C at the terminal is ours to pass on, after our clean-up
+                preexec_fn=ended_with_us,
             )
         finally:
             os.close(options)  # the child has its own copy
