@@ -728,6 +728,9 @@ def server_online(dialect: MariaDB, connection: Connection, guards) -> Iterator[
                 return run(statement) or True
             rows = (dialect.table_size(connection, found.table, found.database) or (None, None))[0]
             if copied_in_place(rows, guards):
+                why = "--allow-copy" if guards.allow_copy else f"about {rows:,} rows"
+                said_ = f"{found.table}: MariaDB can only copy it: copying in place ({why}), writes wait"
+                print(said_, file=sys.stderr)
                 return run(statement) or True
             database = found.database or connection.engine.url.database or ""
             dropping = bool(DROPS_PRIMARY_KEY.search(found.copy_spec))
