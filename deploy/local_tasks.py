@@ -109,6 +109,8 @@ def revision(c, message, empty=False, base=None, renames=None, expand=False):
         print(f"written as {'expand and contract' if expand else 'a rename'}: {renamed}")
     if note := answers.note():
         print(f"warning: {note}", file=sys.stderr)
+    if expand and written and not answers.renamed:
+        print("warning: --expand: no column is renamed, so the revision is written as one", file=sys.stderr)
     # The path last, alone on its line: scripts and editors take it from there (--expand: the contract's
     # after the expand's).
     print(written or "no schema changes detected: no revision written (use --empty for a hand-written one)")

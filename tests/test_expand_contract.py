@@ -160,9 +160,14 @@ def test_the_contract_is_refused_by_the_compatibility_check_until_no_running_rel
     assert compatibility.check(config, new, [contracting], "heads", "development", current=(expanding,)).compatible
 
 
-def test_expand_does_not_go_with_empty(checkout):
+def test_expand_does_not_go_with_empty_and_says_when_there_is_nothing_to_expand(checkout):
     line = one_error_line(checkout.invoke("db.revision", "-m", "blank", "--empty", "--expand"))
     assert "--expand" in line
+    ok(checkout.invoke("db.upgrade"))
+    rename_title(checkout)
+    written = ok(checkout.invoke("db.revision", "-m", "drop and add", "--expand"))
+    assert "warning: --expand: no column is renamed, so the revision is written as one" in written.err
+    assert len(list(checkout.versions.glob("*drop_and_add*.py"))) == 1
 
 
 # -- on each kind of database server -----------------------------------------------------------------
