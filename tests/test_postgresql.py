@@ -378,7 +378,7 @@ def test_backup_and_restore_hand_the_password_only_in_a_private_passfile(databas
     sampler = ProcSampler(PASSWORD, deadline=60)
     passfiles: list[tuple[Path, int, int]] = []
 
-    def progress(done: int) -> None:
+    def progress(done: int, fraction: float | None) -> None:
         """Hold the running tool until the sampler has read all of /proc twice meanwhile."""
         if not passfiles:
             for path in private_tmp.glob("deploy-pgpass-*/pgpass"):
