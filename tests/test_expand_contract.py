@@ -195,15 +195,22 @@ def test_both_names_stay_in_sync_under_writes_through_either_while_both_releases
     def both(post_id: int) -> tuple:
         return tuple(query(f"SELECT title, headline FROM posts WHERE id = {post_id}")[0])
 
+    # The releases write as the application's user, who may not create or drop anything.
+    application = sa.create_engine(any_database.app_url)
+
+    def write(statement: str) -> None:
+        with application.begin() as connection:
+            connection.execute(sa.text(statement))
+
     # The rows there before were copied.
     assert [both(post_id) for post_id in (1, 2, 3)] == [(f"{n} post",) * 2 for n in ("First", "Second", "Third")]
     # The old release writes title only, the new one headline only (title is NOT NULL, without a default).
-    query("INSERT INTO posts (id, author_id, slug, title, body) VALUES (4, 1, 'four', 'Old writes', '')")
-    query("INSERT INTO posts (id, author_id, slug, headline, body) VALUES (5, 1, 'five', 'New writes', '')")
+    write("INSERT INTO posts (id, author_id, slug, title, body) VALUES (4, 1, 'four', 'Old writes', '')")
+    write("INSERT INTO posts (id, author_id, slug, headline, body) VALUES (5, 1, 'five', 'New writes', '')")
     assert both(4) == ("Old writes", "Old writes") and both(5) == ("New writes", "New writes")
-    query("UPDATE posts SET title = 'Old edits' WHERE id = 1")
-    query("UPDATE posts SET headline = 'New edits' WHERE id = 2")
-    query("UPDATE posts SET body = 'untouched names' WHERE id = 3")
+    write("UPDATE posts SET title = 'Old edits' WHERE id = 1")
+    write("UPDATE posts SET headline = 'New edits' WHERE id = 2")
+    write("UPDATE posts SET body = 'untouched names' WHERE id = 3")
     assert [both(post_id) for post_id in (1, 2, 3)] == [("Old edits",) * 2, ("New edits",) * 2, ("Third post",) * 2]
 
     # The contract: the old name gone, the new one NOT NULL, the triggers gone with it.
@@ -215,12 +222,13 @@ def test_both_names_stay_in_sync_under_writes_through_either_while_both_releases
     query("DELETE FROM posts WHERE id = 6")
     # Back to the expand: title again, filled and in sync; back again: as before the rename.
     ok(checkout.invoke("db.downgrade", stdin=password))
-    query("UPDATE posts SET headline = 'Synced again' WHERE id = 3")
+    write("UPDATE posts SET headline = 'Synced again' WHERE id = 3")
     assert both(3) == ("Synced again",) * 2 and both(4) == ("Old writes",) * 2
     ok(checkout.invoke("db.downgrade", stdin=password))
     titles = [row[0] for row in query("SELECT title FROM posts ORDER BY id")]
     assert titles == ["Old edits", "New edits", "Synced again", "Old writes", "New writes"]
-    query("INSERT INTO posts (id, author_id, slug, title, body) VALUES (7, 1, 'seven', 'No trigger left', '')")
+    write("INSERT INTO posts (id, author_id, slug, title, body) VALUES (7, 1, 'seven', 'No trigger left', '')")
+    application.dispose()
 
 
 def test_a_production_upgrade_runs_the_contract_only_once_the_old_release_is_gone(checkout, any_database):
