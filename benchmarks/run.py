@@ -37,12 +37,20 @@ class Plan:
     flat_low: tuple[int, int]  # db.reset at few revisions, same models as the largest size
     fleet_sizes: tuple[int, ...]  # tenants per fleet row (heavy_reps above 64)
     estimate_sizes: tuple[int, ...]  # rows of the tables the estimates group times each operation on
+    stall_rows: int  # rows of the table the stall group changes under the application's writes
 
 
 FULL = Plan(
-    5, 3, [(30, 20), (100, 70), (300, 200)], [(300, 200)], (300, 20), (16, 64, 256), (10_000, 100_000, 1_000_000)
+    5,
+    3,
+    [(30, 20), (100, 70), (300, 200)],
+    [(300, 200)],
+    (300, 20),
+    (16, 64, 256),
+    (10_000, 100_000, 1_000_000),
+    1_000_000,
 )
-QUICK = Plan(2, 2, [(30, 20)], [(30, 20)], (30, 5), (16,), (10_000, 100_000))
+QUICK = Plan(2, 2, [(30, 20)], [(30, 20)], (30, 5), (16,), (10_000, 100_000), 20_000)
 
 
 @dataclass
@@ -244,8 +252,14 @@ def estimates(ctx: Context) -> list[Row]:
     return estimate_benchmarks(ctx)
 
 
+def stall(ctx: Context) -> list[Row]:
+    from .stall import stall_benchmarks
+
+    return stall_benchmarks(ctx)
+
+
 # The benchmark groups, run in this order.
-GROUPS = [local_sqlite, local_mariadb, remote_ssh, fleet, estimates]
+GROUPS = [local_sqlite, local_mariadb, remote_ssh, fleet, estimates, stall]
 
 
 # -- main ------------------------------------------------------------------------------------------
@@ -303,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_at_end": os.getloadavg(),
         "duration_s": round(time.time() - started, 1),
     }
-    if not rows:  # groups that write results of their own (estimates): the command results stay as they are
+    if not rows:  # groups that write results of their own (estimates, stall): the command results stay as they are
         return 0
     table = report.table(rows)
     print(table)
