@@ -302,7 +302,7 @@ def migrate(
                 progress(f"  {step.revision}  {step.doc}")
         if not downgrade:
             check_risks(project, url, [step.revision for step in steps], progress, checked)
-            check_online(project, [step.revision for step in steps], connection)
+            check_online(online_refusals(project, connection, [step.revision for step in steps]))
         for line in [*drift, *conflicts] if progress is not None else ():
             progress(f"warning: drift: {line}")
         with translate_errors(url):
@@ -408,17 +408,13 @@ def check_risks(project: Project, url: URL, revisions: list[str], progress, chec
         progress(f"unchecked: {line}")
 
 
-def check_online(project: Project, revisions: list[str], connection: Connection | None = None) -> None:
-    """Refuse a pending operation that would block the application for as long as its table takes to copy,
-    where no online form can make it and this run's switches do not allow it (the dialect says why). Read
-    on `connection`, else on one of the application's own (no password)."""
-    url = connection.engine.url if connection is not None else project.settings.database_url
+def online_refusals(project: Project, connection: Connection, revisions: list[str]) -> list[str]:
+    """The pending operations that would block the application for as long as their table takes to copy,
+    where no online form can make them and this run's switches do not allow it (the dialect says why), one
+    line each; read on `connection`, nothing left open on it."""
     refused = []
-    with ExitStack() as stack:
-        if connection is None:
-            connection = stack.enter_context(project.connect(url))
-        stack.enter_context(translate_errors(url))
-        dialect = dialects.dialect_for(connection)
+    dialect = dialects.dialect_for(connection)
+    with translate_errors(connection.engine.url):
         for revision in revisions:
             try:
                 operations = lint.operations(project.alembic, revision, connection.dialect.name)
@@ -428,6 +424,11 @@ def check_online(project: Project, revisions: list[str], connection: Connection 
                 if reason := dialect.online_refusal(connection, operation, project.guards):
                     refused.append(f"{revision}: {lint.name(operation)}: {reason}")
         connection.rollback()
+    return refused
+
+
+def check_online(refused: list[str]) -> None:
+    """Refuse what online_refusals() found."""
     if refused:
         many = len(refused) > 1
         raise DeployError(f"{len(refused)} pending operation{'s' * many} cannot run online: {'; '.join(refused)}")
@@ -935,6 +936,7 @@ def status(
     estimated: list[costs.Cost] = []
     drift: list[str] = []
     conflicts: list[str] = []
+    not_online: list[str] = []
     revisions: list[str] = []
     with project.connect(url) as connection, translate_errors(url):
         found = alembic_ops.current_heads(connection)
@@ -951,6 +953,7 @@ def status(
             if prechecked and revisions:
                 checked, drift, conflicts = looked_ahead(project, connection, found, revisions, drifted)
                 estimated = estimate(project, connection, revisions)
+                not_online = online_refusals(project, connection, revisions)
                 findings += [str(result) for result in prechecks.unreviewed_too_slow(checked)]
     # In an upgrade's plan outside development: the code still running against the schema it would build.
     compatible = compatibility_of(project, release, target, revisions, found) if drifted and prechecked else None
@@ -978,6 +981,7 @@ def status(
         release=running,
         incompatible=compatible.failures if compatible else [],
         compatibility=compatible.note if compatible else None,
+        not_online=not_online,
         room=None if spare is None else max(1, spare // CONNECTIONS_PER_UPGRADE),
     )
 
@@ -996,8 +1000,6 @@ def plan(project: Project, target: str = "head", expect_head: str | None = None,
     )
     try:
         check_plan(project, state, target, expect_head)
-        if upgrading and state.pending:
-            check_online(project, [revision for revision, _ in state.pending])
     except DeployError as exc:
         return replace(state, refusal=str(exc))
     return state
@@ -1024,6 +1026,7 @@ def check_plan(project: Project, state: Status, target: str, expect_head: str | 
         raise incompatible_refusal(state.incompatible)
     if state.risks and project.guards.refuse_risky:
         raise risky(state.risks)
+    check_online(state.not_online)
 
 
 def last_run(instance_path: Path, database: str) -> str | None:

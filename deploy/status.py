@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from .errors import DeployError
 
 # Bump when a field is added, removed or changes meaning, or the conversation changes.
-PROTOCOL = 10
+PROTOCOL = 11
 STATUS_LINE = "deploy-status: "
 GO = "go"
 
@@ -71,6 +71,9 @@ class Status:
     # What each pending operation on a table there now takes (review.costs): how, rows, about how long, what
     # it blocks; one line each, filled in an upgrade's plan only.
     estimates: list[str] = dataclasses.field(default_factory=list)
+    # In an upgrade's plan: the pending operations that can only copy their table, blocking the application,
+    # where this run's switches do not allow it (commands.online_refusals), one line each.
+    not_online: list[str] = dataclasses.field(default_factory=list)
     # Why an upgrade to the target is refused, in the server's words; None: it may go ahead.
     refusal: str | None = None
     # How many upgrades the database server accepts at once now (its free connections); None: no limit known.
