@@ -313,7 +313,7 @@ def migrate(
             progress(line)
         cancellation = cancellation or Cancellation()
         if rehearsing:
-            rehearse(project, url, current, steps, target, progress, cancellation)
+            rehearse(project, url, current, steps, target, progress, cancellation, estimated)
             if rehearsal_only:
                 return Migration(describe(url), 0, where_now, rehearsed=True)
         if confirm is not None:
@@ -623,21 +623,28 @@ def take_backup(project: Project, url: URL, current: tuple[str, ...], progress, 
     return taken
 
 
-def rehearse(project: Project, url: URL, current, steps: list, target: str, progress, cancellation) -> None:
+def rehearse(
+    project: Project, url: URL, current, steps: list, target: str, progress, cancellation, estimated=()
+) -> None:
     """The pending `steps` run first on a copy of the database (deploy.rehearsal) as the upgrade runs them,
-    guards and all, one at a time and timed; the timings told to `progress`. A revision that fails there,
-    or a stop, is raised: nothing ran on the database itself."""
+    guards and all, one at a time and timed; the timings told to `progress`, and kept in the run log as an
+    upgrade's are, for later estimates of the `estimated` operations. A revision that fails there, or a
+    stop, is raised: nothing ran on the database itself."""
     told = progress or (lambda line: None)
     guards, database = project.guards, describe(url)
     timings: list[rehearsal.Timing] = []
     with rehearsal.copy_of(url, lambda: take_backup(project, url, current, progress), told) as (copy_url, copy):
         told(f"rehearsal: {len(steps)} revision{'s' * (len(steps) > 1)} on {copy_url.database}")
         guard = timeouts.guard_session(copy, guards.lock_wait_timeout, guards.retries, guards.retry_pause)
-        with cancellation.active(), guard:
+        measured = costs.Measured(estimated)
+        where = alembic_ops.label(project.alembic, current_of(current))
+        log = runlog.recorded(project.settings.instance_path, "db.rehearse", describe(copy_url), where, target)
+        with log as run, cancellation.active(), guard:
+            run.timings = measured.records  # the copy's times teach later estimates, as a real run's do
             for step in steps:
                 started = time.monotonic()
                 try:
-                    done = run_steps(project, copy, copy_url, [step], target, False, cancellation)
+                    done = run_steps(project, copy, copy_url, [step], target, False, cancellation, None, measured)
                 except DeployError as exc:
                     raise rehearsal.failed(database, copy_url.database, exc) from None
                 if done:
