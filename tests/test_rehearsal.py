@@ -37,6 +37,7 @@ from test_fleet import fleet_remote
 from deploy import rehearsal
 from deploy.database import connect
 from deploy.errors import DeployError
+from deploy.guards import runlog
 
 # Two revisions that pass: a column added, a table made.
 PASSING = (
@@ -204,6 +205,12 @@ def test_refused_without_the_right_then_failing_untouched_then_passing_with_its_
     assert database.version() == "r0000000000b"
     assert copies_left(database) == []
     assert checkout.files_containing(PASSWORD) == []
+    # The copy's run is in the run log, as an upgrade's is: its times are what later estimates learn from.
+    rehearsed = [run for run in runlog.runs(checkout.path / "instance") if run.command == "db.rehearse"]
+    assert [(run.outcome.split(":")[0], "_rehearsal_" in run.database) for run in rehearsed] == [
+        ("failed", True),
+        ("done", True),
+    ]
 
 
 def test_rehearse_does_not_go_with_no_backup_nor_sqlite(checkout):
