@@ -20,6 +20,7 @@ from __future__ import annotations
 import configparser
 import json
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -331,6 +332,20 @@ def measure_run(kind: str, change: str, checkout: Checkout, side: Side, revision
     )
 
 
+def form(run: Run) -> str:
+    """How the suite ran the change, from its plan's estimate line: "COPY, pt-online-schema-change"."""
+    if "backfill orders: done" in run.note:
+        return "batched backfill"
+    found = re.search(r"estimate: [^(]*\((.*)\)", run.note)
+    if not found:
+        return ""
+    parts = found.group(1).split(", ")
+    for index, part in enumerate(parts):
+        if re.fullmatch(r"[\d.,]+[kM]? rows", part):
+            return ", ".join(parts[:index])
+    return found.group(1)
+
+
 def _how(done: subprocess.CompletedProcess) -> str:
     """What the suite said of how it ran the change: its lines about online forms, copies and backfills."""
     keys = ("estimate:", "online", "backfill orders: done", "copy", "rewrite")
@@ -374,6 +389,8 @@ def table(found: list[Run]) -> str:
     ]
     for run in found:
         tool = "plain `alembic upgrade`" if run.tool == "alembic" else "the suite (`invoke db.upgrade`)"
+        if run.tool == "suite" and form(run):
+            tool += f": {form(run)}"
         if run.status == "refused":
             target = "refused (the manual's recipe: expand/contract)"
         elif run.status == "failed":
