@@ -139,8 +139,18 @@ class Expanded:
     contract_downgrade: list
 
 
-def expanded(table: str, schema: str | None, old: sa.Column, new: sa.Column) -> Expanded:
-    """`table`.`old` (as the database has it) renamed to `new` (as the models want it) in two steps.
+def expanded(
+    table: str,
+    schema: str | None,
+    old: sa.Column,
+    new: sa.Column,
+    new_indexes: list = (),
+    old_indexes: list = (),
+) -> Expanded:
+    """`table`.`old` (as the database has it) renamed to `new` (as the models want it) in two steps;
+    `new_indexes`, the indexes and constraints autogenerate makes on the new column, made once the rows
+    are copied; `old_indexes`, those it drops on the old one, which the old release keeps until the
+    contract.
     Both columns are nullable and without a server default while both exist: each release leaves the
     other's name out of its inserts, and an insert that sets the new column is how the triggers know
     the new release wrote it."""
@@ -154,13 +164,23 @@ def expanded(table: str, schema: str | None, old: sa.Column, new: sa.Column) -> 
             _on(table, schema, ops.AddColumnOp(table, loose_new, schema=schema)),
             sync,
             CopyColumn(table, new.name, old.name),
+            *_on_any(table, schema, *new_indexes),
         ],
-        expand_downgrade=[sync.reverse(), _on(table, schema, ops.DropColumnOp(table, new.name, schema=schema))],
+        expand_downgrade=[
+            sync.reverse(),
+            _on(
+                table,
+                schema,
+                *(index.reverse() for index in new_indexes),
+                ops.DropColumnOp(table, new.name, schema=schema),
+            ),
+        ],
         contract_upgrade=[
             sync.reverse(),
             _on(
                 table,
                 schema,
+                *old_indexes,
                 ops.DropColumnOp.from_column_and_tablename(schema, table, old),
                 *([tighten_new] if tighten_new else []),
             ),
@@ -174,9 +194,16 @@ def expanded(table: str, schema: str | None, old: sa.Column, new: sa.Column) -> 
             ),
             sync,
             CopyColumn(table, old.name, new.name),
-            *([_on(table, schema, tighten_old)] if tighten_old else []),
+            *_on_any(
+                table, schema, *([tighten_old] if tighten_old else []), *(index.reverse() for index in old_indexes)
+            ),
         ],
     )
+
+
+def _on_any(table: str, schema: str | None, *operations) -> list[ops.ModifyTableOps]:
+    """_on's block, or none for no operations."""
+    return [_on(table, schema, *operations)] if operations else []
 
 
 def _on(table: str, schema: str | None, *operations) -> ops.ModifyTableOps:

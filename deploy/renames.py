@@ -164,6 +164,9 @@ def _expand(script: ops.MigrationScript, pair: _Pair, before, after, renames: Re
     rename, schema = pair.rename, pair.dropped.schema
     pair.container.remove(pair.added)
     pair.container.remove(pair.dropped)
+    # The indexes and constraints on the new column are made after the copy; the old one's go with it.
+    new_indexes = _taken_out(pair.container, (ops.CreateIndexOp, ops.AddConstraintOp), rename.new)
+    old_indexes = _taken_out(pair.container, (ops.DropIndexOp, ops.DropConstraintOp), rename.old)
     for container in _containers(script.downgrade_ops, rename.table):
         undone = [
             op
@@ -173,9 +176,12 @@ def _expand(script: ops.MigrationScript, pair: _Pair, before, after, renames: Re
         ]
         for op in undone:
             container.remove(op)
+        # Their reverses, which expand.expanded writes in its own places.
+        _taken_out(container, (ops.DropIndexOp, ops.DropConstraintOp), rename.new)
+        _taken_out(container, (ops.CreateIndexOp, ops.AddConstraintOp), rename.old)
     for operations in (script.upgrade_ops, script.downgrade_ops):
         operations.ops[:] = [op for op in operations.ops if not (isinstance(op, ops.ModifyTableOps) and not op.ops)]
-    halves = expand.expanded(rename.table, schema, before, after)
+    halves = expand.expanded(rename.table, schema, before, after, new_indexes, old_indexes)
     script.upgrade_ops.ops.extend(halves.expand_upgrade)
     script.downgrade_ops.ops[:0] = halves.expand_downgrade
     if renames.contract is None:
@@ -190,6 +196,24 @@ def _expand(script: ops.MigrationScript, pair: _Pair, before, after, renames: Re
     renames.contract.upgrade_ops.ops.extend(halves.contract_upgrade)
     renames.contract.downgrade_ops.ops[:0] = halves.contract_downgrade
     renames.renamed.append(rename)
+
+
+def _taken_out(container: list, kinds: tuple[type, ...], column: str) -> list:
+    """The index and constraint operations of `kinds` in `container` on `column` (alone or with
+    others), removed from it."""
+    found = [op for op in container if isinstance(op, kinds) and column in _columns_of(op)]
+    for op in found:
+        container.remove(op)
+    return found
+
+
+def _columns_of(op) -> set[str]:
+    """The columns of the index or constraint an operation makes or drops."""
+    try:
+        made = op.to_index() if isinstance(op, (ops.CreateIndexOp, ops.DropIndexOp)) else op.to_constraint()
+        return {column.name for column in made.columns}
+    except Exception:  # a drop whose columns autogenerate did not keep: not known to be on it
+        return set()
 
 
 def _shape(op):

@@ -73,6 +73,25 @@ def test_a_rename_is_split_into_an_expand_and_a_contract_revision(tmp_path):
     assert contract_down.rindex("alter_column('posts', 'title'") > contract_down.index("backfill(")
 
 
+def test_the_new_columns_indexes_are_made_after_the_copy_and_the_old_ones_go_with_the_old_column(tmp_path):
+    def unique(column: str) -> sa.UniqueConstraint:
+        return sa.UniqueConstraint("author", column, name=f"uq_author_{column}")
+
+    before = posts(sa.Column("author", sa.Integer), sa.Column("title", sa.String(200), index=True), unique("title"))
+    after = posts(
+        sa.Column("author", sa.Integer), sa.Column("headline", sa.String(200), index=True), unique("headline")
+    )
+    (expand_up, expand_down), (contract_up, contract_down) = split(tmp_path, before, after, "title:headline")
+    for old in ("ix_posts_title", "uq_author_title"):
+        assert old not in expand_up + expand_down  # the old release keeps them
+        assert contract_up.index(old) < contract_up.index("drop_column('posts', 'title')")
+        assert contract_down.index("add_column") < contract_down.index(old)
+    for new in ("ix_posts_headline", "uq_author_headline"):
+        assert expand_up.index("add_column") < expand_up.index("backfill(") < expand_up.index(new)
+        assert expand_down.index(new) < expand_down.index("drop_column")
+        assert new not in contract_up + contract_down
+
+
 def test_a_table_rename_is_not_expanded(tmp_path):
     before = posts(sa.Column("title", sa.String(200)), name="notes")
     after = posts(sa.Column("title", sa.String(200)), name="memos")
