@@ -38,7 +38,6 @@ from .measure import progress
 ROWS = 1_000_000
 LIMIT = 1.0  # seconds: the suite's maximum write stall, for every change
 SETTLE = 1.0  # seconds of load before and after each upgrade, outside its window
-APP_PASSWORD = "app-pw"  # tests/helpers.py's, the app user's
 
 
 @dataclass(frozen=True)
@@ -108,6 +107,8 @@ def downgrade():
 
 @dataclass
 class Run:
+    """One tool's upgrade of one change, and the application's writes while it ran."""
+
     kind: str  # mariadb | postgresql
     change: str
     tool: str  # alembic | suite
@@ -181,7 +182,7 @@ def _write_revision(directory: Path, revision: str, down: str, label: str, body:
     (directory / f"{revision}.py").write_text(text)
 
 
-def _checkout(ctx, kind: str, plain_db, ours_db, rows: int) -> tuple[Checkout, Path]:
+def _checkout(ctx, kind: str, plain_db, ours_db, rows: int) -> Checkout:
     """The example's checkout for one kind: production settings pointing at `ours_db`, a plain Alembic
     set-up (plain.ini) pointing at `plain_db` with its own copy of the revisions (plain_versions/)."""
     checkout = Checkout(ctx.scratch / f"stall-{kind}-app")
@@ -208,7 +209,7 @@ def _checkout(ctx, kind: str, plain_db, ours_db, rows: int) -> tuple[Checkout, P
         _write_revision(plain_versions, change.revision, down, change.label, change.plain_body or change.body, reviewed)
         down = change.revision
     projects.compile_tree(checkout.path)
-    return checkout, plain_versions
+    return checkout
 
 
 def _sides(checkout: Checkout, plain_db, ours_db) -> dict[str, Side]:
@@ -221,9 +222,9 @@ def _sides(checkout: Checkout, plain_db, ours_db) -> dict[str, Side]:
     }  # fmt: skip
 
 
-def _upgrade(checkout: Checkout, side: Side, revision: str, *extra: str) -> subprocess.CompletedProcess:
+def _upgrade(checkout: Checkout, side: Side, revision: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [*side.argv, revision, *extra],
+        [*side.argv, revision],
         cwd=checkout.path,
         env=side.env,
         input=side.stdin,
@@ -252,6 +253,8 @@ class Load:
     """The application's writes (benchmarks/stall_load.py), in a process of its own."""
 
     def __init__(self, kind: str, database, rows: int, out: Path):
+        from helpers import APP_PASSWORD  # tests/helpers.py, on the path once ._tests is imported
+
         self.out = out
         self.process = subprocess.Popen(
             [projects.PYTHON, "-m", "benchmarks.stall_load"],
@@ -356,7 +359,7 @@ def _how(done: subprocess.CompletedProcess) -> str:
 
 def measure_kind(ctx, kind: str, server, rows: int) -> list[Run]:
     plain_db, ours_db = _databases(kind, server)
-    checkout, _ = _checkout(ctx, kind, plain_db, ours_db, rows)
+    checkout = _checkout(ctx, kind, plain_db, ours_db, rows)
     sides = _sides(checkout, plain_db, ours_db)
     for side in sides.values():
         started = time.perf_counter()
