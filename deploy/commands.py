@@ -207,7 +207,7 @@ def revision(project: Project, message: str, empty: bool = False, renames: Renam
             models=models,
             renames=renames,
         )
-    if isinstance(written, list):  # --expand: the expand revision, then the contract one
+    if isinstance(written, list) and written:  # --expand: the expand revision, then the contract one
         renames.contract_path = Path(written[-1].path)
         written = written[0]
     return Path(written.path) if written else None
@@ -265,17 +265,17 @@ def migrate(
     if expect_head:
         refusals.check_expected_head(head_revisions, expect_head)
     check_resolved(project)
-    # Under fab the laptop starts a run only for a plan with work to do; that run checks the plan still holds.
-    if expect_from is None and needs_password(project.settings.migration_url):
-        if there := already_there(project, target, downgrade):
-            return there
     # Read with the application's user, before any question or password; under fab, the plan the laptop
-    # approved (expect_from) was checked by the same function a moment ago.
-    checked, drift, conflicts = read_ahead(project, target) if not downgrade and expect_from is None else ([], [], [])
+    # approved (expect_from) was read by the same function a moment ago, and had work to do.
+    ahead = read_ahead(project, target, downgrade) if expect_from is None else LookAhead()
+    if ahead.there is not None and needs_password(project.settings.migration_url):
+        return ahead.there
+    checked, drift, conflicts, compatible = ahead.checked, ahead.drift, ahead.conflicts, ahead.compatible
     check_data([str(result) for result in prechecks.failures(checked)])
     if conflicts and not project.guards.allow_drift:
         raise drift_refusal(project, conflicts)
-    compatible = check_compatible(project, target) if not downgrade and expect_from is None else None
+    if compatible is not None and compatible.failures and not project.guards.allow_incompatible:
+        raise incompatible_refusal(compatible.failures)
     url = project.migration_url_with_password()
     guards = project.guards
     verb = "downgrade" if downgrade else "upgrade"
@@ -337,24 +337,6 @@ def migrate(
                 )
             keep_release(project, connection, verb)
     return Migration(describe(url), len(steps), now)
-
-
-def already_there(project: Project, target: str, downgrade: bool) -> Migration | None:
-    """The database already at `target`, as the application's user reads it (as `fab` reads it):
-    then no password is asked for. None when there is work to do, or the read cannot tell."""
-    url = project.settings.database_url
-    with ExitStack() as stack:
-        try:
-            connection = stack.enter_context(project.connect(url))
-        except DeployError:
-            return None  # the migration user's connection says what is wrong, if anything
-        with translate_errors(url):
-            current = project.check_ready(connection)
-    steps = alembic_ops.plan(project.alembic, current, target, downgrade)
-    if steps or alembic_ops.target_behind(project.alembic, current, target, steps, downgrade):
-        return None
-    migration_url = project.settings.migration_url
-    return Migration(describe(migration_url), 0, alembic_ops.label(project.alembic, current_of(current)))
 
 
 def check_resolved(project: Project) -> None:
@@ -444,23 +426,44 @@ def check_data(failing: list[str]) -> None:
         )
 
 
-def read_ahead(project: Project, target: str) -> tuple[list[prechecks.Result], list[str], list[str]]:
-    """Before an upgrade to `target` asks anything, read with the application's user (no password): the
-    data prechecks, and in production the drift and the pending operations that change it (one line
-    each). Nothing when that user cannot connect (the migration user's connection says what is wrong)."""
+@dataclass(frozen=True)
+class LookAhead:
+    """What an upgrade reads with the application's user before it asks anything (read_ahead)."""
+
+    there: Migration | None = None  # the database already at the target: nothing to ask, nothing to do
+    checked: list[prechecks.Result] = field(default_factory=list)
+    drift: list[str] = field(default_factory=list)
+    conflicts: list[str] = field(default_factory=list)
+    compatible: Any = None  # the running release's verdict (compatibility.Verdict), outside development
+
+
+def read_ahead(project: Project, target: str, downgrade: bool = False) -> LookAhead:
+    """Before a migration to `target` asks anything, read on one connection of the application's user (no
+    password): whether it is there already; for an upgrade, the data prechecks, and in production the drift,
+    the pending operations that change it, and the running release's code against the new schema. Nothing
+    when that user cannot connect (the migration user's connection says what is wrong)."""
     url = project.settings.database_url
+    production = project.guards.production
     with ExitStack() as stack:
         try:
             connection = stack.enter_context(project.connect(url))
         except DeployError:
-            return [], [], []
+            return LookAhead()
         with translate_errors(url):
             current = project.check_ready(connection)
-            steps = alembic_ops.plan(project.alembic, current, target)
-            if not steps or alembic_ops.target_behind(project.alembic, current, target, steps, False):
-                return [], [], []
+            steps = alembic_ops.plan(project.alembic, current, target, downgrade)
+            if alembic_ops.target_behind(project.alembic, current, target, steps, downgrade):
+                return LookAhead()
+            if not steps:
+                where = alembic_ops.label(project.alembic, current_of(current))
+                return LookAhead(Migration(describe(project.settings.migration_url), 0, where))
+            if downgrade:
+                return LookAhead()
             revisions = [step.revision for step in steps]
-            return looked_ahead(project, connection, current, revisions, project.guards.production)
+            checked, drift, conflicts = looked_ahead(project, connection, current, revisions, production)
+            release = running_release(project, connection)[0] if production else None
+    compatible = compatibility_of(project, release, target, revisions, current) if production else None
+    return LookAhead(None, checked, drift, conflicts, compatible)
 
 
 def looked_ahead(project: Project, connection: Connection, current, revisions: list[str], drifted: bool):
@@ -569,28 +572,6 @@ def compatibility_of(project: Project, release: str | None, target: str, revisio
         )
         return compatibility.Verdict("?", revisions, [], why)
     return compatibility.check(project.alembic, release, revisions, target, project.settings.name, None, current)
-
-
-def check_compatible(project: Project, target: str):
-    """Outside development, before an upgrade asks anything: the running release's code against the
-    schema the pending revisions build, read with the application's user; refused where it fails,
-    unless --allow-incompatible. The verdict, for the plan's lines; None in development."""
-    if not project.guards.production:
-        return None
-    url = project.settings.database_url
-    with ExitStack() as stack:
-        try:
-            connection = stack.enter_context(project.connect(url))
-        except DeployError:
-            return None  # the migration user's connection says what is wrong, if anything
-        with translate_errors(url):
-            current = project.check_ready(connection)
-            release, _ = running_release(project, connection)
-    steps = alembic_ops.plan(project.alembic, current, target)
-    verdict = compatibility_of(project, release, target, [step.revision for step in steps], current)
-    if verdict is not None and verdict.failures and not project.guards.allow_incompatible:
-        raise incompatible_refusal(verdict.failures)
-    return verdict
 
 
 def compatibility_lines(verdict) -> list[str]:
