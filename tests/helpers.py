@@ -254,6 +254,25 @@ class Checkout:
         return files_containing(self.path, secret)
 
 
+def git(checkout, *args: str) -> str:
+    """git in `checkout`, as a test's own author; its output, stripped."""
+    done = subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
+        cwd=checkout.path,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def release(checkout, message: str) -> str:
+    """Everything in `checkout` committed: the release's commit."""
+    git(checkout, "add", "-A")
+    git(checkout, "commit", "-q", "-m", message)
+    return git(checkout, "rev-parse", "HEAD")
+
+
 def live_only(code: str) -> str:
     """A test revision's upgrade body whose side effects (sleeping, killing, raising) happen only when it
     really runs: the lint and --sql run each upgrade() offline too, as `alembic upgrade --sql` does."""

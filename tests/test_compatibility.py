@@ -3,10 +3,9 @@ still running, loaded from a git worktree in a process of its own, worked agains
 pending revisions build, on real git repositories and scratch SQLite files; `db.check --compatible-with`."""
 
 import json
-import subprocess
 
 import pytest
-from helpers import HEAD, one_error_line
+from helpers import HEAD, git, one_error_line, release
 
 from deploy import alembic_ops, compatibility
 
@@ -14,24 +13,6 @@ DROP_TITLE = "op.drop_column('posts', 'title')"
 ADD_NICK = "op.add_column('users', sa.Column('nick', sa.String(20), nullable=False))"
 ADD_NICK_DEFAULT = "op.add_column('users', sa.Column('nick', sa.String(20), nullable=False, server_default='x'))"
 TITLE = "    title: Mapped[str] = mapped_column(String(200))\n"
-
-
-def git(checkout, *args) -> str:
-    done = subprocess.run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
-        cwd=checkout.path,
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
-
-
-def release(checkout, message: str) -> str:
-    """Everything committed: the release's commit."""
-    git(checkout, "add", "-A")
-    git(checkout, "commit", "-q", "-m", message)
-    return git(checkout, "rev-parse", "HEAD")
 
 
 @pytest.fixture

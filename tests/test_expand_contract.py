@@ -6,13 +6,12 @@ release that maps the old column is gone; in development on SQLite, both in one 
 
 import re
 import sqlite3
-import subprocess
 
 import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import produce_migrations, render_python_code
 from alembic.migration import MigrationContext
-from helpers import HEAD, PASSWORD, PRODUCTION, STDIN_PASSWORD, ok, one_error_line
+from helpers import HEAD, PASSWORD, PRODUCTION, STDIN_PASSWORD, git, ok, one_error_line, release
 
 from deploy import dialects, expand, renames
 from deploy.errors import DeployError
@@ -116,23 +115,6 @@ def test_the_sync_statements_are_the_dialects_and_sqlite_has_none():
 
 
 # -- end to end: the example app's posts.title renamed to headline -----------------------------------
-
-
-def git(checkout, *args) -> str:
-    done = subprocess.run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
-        cwd=checkout.path,
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
-
-
-def release(checkout, message: str) -> str:
-    git(checkout, "add", "-A")
-    git(checkout, "commit", "-q", "-m", message)
-    return git(checkout, "rev-parse", "HEAD")
 
 
 def rename_title(checkout) -> None:

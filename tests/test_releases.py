@@ -3,32 +3,13 @@ development and shown by db.status, and a production upgrade's check of that rel
 schema it would build (deploy/compatibility.py): locally on a SQLite file with production settings, and
 through fab on each kind of database server (real git checkouts on both sides)."""
 
-import subprocess
-
-from helpers import PRODUCTION, STDIN_PASSWORD, ok, one_error_line
+from helpers import PRODUCTION, STDIN_PASSWORD, git, ok, one_error_line, release
 
 DROP_TITLE = "op.drop_column('posts', 'title')"
 ADD_BIO = "op.add_column('users', sa.Column('bio', sa.Text(), nullable=True))"
 ADD_NICK = "op.add_column('users', sa.Column('nick', sa.String(20), nullable=False))"
 TITLE = "    title: Mapped[str] = mapped_column(String(200))\n"
 INCOMPATIBLE = "pass --allow-incompatible"
-
-
-def git(checkout, *args) -> str:
-    done = subprocess.run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
-        cwd=checkout.path,
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
-
-
-def release(checkout, message: str) -> str:
-    git(checkout, "add", "-A")
-    git(checkout, "commit", "-q", "-m", message)
-    return git(checkout, "rev-parse", "HEAD")
 
 
 def production(checkout, *args: str):
