@@ -22,6 +22,7 @@ from sqlalchemy.engine import URL, Connection, make_url
 from . import alembic_ops, database
 from .credentials import describe
 from .database import SUITE_TABLES, VERSION_TABLE, application_tables, translate_errors
+from .dialects import dialect_for
 from .errors import DeployError
 
 
@@ -171,8 +172,11 @@ def compare(connection: Connection, target: sa.MetaData, compare_type: bool = Tr
     from alembic.autogenerate import produce_migrations
     from alembic.migration import MigrationContext
 
+    unfinished = dialect_for(connection).unfinished_indexes(connection)
+
     def include_name(name, type_, parent_names) -> bool:
-        return not (type_ == "table" and name in SUITE_TABLES)  # the suite's own tables are no one's schema
+        # The suite's own tables, and indexes a failed build left behind, are no one's schema.
+        return not (type_ == "table" and name in SUITE_TABLES or type_ == "index" and name in unfinished)
 
     opts = {"compare_type": compare_type, "include_name": include_name}
     context = MigrationContext.configure(connection, opts=opts)

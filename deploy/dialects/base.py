@@ -151,6 +151,11 @@ class Dialect(ABC):
         `connection`, as the suite runs it; None when it changes no existing table, or cannot be told."""
         return None
 
+    def unfinished_indexes(self, connection: Connection) -> frozenset[str]:
+        """The indexes the server keeps but does not use: left by a build that failed or was stopped, which
+        the next upgrade drops before building them again. No one's schema, so no drift. None by default."""
+        return frozenset()
+
     def table_size(self, connection: Connection, table: str, schema: str | None = None) -> tuple[int, int] | None:
         """(rows, bytes) of a table as the server's statistics estimate them, without scanning it; None when
         the database keeps no such statistics or the table does not exist."""

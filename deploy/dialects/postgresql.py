@@ -173,6 +173,13 @@ ADVISORY_HOLDER = """
 """
 
 
+# Indexes a concurrent build left invalid, in the connection's own schema.
+UNFINISHED_INDEXES = (
+    "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+    "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE NOT i.indisvalid AND n.nspname = current_schema()"
+)
+
+
 def advisory_lock(url: URL, session, wait: float):
     # A session lock: no transaction stays open while it is held (it would block VACUUM and show up
     # as an open transaction), and it lasts until released or the session ends.
@@ -1057,6 +1064,10 @@ class PostgreSQL(Dialect):
         (pid,) = connection.exec_driver_sql("SELECT pg_backend_pid()").one()
         connection.rollback()
         return int(pid)
+
+    def unfinished_indexes(self, connection: Connection) -> frozenset[str]:
+        """pg_index.indisvalid false: a CREATE INDEX CONCURRENTLY that failed or was stopped (online())."""
+        return frozenset(connection.exec_driver_sql(UNFINISHED_INDEXES).scalars())
 
     def table_size(self, connection: Connection, table: str, schema: str | None = None) -> tuple[int, int] | None:
         """pg_class's rows per page times the pages the table has now (as the planner scales them), and its
