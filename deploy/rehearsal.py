@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.engine import URL, Connection
 
-from . import backups
+from . import backups, console
 from .credentials import describe
 from .database import connect, peer, translate_errors
 from .dialects import dialect_for
@@ -117,7 +117,9 @@ def copy_of(
         with ended_by_signals():
             backup = backed_up()
             progress(f"rehearsal: loading the backup into {name}")
-            backups.load_copy(copy, backup)
+            loading = console.Progress("rehearsal: loaded", "MB")
+            backups.load_copy(copy, backup, loading.update)
+            loading.end()
             with connect(copy) as connection:
                 yield copy, connection
     except BaseException as exc:
