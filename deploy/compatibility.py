@@ -10,6 +10,7 @@ line, and its revisions counted as unchecked, not as incompatible."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -110,10 +111,18 @@ def check(
     scratch database: `url`, an empty one, or a temporary SQLite file), the failures told in terms of
     the pending `revisions`. What fails on the schema before them (at `current`, by default where the
     history stands without them) is not theirs to answer for, and is left out."""
-    key = (release, tuple(revisions), target, str(url), settings_name, current)
+    key = (release, _as_they_are(config, revisions), target, str(url), settings_name, current)
     if key not in _checked:
         _checked[key] = _check(config, release, revisions, target, settings_name, url, current)
     return _checked[key]
+
+
+def _as_they_are(config, revisions: list[str]) -> tuple[str, ...]:
+    """The pending revisions' files, by where they are and what they hold now: a verdict holds for those."""
+    directory = alembic_ops.scripts(config)
+    with alembic_ops.alembic_errors():
+        paths = [Path(directory.get_revision(revision).path) for revision in revisions]
+    return tuple(f"{path.resolve()}:{hashlib.sha256(path.read_bytes()).hexdigest()}" for path in paths)
 
 
 def below(config, revisions: list[str]) -> tuple[str, ...]:
