@@ -300,13 +300,14 @@ def migrate(
             progress(f"{verb} {describe(url)} from {where_now}: {len(steps)} revision{'s' * (len(steps) > 1)}")
             for step in steps:
                 progress(f"  {step.revision}  {step.doc}")
-        if not downgrade:
-            check_risks(project, url, [step.revision for step in steps], progress, checked)
-            check_online(online_refusals(project, connection, [step.revision for step in steps]))
+        upgrading = [] if downgrade else [step.revision for step in steps]
+        if upgrading:
+            check_risks(project, url, upgrading, progress, checked)
+            check_online(online_refusals(project, connection, upgrading))
         for line in [*drift, *conflicts] if progress is not None else ():
             progress(f"warning: drift: {line}")
         with translate_errors(url):
-            estimated = [] if downgrade else estimate(project, connection, [step.revision for step in steps])
+            estimated = estimate(project, connection, upgrading) if upgrading else []
         for line in estimated if progress is not None else ():
             progress(f"estimate: {line}")
         for line in compatibility_lines(compatible) if progress is not None else ():
