@@ -3,6 +3,7 @@ tasks, with the options only fab passes, are what fab starts on the server (depl
 
 from __future__ import annotations
 
+import re
 import sys
 from functools import partial
 from pathlib import Path
@@ -16,6 +17,9 @@ from .options import FROM_DATABASE, RUNNING, Command, command
 from .renames import Renames
 from .renames import parse as parse_renames
 from .status import STATUS_LINE, await_go
+
+# A message that is an option someone meant for the task (`--help`, `-e`), which Invoke took for the message.
+OPTION_LIKE = re.compile(r"--?[A-Za-z][A-Za-z-]*")
 
 # The options only fab's server command line passes (options.SERVER_ONLY): the server's entry point
 # (deploy.server) takes them, the user's `invoke db.*` does not show them.
@@ -95,6 +99,12 @@ def reset(c, force=False):
 def revision(c, message, empty=False, base=None, renames=None, expand=False):
     """Autogenerate a revision from the models against the development database (or --base BRANCH's schema);
     a column or table dropped and another added alike is asked about (or named by --renames) as a rename."""
+    if OPTION_LIKE.fullmatch(message):
+        # Invoke hands `invoke db.revision --help` over as the message: no revision is written for it.
+        raise DeployError(
+            f"{message!r} is not a revision message: `invoke --help db.revision` shows the task's help; "
+            f"a message that starts with '-' goes as -m='{message}'"
+        )
     asked = (lambda candidate: console.agrees(candidate.question)) if sys.stdin.isatty() else None
     if expand and empty:
         raise DeployError("--expand writes autogenerate's renames as two revisions: it does not go with --empty")

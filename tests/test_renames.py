@@ -219,6 +219,15 @@ def test_bad_renames_get_one_error_line_and_write_nothing(development, answer, f
     assert sorted(development.versions.glob("*.py")) == scripts
 
 
+def test_an_option_taken_for_the_message_writes_nothing(development):
+    """`invoke db.revision --help` hands `--help` over as the message, with the models changed (the
+    development fixture's renames): one line, and no revision named "help"."""
+    scripts = sorted(development.versions.glob("*.py"))
+    line = one_error_line(development.invoke("db.revision", "--help"))
+    assert line.startswith("error: '--help' is not a revision message: `invoke --help db.revision`"), line
+    assert sorted(development.versions.glob("*.py")) == scripts
+
+
 def test_renames_asked_at_a_real_terminal(development):
     child = development.spawn("db.revision", "-m", "asked", env=environment())
     questions = (
