@@ -245,6 +245,21 @@ def started(checkout, *argv: str, **env: str) -> subprocess.Popen:
     return process
 
 
+def upgrading_online(checkout) -> subprocess.Popen:
+    """A production upgrade in the background whose online copy pauses while the server is busy."""
+    return started(
+        checkout,
+        str(BIN / "python"),
+        "-m",
+        "invoke",
+        "db.upgrade",
+        "--yes",
+        "--no-backup",
+        "--allow-risky",
+        INVOKE_DB_SAFETY_ONLINE_COPY_MAX_RUNNING=str(MAX_RUNNING),
+    )
+
+
 def until(check, process: subprocess.Popen, what: str, timeout: float = 120):
     """Until `check()` is true (its value returned); the process ending first fails the wait with its words."""
     deadline = time.monotonic() + timeout
@@ -309,17 +324,7 @@ def write_one_row(database) -> None:
 
 def test_an_online_copy_lets_the_application_write_while_it_runs(ledger, database):
     with busy_server(database):
-        process = started(
-            ledger,
-            str(BIN / "python"),
-            "-m",
-            "invoke",
-            "db.upgrade",
-            "--yes",
-            "--no-backup",
-            "--allow-risky",
-            INVOKE_DB_SAFETY_ONLINE_COPY_MAX_RUNNING=str(MAX_RUNNING),
-        )
+        process = upgrading_online(ledger)
         until(lambda: copying(database), process, "the online copy started")
         write_one_row(database)  # while the copy is held (paused on the load), not after it
         assert copying(database) and amount_type(database) == "int"
@@ -480,17 +485,7 @@ def test_a_killed_run_takes_its_online_copy_down_with_it_and_the_next_is_told(le
     """No copy goes on to swap a table in for a revision nobody records: killed with its run, it leaves its
     triggers, which the next upgrade names before anything runs."""
     with busy_server(database):
-        process = started(
-            ledger,
-            str(BIN / "python"),
-            "-m",
-            "invoke",
-            "db.upgrade",
-            "--yes",
-            "--no-backup",
-            "--allow-risky",
-            INVOKE_DB_SAFETY_ONLINE_COPY_MAX_RUNNING=str(MAX_RUNNING),
-        )
+        process = upgrading_online(ledger)
         until(lambda: copying(database), process, "the online copy started")
         copier = until(lambda: online_copy_process(database), process, "its process is seen")
         process.kill()
