@@ -69,6 +69,18 @@ def active_cancellation() -> Cancellation | None:
     return _active
 
 
+def say(line: str) -> None:
+    """A line on stderr from a signal handler or the control thread. Not print(): the handler runs between
+    two bytecodes of whatever the main thread does, which may be a write to sys.stderr itself (relaying
+    the server's lines), and a buffered stream entered twice raises "reentrant call"."""
+    data = (line + "\n").encode()
+    try:
+        while data:
+            data = data[os.write(2, data) :]
+    except OSError:
+        pass  # stderr is gone (a closed channel): the line has no reader
+
+
 class Cancellation:
     """Whether, and why, the run was asked to stop; checked between revisions."""
 
@@ -86,7 +98,7 @@ class Cancellation:
         if self.reason is None:
             self.reason = reason
             self._asked_at = time.monotonic()
-            print(f"stopping after the revision in progress ({reason}); Ctrl-C again to abort it", file=sys.stderr)
+            say(f"stopping after the revision in progress ({reason}); Ctrl-C again to abort it")
 
     def interrupted(self, signum, frame) -> None:
         """The signal handler: stop between revisions; a second Ctrl-C soon after aborts."""
@@ -144,16 +156,16 @@ def forwarding_interrupts(send: Callable[[str], None]):
 
     def interrupted(signum, frame):
         if aborted[0]:
-            print("no longer waiting for the server, which was asked to abort: its db.status tells", file=sys.stderr)
+            say("no longer waiting for the server, which was asked to abort: its db.status tells")
             raise KeyboardInterrupt
         if asked[0] and time.monotonic() - asked[0] < ABORT_WINDOW:
             send(ABORT)
             aborted[0] = True
-            print("asking the server to abort the revision in progress; Ctrl-C again to stop waiting", file=sys.stderr)
+            say("asking the server to abort the revision in progress; Ctrl-C again to stop waiting")
             return
         asked[0] = time.monotonic()
         send(STOP)
-        print("asking the server to stop after the revision in progress; Ctrl-C again to abort it", file=sys.stderr)
+        say("asking the server to stop after the revision in progress; Ctrl-C again to abort it")
 
     previous = signal.signal(signal.SIGINT, interrupted)
     try:
