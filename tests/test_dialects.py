@@ -231,3 +231,22 @@ def test_the_registry_is_ordered_by_name_whatever_was_imported_first():
     repository = Path(__file__).resolve().parent.parent
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repository, check=True)
     assert done.stdout.split() == sorted(dialects.registry()) == ["mariadb", "mysql", "postgresql", "sqlite"]
+
+
+@pytest.mark.parametrize(
+    ("url", "loaded"),
+    [("sqlite:///x.db", ["sqlite"]), ("mysql+pymysql://u@h/db", ["mariadb"]), ("postgresql://u@h/db", ["postgresql"])],
+)
+def test_a_lookup_loads_only_its_own_dialect_module(url, loaded):
+    """A command on one database pays for importing that database's module, not every one's."""
+    code = (
+        "import sys\n"
+        "from sqlalchemy.engine import make_url\n"
+        "from deploy.dialects import dialect_for\n"
+        f"dialect_for(make_url({url!r}))\n"
+        "print(' '.join(sorted(m.rsplit('.', 1)[1] for m in sys.modules if m.startswith('deploy.dialects.')"
+        " and m.rsplit('.', 1)[1] in ('mariadb', 'postgresql', 'sqlite'))))"
+    )
+    repository = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repository, check=True)
+    assert done.stdout.split() == loaded

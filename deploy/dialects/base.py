@@ -323,15 +323,23 @@ def registry() -> dict[str, Dialect]:
 
 
 def find(where: URL | Connection | Engine | str) -> Dialect | None:
-    return registry().get(name_of(where))
+    """The dialect of `where`, or None. Imports the module named like the dialect first, then the others
+    until one registers the name: a command on SQLite loads neither MariaDB's nor PostgreSQL's module."""
+    name = name_of(where)
+    for module in sorted(MODULES, key=lambda module: module != name):
+        if name in REGISTRY:
+            break
+        import_module(f"{__package__}.{module}")
+    return REGISTRY.get(name)
 
 
 def dialect_for(where: URL | Connection | Engine | str, what: str = "this") -> Dialect:
     """The dialect of `where`; a DeployError naming `what` is not supported when none serves it."""
-    name, dialects = name_of(where), registry()
-    if name not in dialects:
-        raise DeployError(f"{what} is not supported on {name} databases (supported: {', '.join(dialects)})")
-    return dialects[name]
+    dialect = find(where)
+    if dialect is None:
+        supported = ", ".join(registry())
+        raise DeployError(f"{what} is not supported on {name_of(where)} databases (supported: {supported})")
+    return dialect
 
 
 def merged(found: list[tuple[str, str]], own: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
