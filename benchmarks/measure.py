@@ -127,6 +127,11 @@ class Row:
         ours = self.median("ours")
         return ours / self.tenants if ours is not None and self.tenants else None
 
+    def added_per_tenant(self) -> float | None:
+        """What each tenant past the first adds to one database's run (the baseline), seconds."""
+        ours, one = self.median("ours"), self.median("alembic")
+        return (ours - one) / (self.tenants - 1) if ours is not None and one is not None and self.tenants > 1 else None
+
     def ratio(self, tool: str) -> float | None:
         ours, other = self.median("ours"), self.median(tool)
         return ours / other if ours is not None and other else None
