@@ -135,6 +135,17 @@ def test_a_backfill_updates_every_row_once_in_batches(server_target):
 # -- stopped between batches, then resumed ---------------------------------------------------------
 
 
+def interrupted_after_batches(target: Target, process: subprocess.Popen, batches: int) -> str:
+    """Ctrl-C (SIGINT) to the upgrade once `batches` batches are written; what it said on stderr."""
+    try:
+        wait_for_batches(target, process, batches)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    return err.decode()
+
+
 def stop_then_resume(target: Target) -> None:
     with_items(target)
     process = subprocess.Popen(
@@ -145,16 +156,10 @@ def stop_then_resume(target: Target) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    try:
-        if target.stdin:
-            process.stdin.write(target.stdin.encode())
-            process.stdin.flush()
-        wait_for_batches(target, process, 3)
-        process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=120)
-    finally:
-        process.kill()
-    err = err.decode()
+    if target.stdin:
+        process.stdin.write(target.stdin.encode())
+        process.stdin.flush()
+    err = interrupted_after_batches(target, process, 3)
     assert process.returncode == 1, err
     assert "stopping after the revision in progress (SIGINT received)" in err
     assert "backfill items stopped (SIGINT received) after key" in err
@@ -217,13 +222,7 @@ def test_a_backfill_after_other_operations_says_so_and_runs_to_the_end_of_its_re
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    try:
-        wait_for_batches(target, process, 3)
-        process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=120)
-    finally:
-        process.kill()
-    err = err.decode()
+    err = interrupted_after_batches(target, process, 3)
     assert (
         f"warning: backfill items: revision {FILL} runs other operations before it, which its first batch "
         "commits: a stop waits for the end of the revision (give a backfill a revision of its own)"

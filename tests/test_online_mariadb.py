@@ -306,9 +306,9 @@ def copying(database) -> bool:
     return len(triggers) == 3 and ("_ledger_new",) in shadows
 
 
-def write_one_row(database) -> None:
-    """The application's single-row writes, each waiting at most 5 s for a lock (else an error)."""
-    connection = pymysql.connect(
+def app_connection(database):
+    """A connection as the application's user, committing each statement."""
+    return pymysql.connect(
         host="127.0.0.1",
         port=database.server.port,
         user=database.app_user,
@@ -316,6 +316,11 @@ def write_one_row(database) -> None:
         database=database.name,
         autocommit=True,
     )
+
+
+def write_one_row(database) -> None:
+    """The application's single-row writes, each waiting at most 5 s for a lock (else an error)."""
+    connection = app_connection(database)
     with connection, connection.cursor() as cursor:
         cursor.execute("SET SESSION lock_wait_timeout = 5, innodb_lock_wait_timeout = 5")
         cursor.execute("UPDATE ledger SET amount = -1 WHERE id = 7")
@@ -377,14 +382,7 @@ def state_of(database, info: str) -> str | None:
 
 
 def write_one_row_waiting(database) -> None:
-    connection = pymysql.connect(
-        host="127.0.0.1",
-        port=database.server.port,
-        user=database.app_user,
-        password=APP_PASSWORD,
-        database=database.name,
-        autocommit=True,
-    )
+    connection = app_connection(database)
     with connection, connection.cursor() as cursor:
         cursor.execute("UPDATE ledger SET amount = -1 WHERE id = 7")
 

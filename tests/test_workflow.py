@@ -5,10 +5,9 @@ each kind of database server (`server_kind`), and `fab prod db.detect` through t
 import ast
 import json
 import sqlite3
-import subprocess
 from urllib.parse import quote
 
-from helpers import HEAD, PASSWORD, POSTS, PRODUCTION, STDIN_PASSWORD, one_error_line, refused
+from helpers import HEAD, PASSWORD, POSTS, PRODUCTION, STDIN_PASSWORD, git, one_error_line, refused
 
 BIO = "    bio: Mapped[str | None] = mapped_column(Text)\n"
 NOTE_MODEL = (
@@ -19,17 +18,6 @@ CREATE_NOTES = (
     'op.create_table("notes", sa.Column("id", sa.Integer(), primary_key=True), '
     'sa.Column("text", sa.Text(), nullable=False))'
 )
-
-
-def git(checkout, *args):
-    done = subprocess.run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
-        cwd=checkout.path,
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
 
 
 def commit_all(checkout, message):
@@ -104,10 +92,10 @@ def test_revision_against_the_base_branch(checkout):
     assert f'down_revision = "{HEAD}"' in script.read_text()
     # Untouched: the development database, the working tree (but the new script), git's worktrees.
     assert dev_db(checkout).read_bytes() == before
-    changed = sorted(line[3:] for line in git(checkout, "status", "--porcelain").splitlines())
+    changed = sorted(git(checkout, "ls-files", "--modified", "--others", "--exclude-standard").splitlines())
     assert changed == ["exampleapp/models.py", f"migrations/versions/{script.name}"]
     assert len(git(checkout, "worktree", "list").splitlines()) == 1
-    assert git(checkout, "branch", "--show-current").strip() == "feature"
+    assert git(checkout, "branch", "--show-current") == "feature"
 
 
 def test_revision_against_a_base_follows_this_branchs_own_revisions(checkout):
