@@ -7,6 +7,7 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -279,6 +280,19 @@ def live_only(code: str) -> str:
     return "if not op.get_context().as_sql:\n        " + code.replace("\n    ", "\n        ")
 
 
+def why_still_running(child: pexpect.spawn) -> str:
+    """For a process at a terminal that outlived what should have ended it: its signal masks (is SIGINT
+    blocked, ignored, caught?) and, when it runs with PYTHONFAULTHANDLER=1, every thread's stack."""
+    try:
+        status = Path(f"/proc/{child.pid}/status").read_text()
+    except OSError:
+        return "(it has ended)"
+    masks = [line for line in status.splitlines() if line.startswith(("SigBlk", "SigIgn", "SigCgt", "Threads"))]
+    os.kill(child.pid, signal.SIGABRT)
+    child.expect([pexpect.EOF, pexpect.TIMEOUT], timeout=10)
+    return "\n".join([*masks, child.before or ""])
+
+
 def held_until(release: Path, limit: float = 120) -> str:
     """Code for a test revision's upgrade body (wrap it in live_only) that waits until `release` exists,
     at most `limit` s: a slow revision that the test ends once it has seen what it wanted, where a fixed
@@ -447,13 +461,13 @@ class Remote:
     def fab(self, *args: str, stdin: str | bytes | None = None) -> Result:
         return run([*self.argv, *args], self.local.path, stdin)
 
-    def spawn(self, *args: str, **options) -> pexpect.spawn:
+    def spawn(self, *args: str, env: dict[str, str] | None = None, **options) -> pexpect.spawn:
         """`fab ARGS` at a real terminal (a pexpect pty), in the local checkout."""
         return pexpect.spawn(
             self.argv[0],
             [*self.argv[1:], *args],
             cwd=str(self.local.path),
-            env=environment(),
+            env=environment(**(env or {})),
             encoding="utf-8",
             timeout=120,
             **options,
