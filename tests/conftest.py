@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 from helpers import (
@@ -22,6 +23,13 @@ from servers import MariaDB, PostgreSQL, SSHServer, server_environment
 _as_in_ci = server_environment()
 os.environ.clear()
 os.environ.update(_as_in_ci)
+
+# Nor on how it was started: a shell without job control (a script's `cmd &`, some CI runners) starts
+# its background commands with SIGINT ignored, every process started from them inherits that, and
+# Python then never raises KeyboardInterrupt: a Ctrl-C sent to fab would do nothing, where at a user's
+# terminal it ends the command. Handled here, the processes the tests start get SIGINT's default again.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
