@@ -331,7 +331,7 @@ def test_ctrl_c_ends_a_fleet_upgrade_whose_target_never_answers(tmp_path, mariad
         + "\n"
         + stuck.read_text()
     )
-    # Its stacks are shown if it outlives the Ctrl-C (seen once in a loaded run, not reproduced since).
+    # If it outlives the Ctrl-C, the failure shows its signal masks and every thread's stack.
     child = remote.spawn("tenants", "db.upgrade", env={"PYTHONFAULTHANDLER": "1"})
     try:
         deadline = time.monotonic() + HANG
