@@ -137,13 +137,26 @@ def _project(ctx: Context, backend: str, size: tuple[int, int] | None) -> projec
 
 
 def bench_project(
-    ctx: Context, project: projects.Project, commands=LOCAL_COMMANDS, tools=TOOLS, reps=None, largest=False
+    ctx: Context,
+    project: projects.Project,
+    commands=LOCAL_COMMANDS,
+    tools=TOOLS,
+    reps=None,
+    largest=False,
+    against: Path | None = None,
 ) -> list[Row]:
+    """Each command by each tool, interleaved; with `against` (another library's folder), ours against
+    ours run with that library instead, in the baseline's column."""
     env = projects.env()
     projects.check_run(project.argv("alembic", "db.upgrade (empty)"), project.path)  # to head
     rows = []
     for command in commands:
-        variants = {tool: Variant(project.argv(tool, command), project.path, env) for tool in tools}
+        if against is None:
+            variants = {tool: Variant(project.argv(tool, command), project.path, env) for tool in tools}
+        else:
+            argv = project.argv("ours", command)
+            other = projects.env(PYTHONPATH=str(against))
+            variants = {"ours": Variant(argv, project.path, env), "alembic": Variant(argv, project.path, other)}
         if command == "db.upgrade (empty)":
             for variant in variants.values():
                 variant.prepare = project.drop_everything
@@ -173,7 +186,9 @@ def bench_project(
             row.note = (
                 "alembic: drop all, create_all, alembic stamp head; flask-migrate: the same, flask_migrate.stamp()"
             )
-        if len(tools) == len(TOOLS):
+        if against is not None:
+            row.baseline = f"ours with {against.name}"
+        elif len(tools) == len(TOOLS):
             row.targets = _local_targets(row, largest)
         if command == "db.revision":
             # Profile with the model change in place.
