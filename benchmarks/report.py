@@ -166,6 +166,7 @@ def compare(old_path: Path, new_path: Path) -> str:
         return row["ours/alembic"] * (spread(row, "ours") + spread(row, "alembic"))
 
     old, new = rows(old_path), rows(new_path)
+    speeds = [json.loads(path.read_text()).get("meta", {}).get("python_loop_s") for path in (old_path, new_path)]
     lines = [
         "| command | backend | app | before s | after s | before/baseline | after/baseline | change | noise ± |",
         "|" + "---|" * 9,
@@ -190,6 +191,8 @@ def compare(old_path: Path, new_path: Path) -> str:
             f"{_x(was)} | {_x(now)} | {change} | {noise:.2f} |"
         )
     lines += ["", "Worse by more than their noise: " + ("; ".join(worse) if worse else "none") + "."]
+    if all(speeds):
+        lines += ["", f"The machine's fixed Python loop (python_loop_s): {speeds[0]} s before, {speeds[1]} s after."]
     return "\n".join(lines)
 
 

@@ -284,6 +284,19 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def python_loop_s() -> float:
+    """How fast this machine runs Python on the day: the median of 5 timings of one fixed loop, s.
+    Recorded with each run, so that two runs' seconds can be read against their machines."""
+    timings = []
+    for _ in range(5):
+        started = time.perf_counter()
+        total = 0
+        for number in range(2_000_000):
+            total += number
+        timings.append(time.perf_counter() - started)
+    return round(sorted(timings)[2], 3)
+
+
 def _git(*args: str) -> str:
     done = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True)
     return done.stdout.strip()
@@ -330,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores",
         "scratch": str(scratch.parent),
         "load_average_at_end": os.getloadavg(),
+        "python_loop_s": python_loop_s(),
         "duration_s": round(time.time() - started, 1),
     }
     if not rows:  # groups that write results of their own (estimates, stall): the command results stay as they are
