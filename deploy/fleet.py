@@ -118,8 +118,8 @@ def open_hosts(c, targets: list[Target], concurrency: int, task_args: list[str],
     fleets: dict[Target, Fleet] = {}
     lock = threading.Lock()
 
-    def open_host(group: list[Target]) -> None:
-        server = Server(c, group[0])
+    def open_host(item: tuple[Server, list[Target]]) -> None:
+        server, group = item
         try:
             server.__enter__()
         except DeployError as exc:
@@ -132,7 +132,9 @@ def open_hosts(c, targets: list[Target], concurrency: int, task_args: list[str],
             stack.push(fleet.done)  # the server process ends once its runs have
             fleets.update((target, fleet) for target in group)
 
-    each(open_host, by_host(targets), concurrency)
+    # Built here, in one thread: a Server reads ssh_config into Fabric's config, which merges it anew,
+    # and a thread reading the config meanwhile could find it half-built. Only connecting is parallel.
+    each(open_host, [(Server(c, group[0]), group) for group in by_host(targets)], concurrency)
     return fleets
 
 

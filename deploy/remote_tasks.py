@@ -55,9 +55,14 @@ def local_config(c):
 
 def local_head(c) -> str:
     """This checkout's single head: the code reviewed, which the server's must equal."""
+    return head_at(Path(c.config.db.alembic_ini))
+
+
+def head_at(alembic_ini: Path) -> str:
+    """The single head of the checkout whose alembic.ini is `alembic_ini`."""
     from . import alembic_ops
 
-    return alembic_ops.single_head(local_config(c))
+    return alembic_ops.single_head(alembic_ops.load_config(alembic_ini))
 
 
 def one_done(outcome) -> None:
@@ -123,9 +128,11 @@ def upgrade(c, to=None, sql=False, yes=False, running=None, **guards):
             server.invoke([*args, "--sql", *expected])
         return
     found, concurrency = selected_targets(c.config)
+    # Read here, not in the background: opening the connections merges ssh_config into c.config anew.
+    alembic_ini = None if explicit else Path(c.config.db.alembic_ini)
     with ThreadPoolExecutor(1) as background:
         # Alembic loads this checkout's scripts while the connections open and the servers import.
-        expected = background.submit(lambda: None if explicit else local_head(c))
+        expected = background.submit(lambda: None if alembic_ini is None else head_at(alembic_ini))
         outcomes = fleet.upgrade(c, found, concurrency, args, expected.result, yes, bool(guards.get("rehearse")))
     (one_done if len(found) == 1 else fleet_done)(outcomes[0] if len(found) == 1 else outcomes)
 

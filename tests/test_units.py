@@ -328,3 +328,36 @@ def test_the_run_log_keeps_the_suites_own_words_and_masks_what_they_relay(tmp_pa
         raise DeployError(own(f"access denied for app@db/blog: wrong user or password ({relayed('said: wrong')})"))
     outcome = runlog.last_run(tmp_path).outcome
     assert outcome == "failed: access denied for app@db/blog: wrong user or password (said: ***)"
+
+
+def test_a_fleet_merges_ssh_config_into_fabrics_config_before_its_threads_start(monkeypatch, tmp_path):
+    """Reading ssh_config re-merges Fabric's whole config: a thread reading the config meanwhile can find
+    a key missing (seen once: the local head's thread lost `db`). The fleet builds every host's Server
+    in the calling thread and connects in parallel only."""
+    import threading
+    from contextlib import ExitStack
+
+    from fabric import Config
+    from invoke import Context
+
+    from deploy import fleet
+    from deploy.environments import Target
+
+    ssh_config = tmp_path / "ssh_config"
+    ssh_config.write_text("")
+    context = Context(Config(overrides={"ssh_config_path": str(ssh_config), "timeouts": {"connect": 2}}))
+    merged_in = []
+    merge = Config.load_ssh_config
+
+    def recorded(self):
+        merged_in.append(threading.current_thread())
+        return merge(self)
+
+    monkeypatch.setattr(Config, "load_ssh_config", recorded)
+    # Three hosts on loopback ports nobody listens on: each connection is refused at once.
+    targets = [Target("tenants", f"t{n}", f"127.0.0.{n}:1", "/app", ("python3",), f"t{n}") for n in (1, 2, 3)]
+    outcomes = {target: fleet.Outcome(target) for target in targets}
+    with ExitStack() as stack:
+        assert fleet.open_hosts(context, targets, 3, ["db.status"], stack, outcomes) == {}
+    assert len(merged_in) == 3 and all(thread is threading.main_thread() for thread in merged_in)
+    assert all("cannot reach" in str(outcome.error) for outcome in outcomes.values())
