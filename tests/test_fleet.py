@@ -186,7 +186,8 @@ def test_a_lost_connection_stops_every_target_between_revisions(fleet):
     """The laptop vanishes while the fleet migrates: each database finishes its revision in progress,
     starts no other, and frees its lock; the run log of each tells its own run."""
     remote, databases = fleet
-    assert remote.fab("tenants", "db.upgrade", "--yes", stdin=f"{PASSWORD}\n{OTHER_PASSWORD}\n").code == 0
+    first = remote.fab("tenants", "db.upgrade", "--yes", stdin=f"{PASSWORD}\n{OTHER_PASSWORD}\n")
+    assert first.code == 0, first.output
     add_slow_revision(remote)
     after = "af7e20000002"
     for checkout in (remote.local, remote.server):
