@@ -154,8 +154,8 @@ def compare(old_path: Path, new_path: Path) -> str:
     but runs on different days are not judged by them: the machine's own speed moves them all."""
     import json
 
-    def rows(path: Path) -> dict[tuple, dict]:
-        return {(r["command"], r["backend"], r["app"]): r for r in json.loads(path.read_text())["rows"]}
+    def rows(run: dict) -> dict[tuple, dict]:
+        return {(r["command"], r["backend"], r["app"]): r for r in run["rows"]}
 
     def spread(row: dict, tool: str) -> float:
         times = row["times"][tool]
@@ -165,8 +165,9 @@ def compare(old_path: Path, new_path: Path) -> str:
         # The baseline's times are under "alembic" whatever the baseline is (ssh + alembic, fab on one database).
         return row["ours/alembic"] * (spread(row, "ours") + spread(row, "alembic"))
 
-    old, new = rows(old_path), rows(new_path)
-    speeds = [json.loads(path.read_text()).get("meta", {}).get("python_loop_s") for path in (old_path, new_path)]
+    runs = [json.loads(path.read_text()) for path in (old_path, new_path)]
+    old, new = (rows(run) for run in runs)
+    speeds = [run.get("meta", {}).get("python_loop_s") for run in runs]
     lines = [
         "| command | backend | app | before s | after s | before/baseline | after/baseline | change | noise ± |",
         "|" + "---|" * 9,

@@ -135,9 +135,12 @@ def test_a_backfill_updates_every_row_once_in_batches(server_target):
 # -- stopped between batches, then resumed ---------------------------------------------------------
 
 
-def interrupted_after_batches(target: Target, process: subprocess.Popen, batches: int) -> str:
-    """Ctrl-C (SIGINT) to the upgrade once `batches` batches are written; what it said on stderr."""
+def interrupted_after_batches(target: Target, process: subprocess.Popen, batches: int, stdin: str | None = None) -> str:
+    """`stdin` to the upgrade, then Ctrl-C (SIGINT) once `batches` batches are written; what it said on stderr."""
     try:
+        if stdin:
+            process.stdin.write(stdin.encode())
+            process.stdin.flush()
         wait_for_batches(target, process, batches)
         process.send_signal(signal.SIGINT)
         _, err = process.communicate(timeout=120)
@@ -156,10 +159,7 @@ def stop_then_resume(target: Target) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    if target.stdin:
-        process.stdin.write(target.stdin.encode())
-        process.stdin.flush()
-    err = interrupted_after_batches(target, process, 3)
+    err = interrupted_after_batches(target, process, 3, target.stdin)
     assert process.returncode == 1, err
     assert "stopping after the revision in progress (SIGINT received)" in err
     assert "backfill items stopped (SIGINT received) after key" in err

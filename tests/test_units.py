@@ -332,8 +332,8 @@ def test_the_run_log_keeps_the_suites_own_words_and_masks_what_they_relay(tmp_pa
 
 def test_a_fleet_merges_ssh_config_into_fabrics_config_before_its_threads_start(monkeypatch, tmp_path):
     """Reading ssh_config re-merges Fabric's whole config: a thread reading the config meanwhile can find
-    a key missing (seen once: the local head's thread lost `db`). The fleet builds every host's Server
-    in the calling thread and connects in parallel only."""
+    a key missing (a full run once ended in such a traceback). The fleet builds every host's Server in
+    the calling thread and connects in parallel only."""
     import threading
     from contextlib import ExitStack
 
